@@ -1,0 +1,37 @@
+// Element types of stored tensors: plain scalars and the ggml block-quantized types found in GGUF.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace mc {
+
+enum class DType : uint8_t {
+  F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL,
+  // ggml block formats: a block of `block_elems` values is stored in `block_bytes` bytes.
+  Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
+};
+
+struct DTypeInfo {
+  const char* name;      // safetensors spelling for scalars ("F32"), ggml spelling for blocks ("Q4_0")
+  int64_t block_elems;   // 1 for scalar types
+  int64_t block_bytes;   // element size for scalar types
+  bool is_float;         // F64/F32/F16/BF16
+  bool is_block;         // ggml block-quantized
+};
+
+const DTypeInfo& dtype_info(DType t);
+inline const char* dtype_name(DType t) { return dtype_info(t).name; }
+inline bool is_float(DType t) { return dtype_info(t).is_float; }
+inline bool is_block(DType t) { return dtype_info(t).is_block; }
+
+// Accepts the safetensors names ("F32", "BF16", "BOOL"), lower case, and common aliases
+// ("float32", "fp16", "half", "int8", "uint8"). Returns nullopt for anything else.
+std::optional<DType> dtype_from_name(std::string_view name);
+
+// Bytes needed for `numel` elements; nullopt when numel is negative or not a whole number of blocks
+// or the product overflows.
+std::optional<uint64_t> dtype_nbytes(DType t, int64_t numel);
+
+}  // namespace mc

@@ -1,0 +1,119 @@
+#include "mcompress/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <mutex>
+
+#include "mcompress/error.h"
+
+namespace mc {
+
+namespace {
+// Temp files currently being written. A fixed array of paths so the signal handler can unlink them
+// without allocating.
+constexpr int kMaxLive = 64;
+char g_live[kMaxLive][4096];
+volatile sig_atomic_t g_live_used[kMaxLive];
+std::mutex g_live_mutex;
+
+int register_live(const std::string& p) {
+  std::lock_guard<std::mutex> lock(g_live_mutex);
+  if (p.size() >= sizeof g_live[0]) return -1;
+  for (int i = 0; i < kMaxLive; ++i) {
+    if (!g_live_used[i]) {
+      std::memcpy(g_live[i], p.c_str(), p.size() + 1);
+      g_live_used[i] = 1;
+      return i;
+    }
+  }
+  return -1;
+}
+void unregister_live(int slot) {
+  if (slot < 0) return;
+  std::lock_guard<std::mutex> lock(g_live_mutex);
+  g_live_used[slot] = 0;
+}
+
+extern "C" void cleanup_on_signal(int sig) {
+  for (int i = 0; i < kMaxLive; ++i)
+    if (g_live_used[i]) ::unlink(g_live[i]);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
+}  // namespace
+
+void install_cleanup_handlers() {
+  std::signal(SIGINT, cleanup_on_signal);
+  std::signal(SIGTERM, cleanup_on_signal);
+  std::signal(SIGHUP, cleanup_on_signal);
+}
+
+AtomicFile::AtomicFile(std::string path, const char* component)
+    : path_(std::move(path)), component_(component) {
+  tmp_ = path_ + ".tmp-" + std::to_string(::getpid());
+  f_ = std::fopen(tmp_.c_str(), "wb");
+  if (!f_) fail(component_, path_, ": cannot create output: ", std::strerror(errno));
+  slot_ = register_live(tmp_);
+  std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
+}
+
+AtomicFile::~AtomicFile() {
+  if (!committed_) {
+    close_file();
+    ::unlink(tmp_.c_str());
+  }
+  unregister_live(slot_);
+}
+
+void AtomicFile::close_file() {
+  if (f_) {
+    std::fclose(f_);
+    f_ = nullptr;
+  }
+}
+
+void AtomicFile::write(const void* data, uint64_t n) {
+  if (n == 0) return;
+  if (!f_) fail<Error>(component_, path_, ": write after close");
+  if (std::fwrite(data, 1, n, f_) != n) fail(component_, path_, ": write failed: ", std::strerror(errno));
+  pos_ += n;
+}
+
+void AtomicFile::write_zeros(uint64_t n) {
+  static const char zeros[4096] = {};
+  while (n > 0) {
+    uint64_t k = n < sizeof zeros ? n : sizeof zeros;
+    write(zeros, k);
+    n -= k;
+  }
+}
+
+void AtomicFile::pad_to(uint64_t alignment) {
+  if (alignment > 1 && pos_ % alignment) write_zeros(alignment - pos_ % alignment);
+}
+
+void AtomicFile::overwrite(uint64_t offset, const void* data, uint64_t n) {
+  if (!f_) fail<Error>(component_, path_, ": write after close");
+  std::fflush(f_);
+  if (std::fseek(f_, static_cast<long>(offset), SEEK_SET) != 0 || std::fwrite(data, 1, n, f_) != n ||
+      std::fseek(f_, 0, SEEK_END) != 0)
+    fail(component_, path_, ": write failed: ", std::strerror(errno));
+}
+
+void AtomicFile::commit() {
+  if (f_) {
+    if (std::fflush(f_) != 0) fail(component_, path_, ": write failed: ", std::strerror(errno));
+    ::fsync(fileno(f_));
+    close_file();
+  }
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0)
+    fail(component_, path_, ": cannot rename temp file into place: ", std::strerror(errno));
+  committed_ = true;
+}
+
+}  // namespace mc
