@@ -1,2 +1,121 @@
+// mcompress: the command-line front end. Parses options, calls libcompress, maps errors to exit codes:
+// 0 ok, 1 internal error, 2 bad input or usage, 3 accuracy gate failed.
 #include <cstdio>
-int main() { std::puts("mcompress: under construction"); return 0; }
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "cli.h"
+#include "mcompress/atomic_file.h"
+#include "mcompress/error.h"
+#include "mcompress/threads.h"
+
+namespace mcli {
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> cmds = {
+      {"inspect", "list a checkpoint's tensors with dtype, shape, bytes and statistics", cmd_inspect},
+      {"convert", "convert a checkpoint between formats (and float dtypes)", cmd_convert},
+  };
+  return cmds;
+}
+
+void add_common_options(po::options_description& desc, CommonOptions& common) {
+  desc.add_options()
+      ("threads", po::value<int>(&common.threads)->default_value(0),
+       "worker threads for LibTorch/BLAS (0 = all cores; LibTorch alone would use 1)")
+      ("quiet,q", po::bool_switch(&common.quiet), "print only results and errors")
+      ("help,h", po::bool_switch(&common.help), "show this help");
+}
+
+bool parse_command_line(const std::string& cmd, const std::string& usage, const std::vector<std::string>& args,
+                        po::options_description& desc, po::positional_options_description& pos,
+                        po::variables_map& vm, CommonOptions& common) {
+  add_common_options(desc, common);
+  try {
+    po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
+    if (vm.count("help") && vm["help"].as<bool>()) {
+      std::cout << "usage: mcompress " << cmd << " " << usage << "\n\n" << desc << "\n";
+      return false;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    mc::fail("cli", "mcompress ", cmd, ": ", e.what(), " (usage: mcompress ", cmd, " ", usage, ")");
+  }
+  if (common.threads < 0) mc::fail("cli", "--threads must be >= 0 (0 = all cores), got ", common.threads);
+  mc::set_threads(common.threads);
+  return true;
+}
+
+std::string human_bytes(uint64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 4) v /= 1024, ++u;
+  char buf[32];
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
+  else
+    std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+std::string with_commas(uint64_t n) {
+  std::string s = std::to_string(n), out;
+  int c = 0;
+  for (auto it = s.rbegin(); it != s.rend(); ++it) {
+    if (c && c % 3 == 0) out.push_back(',');
+    out.push_back(*it);
+    ++c;
+  }
+  return std::string(out.rbegin(), out.rend());
+}
+
+}  // namespace mcli
+
+namespace {
+
+void print_usage() {
+  std::cout << "mcompress " << MCOMPRESS_VERSION
+            << " - post-training quantization, pruning and distillation of model checkpoints\n\n"
+               "usage: mcompress [--version] [--help] <command> [options]\n\ncommands:\n";
+  for (const auto& c : mcli::commands()) std::printf("  %-10s %s\n", c.name, c.summary);
+  std::cout << "\n'mcompress <command> --help' shows a command's options.\n"
+               "exit status: 0 ok, 1 internal error, 2 bad input or usage, 3 accuracy gate failed\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  mc::install_cleanup_handlers();
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    if (args.size() >= 2 && args[0] == "help") args = {args[1], "--help"};
+    else {
+      print_usage();
+      return args.empty() ? 2 : 0;
+    }
+  }
+  if (args[0] == "--version" || args[0] == "-V") {
+    std::cout << "mcompress " << MCOMPRESS_VERSION << "\n";
+    return 0;
+  }
+  try {
+    for (const auto& c : mcli::commands()) {
+      if (args[0] == c.name) return c.run(std::vector<std::string>(args.begin() + 1, args.end()));
+    }
+    mc::fail("cli", "unknown command '", args[0], "' (run 'mcompress --help' for the list)");
+  } catch (const mc::GateError& e) {
+    std::cerr << "mcompress: " << e.what() << "\n";
+    return 3;
+  } catch (const mc::InputError& e) {
+    std::cerr << "mcompress: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "mcompress: error: out of memory\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "mcompress: internal error: " << e.what() << "\n";
+    return 1;
+  }
+}

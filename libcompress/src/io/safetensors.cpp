@@ -1,7 +1,177 @@
-// STUB
+// safetensors: u64 little-endian header length N, N bytes of JSON
+//   {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ..., "__metadata__": {str: str}}
+// then the data section; offsets are relative to it.
 #include "mcompress/io/safetensors.h"
+
+#include <algorithm>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "mcompress/atomic_file.h"
+#include "mcompress/byte_cursor.h"
 #include "mcompress/error.h"
+#include "mcompress/mapped_file.h"
+
 namespace mc {
-std::unique_ptr<CheckpointReader> open_safetensors(const std::string& path) { fail("safetensors", path, ": not implemented yet"); }
-void write_safetensors(const std::string& path, const std::vector<HostTensor>&, const std::map<std::string, std::string>&) { fail("safetensors", path, ": not implemented yet"); }
+
+namespace {
+
+constexpr const char* kComp = "safetensors";
+// The format's own limit on the JSON header (the reference implementation refuses larger ones).
+constexpr uint64_t kMaxHeader = 100ull << 20;
+constexpr const char* kAllowed = "F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL";
+
+class SafetensorsReader final : public CheckpointReader {
+ public:
+  explicit SafetensorsReader(const std::string& path) : CheckpointReader(path) {
+    file_ = MappedFile::open(path, kComp);
+    ByteCursor cur(file_->data(), file_->size(), kComp, path);
+    const uint64_t n = cur.read<uint64_t>("the header length");
+    if (n > cur.remaining())
+      cur.error(str("header length ", n, " exceeds the file (", cur.remaining(), " bytes after the length field)"));
+    if (n > kMaxHeader) cur.error(str("header length ", n, " exceeds the format's limit of ", kMaxHeader, " bytes"));
+    const char* hp = reinterpret_cast<const char*>(cur.take(n, "the JSON header"));
+    data_begin_ = cur.pos();
+    parse_header(std::string_view(hp, n), file_->size() - data_begin_);
+  }
+  std::string format() const override { return kComp; }
+
+  HostTensor load(const std::string& name) const override {
+    const TensorInfo& ti = info(name);
+    return HostTensor::view(ti.name, ti.dtype, ti.shape, file_->data() + ti.offset, ti.nbytes, file_);
+  }
+
+ private:
+  void parse_header(std::string_view text, uint64_t data_size) {
+    // Duplicate keys are legal JSON but ambiguous here: catch them while parsing.
+    std::set<std::string> seen;
+    std::string dup;
+    auto cb = [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
+      if (depth == 1 && ev == nlohmann::json::parse_event_t::key) {
+        const std::string& k = parsed.get_ref<const std::string&>();
+        if (!seen.insert(k).second && dup.empty()) dup = k;
+      }
+      return true;
+    };
+    nlohmann::json h;
+    try {
+      h = nlohmann::json::parse(text.begin(), text.end(), cb);
+    } catch (const nlohmann::json::exception& e) {
+      fail(kComp, path_, ": header is not valid JSON: ", e.what());
+    }
+    if (!dup.empty()) fail(kComp, path_, ": duplicate tensor name '", dup, "' in the header");
+    if (!h.is_object()) fail(kComp, path_, ": header must be a JSON object");
+
+    struct Range { uint64_t b, e; std::string name; };
+    std::vector<Range> ranges;
+    std::vector<TensorInfo> infos;
+    for (auto& [key, v] : h.items()) {
+      if (key == "__metadata__") {
+        if (!v.is_object()) fail(kComp, path_, ": __metadata__ must be an object of strings");
+        for (auto& [mk, mv] : v.items()) {
+          if (!mv.is_string()) fail(kComp, path_, ": __metadata__ value for '", mk, "' must be a string");
+          metadata_[mk] = mv.get<std::string>();
+        }
+        continue;
+      }
+      infos.push_back(parse_entry(key, v, data_size));
+      ranges.push_back({infos.back().offset, infos.back().offset + infos.back().nbytes, key});
+    }
+    // Non-overlapping, file order = data order.
+    std::vector<size_t> order(infos.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return ranges[a].b != ranges[b].b ? ranges[a].b < ranges[b].b : ranges[a].e < ranges[b].e;
+    });
+    for (size_t k = 1; k < order.size(); ++k) {
+      const Range& p = ranges[order[k - 1]];
+      const Range& c = ranges[order[k]];
+      if (c.b < p.e && c.e > c.b)
+        fail(kComp, path_, ": tensor '", c.name, "' data [", c.b, ", ", c.e, ") overlaps tensor '", p.name, "' [",
+             p.b, ", ", p.e, ")");
+    }
+    for (size_t i : order) {
+      TensorInfo ti = infos[i];
+      ti.offset += data_begin_;
+      add_tensor(std::move(ti), kComp);
+    }
+  }
+
+  TensorInfo parse_entry(const std::string& key, const nlohmann::json& v, uint64_t data_size) {
+    auto bad = [&](const std::string& what) { fail(kComp, path_, ": tensor '", key, "': ", what); };
+    if (!v.is_object()) bad("entry must be an object with dtype, shape, data_offsets");
+    auto dt = v.find("dtype"), sh = v.find("shape"), off = v.find("data_offsets");
+    if (dt == v.end() || !dt->is_string()) bad("missing string field 'dtype'");
+    if (sh == v.end() || !sh->is_array()) bad("missing array field 'shape'");
+    if (off == v.end() || !off->is_array() || off->size() != 2) bad("'data_offsets' must be [begin, end]");
+    TensorInfo ti;
+    ti.name = key;
+    auto d = dtype_from_name(dt->get<std::string>());
+    if (!d || is_block(*d) || dt->get<std::string>() != dtype_name(*d))
+      bad(str("unknown dtype '", dt->get<std::string>(), "' (allowed: ", kAllowed, ")"));
+    ti.dtype = *d;
+    for (auto& x : *sh) {
+      if (!x.is_number_unsigned()) bad("shape entries must be non-negative integers");
+      uint64_t dim = x.get<uint64_t>();
+      if (dim > (uint64_t(1) << 62)) bad(str("dimension ", dim, " is too large"));
+      ti.shape.push_back(static_cast<int64_t>(dim));
+    }
+    for (auto& x : *off)
+      if (!x.is_number_unsigned()) bad("data_offsets must be non-negative integers");
+    uint64_t b = (*off)[0].get<uint64_t>(), e = (*off)[1].get<uint64_t>();
+    if (b > e) bad(str("data_offsets [", b, ", ", e, ") end before they begin"));
+    if (e > data_size)
+      bad(str("data [", b, ", ", e, ") lies beyond the data section (", data_size, " bytes)"));
+    ti.offset = b;
+    ti.nbytes = e - b;
+    return ti;
+  }
+
+  std::shared_ptr<const MappedFile> file_;
+  uint64_t data_begin_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<CheckpointReader> open_safetensors(const std::string& path) {
+  return std::make_unique<SafetensorsReader>(path);
 }
+
+void write_safetensors(const std::string& path, const std::vector<HostTensor>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  // Largest elements first (stable), as the reference writer does, so every tensor's data stays
+  // aligned to its element size when the header is padded to 8 bytes.
+  std::vector<size_t> order(tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return dtype_info(tensors[a].dtype).block_bytes > dtype_info(tensors[b].dtype).block_bytes;
+  });
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  if (!metadata.empty()) h["__metadata__"] = metadata;
+  std::set<std::string> names;
+  uint64_t off = 0;
+  for (size_t i : order) {
+    const HostTensor& t = tensors[i];
+    if (is_block(t.dtype))
+      fail(kComp, path, ": tensor '", t.name, "' is ", dtype_name(t.dtype),
+           " (a GGUF block type); safetensors holds F64/F32/F16/BF16/integers: convert with --dtype f32 or f16");
+    if (!names.insert(t.name).second) fail(kComp, path, ": duplicate tensor name '", t.name, "'");
+    if (t.name == "__metadata__") fail(kComp, path, ": a tensor cannot be named __metadata__");
+    auto need = dtype_nbytes(t.dtype, t.numel());
+    if (!need || *need != t.nbytes)
+      fail(kComp, path, ": tensor '", t.name, "' ", dtype_name(t.dtype), " ", shape_str(t.shape), " has ", t.nbytes,
+           " bytes of data");
+    h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + t.nbytes}}};
+    off += t.nbytes;
+  }
+  std::string text = h.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  AtomicFile out(path, kComp);
+  out.write_le<uint64_t>(text.size());
+  out.write(text.data(), text.size());
+  for (size_t i : order) out.write(tensors[i].data, tensors[i].nbytes);
+  out.commit();
+}
+
+}  // namespace mc

@@ -1,0 +1,40 @@
+// Shared pieces of the mcompress subcommands: each subcommand is a function taking its own argv
+// (argv[0] = subcommand name) and returning an exit status. Errors are thrown (mc::InputError -> 2);
+// main() maps them to exit codes and prints one line.
+#pragma once
+#include <boost/program_options.hpp>
+#include <string>
+#include <vector>
+
+namespace mcli {
+
+namespace po = boost::program_options;
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(const std::vector<std::string>& args);
+};
+const std::vector<Command>& commands();
+
+// Options every subcommand accepts: --threads, --help, --quiet.
+struct CommonOptions {
+  int threads = 0;
+  bool help = false;
+  bool quiet = false;
+};
+void add_common_options(po::options_description& desc, CommonOptions& common);
+
+// Parses args (after the subcommand name) into vm. Unknown options / bad values throw InputError.
+// Returns false when --help was given (help already printed).
+bool parse_command_line(const std::string& cmd, const std::string& usage, const std::vector<std::string>& args,
+                        po::options_description& desc, po::positional_options_description& pos,
+                        po::variables_map& vm, CommonOptions& common);
+
+std::string human_bytes(uint64_t n);   // "1.50 MiB"
+std::string with_commas(uint64_t n);   // "1,568,000"
+
+int cmd_inspect(const std::vector<std::string>& args);
+int cmd_convert(const std::vector<std::string>& args);
+
+}  // namespace mcli

@@ -1,0 +1,76 @@
+// mcompress convert IN OUT [--dtype f16|bf16|f32|f64] [--format F] [--metadata k=v ...]
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+
+#include "cli.h"
+#include "mcompress/checkpoint.h"
+#include "mcompress/error.h"
+
+namespace mcli {
+
+int cmd_convert(const std::vector<std::string>& args) {
+  po::options_description desc("convert options");
+  std::string in, out, dtype, format;
+  std::vector<std::string> meta;
+  desc.add_options()
+      ("input", po::value<std::string>(&in)->required(), "input checkpoint (any supported format)")
+      ("output", po::value<std::string>(&out)->required(),
+       "output file; format from the extension: .safetensors, .pt/.pth, .h5/.hdf5, .bin (llama2.c legacy)")
+      ("dtype", po::value<std::string>(&dtype), "re-encode float tensors: f32, f16, bf16 or f64 (integers are kept)")
+      ("format", po::value<std::string>(&format),
+       "output format: safetensors, torch, hdf5, keras-hdf5, llama2c (v1 'ak42'), llama2c-legacy")
+      ("metadata", po::value<std::vector<std::string>>(&meta)->composing(), "extra metadata KEY=VALUE (repeatable)");
+  po::positional_options_description pos;
+  pos.add("input", 1).add("output", 1);
+  po::variables_map vm;
+  CommonOptions common;
+  if (!parse_command_line("convert", "IN OUT [--dtype f16|bf16|f32|f64] [--format FORMAT]", args, desc, pos, vm,
+                          common))
+    return 0;
+
+  std::optional<mc::DType> target;
+  if (!dtype.empty()) {
+    target = mc::dtype_from_name(dtype);
+    if (!target || !mc::is_float(*target))
+      mc::fail("convert", "--dtype '", dtype, "' is not a float type (allowed: f32, f16, bf16, f64)");
+  }
+  mc::WriteOptions wo;
+  wo.format = format.empty() ? mc::format_from_extension(out) : format;
+  if (wo.format.empty())
+    mc::fail("convert", out, ": cannot tell the output format from the extension (use .safetensors, .pt, .h5, "
+             ".bin or --format)");
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto reader = mc::open_checkpoint(in);
+  wo.metadata = reader->metadata();
+  for (const auto& kv : meta) {
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) mc::fail("convert", "--metadata '", kv, "' must be KEY=VALUE");
+    wo.metadata[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  std::vector<mc::HostTensor> tensors;
+  size_t dequantized = 0;
+  for (const auto& ti : reader->tensors()) {
+    mc::HostTensor t = reader->load(ti.name);
+    if (target) {
+      t = mc::convert_dtype(t, *target);
+    } else if (mc::is_block(t.dtype)) {
+      t = mc::convert_dtype(t, mc::DType::F32);  // no other format stores ggml blocks
+      ++dequantized;
+    }
+    tensors.push_back(std::move(t));
+  }
+  mc::write_checkpoint(out, tensors, wo);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!common.quiet) {
+    std::cout << "converted " << in << " (" << reader->format() << ") -> " << out << " (" << wo.format << "): "
+              << tensors.size() << " tensors, " << human_bytes(std::filesystem::file_size(out)) << " in "
+              << secs << " s\n";
+    if (dequantized)
+      std::cout << "note: " << dequantized << " GGUF block-quantized tensors were dequantized to F32\n";
+  }
+  return 0;
+}
+
+}  // namespace mcli
