@@ -21,8 +21,16 @@ struct Llama2cConfig {
 // Metadata holds the config (dim, hidden_dim, ...) and "llama2c.version".
 std::unique_ptr<CheckpointReader> open_llama2c(const std::string& path);
 Llama2cConfig llama2c_config(const CheckpointReader& r);  // from the metadata
+// The RoPE tables a legacy file stores after norm.weight (freq_cis_real, freq_cis_imag: F32
+// [seq_len, head_size/2] views); empty for version 1 files, legacy files without them and other
+// readers. They are not parameters, so tensors() leaves them out. write_llama2c recomputes them as
+// llama2.c's precompute_freqs_cis does (theta 10000); torch's cos/sin differ from ours by 1 ulp in a
+// few percent of the entries, so to reproduce a legacy file byte for byte pass these two tensors
+// along with the weights (write_llama2c accepts them by these names and ignores them for version 1).
+std::vector<HostTensor> llama2c_freq_cis(const CheckpointReader& r);
 // version 0 = legacy, 1 = ak42. Config comes from the metadata when present, else from the shapes
-// (n_heads must then be in metadata: it cannot be inferred).
+// (n_heads must then be in metadata: it cannot be inferred; nor can seq_len unless freq_cis_real is
+// given). F16/BF16/F64 and ggml block inputs are converted to fp32.
 void write_llama2c(const std::string& path, const std::vector<HostTensor>& tensors,
                    const std::map<std::string, std::string>& metadata, int version);
 
