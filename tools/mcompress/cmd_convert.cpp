@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
+#include "mcompress/io/llama2c.h"
 
 namespace mcli {
 
@@ -61,6 +62,10 @@ int cmd_convert(const std::vector<std::string>& args) {
     }
     tensors.push_back(std::move(t));
   }
+  // A legacy llama2.c file carries RoPE tables that are not parameters; pass the stored ones along
+  // so llama2c -> llama2c-legacy reproduces them exactly (the writer would recompute them).
+  if (wo.format == "llama2c-legacy")
+    for (auto& t : mc::llama2c_freq_cis(*reader)) tensors.push_back(std::move(t));
   mc::write_checkpoint(out, tensors, wo);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!common.quiet) {

@@ -48,6 +48,19 @@ class CheckpointReader {
   std::map<std::string, std::string> metadata_;
 };
 
+class MappedFile;
+
+// A reader whose tensors lie contiguous in one memory-mapped file: load() returns a view.
+class MappedCheckpointReader : public CheckpointReader {
+ public:
+  HostTensor load(const std::string& name) const override { return view(info(name)); }
+
+ protected:
+  MappedCheckpointReader(std::string path, const char* component);  // maps the file
+  HostTensor view(const TensorInfo& ti) const;
+  std::shared_ptr<const MappedFile> file_;
+};
+
 // Detects the format from the file's first bytes (and size, for headerless llama2.c legacy files).
 // Returns "" when nothing matches.
 std::string detect_format(const std::string& path);

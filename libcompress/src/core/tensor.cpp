@@ -59,6 +59,7 @@ HostTensor HostTensor::from_f32(std::string name, Shape shape, const float* valu
 
 void to_f32_range(const HostTensor& t, int64_t begin, int64_t end, float* out) {
   const int64_t n = end - begin;
+  if (n <= 0) return;  // empty tensors: data/out may be null, and memcpy(null, ..., 0) is UB
   const uint8_t* p = t.data;
   auto load = [&](auto tag, auto conv) {
     using T = decltype(tag);

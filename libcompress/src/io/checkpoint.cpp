@@ -49,6 +49,13 @@ void CheckpointReader::add_tensor(TensorInfo ti, const char* component) {
   infos_.push_back(std::move(ti));
 }
 
+MappedCheckpointReader::MappedCheckpointReader(std::string path, const char* component)
+    : CheckpointReader(std::move(path)), file_(MappedFile::open(path_, component)) {}
+
+HostTensor MappedCheckpointReader::view(const TensorInfo& ti) const {
+  return HostTensor::view(ti.name, ti.dtype, ti.shape, file_->data() + ti.offset, ti.nbytes, file_);
+}
+
 std::string detect_format(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return "";
@@ -80,6 +87,12 @@ std::unique_ptr<CheckpointReader> open_checkpoint(const std::string& path) {
     }
   }
   std::string fmt = detect_format(path);
+  if (fmt.empty()) {
+    // No magic matched: a damaged file with a telling extension gets that reader's precise
+    // complaint ("truncated", "header length exceeds the file") instead of "unknown format".
+    fmt = format_from_extension(path);
+    if (fmt == "llama2c-legacy") fmt = "llama2c";
+  }
   if (fmt == "safetensors") return open_safetensors(path);
   if (fmt == "torch") return open_torch_zip(path);
   if (fmt == "hdf5") return open_hdf5(path);

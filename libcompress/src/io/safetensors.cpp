@@ -22,10 +22,9 @@ constexpr const char* kComp = "safetensors";
 constexpr uint64_t kMaxHeader = 100ull << 20;
 constexpr const char* kAllowed = "F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL";
 
-class SafetensorsReader final : public CheckpointReader {
+class SafetensorsReader final : public MappedCheckpointReader {
  public:
-  explicit SafetensorsReader(const std::string& path) : CheckpointReader(path) {
-    file_ = MappedFile::open(path, kComp);
+  explicit SafetensorsReader(const std::string& path) : MappedCheckpointReader(path, kComp) {
     ByteCursor cur(file_->data(), file_->size(), kComp, path);
     const uint64_t n = cur.read<uint64_t>("the header length");
     if (n > cur.remaining())
@@ -36,11 +35,6 @@ class SafetensorsReader final : public CheckpointReader {
     parse_header(std::string_view(hp, n), file_->size() - data_begin_);
   }
   std::string format() const override { return kComp; }
-
-  HostTensor load(const std::string& name) const override {
-    const TensorInfo& ti = info(name);
-    return HostTensor::view(ti.name, ti.dtype, ti.shape, file_->data() + ti.offset, ti.nbytes, file_);
-  }
 
  private:
   void parse_header(std::string_view text, uint64_t data_size) {
@@ -128,7 +122,6 @@ class SafetensorsReader final : public CheckpointReader {
     return ti;
   }
 
-  std::shared_ptr<const MappedFile> file_;
   uint64_t data_begin_ = 0;
 };
 
