@@ -103,7 +103,7 @@ HostTensor convert_dtype(const HostTensor& t, DType target) {
   const int64_t esize = dtype_info(target).block_bytes;
   std::vector<uint8_t> bytes(static_cast<size_t>(n * esize));
   constexpr int64_t kChunk = 1 << 16;  // a multiple of every block size
-  std::vector<float> buf(kChunk);
+  std::vector<float> buf(static_cast<size_t>(std::min(n, kChunk)));
   for (int64_t b = 0; b < n; b += kChunk) {
     int64_t e = std::min(n, b + kChunk);
     to_f32_range(t, b, e, buf.data());
@@ -124,7 +124,7 @@ TensorStats tensor_stats(const HostTensor& t) {
   TensorStats s;
   const int64_t n = t.numel();
   constexpr int64_t kChunk = 1 << 16;
-  std::vector<float> buf(kChunk);
+  std::vector<float> buf(static_cast<size_t>(std::min(n, kChunk)));
   double mean = 0, m2 = 0;  // running mean and sum of squared deviations (Chan et al. merge)
   double mn = std::numeric_limits<double>::infinity(), mx = -mn;
   for (int64_t b = 0; b < n; b += kChunk) {
