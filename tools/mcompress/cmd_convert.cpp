@@ -1,6 +1,7 @@
 // mcompress convert IN OUT [--dtype f16|bf16|f32|f64] [--format F] [--metadata k=v ...]
 #include <chrono>
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
 
 #include "cli.h"
@@ -71,7 +72,7 @@ int cmd_convert(const std::vector<std::string>& args) {
   if (!common.quiet) {
     std::cout << "converted " << in << " (" << reader->format() << ") -> " << out << " (" << wo.format << "): "
               << tensors.size() << " tensors, " << human_bytes(std::filesystem::file_size(out)) << " in "
-              << secs << " s\n";
+              << std::fixed << std::setprecision(2) << secs << " s\n";
     if (dequantized)
       std::cout << "note: " << dequantized << " GGUF block-quantized tensors were dequantized to F32\n";
   }
