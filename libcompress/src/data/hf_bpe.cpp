@@ -1,0 +1,268 @@
+// The tokenizer.json BPE encoder/decoder (the file is read by hf_bpe_load.cpp).
+//
+// encode: the text is split on added tokens (longest match first; matched on the raw text, whatever the
+// token's "normalized" flag); every other segment is normalized, pre-tokenized (byte-level: regex
+// splits, then bytes mapped to GPT-2's byte characters; SentencePiece-style: optional Metaspace), and
+// each piece is turned into symbols (characters; unknown ones via byte fallback <0xAB> or unk) that are
+// merged by rank, lowest first, leftmost on ties, as the tokenizers library's BPE::merge_word does.
+#include <algorithm>
+#include <array>
+#include <unordered_map>
+
+#include "data/bpe_merge.h"
+#include "data/hf_bpe.h"
+#include "mcompress/error.h"
+
+namespace mc::detail {
+
+namespace {
+
+constexpr const char* kMetaspace = "\xE2\x96\x81";  // "▁" U+2581
+constexpr size_t kWordCacheLimit = 1 << 16;          // distinct pieces remembered during one encode()
+
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += char(cp);
+  } else if (cp < 0x800) {
+    out += char(0xC0 | (cp >> 6)), out += char(0x80 | (cp & 0x3F));
+  } else {
+    out += char(0xE0 | (cp >> 12)), out += char(0x80 | ((cp >> 6) & 0x3F)), out += char(0x80 | (cp & 0x3F));
+  }
+}
+
+// The byte of a "<0xAB>" token (the spelling tokenizers' byte_fallback uses), or -1.
+int byte_token_value(const std::string& t) {
+  auto hex = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1; };
+  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>' || hex(t[3]) < 0 || hex(t[4]) < 0) return -1;
+  return hex(t[3]) * 16 + hex(t[4]);
+}
+
+void replace_all(std::string& s, const std::string& from, const std::string& to) {
+  std::string out;
+  out.reserve(s.size());
+  size_t pos = 0;
+  for (size_t hit; (hit = s.find(from, pos)) != std::string::npos; pos = hit + from.size())
+    out.append(s, pos, hit - pos).append(to);
+  out.append(s, pos, std::string::npos);
+  s.swap(out);
+}
+
+class HfBpe final : public Tokenizer {
+ public:
+  explicit HfBpe(HfBpeSpec s) : s_(std::move(s)) {
+    const size_t n = s_.id_to_token.size();
+    auto valid = [&](int32_t id) { return id >= 0 && size_t(id) < n ? id : -1; };
+    s_.bos_id = valid(s_.bos_id);
+    s_.eos_id = valid(s_.eos_id);
+    byte_ids_.fill(-1);
+    for (int b = 0; b < 256; ++b) {
+      static const char* hex = "0123456789ABCDEF";
+      const std::string name = std::string("<0x") + hex[b >> 4] + hex[b & 15] + ">";
+      if (auto it = s_.token_to_id.find(name); it != s_.token_to_id.end()) byte_ids_[size_t(b)] = it->second;
+    }
+    std::unordered_map<std::string, int> from_unicode;
+    const auto& table = byte_to_unicode_table();
+    for (int b = 0; b < 256; ++b) from_unicode[table[size_t(b)]] = b;
+    bytes_.resize(n);
+    for (size_t id = 0; id < n; ++id) {
+      const std::string& t = s_.id_to_token[id];
+      std::string& out = bytes_[id];
+      if (s_.byte_level) {
+        for (size_t i = 0; i < t.size();) {
+          int len = 1;
+          decode_utf8(t, i, len);
+          auto it = from_unicode.find(t.substr(i, size_t(len)));
+          if (it != from_unicode.end()) out += char(it->second);
+          else out.append(t, i, size_t(len));
+          i += size_t(len);
+        }
+      } else {
+        const int b = byte_token_value(t);
+        if (b >= 0) {
+          out = std::string(1, char(b));
+        } else {
+          out = t;
+          replace_all(out, kMetaspace, " ");
+        }
+      }
+    }
+    for (const HfAddedToken& a : s_.added) {
+      bytes_[size_t(a.id)] = a.special ? std::string() : a.content;
+      added_by_byte_[static_cast<unsigned char>(a.content[0])].push_back(&a);
+    }
+    for (auto& list : added_by_byte_)
+      std::stable_sort(list.begin(), list.end(),
+                       [](const HfAddedToken* a, const HfAddedToken* b) { return a->content.size() > b->content.size(); });
+  }
+
+  std::string kind() const override { return s_.byte_level ? "hf-bpe-bytelevel" : "hf-bpe-sentencepiece"; }
+  int32_t vocab_size() const override { return int32_t(s_.id_to_token.size()); }
+  int32_t bos_id() const override { return s_.bos_id; }
+  int32_t eos_id() const override { return s_.eos_id; }
+
+  std::vector<int32_t> encode(std::string_view text) const override {
+    std::vector<int32_t> out;
+    Cache cache;
+    size_t seg = 0;
+    for (size_t i = 0; i < text.size();) {
+      const HfAddedToken* hit = nullptr;
+      for (const HfAddedToken* a : added_by_byte_[static_cast<unsigned char>(text[i])])
+        if (text.compare(i, a->content.size(), a->content) == 0) {
+          hit = a;
+          break;
+        }
+      if (!hit) {
+        ++i;
+        continue;
+      }
+      encode_segment(text.substr(seg, i - seg), seg == 0, cache, out);
+      out.push_back(hit->id);
+      i += hit->content.size();
+      seg = i;
+    }
+    encode_segment(text.substr(seg), seg == 0, cache, out);
+    return out;
+  }
+
+  std::string token_bytes(int32_t id) const override { return bytes_[check(id)]; }
+
+  std::string decode(const std::vector<int32_t>& ids) const override {
+    std::string out;
+    for (int32_t id : ids) out += bytes_[check(id)];
+    if (s_.dummy_prefix && !out.empty() && out[0] == ' ') out.erase(0, 1);
+    return out;
+  }
+
+ private:
+  using Cache = std::unordered_map<std::string, std::vector<int32_t>>;
+
+  size_t check(int32_t id) const {
+    if (id < 0 || size_t(id) >= bytes_.size())
+      fail("tokenizer", s_.path, ": token id ", id, " is out of range [0, ", bytes_.size(), ")");
+    return size_t(id);
+  }
+
+  void encode_segment(std::string_view seg, bool at_start, Cache& cache, std::vector<int32_t>& out) const {
+    if (seg.empty()) return;
+    std::string text(seg);
+    for (const HfNormalizeStep& st : s_.normalizer) {
+      if (st.kind == HfNormalizeStep::Prepend) {
+        if (!text.empty()) text.insert(0, st.a);
+      } else {
+        replace_all(text, st.a, st.b);
+      }
+    }
+    if (s_.byte_level) {
+      if (s_.byte_level_prefix_space && !text.empty() && text[0] != ' ') text.insert(0, " ");
+      std::vector<std::string_view> pieces{text};
+      for (SplitPattern p : s_.splits) {
+        std::vector<std::string_view> finer;
+        for (std::string_view piece : pieces)
+          for (std::string_view sub : pretokenize(piece, p)) finer.push_back(sub);
+        pieces.swap(finer);
+      }
+      const auto& table = byte_to_unicode_table();
+      std::string mapped;
+      for (std::string_view piece : pieces) {
+        mapped.clear();
+        for (char c : piece) mapped += table[static_cast<unsigned char>(c)];
+        auto it = cache.find(mapped);
+        if (it == cache.end()) {
+          if (cache.size() >= kWordCacheLimit) cache.clear();
+          it = cache.emplace(mapped, word_ids(mapped)).first;
+        }
+        out.insert(out.end(), it->second.begin(), it->second.end());
+      }
+      return;
+    }
+    if (s_.metaspace) {
+      replace_all(text, " ", kMetaspace);
+      const bool prepend = s_.metaspace_prepend == "always" || (s_.metaspace_prepend == "first" && at_start);
+      if (prepend && text.compare(0, 3, kMetaspace) != 0) text.insert(0, kMetaspace);
+      if (s_.metaspace_split) {
+        // Split before every "▁" (MergedWithNext): each piece starts with its "▁".
+        size_t start = 0;
+        for (size_t hit = text.find(kMetaspace, 1); hit != std::string::npos; hit = text.find(kMetaspace, hit + 3)) {
+          append(out, word_ids(std::string_view(text).substr(start, hit - start)));
+          start = hit;
+        }
+        append(out, word_ids(std::string_view(text).substr(start)));
+        return;
+      }
+    }
+    append(out, word_ids(text));
+  }
+
+  static void append(std::vector<int32_t>& out, const std::vector<int32_t>& ids) {
+    out.insert(out.end(), ids.begin(), ids.end());
+  }
+
+  int32_t vocab_id(std::string_view t) const {
+    auto it = s_.token_to_id.find(std::string(t));
+    return it == s_.token_to_id.end() ? -1 : it->second;
+  }
+
+  // BPE of one pre-token: characters -> ids (byte fallback / unk), then merges by rank.
+  std::vector<int32_t> word_ids(std::string_view word) const {
+    if (word.empty()) return {};
+    if (s_.ignore_merges)
+      if (int32_t id = vocab_id(word); id >= 0) return {id};
+    std::vector<int32_t> ids;
+    bool last_unk = false;
+    for (size_t i = 0; i < word.size();) {
+      int len = 1;
+      decode_utf8(word, i, len);
+      const std::string_view sym = word.substr(i, size_t(len));
+      i += size_t(len);
+      if (int32_t id = vocab_id(sym); id >= 0) {
+        ids.push_back(id), last_unk = false;
+        continue;
+      }
+      if (s_.byte_fallback &&
+          std::all_of(sym.begin(), sym.end(), [&](char c) { return byte_ids_[static_cast<unsigned char>(c)] >= 0; })) {
+        for (char c : sym) ids.push_back(byte_ids_[static_cast<unsigned char>(c)]);
+        last_unk = false;
+        continue;
+      }
+      if (s_.unk_id < 0)
+        fail("tokenizer", s_.path, ": '", std::string(sym), "' is not in the vocab and the model has no unk_token",
+             s_.byte_fallback ? "" : " or byte_fallback");
+      if (!(s_.fuse_unk && last_unk)) ids.push_back(s_.unk_id);
+      last_unk = true;
+    }
+    auto lookup = [&](int32_t a, int32_t b) {
+      MergeResult r;
+      auto it = s_.merges.find((uint64_t(uint32_t(a)) << 32) | uint32_t(b));
+      if (it == s_.merges.end()) return r;
+      r.ok = true;
+      r.priority = -double(it->second.rank);
+      r.merged = it->second.merged;
+      return r;
+    };
+    return bpe_merge(std::move(ids), lookup);
+  }
+
+  HfBpeSpec s_;
+  std::array<int32_t, 256> byte_ids_{};
+  std::vector<std::string> bytes_;  // token_bytes per id
+  std::array<std::vector<const HfAddedToken*>, 256> added_by_byte_;  // by first byte, longest first
+};
+
+}  // namespace
+
+const std::array<std::string, 256>& byte_to_unicode_table() {
+  static const std::array<std::string, 256> table = [] {
+    std::array<std::string, 256> t;
+    uint32_t next = 256;
+    for (uint32_t b = 0; b < 256; ++b) {
+      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      append_utf8(t[b], printable ? b : next++);
+    }
+    return t;
+  }();
+  return table;
+}
+
+std::unique_ptr<Tokenizer> make_hf_bpe_tokenizer(HfBpeSpec spec) { return std::make_unique<HfBpe>(std::move(spec)); }
+
+}  // namespace mc::detail
