@@ -1,0 +1,197 @@
+// Packed quantized checkpoints in safetensors (layout: docs/packed-format.md).
+#include "mcompress/quant/packed.h"
+
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "mcompress/error.h"
+#include "mcompress/io/safetensors.h"
+#include "mcompress/torch_bridge.h"
+
+namespace mc {
+
+namespace {
+
+constexpr const char* kComp = "pack";
+
+// One packed weight as described in the metadata.
+struct PackedEntry {
+  QuantSpec spec;
+  int64_t out = 0, in = 0;
+};
+
+nlohmann::json describe_entry(const QuantResult& q) {
+  return {{"bits", q.spec.bits},
+          {"group_size", q.spec.group_size},
+          {"symmetric", q.spec.symmetric},
+          {"mse_clip", q.spec.mse_clip},
+          {"shape", {q.codes.size(0), q.codes.size(1)}}};
+}
+
+// Checks that `q` is what rtn_quantize produces and returns its tensors in the packed layout.
+void append_packed(const std::string& key, const QuantResult& q, std::vector<HostTensor>& out) {
+  if (!q.codes.defined() || q.codes.dim() != 2 || q.codes.scalar_type() != at::kByte)
+    fail<Error>(kComp, key, ": codes must be a uint8 [out, in] tensor");
+  const int64_t rows = q.codes.size(0), in = q.codes.size(1);
+  q.spec.validate(key, in);
+  const int64_t G = q.spec.n_groups(in);
+  for (const at::Tensor* t : {&q.scales, &q.zeros})
+    if (!t->defined() || t->dim() != 2 || t->size(0) != rows || t->size(1) != G)
+      fail<Error>(kComp, key, ": scales and zeros must be [", rows, ", ", G, "] for ", q.spec.describe(), " of ",
+                  rows, "x", in);
+  const at::Tensor s = q.scales.to(at::kCPU).to(at::kFloat);
+  const at::Tensor s16 = s.to(at::kHalf);
+  if (!s16.to(at::kFloat).equal(s) || !at::isfinite(s).all().item<bool>())
+    fail<Error>(kComp, key, ": scales must be finite float16 values (compute the codes with fp16 scales, "
+                "see round_up_to_f16 in quant/rtn.h)");
+  const at::Tensor z = q.zeros.to(at::kCPU).to(at::kFloat);
+  const int maxq = (1 << q.spec.bits) - 1;
+  if (q.spec.symmetric) {
+    if (!z.eq(double(1 << (q.spec.bits - 1))).all().item<bool>())
+      fail<Error>(kComp, key, ": symmetric zeros must all be ", 1 << (q.spec.bits - 1));
+  } else if (!(z.eq(z.round()) & z.ge(0) & z.le(maxq)).all().item<bool>()) {
+    fail<Error>(kComp, key, ": asymmetric zeros must be integers in 0..", maxq);
+  }
+  out.push_back(HostTensor::owned(key + ".qweight", DType::U8, {rows, packed_row_bytes(in, q.spec.bits)},
+                                  pack_codes(q.codes, q.spec.bits)));
+  out.push_back(from_torch(key + ".scales", s16));
+  if (!q.spec.symmetric)
+    out.push_back(HostTensor::owned(key + ".zeros", DType::U8, {rows, packed_row_bytes(G, q.spec.bits)},
+                                    pack_codes(z.to(at::kByte), q.spec.bits)));
+}
+
+// Parses the metadata's description: key -> entry. Throws InputError naming the file.
+std::map<std::string, PackedEntry> parse_description(const CheckpointReader& reader) {
+  const std::string& path = reader.path();
+  auto it = reader.metadata().find(kPackedMetadataKey);
+  if (it == reader.metadata().end())
+    fail(kComp, path, ": no '", kPackedMetadataKey, "' metadata: not a packed checkpoint");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(it->second);
+  } catch (const nlohmann::json::exception& e) {
+    fail(kComp, path, ": metadata '", kPackedMetadataKey, "' is not valid JSON: ", e.what());
+  }
+  if (!j.is_object() || !j.contains("format") || !j["format"].is_string())
+    fail(kComp, path, ": metadata '", kPackedMetadataKey, "' lacks a \"format\" string");
+  if (j["format"] != kPackedFormat)
+    fail(kComp, path, ": unsupported packed format '", j["format"].get<std::string>(), "' (this build reads ",
+         kPackedFormat, ")");
+  if (!j.contains("tensors") || !j["tensors"].is_object())
+    fail(kComp, path, ": metadata '", kPackedMetadataKey, "' lacks a \"tensors\" object");
+  std::map<std::string, PackedEntry> entries;
+  for (auto& [key, e] : j["tensors"].items()) {
+    PackedEntry pe;
+    try {
+      pe.spec.bits = e.at("bits").get<int>();
+      pe.spec.group_size = e.at("group_size").get<int64_t>();
+      pe.spec.symmetric = e.at("symmetric").get<bool>();
+      pe.spec.mse_clip = e.value("mse_clip", false);
+      const auto& shape = e.at("shape");
+      if (!shape.is_array() || shape.size() != 2) throw std::runtime_error("shape must be [out, in]");
+      pe.out = shape[0].get<int64_t>();
+      pe.in = shape[1].get<int64_t>();
+    } catch (const std::exception& ex) {
+      fail(kComp, path, ": packed tensor '", key, "': bad description: ", ex.what());
+    }
+    if (pe.out < 0) fail(kComp, path, ": packed tensor '", key, "': negative shape");
+    try {
+      pe.spec.validate(key, pe.in);
+    } catch (const InputError& ex) {
+      fail(kComp, path, ": ", ex.what());
+    }
+    entries.emplace(key, pe);
+  }
+  return entries;
+}
+
+// Loads `name` after checking its dtype and shape against the description.
+HostTensor load_part(const CheckpointReader& reader, const std::string& key, const std::string& name, DType dtype,
+                     const Shape& shape) {
+  if (!reader.contains(name)) fail(kComp, reader.path(), ": packed tensor '", key, "' lacks '", name, "'");
+  const TensorInfo& ti = reader.info(name);
+  if (ti.dtype != dtype || ti.shape != shape)
+    fail(kComp, reader.path(), ": '", name, "' is ", dtype_name(ti.dtype), " ", shape_str(ti.shape), ", expected ",
+         dtype_name(dtype), " ", shape_str(shape));
+  return reader.load(name);
+}
+
+HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
+  const int bits = e.spec.bits;
+  const int64_t G = e.spec.n_groups(e.in);
+  QuantResult q;
+  q.spec = e.spec;
+  HostTensor qw = load_part(reader, key, key + ".qweight", DType::U8, {e.out, packed_row_bytes(e.in, bits)});
+  q.codes = unpack_codes(qw.data, e.out, e.in, bits);
+  q.scales = to_torch(load_part(reader, key, key + ".scales", DType::F16, {e.out, G})).to(at::kFloat);
+  if (!at::isfinite(q.scales).all().item<bool>())
+    fail(kComp, reader.path(), ": '", key, ".scales' holds NaN or Inf");
+  if (e.spec.symmetric) {
+    if (reader.contains(key + ".zeros"))
+      fail(kComp, reader.path(), ": packed tensor '", key, "' is symmetric but has '", key, ".zeros'");
+    q.zeros = at::full({e.out, G}, double(1 << (bits - 1)), at::kFloat);
+  } else {
+    HostTensor zt = load_part(reader, key, key + ".zeros", DType::U8, {e.out, packed_row_bytes(G, bits)});
+    q.zeros = unpack_codes(zt.data, e.out, G, bits).to(at::kFloat);
+  }
+  return from_torch(key, q.dequantize());
+}
+
+}  // namespace
+
+void write_packed_checkpoint(const std::string& path, const std::map<std::string, at::Tensor>& dense,
+                             const std::map<std::string, QuantResult>& quantized,
+                             const std::map<std::string, std::string>& metadata) {
+  std::vector<HostTensor> tensors;
+  for (const auto& [name, t] : dense) {
+    if (quantized.count(name)) fail(kComp, path, ": '", name, "' is given both dense and quantized");
+    tensors.push_back(from_torch(name, t));
+  }
+  nlohmann::json desc = nlohmann::json::object();
+  for (const auto& [key, q] : quantized) {
+    append_packed(key, q, tensors);
+    desc[key] = describe_entry(q);
+  }
+  std::map<std::string, std::string> meta = metadata;
+  meta[kPackedMetadataKey] = nlohmann::json{{"format", kPackedFormat}, {"tensors", desc}}.dump();
+  write_safetensors(path, tensors, meta);
+}
+
+bool is_packed_checkpoint(const CheckpointReader& reader) {
+  return reader.metadata().count(kPackedMetadataKey) != 0;
+}
+
+std::vector<HostTensor> read_packed_checkpoint(const CheckpointReader& reader) {
+  const std::map<std::string, PackedEntry> entries = parse_description(reader);
+  std::set<std::string> parts;
+  for (const auto& [key, e] : entries) {
+    if (reader.contains(key))
+      fail(kComp, reader.path(), ": '", key, "' is stored both dense and packed");
+    parts.insert(key + ".scales");
+    parts.insert(key + ".zeros");
+  }
+  std::vector<HostTensor> out;
+  std::set<std::string> done;
+  for (const TensorInfo& ti : reader.tensors()) {
+    const std::string& name = ti.name;
+    const std::string suffix = ".qweight";
+    if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      const std::string key = name.substr(0, name.size() - suffix.size());
+      auto it = entries.find(key);
+      if (it != entries.end()) {
+        out.push_back(dequantize_entry(reader, key, it->second));
+        done.insert(key);
+        continue;
+      }
+    }
+    if (parts.count(name)) continue;
+    out.push_back(reader.load(name));
+  }
+  for (const auto& [key, e] : entries)
+    if (!done.count(key)) fail(kComp, reader.path(), ": packed tensor '", key, "' lacks '", key, ".qweight'");
+  return out;
+}
+
+}  // namespace mc
