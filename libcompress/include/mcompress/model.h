@@ -1,0 +1,118 @@
+// Models that calibration, quantization, pruning, distillation and evaluation work on.
+//
+// A Model owns its parameters by checkpoint name (what save writes back) and computes its forward
+// pass with ATen ops on them, so replacing a weight is replacing a tensor, and the same code runs on
+// CPU and CUDA. Every weight-bearing layer goes through Model::apply_linear (or the embedding/conv
+// equivalents), which calls the registered hooks: that is how a caller captures a layer's inputs and
+// outputs. Layers are grouped in blocks (transformer blocks; for a classifier, one block per
+// weight-bearing layer) and can be run block by block (embed -> run_block(0..n-1) -> head).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace mc {
+
+enum class LayerKind { Linear, Embedding, Conv2d, Norm };
+const char* layer_kind_name(LayerKind k);
+
+struct LayerInfo {
+  std::string name;        // module name, e.g. "layers.0.attention.wq" or "fc1"
+  std::string weight;      // checkpoint key of its weight
+  std::string bias;        // checkpoint key of its bias, "" when none
+  LayerKind kind = LayerKind::Linear;
+  int block = -1;          // block index; -1 outside the blocks (llama: embedding, final norm, classifier;
+                           // a classifier model's last linear layer is inside its own block)
+  bool is_classifier = false;  // the output projection (tied or not)
+  int64_t out_features = 0, in_features = 0;  // conv: out_channels, in_channels * kh * kw
+};
+
+// Called on every use of a layer with its input (as the matmul sees it: [..., in_features]) and output.
+// Linear: x [..., in] -> y [..., out]. Conv2d: the unfolded patches [B, L, in_channels*kh*kw] -> [B, L, out].
+// Embedding: the int64 ids -> [..., dim]. Norm (RMSNorm, batchnorm): its input -> its output.
+using LayerHook = std::function<void(const LayerInfo& layer, const at::Tensor& input, const at::Tensor& output)>;
+
+// Keys and values of the attention layers for generation: per block [B, n_kv_heads, capacity, head_dim],
+// the first `length` positions filled. Start with an empty cache; the model allocates it.
+struct KVCache {
+  std::vector<at::Tensor> k, v;
+  int64_t length = 0;
+  int64_t capacity = 0;  // positions allocated; 0: the model's max_seq_len
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual std::string arch() const = 0;  // "llama", "classifier"
+  virtual bool is_language_model() const = 0;
+
+  // Every weight-bearing layer in execution order: Linear, Conv2d, Embedding and Norm (RMSNorm, batchnorm)
+  // layers; passes that rewrite matmul weights select kind Linear/Conv2d (and usually skip is_classifier).
+  const std::vector<LayerInfo>& layers() const { return layers_; }
+  const LayerInfo& layer(const std::string& name) const;  // throws InputError
+  int num_blocks() const { return num_blocks_; }
+
+  const std::map<std::string, at::Tensor>& params() const { return params_; }
+  const at::Tensor& param(const std::string& key) const;  // throws InputError
+  // Replaces a parameter (same shape; converted to the model's dtype/device). Tied parameters
+  // (a shared classifier) stay tied.
+  void set_param(const std::string& key, const at::Tensor& value);
+
+  int add_hook(LayerHook hook);
+  void remove_hook(int id);
+
+  // LM: int64 tokens [B, T] -> logits [B, T, vocab]. Classifier: inputs [B, ...] -> logits [B, classes].
+  virtual at::Tensor forward(const at::Tensor& input) = 0;
+  // Block-wise execution: forward(x) == head(run_block(n-1, ... run_block(0, embed(x)))).
+  virtual at::Tensor embed(const at::Tensor& input) = 0;
+  virtual at::Tensor run_block(int k, const at::Tensor& hidden) = 0;
+  virtual at::Tensor head(const at::Tensor& hidden) = 0;
+
+  // Language models: vocabulary size and the longest sequence the model was trained for (0 for classifiers).
+  virtual int64_t vocab_size() const { return 0; }
+  virtual int64_t max_seq_len() const { return 0; }
+  // Incremental decoding (language models): logits [B, T, vocab] of `tokens` [B, T] placed after the
+  // cache's positions, whose keys/values are appended to the cache. Equals the matching slice of
+  // forward() over the whole sequence. Throws InputError for models without one.
+  virtual at::Tensor forward_cached(const at::Tensor& tokens, KVCache& cache);
+
+  // Config as string metadata (saved beside the weights so the file loads as this model again).
+  virtual std::map<std::string, std::string> config_metadata() const = 0;
+  virtual void to(c10::Device device);
+  c10::Device device() const { return device_; }
+
+ protected:
+  // y = x W^T (+ b), calling the hooks.
+  at::Tensor apply_linear(const LayerInfo& layer, const at::Tensor& x);
+  void run_hooks(const LayerInfo& layer, const at::Tensor& input, const at::Tensor& output);
+  void add_layer(LayerInfo info);
+
+  std::vector<LayerInfo> layers_;
+  std::map<std::string, size_t> layer_index_;
+  int num_blocks_ = 0;
+  std::map<std::string, at::Tensor> params_;
+  std::map<std::string, std::string> tied_;  // key -> key it is tied to
+  std::map<int, LayerHook> hooks_;
+  int next_hook_ = 0;
+  c10::Device device_ = c10::Device(c10::kCPU);
+};
+
+struct LoadOptions {
+  std::string arch_file;           // classifier architecture YAML (when the checkpoint has none inside)
+  std::string device = "cpu";      // "cpu" or "cuda" (when the LibTorch build has it)
+};
+
+// Loads a llama2.c checkpoint, a Hugging Face directory (config.json + model.safetensors or a sharded
+// index), a checkpoint saved by mcompress (config in its metadata, possibly packed-quantized), or a
+// classifier (architecture YAML + weights in any format). Mismatches (missing/unexpected keys,
+// shapes that don't match the config) throw InputError listing them.
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts = {});
+
+// Writes the model's parameters (and config metadata) to a checkpoint in any writable format.
+void save_model(const Model& model, const std::string& path, const std::map<std::string, std::string>& extra_metadata = {});
+
+}  // namespace mc

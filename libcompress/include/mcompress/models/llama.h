@@ -1,0 +1,76 @@
+// Llama-family decoder (llama2.c, Llama, Mistral, Qwen2): RMSNorm, RoPE (interleaved pairs as llama2.c,
+// or rotate-half as Hugging Face), grouped-query attention, SwiGLU MLP, tied or separate classifier,
+// optional q/k/v biases. Parameters keep the checkpoint's own names (llama2.c or Hugging Face).
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+
+#include "mcompress/model.h"
+#include "mcompress/tensor.h"
+
+namespace mc {
+
+enum class RopeLayout { Interleaved, RotateHalf };  // llama2.c pairs (x0,x1),(x2,x3)... / HF halves
+enum class LlamaNames { Llama2c, HuggingFace };
+
+struct LlamaConfig {
+  int64_t dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  int64_t vocab_size = 0, max_seq_len = 0;
+  double norm_eps = 1e-5, rope_theta = 10000.0;
+  RopeLayout rope = RopeLayout::Interleaved;
+  LlamaNames names = LlamaNames::Llama2c;
+  bool tied = true;       // classifier shares the embedding
+  bool qkv_bias = false;  // Qwen2; Llama with attention_bias
+  bool o_bias = false;    // Llama with attention_bias
+  int64_t sliding_window = 0;  // Mistral; 0 = none
+  // rope_scaling: "" (none), "linear" (positions / factor) or "llama3" (Llama 3.1 frequency bands).
+  std::string rope_scaling;
+  double rope_factor = 1.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
+  int64_t rope_original_max_pos = 8192;
+  int64_t bos_id = -1, eos_id = -1;  // from a Hugging Face config; -1 when unknown
+
+  void validate() const;  // throws InputError
+  std::string json() const;                       // for checkpoint metadata
+  static LlamaConfig from_json(const std::string& text, const std::string& where);
+  static LlamaConfig from_hf_config(const std::string& config_json_path);
+};
+
+// Checkpoint key of a parameter: role is one of embed, final_norm, output, attn_norm, ffn_norm, wq, wk, wv,
+// wo, w1 (gate), w2 (down), w3 (up), bq, bk, bv, bo; block is the layer index (ignored for the global ones).
+std::string llama_param_name(LlamaNames names, const std::string& role, int64_t block = -1);
+
+class LlamaModel : public Model {
+ public:
+  // `weights` by checkpoint name (zero-copy views where possible). Checks names and shapes against the
+  // config: missing/unexpected keys and wrong shapes throw InputError naming them.
+  LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostTensor>& weights);
+
+  const LlamaConfig& config() const { return cfg_; }
+  std::string arch() const override { return "llama"; }
+  bool is_language_model() const override { return true; }
+  int64_t vocab_size() const override { return cfg_.vocab_size; }
+  int64_t max_seq_len() const override { return cfg_.max_seq_len; }
+
+  at::Tensor forward(const at::Tensor& tokens) override;
+  at::Tensor embed(const at::Tensor& tokens) override;
+  at::Tensor run_block(int k, const at::Tensor& hidden) override;
+  at::Tensor head(const at::Tensor& hidden) override;
+  at::Tensor forward_cached(const at::Tensor& tokens, KVCache& cache) override;
+  std::map<std::string, std::string> config_metadata() const override;
+  void to(c10::Device device) override;
+
+ private:
+  at::Tensor block(int k, const at::Tensor& x, KVCache* cache, int64_t pos0);
+  at::Tensor attention(int k, const at::Tensor& x, KVCache* cache, int64_t pos0);
+  at::Tensor rms_norm(const LayerInfo& layer, const at::Tensor& x);
+  at::Tensor rope(const at::Tensor& x, int64_t pos0);  // x [B, H, T, head_dim]
+  void ensure_rope_tables(int64_t length);
+
+  LlamaConfig cfg_;
+  std::vector<std::vector<size_t>> block_layers_;  // per block: indices into layers_ (attn_norm, wq..wo, ffn_norm, w1, w3, w2)
+  size_t embed_layer_ = 0, norm_layer_ = 0, output_layer_ = 0;
+  at::Tensor cos_, sin_;  // [n, head_dim/2] float32 on the model's device
+};
+
+}  // namespace mc

@@ -1,0 +1,173 @@
+// LlamaConfig: validation, JSON round trip (checkpoint metadata), Hugging Face config.json, and the
+// parameter names of the two naming schemes.
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "mcompress/error.h"
+#include "mcompress/models/llama.h"
+
+namespace mc {
+
+namespace {
+
+using nlohmann::json;
+
+const char* layout_name(RopeLayout r) { return r == RopeLayout::Interleaved ? "interleaved" : "rotate_half"; }
+const char* names_name(LlamaNames n) { return n == LlamaNames::Llama2c ? "llama2c" : "hf"; }
+
+template <typename T>
+T get_or(const json& j, const char* key, T dflt) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return dflt;
+  return it->get<T>();
+}
+
+int64_t first_id(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return -1;
+  if (it->is_array()) return it->empty() ? -1 : (*it)[0].get<int64_t>();
+  return it->get<int64_t>();
+}
+
+}  // namespace
+
+void LlamaConfig::validate() const {
+  auto bad = [&](const std::string& what) { fail("llama", "config: ", what); };
+  if (dim <= 0 || hidden_dim <= 0 || n_layers <= 0 || n_heads <= 0 || vocab_size <= 0)
+    bad(str("dim ", dim, ", hidden_dim ", hidden_dim, ", n_layers ", n_layers, ", n_heads ", n_heads,
+            ", vocab_size ", vocab_size, " must all be positive"));
+  if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
+    bad(str("n_kv_heads ", n_kv_heads, " must divide n_heads ", n_heads));
+  if (head_dim <= 0 || head_dim % 2 != 0) bad(str("head_dim ", head_dim, " must be positive and even (RoPE pairs)"));
+  if (!(norm_eps > 0) || !(rope_theta > 0)) bad(str("norm_eps ", norm_eps, " and rope_theta ", rope_theta, " must be > 0"));
+  if (!rope_scaling.empty() && rope_scaling != "linear" && rope_scaling != "llama3")
+    bad(str("rope_scaling '", rope_scaling, "' is not supported (allowed: linear, llama3)"));
+  if (!(rope_factor > 0)) bad(str("rope scaling factor ", rope_factor, " must be > 0"));
+  if (rope_scaling == "llama3" && !(rope_high_freq_factor > rope_low_freq_factor))
+    bad("llama3 rope scaling needs high_freq_factor > low_freq_factor");
+}
+
+std::string LlamaConfig::json() const {
+  nlohmann::ordered_json j;
+  j["dim"] = dim, j["hidden_dim"] = hidden_dim, j["n_layers"] = n_layers, j["n_heads"] = n_heads;
+  j["n_kv_heads"] = n_kv_heads, j["head_dim"] = head_dim, j["vocab_size"] = vocab_size;
+  j["max_seq_len"] = max_seq_len, j["norm_eps"] = norm_eps, j["rope_theta"] = rope_theta;
+  j["rope_layout"] = layout_name(rope), j["names"] = names_name(names), j["tied"] = tied;
+  j["qkv_bias"] = qkv_bias, j["o_bias"] = o_bias, j["sliding_window"] = sliding_window;
+  j["rope_scaling"] = rope_scaling, j["rope_factor"] = rope_factor;
+  j["rope_low_freq_factor"] = rope_low_freq_factor, j["rope_high_freq_factor"] = rope_high_freq_factor;
+  j["rope_original_max_pos"] = rope_original_max_pos, j["bos_id"] = bos_id, j["eos_id"] = eos_id;
+  return j.dump();
+}
+
+LlamaConfig LlamaConfig::from_json(const std::string& text, const std::string& where) {
+  LlamaConfig c;
+  try {
+    auto j = json::parse(text);
+    c.dim = j.at("dim"), c.hidden_dim = j.at("hidden_dim"), c.n_layers = j.at("n_layers");
+    c.n_heads = j.at("n_heads"), c.n_kv_heads = j.at("n_kv_heads"), c.head_dim = j.at("head_dim");
+    c.vocab_size = j.at("vocab_size"), c.max_seq_len = j.at("max_seq_len");
+    c.norm_eps = j.at("norm_eps"), c.rope_theta = j.at("rope_theta");
+    const std::string layout = j.at("rope_layout"), names = j.at("names");
+    if (layout != "interleaved" && layout != "rotate_half") fail("llama", where, ": unknown rope_layout '", layout, "'");
+    if (names != "llama2c" && names != "hf") fail("llama", where, ": unknown names '", names, "'");
+    c.rope = layout == "interleaved" ? RopeLayout::Interleaved : RopeLayout::RotateHalf;
+    c.names = names == "llama2c" ? LlamaNames::Llama2c : LlamaNames::HuggingFace;
+    c.tied = j.at("tied"), c.qkv_bias = get_or(j, "qkv_bias", false), c.o_bias = get_or(j, "o_bias", false);
+    c.sliding_window = get_or<int64_t>(j, "sliding_window", 0);
+    c.rope_scaling = get_or<std::string>(j, "rope_scaling", "");
+    c.rope_factor = get_or(j, "rope_factor", 1.0);
+    c.rope_low_freq_factor = get_or(j, "rope_low_freq_factor", 1.0);
+    c.rope_high_freq_factor = get_or(j, "rope_high_freq_factor", 4.0);
+    c.rope_original_max_pos = get_or<int64_t>(j, "rope_original_max_pos", 8192);
+    c.bos_id = get_or<int64_t>(j, "bos_id", -1), c.eos_id = get_or<int64_t>(j, "eos_id", -1);
+  } catch (const json::exception& e) {
+    fail("llama", where, ": bad model config in metadata 'mcompress.llama.config': ", e.what());
+  }
+  c.validate();
+  return c;
+}
+
+LlamaConfig LlamaConfig::from_hf_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("llama", path, ": cannot read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  LlamaConfig c;
+  c.names = LlamaNames::HuggingFace;
+  c.rope = RopeLayout::RotateHalf;
+  try {
+    auto j = json::parse(ss.str());
+    std::string arch;
+    if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty())
+      arch = j["architectures"][0].get<std::string>();
+    if (arch != "LlamaForCausalLM" && arch != "Qwen2ForCausalLM" && arch != "MistralForCausalLM")
+      fail("llama", path, ": architecture '", arch,
+           "' is not supported (allowed: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)");
+    const std::string act = get_or<std::string>(j, "hidden_act", "silu");
+    if (act != "silu") fail("llama", path, ": hidden_act '", act, "' is not supported (only silu)");
+    if (get_or(j, "mlp_bias", false)) fail("llama", path, ": mlp_bias is not supported");
+    c.dim = j.at("hidden_size"), c.hidden_dim = j.at("intermediate_size");
+    c.n_layers = j.at("num_hidden_layers"), c.n_heads = j.at("num_attention_heads");
+    c.n_kv_heads = get_or<int64_t>(j, "num_key_value_heads", c.n_heads);
+    c.head_dim = get_or<int64_t>(j, "head_dim", c.n_heads > 0 ? c.dim / c.n_heads : 0);
+    c.vocab_size = j.at("vocab_size");
+    c.max_seq_len = get_or<int64_t>(j, "max_position_embeddings", 2048);
+    c.norm_eps = get_or(j, "rms_norm_eps", 1e-6);
+    c.rope_theta = get_or(j, "rope_theta", 10000.0);
+    c.tied = get_or(j, "tie_word_embeddings", false);
+    const bool attention_bias = get_or(j, "attention_bias", false);
+    c.qkv_bias = arch == "Qwen2ForCausalLM" || attention_bias;
+    c.o_bias = arch != "Qwen2ForCausalLM" && attention_bias;
+    if (arch == "MistralForCausalLM") c.sliding_window = get_or<int64_t>(j, "sliding_window", 0);
+    if (arch == "Qwen2ForCausalLM" && get_or(j, "use_sliding_window", false))
+      c.sliding_window = get_or<int64_t>(j, "sliding_window", 0);
+    if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) {
+      const auto& rs = j["rope_scaling"];
+      c.rope_scaling = get_or<std::string>(rs, "rope_type", get_or<std::string>(rs, "type", ""));
+      if (c.rope_scaling == "default") c.rope_scaling.clear();
+      c.rope_factor = get_or(rs, "factor", 1.0);
+      c.rope_low_freq_factor = get_or(rs, "low_freq_factor", 1.0);
+      c.rope_high_freq_factor = get_or(rs, "high_freq_factor", 4.0);
+      c.rope_original_max_pos = get_or<int64_t>(rs, "original_max_position_embeddings", 8192);
+    }
+    c.bos_id = first_id(j, "bos_token_id"), c.eos_id = first_id(j, "eos_token_id");
+  } catch (const json::exception& e) {
+    fail("llama", path, ": bad config.json: ", e.what());
+  }
+  try {
+    c.validate();
+  } catch (const InputError& e) {
+    fail("llama", path, ": ", e.what());
+  }
+  return c;
+}
+
+std::string llama_param_name(LlamaNames names, const std::string& role, int64_t block) {
+  const bool hf = names == LlamaNames::HuggingFace;
+  if (role == "embed") return hf ? "model.embed_tokens.weight" : "tok_embeddings.weight";
+  if (role == "final_norm") return hf ? "model.norm.weight" : "norm.weight";
+  if (role == "output") return hf ? "lm_head.weight" : "output.weight";
+  const std::string p = (hf ? "model.layers." : "layers.") + std::to_string(block) + ".";
+  static const std::map<std::string, std::pair<const char*, const char*>> table = {
+      {"attn_norm", {"attention_norm.weight", "input_layernorm.weight"}},
+      {"ffn_norm", {"ffn_norm.weight", "post_attention_layernorm.weight"}},
+      {"wq", {"attention.wq.weight", "self_attn.q_proj.weight"}},
+      {"wk", {"attention.wk.weight", "self_attn.k_proj.weight"}},
+      {"wv", {"attention.wv.weight", "self_attn.v_proj.weight"}},
+      {"wo", {"attention.wo.weight", "self_attn.o_proj.weight"}},
+      {"bq", {"attention.wq.bias", "self_attn.q_proj.bias"}},
+      {"bk", {"attention.wk.bias", "self_attn.k_proj.bias"}},
+      {"bv", {"attention.wv.bias", "self_attn.v_proj.bias"}},
+      {"bo", {"attention.wo.bias", "self_attn.o_proj.bias"}},
+      {"w1", {"feed_forward.w1.weight", "mlp.gate_proj.weight"}},
+      {"w2", {"feed_forward.w2.weight", "mlp.down_proj.weight"}},
+      {"w3", {"feed_forward.w3.weight", "mlp.up_proj.weight"}},
+  };
+  auto it = table.find(role);
+  if (it == table.end()) fail<Error>("llama", "unknown parameter role '", role, "'");
+  return p + (hf ? it->second.second : it->second.first);
+}
+
+}  // namespace mc

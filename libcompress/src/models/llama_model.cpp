@@ -1,0 +1,282 @@
+// LlamaModel: parameters checked against the config, then an ATen forward mirroring llama2.c model.py
+// (and Hugging Face modeling_llama / modeling_qwen2 for the rotate-half layout and the biases).
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "mcompress/error.h"
+#include "mcompress/models/llama.h"
+#include "mcompress/torch_bridge.h"
+
+namespace mc {
+
+namespace {
+
+// Position of each role inside block_layers_[k], in execution order.
+enum BlockSlot { kAttnNorm, kWq, kWk, kWv, kWo, kFfnNorm, kW1, kW3, kW2, kSlots };
+
+std::string module_of(const std::string& key) {
+  const std::string suffix = ".weight";
+  if (key.size() > suffix.size() && key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0)
+    return key.substr(0, key.size() - suffix.size());
+  return key;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string list_some(const std::vector<std::string>& v) {
+  std::string out;
+  for (size_t i = 0; i < v.size() && i < 8; ++i) out += (i ? ", " : "") + v[i];
+  if (v.size() > 8) out += str(", ... (", v.size(), " in all)");
+  return out;
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostTensor>& weights) : cfg_(cfg) {
+  cfg_.validate();
+  const auto N = cfg_.names;
+  const int64_t D = cfg_.dim, F = cfg_.hidden_dim, V = cfg_.vocab_size;
+  const int64_t QD = cfg_.n_heads * cfg_.head_dim, KVD = cfg_.n_kv_heads * cfg_.head_dim;
+
+  // Expected parameters with their shapes, and the layers in execution order.
+  std::vector<std::pair<std::string, Shape>> expected;
+  auto want = [&](const std::string& role, int64_t blk, Shape s) {
+    std::string key = llama_param_name(N, role, blk);
+    expected.emplace_back(key, std::move(s));
+    return key;
+  };
+  const std::string embed_key = want("embed", -1, {V, D});
+  std::vector<LayerInfo> plan;
+  plan.push_back({module_of(embed_key), embed_key, "", LayerKind::Embedding, -1, false, D, V});
+  for (int64_t i = 0; i < cfg_.n_layers; ++i) {
+    const int b = static_cast<int>(i);
+    auto lin = [&](const char* role, const char* bias_role, bool has_bias, int64_t out, int64_t in) {
+      std::string w = want(role, i, {out, in});
+      std::string bias = has_bias ? want(bias_role, i, {out}) : "";
+      plan.push_back({module_of(w), w, bias, LayerKind::Linear, b, false, out, in});
+    };
+    auto norm = [&](const char* role) {
+      std::string w = want(role, i, {D});
+      plan.push_back({module_of(w), w, "", LayerKind::Norm, b, false, D, D});
+    };
+    norm("attn_norm");
+    lin("wq", "bq", cfg_.qkv_bias, QD, D);
+    lin("wk", "bk", cfg_.qkv_bias, KVD, D);
+    lin("wv", "bv", cfg_.qkv_bias, KVD, D);
+    lin("wo", "bo", cfg_.o_bias, D, QD);
+    norm("ffn_norm");
+    lin("w1", "", false, F, D);
+    lin("w3", "", false, F, D);
+    lin("w2", "", false, D, F);
+  }
+  const std::string norm_key = want("final_norm", -1, {D});
+  plan.push_back({module_of(norm_key), norm_key, "", LayerKind::Norm, -1, false, D, D});
+  const std::string out_key = llama_param_name(N, "output");
+  if (!cfg_.tied) expected.emplace_back(out_key, Shape{V, D});
+  plan.push_back({module_of(out_key), cfg_.tied ? embed_key : out_key, "", LayerKind::Linear, -1, true, V, D});
+
+  // Names: missing and unexpected keys (a tied checkpoint may still carry its classifier copy).
+  std::map<std::string, Shape> exp_map(expected.begin(), expected.end());
+  std::vector<std::string> missing, unexpected;
+  for (const auto& [key, shape] : expected)
+    if (!weights.count(key)) missing.push_back(key);
+  for (const auto& [key, t] : weights) {
+    if (exp_map.count(key) || ends_with(key, "rotary_emb.inv_freq")) continue;
+    if (cfg_.tied && key == out_key) continue;
+    unexpected.push_back(key);
+  }
+  if (!missing.empty() || !unexpected.empty()) {
+    std::string msg = "checkpoint does not match the llama config (" + std::to_string(cfg_.n_layers) + " layers";
+    msg += cfg_.qkv_bias ? ", q/k/v biases" : "";
+    msg += cfg_.tied ? ", tied classifier)" : ", separate classifier)";
+    if (!missing.empty()) msg += "; missing keys: " + list_some(missing);
+    if (!unexpected.empty()) msg += "; unexpected keys: " + list_some(unexpected);
+    fail("llama", msg);
+  }
+  // Shapes, then the tensors (zero-copy for F32; other float types are converted to F32).
+  auto to_param = [&](const std::string& key, const Shape& shape) {
+    const HostTensor& h = weights.at(key);
+    if (h.shape != shape)
+      fail("llama", "tensor '", key, "' has shape ", shape_str(h.shape), ", expected ", shape_str(shape),
+           " from the config (dim ", D, ", hidden_dim ", F, ", n_heads ", cfg_.n_heads, ", n_kv_heads ",
+           cfg_.n_kv_heads, ", head_dim ", cfg_.head_dim, ", vocab_size ", V, ")");
+    if (!is_float(h.dtype) && !is_block(h.dtype))
+      fail("llama", "tensor '", key, "' has integer dtype ", dtype_name(h.dtype), " (a float weight is needed)");
+    at::Tensor t = to_torch(h);
+    return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
+  };
+  for (const auto& [key, shape] : expected) params_[key] = to_param(key, shape);
+  if (cfg_.tied && weights.count(out_key)) {
+    to_param(out_key, {V, D});  // shape check only: one tensor serves both names
+    params_[out_key] = params_[embed_key];
+    tied_[out_key] = embed_key;
+  }
+
+  num_blocks_ = static_cast<int>(cfg_.n_layers);
+  block_layers_.assign(static_cast<size_t>(num_blocks_), {});
+  for (auto& info : plan) {
+    if (info.block >= 0) block_layers_[static_cast<size_t>(info.block)].push_back(layers_.size());
+    else if (info.kind == LayerKind::Embedding) embed_layer_ = layers_.size();
+    else if (info.is_classifier) output_layer_ = layers_.size();
+    else norm_layer_ = layers_.size();
+    add_layer(std::move(info));
+  }
+}
+
+void LlamaModel::ensure_rope_tables(int64_t length) {
+  if (cos_.defined() && cos_.size(0) >= length) return;
+  const int64_t n = std::max(length, cfg_.max_seq_len);
+  const int64_t half = cfg_.head_dim / 2;
+  auto dbl = at::TensorOptions().dtype(at::kDouble);
+  // llama2.c precompute_freqs_cis: 1 / theta^(2i / head_dim); HF _compute_default_rope_parameters is the same.
+  at::Tensor inv = 1.0 / at::pow(cfg_.rope_theta, at::arange(0, half, dbl) * 2.0 / double(cfg_.head_dim));
+  if (cfg_.rope_scaling == "linear") {
+    inv = inv / cfg_.rope_factor;
+  } else if (cfg_.rope_scaling == "llama3") {  // HF _compute_llama3_parameters
+    const double old_len = double(cfg_.rope_original_max_pos), f = cfg_.rope_factor;
+    const double lo = cfg_.rope_low_freq_factor, hi = cfg_.rope_high_freq_factor;
+    at::Tensor wavelen = 2.0 * M_PI / inv;
+    at::Tensor scaled = at::where(wavelen > old_len / lo, inv / f, inv);
+    at::Tensor smooth = (old_len / wavelen - lo) / (hi - lo);
+    at::Tensor smoothed = (1 - smooth) * scaled / f + smooth * scaled;
+    at::Tensor medium = (wavelen >= old_len / hi).logical_and(wavelen <= old_len / lo);
+    inv = at::where(medium, smoothed, scaled);
+  }
+  at::Tensor freqs = at::outer(at::arange(0, n, dbl), inv);  // [n, half]
+  cos_ = at::cos(freqs).to(at::kFloat).to(device_);
+  sin_ = at::sin(freqs).to(at::kFloat).to(device_);
+}
+
+at::Tensor LlamaModel::rope(const at::Tensor& x, int64_t pos0) {
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), half = cfg_.head_dim / 2;
+  ensure_rope_tables(pos0 + T);
+  at::Tensor c = cos_.narrow(0, pos0, T), s = sin_.narrow(0, pos0, T);  // [T, half]
+  if (cfg_.rope == RopeLayout::Interleaved) {
+    // llama2.c apply_rotary_emb: pairs (x[2i], x[2i+1]) rotated as complex numbers.
+    at::Tensor xs = x.reshape({B, H, T, half, 2});
+    at::Tensor xr = xs.select(-1, 0), xi = xs.select(-1, 1);
+    return at::stack({xr * c - xi * s, xr * s + xi * c}, -1).flatten(-2);
+  }
+  // HF: x * cos + rotate_half(x) * sin, cos = cat(c, c), rotate_half(x) = cat(-x2, x1).
+  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  return at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
+}
+
+at::Tensor LlamaModel::rms_norm(const LayerInfo& layer, const at::Tensor& x) {
+  at::Tensor y = x * at::rsqrt(x.pow(2).mean(-1, true) + cfg_.norm_eps) * params_.at(layer.weight);
+  run_hooks(layer, x, y);
+  return y;
+}
+
+at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int64_t pos0) {
+  const auto& ids = block_layers_[static_cast<size_t>(k)];
+  const int64_t B = x.size(0), T = x.size(1), H = cfg_.n_heads, HKV = cfg_.n_kv_heads, hd = cfg_.head_dim;
+  at::Tensor q = apply_linear(layers_[ids[kWq]], x).view({B, T, H, hd}).transpose(1, 2);
+  at::Tensor kk = apply_linear(layers_[ids[kWk]], x).view({B, T, HKV, hd}).transpose(1, 2);
+  at::Tensor v = apply_linear(layers_[ids[kWv]], x).view({B, T, HKV, hd}).transpose(1, 2);
+  q = rope(q, pos0);
+  kk = rope(kk, pos0);
+  int64_t S = T;
+  if (cache) {
+    auto& ck = cache->k[static_cast<size_t>(k)];
+    auto& cv = cache->v[static_cast<size_t>(k)];
+    ck.narrow(2, pos0, T).copy_(kk);
+    cv.narrow(2, pos0, T).copy_(v);
+    S = pos0 + T;
+    kk = ck.narrow(2, 0, S);
+    v = cv.narrow(2, 0, S);
+  }
+  // Grouped-query attention: query head h uses kv head h / (H / HKV), as llama2.c repeat_kv.
+  at::Tensor qg = q.reshape({B, HKV, H / HKV, T, hd});
+  at::Tensor scores = at::matmul(qg, kk.unsqueeze(2).transpose(-1, -2)) * (1.0 / std::sqrt(double(hd)));
+  auto lopts = at::TensorOptions().dtype(at::kLong).device(x.device());
+  at::Tensor qpos = at::arange(pos0, pos0 + T, lopts).unsqueeze(1), kpos = at::arange(0, S, lopts).unsqueeze(0);
+  at::Tensor masked = kpos > qpos;
+  if (cfg_.sliding_window > 0) masked = masked.logical_or(qpos - kpos >= cfg_.sliding_window);
+  scores.masked_fill_(masked, -std::numeric_limits<float>::infinity());
+  at::Tensor out = at::matmul(at::softmax(scores, -1), v.unsqueeze(2));  // [B, HKV, rep, T, hd]
+  out = out.reshape({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
+  return apply_linear(layers_[ids[kWo]], out);
+}
+
+at::Tensor LlamaModel::block(int k, const at::Tensor& x, KVCache* cache, int64_t pos0) {
+  const auto& ids = block_layers_[static_cast<size_t>(k)];
+  at::Tensor h = x + attention(k, rms_norm(layers_[ids[kAttnNorm]], x), cache, pos0);
+  at::Tensor n = rms_norm(layers_[ids[kFfnNorm]], h);
+  at::Tensor g = apply_linear(layers_[ids[kW1]], n);
+  at::Tensor u = apply_linear(layers_[ids[kW3]], n);
+  return h + apply_linear(layers_[ids[kW2]], at::silu(g) * u);
+}
+
+at::Tensor LlamaModel::embed(const at::Tensor& tokens) {
+  if (tokens.dim() != 2 || at::isFloatingType(tokens.scalar_type()))
+    fail("llama", "input must be integer token ids [batch, time], got ", tokens.dim(), " dims of ",
+         c10::toString(tokens.scalar_type()));
+  at::Tensor ids = tokens.to(device_, at::kLong);
+  if (ids.numel() > 0) {
+    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    if (lo < 0 || hi >= cfg_.vocab_size)
+      fail("llama", "token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
+  }
+  const LayerInfo& L = layers_[embed_layer_];
+  at::Tensor y = at::embedding(params_.at(L.weight), ids);
+  run_hooks(L, ids, y);
+  return y;
+}
+
+at::Tensor LlamaModel::run_block(int k, const at::Tensor& hidden) {
+  if (k < 0 || k >= num_blocks_) fail("llama", "block ", k, " out of range [0, ", num_blocks_, ")");
+  return block(k, hidden, nullptr, 0);
+}
+
+at::Tensor LlamaModel::head(const at::Tensor& hidden) {
+  return apply_linear(layers_[output_layer_], rms_norm(layers_[norm_layer_], hidden));
+}
+
+at::Tensor LlamaModel::forward(const at::Tensor& tokens) {
+  at::Tensor x = embed(tokens);
+  for (int k = 0; k < num_blocks_; ++k) x = block(k, x, nullptr, 0);
+  return head(x);
+}
+
+at::Tensor LlamaModel::forward_cached(const at::Tensor& tokens, KVCache& cache) {
+  at::Tensor x = embed(tokens);
+  const int64_t B = x.size(0), T = x.size(1);
+  if (cache.k.empty()) {
+    if (cache.capacity <= 0) cache.capacity = std::max(cfg_.max_seq_len, T);
+    auto opts = at::TensorOptions().dtype(at::kFloat).device(device_);
+    for (int k = 0; k < num_blocks_; ++k) {
+      cache.k.push_back(at::zeros({B, cfg_.n_kv_heads, cache.capacity, cfg_.head_dim}, opts));
+      cache.v.push_back(at::zeros({B, cfg_.n_kv_heads, cache.capacity, cfg_.head_dim}, opts));
+    }
+    cache.length = 0;
+  }
+  if (cache.k.size() != static_cast<size_t>(num_blocks_) || cache.k[0].size(0) != B)
+    fail("llama", "KV cache was made for another model or batch size");
+  if (cache.length + T > cache.capacity)
+    fail("llama", "sequence of ", cache.length + T, " tokens exceeds the KV cache capacity ", cache.capacity);
+  for (int k = 0; k < num_blocks_; ++k) x = block(k, x, &cache, cache.length);
+  cache.length += T;
+  return head(x);
+}
+
+std::map<std::string, std::string> LlamaModel::config_metadata() const {
+  std::map<std::string, std::string> m = {{"mcompress.arch", "llama"}, {"mcompress.llama.config", cfg_.json()}};
+  if (cfg_.names == LlamaNames::Llama2c) {  // what write_llama2c needs to write a .bin
+    m["dim"] = std::to_string(cfg_.dim), m["hidden_dim"] = std::to_string(cfg_.hidden_dim);
+    m["n_layers"] = std::to_string(cfg_.n_layers), m["n_heads"] = std::to_string(cfg_.n_heads);
+    m["n_kv_heads"] = std::to_string(cfg_.n_kv_heads), m["vocab_size"] = std::to_string(cfg_.vocab_size);
+    m["seq_len"] = std::to_string(cfg_.max_seq_len), m["shared_classifier"] = cfg_.tied ? "1" : "0";
+  }
+  return m;
+}
+
+void LlamaModel::to(c10::Device device) {
+  Model::to(device);
+  if (cos_.defined()) cos_ = cos_.to(device), sin_ = sin_.to(device);
+}
+
+}  // namespace mc

@@ -1,0 +1,169 @@
+// load_model / save_model: which model a path holds (llama2.c file, Hugging Face directory, mcompress
+// checkpoint with its config in the metadata, classifier + architecture YAML), and the weights read
+// from it (views into the mmap; packed-quantized checkpoints dequantized).
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "mcompress/checkpoint.h"
+#include "mcompress/error.h"
+#include "mcompress/io/safetensors.h"
+#include "mcompress/model.h"
+#include "mcompress/models/classifier.h"
+#include "mcompress/models/llama.h"
+#include "mcompress/quant/packed.h"
+#include "mcompress/torch_bridge.h"
+
+namespace mc {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Weights {
+  std::map<std::string, HostTensor> tensors;
+  std::map<std::string, std::string> metadata;
+  std::string format;
+};
+
+Weights read_weights(const std::string& path) {
+  auto reader = open_checkpoint(path);
+  Weights w;
+  w.metadata = reader->metadata();
+  w.format = reader->format();
+  if (is_packed_checkpoint(*reader)) {
+    for (auto& t : read_packed_checkpoint(*reader)) w.tensors[t.name] = std::move(t);
+  } else {
+    for (const auto& ti : reader->tensors()) w.tensors[ti.name] = reader->load(ti.name);
+  }
+  return w;
+}
+
+std::string read_text(const std::string& path, const char* component) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(component, path, ": cannot read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// model.safetensors, or the shards listed by model.safetensors.index.json.
+Weights read_hf_weights(const fs::path& dir) {
+  const fs::path single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    std::map<std::string, std::set<std::string>> by_file;
+    try {
+      auto j = nlohmann::json::parse(read_text(index.string(), "llama"));
+      for (const auto& [name, file] : j.at("weight_map").items()) by_file[file.get<std::string>()].insert(name);
+    } catch (const nlohmann::json::exception& e) {
+      fail("llama", index.string(), ": bad shard index: ", e.what());
+    }
+    Weights w;
+    w.format = "safetensors";
+    for (const auto& [file, names] : by_file) {
+      if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
+        fail("llama", index.string(), ": shard name '", file, "' must be a file in the same directory");
+      auto reader = open_safetensors((dir / file).string());
+      for (const auto& name : names) {
+        if (!reader->contains(name))
+          fail("llama", index.string(), ": tensor '", name, "' is not in shard ", file);
+        w.tensors[name] = reader->load(name);
+      }
+    }
+    return w;
+  }
+  if (fs::exists(single)) return read_weights(single.string());
+  fail("llama", dir.string(), ": no model.safetensors or model.safetensors.index.json (pytorch_model.bin "
+       "directories are not supported: convert the weights to safetensors first)");
+}
+
+int64_t meta_int(const std::map<std::string, std::string>& m, const char* key, const std::string& path) {
+  auto it = m.find(key);
+  if (it == m.end()) fail("llama", path, ": llama2.c metadata lacks '", key, "'");
+  try {
+    return std::stoll(it->second);
+  } catch (const std::exception&) {
+    fail("llama", path, ": llama2.c metadata ", key, "='", it->second, "' is not an integer");
+  }
+}
+
+LlamaConfig llama2c_model_config(const Weights& w, const std::string& path) {
+  LlamaConfig c;  // llama2.c ModelArgs: norm_eps 1e-5, RoPE theta 10000, interleaved pairs
+  c.dim = meta_int(w.metadata, "dim", path), c.hidden_dim = meta_int(w.metadata, "hidden_dim", path);
+  c.n_layers = meta_int(w.metadata, "n_layers", path), c.n_heads = meta_int(w.metadata, "n_heads", path);
+  c.n_kv_heads = meta_int(w.metadata, "n_kv_heads", path), c.vocab_size = meta_int(w.metadata, "vocab_size", path);
+  c.max_seq_len = meta_int(w.metadata, "seq_len", path);
+  c.tied = meta_int(w.metadata, "shared_classifier", path) != 0;
+  c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
+  return c;
+}
+
+c10::Device parse_device(const std::string& d) {
+  if (d == "cpu" || d.empty()) return c10::Device(c10::kCPU);
+  if (d == "cuda" || d.rfind("cuda:", 0) == 0) {
+    if (!at::hasCUDA()) fail("model", "CUDA requested but this LibTorch build has no CUDA");
+    try {
+      return c10::Device(d);
+    } catch (const c10::Error&) {
+      fail("model", "bad device '", d, "' (allowed: cpu, cuda, cuda:N)");
+    }
+  }
+  fail("model", "unknown device '", d, "' (allowed: cpu, cuda)");
+}
+
+std::unique_ptr<Model> build_model(const std::string& path, const LoadOptions& opts) {
+  if (fs::is_directory(path)) {
+    const fs::path cfg = fs::path(path) / "config.json";
+    if (!fs::exists(cfg))
+      fail("model", path, ": a model directory needs a Hugging Face config.json");
+    LlamaConfig c = LlamaConfig::from_hf_config(cfg.string());
+    return std::make_unique<LlamaModel>(c, read_hf_weights(path).tensors);
+  }
+  Weights w = read_weights(path);
+  if (!opts.arch_file.empty())
+    return std::make_unique<ClassifierModel>(read_text(opts.arch_file, "classifier"), w.tensors, opts.arch_file);
+  auto arch_it = w.metadata.find("mcompress.arch");
+  const std::string arch = arch_it == w.metadata.end() ? "" : arch_it->second;
+  if (arch == "llama") {
+    auto it = w.metadata.find("mcompress.llama.config");
+    if (it == w.metadata.end()) fail("model", path, ": metadata says llama but has no 'mcompress.llama.config'");
+    return std::make_unique<LlamaModel>(LlamaConfig::from_json(it->second, path), w.tensors);
+  }
+  if (arch == "classifier") {
+    auto it = w.metadata.find("mcompress.arch_yaml");
+    if (it == w.metadata.end()) fail("model", path, ": metadata says classifier but has no 'mcompress.arch_yaml'");
+    return std::make_unique<ClassifierModel>(it->second, w.tensors, path + " (embedded architecture)");
+  }
+  if (!arch.empty()) fail("model", path, ": unknown mcompress.arch '", arch, "' (known: llama, classifier)");
+  if (w.format == "llama2c") return std::make_unique<LlamaModel>(llama2c_model_config(w, path), w.tensors);
+  const fs::path beside = fs::path(path).parent_path() / "config.json";
+  if (w.format == "safetensors" && fs::exists(beside))
+    return std::make_unique<LlamaModel>(LlamaConfig::from_hf_config(beside.string()), w.tensors);
+  fail("model", path, ": cannot tell which model this ", w.format,
+       " checkpoint holds: pass --arch ARCH.yaml for a classifier, or give a llama2.c checkpoint, a Hugging "
+       "Face directory or a checkpoint saved by mcompress");
+}
+
+}  // namespace
+
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts) {
+  const c10::Device device = parse_device(opts.device);
+  auto model = build_model(path, opts);
+  if (!device.is_cpu()) model->to(device);
+  return model;
+}
+
+void save_model(const Model& model, const std::string& path, const std::map<std::string, std::string>& extra_metadata) {
+  std::vector<HostTensor> tensors;
+  for (const auto& [key, t] : model.params()) tensors.push_back(from_torch(key, t));
+  WriteOptions opts;
+  opts.metadata = model.config_metadata();
+  for (const auto& [k, v] : extra_metadata) opts.metadata[k] = v;
+  write_checkpoint(path, tensors, opts);
+}
+
+}  // namespace mc

@@ -1,0 +1,40 @@
+// Helpers shared by the subcommands that load models: the tokenizer beside a model, parameter counts.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "mcompress/datasets.h"
+#include "mcompress/eval.h"
+
+namespace mc {
+class Model;
+}
+
+namespace mcli {
+
+// tokenizer.bin, tok*.bin or tokenizer.json in the model's directory (the directory itself for a
+// Hugging Face model directory); "" when there is none.
+std::string find_tokenizer(const std::string& model_path);
+// Distinct parameter values (a tied classifier counts once).
+uint64_t count_parameters(const mc::Model& model);
+// Bytes of a model on disk: the file, or the weight files of a Hugging Face directory.
+uint64_t model_bytes(const std::string& model_path);
+
+struct EvalDataOptions {
+  std::string data;
+  std::string tokenizer;  // "" = the one beside the model
+  std::string separator = "<|endoftext|>";
+  bool tokens_u16 = false, tokens_u32 = false;
+};
+// Evaluation data for a model: labeled examples (MNIST directory, tensor file) for a classifier,
+// a tokenized corpus (text or token file) for a language model. Throws InputError when the data do
+// not fit the model (kind, tokenizer vocabulary size, empty text).
+struct EvalData {
+  bool labeled = false;
+  mc::LabeledData examples;
+  mc::LmCorpus corpus;
+  std::string tokenizer_path;
+};
+EvalData load_eval_data(const mc::Model& model, const std::string& model_path, const EvalDataOptions& o);
+
+}  // namespace mcli
