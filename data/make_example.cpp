@@ -10,25 +10,11 @@
 #include "mcompress/error.h"
 #include "mcompress/half.h"
 #include "mcompress/io/safetensors.h"
+#include "mcompress/rng.h"
 
 namespace {
 
-// splitmix64: a tiny portable generator, so the file does not depend on the standard library's
-// distribution implementations.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (next() >> 11) * (1.0 / 9007199254740992.0); }
-  float normal(float stddev) {  // Box-Muller
-    double u1 = uniform() + 1e-300, u2 = uniform();
-    return static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
-  }
-};
+using Rng = mc::SplitMix64;
 
 mc::HostTensor normal_f32(Rng& rng, const char* name, mc::Shape shape, float stddev) {
   std::vector<float> v(static_cast<size_t>(mc::shape_numel(shape)));

@@ -36,5 +36,9 @@ std::string with_commas(uint64_t n);   // "1,568,000"
 
 int cmd_inspect(const std::vector<std::string>& args);
 int cmd_convert(const std::vector<std::string>& args);
+int cmd_eval(const std::vector<std::string>& args);
+int cmd_generate(const std::vector<std::string>& args);
+int cmd_train(const std::vector<std::string>& args);
+int cmd_quantize(const std::vector<std::string>& args);
 
 }  // namespace mcli

@@ -16,6 +16,10 @@ const std::vector<Command>& commands() {
   static const std::vector<Command> cmds = {
       {"inspect", "list a checkpoint's tensors with dtype, shape, bytes and statistics", cmd_inspect},
       {"convert", "convert a checkpoint between formats (and float dtypes)", cmd_convert},
+      {"eval", "perplexity / bits per byte of a language model, accuracy of a classifier", cmd_eval},
+      {"generate", "sample text from a language model", cmd_generate},
+      {"quantize", "quantize a model's weights (round-to-nearest) and report the accuracy kept", cmd_quantize},
+      {"train", "train a small LLaMA-architecture model from scratch", cmd_train},
   };
   return cmds;
 }

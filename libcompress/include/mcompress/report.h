@@ -1,0 +1,62 @@
+// Compression reports written beside every compressed model: report.json (machine-readable) and
+// report.md (for people). Retention is defined per metric and stated in the report:
+//   higher-is-better metrics (accuracy): compressed / baseline
+//   lower-is-better metrics (perplexity): baseline / compressed
+#pragma once
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace mc {
+
+struct MetricRow {
+  std::string name;                     // "bits per byte", "top-1 accuracy"
+  std::optional<double> baseline, compressed;
+  bool higher_is_better = false;
+  int decimals = 4;
+  bool percent = false;                 // value is a fraction shown as %
+  bool is_primary = false;              // the metric retention is reported on
+};
+
+struct LayerRow {
+  std::string name;
+  std::string shape;                    // "[64, 64]"
+  std::string scheme;                   // "int4 sym g32", "dense f32"
+  int64_t params = 0;
+  double bits_per_weight = 32;          // stored bits including scales/zeros
+  std::optional<double> rel_output_error;  // ||WX - ŴX||² / ||WX||² on calibration inputs
+  std::string note;                     // e.g. "last group of 4 columns"
+};
+
+struct StepRow {
+  std::string name;
+  double seconds = 0;
+};
+
+struct Report {
+  std::string title;                    // "stories260K: RTN int4 sym g32"
+  std::string model, output;            // paths
+  std::string method;                   // "rtn"
+  std::map<std::string, std::string> settings;
+  std::string eval_protocol;            // how the metrics were measured
+  std::vector<MetricRow> metrics;
+  uint64_t size_before = 0, size_after = 0;  // bytes of the files
+  std::vector<LayerRow> layers;
+  std::vector<StepRow> steps;
+  std::vector<std::string> warnings;
+  std::string command_line;
+  std::string seed;
+
+  std::optional<double> retention() const;  // of the primary metric
+  std::string to_json() const;
+  std::string to_markdown() const;
+};
+
+// Writes DIR/report.json and DIR/report.md (atomically).
+void write_report(const Report& r, const std::string& dir);
+// "mcompress 0.1.0, LibTorch 1.13.1, GCC 12.2.0"
+std::string versions_string();
+
+}  // namespace mc

@@ -1,0 +1,200 @@
+#include "mcompress/report.h"
+
+#include <torch/version.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "mcompress/atomic_file.h"
+
+namespace mc {
+
+namespace {
+
+std::string fmt_value(double v, const MetricRow& m) {
+  char buf[64];
+  if (m.percent)
+    std::snprintf(buf, sizeof buf, "%.*f%%", m.decimals, 100.0 * v);
+  else
+    std::snprintf(buf, sizeof buf, "%.*f", m.decimals, v);
+  return buf;
+}
+
+std::string human(uint64_t n) {
+  const char* u[] = {"B", "KiB", "MiB", "GiB"};
+  double v = static_cast<double>(n);
+  int i = 0;
+  while (v >= 1024 && i < 3) v /= 1024, ++i;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, i ? "%.2f %s" : "%.0f %s", v, u[i]);
+  return buf;
+}
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&t));
+  return buf;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  AtomicFile f(path, "report");
+  f.write(text.data(), text.size());
+  f.commit();
+}
+
+}  // namespace
+
+std::string versions_string() {
+  std::ostringstream os;
+  os << "mcompress " << MCOMPRESS_VERSION << ", LibTorch " << TORCH_VERSION_MAJOR << "." << TORCH_VERSION_MINOR << "."
+     << TORCH_VERSION_PATCH;
+#if defined(__clang__)
+  os << ", clang " << __clang_major__ << "." << __clang_minor__;
+#elif defined(__GNUC__)
+  os << ", GCC " << __GNUC__ << "." << __GNUC_MINOR__ << "." << __GNUC_PATCHLEVEL__;
+#endif
+  return os.str();
+}
+
+std::optional<double> Report::retention() const {
+  for (const auto& m : metrics) {
+    if (!m.is_primary || !m.baseline || !m.compressed) continue;
+    if (m.higher_is_better) return *m.baseline != 0 ? std::optional<double>(*m.compressed / *m.baseline) : std::nullopt;
+    return *m.compressed != 0 ? std::optional<double>(*m.baseline / *m.compressed) : std::nullopt;
+  }
+  return std::nullopt;
+}
+
+std::string Report::to_json() const {
+  nlohmann::ordered_json j;
+  j["title"] = title;
+  j["model"] = model;
+  j["output"] = output;
+  j["method"] = method;
+  j["settings"] = settings;
+  j["eval_protocol"] = eval_protocol;
+  j["metrics"] = nlohmann::json::array();
+  for (const auto& m : metrics) {
+    nlohmann::ordered_json o;
+    o["name"] = m.name;
+    o["baseline"] = m.baseline ? nlohmann::json(*m.baseline) : nlohmann::json(nullptr);
+    o["compressed"] = m.compressed ? nlohmann::json(*m.compressed) : nlohmann::json(nullptr);
+    o["higher_is_better"] = m.higher_is_better;
+    o["primary"] = m.is_primary;
+    j["metrics"].push_back(o);
+  }
+  auto r = retention();
+  j["retention"] = r ? nlohmann::json(*r) : nlohmann::json(nullptr);
+  j["retention_definition"] = "higher-is-better metrics: compressed/baseline; lower-is-better: baseline/compressed";
+  j["size_before_bytes"] = size_before;
+  j["size_after_bytes"] = size_after;
+  j["layers"] = nlohmann::json::array();
+  for (const auto& l : layers) {
+    nlohmann::ordered_json o;
+    o["name"] = l.name;
+    o["shape"] = l.shape;
+    o["scheme"] = l.scheme;
+    o["params"] = l.params;
+    o["bits_per_weight"] = l.bits_per_weight;
+    o["rel_output_error"] = l.rel_output_error ? nlohmann::json(*l.rel_output_error) : nlohmann::json(nullptr);
+    if (!l.note.empty()) o["note"] = l.note;
+    j["layers"].push_back(o);
+  }
+  j["steps"] = nlohmann::json::array();
+  for (const auto& s : steps) j["steps"].push_back({{"name", s.name}, {"seconds", s.seconds}});
+  j["warnings"] = warnings;
+  j["command_line"] = command_line;
+  j["seed"] = seed;
+  j["versions"] = versions_string();
+  j["created"] = utc_now();
+  return j.dump(2) + "\n";
+}
+
+std::string Report::to_markdown() const {
+  std::ostringstream md;
+  md << "# " << title << "\n\n";
+  md << "Model `" << model << "` compressed to `" << output << "` with **" << method << "**";
+  if (!settings.empty()) {
+    md << " (";
+    bool first = true;
+    for (const auto& [k, v] : settings) md << (first ? "" : ", ") << k << " " << v, first = false;
+    md << ")";
+  }
+  md << ".\n\n";
+  if (auto r = retention()) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f%%", 100.0 * *r);
+    md << "**Retention: " << buf << "**";
+    for (const auto& m : metrics)
+      if (m.is_primary) md << " on " << m.name << (m.higher_is_better ? " (compressed / baseline)" : " (baseline / compressed)");
+    md << ".";
+    if (size_before && size_after) {
+      char s[64];
+      std::snprintf(s, sizeof s, " Size: %s -> %s (%.2fx smaller).", human(size_before).c_str(),
+                    human(size_after).c_str(), double(size_before) / double(size_after));
+      md << s;
+    }
+    md << "\n\n";
+  }
+  md << "| metric | baseline | compressed | change |\n|---|---:|---:|---:|\n";
+  for (const auto& m : metrics) {
+    md << "| " << m.name << (m.higher_is_better ? " (higher is better)" : " (lower is better)") << " | "
+       << (m.baseline ? fmt_value(*m.baseline, m) : "") << " | " << (m.compressed ? fmt_value(*m.compressed, m) : "")
+       << " | ";
+    if (m.baseline && m.compressed && *m.baseline != 0) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%+.2f%%", 100.0 * (*m.compressed - *m.baseline) / std::fabs(*m.baseline));
+      md << buf;
+    }
+    md << " |\n";
+  }
+  if (size_before || size_after)
+    md << "| file size | " << human(size_before) << " | " << human(size_after) << " | " << [&] {
+      char b[32];
+      std::snprintf(b, sizeof b, "%.2fx", size_after ? double(size_before) / size_after : 0.0);
+      return std::string(b);
+    }() << " smaller |\n";
+  if (!eval_protocol.empty()) md << "\nMeasured as: " << eval_protocol << "\n";
+  if (!warnings.empty()) {
+    md << "\n## Warnings\n\n";
+    for (const auto& w : warnings) md << "- " << w << "\n";
+  }
+  if (!layers.empty()) {
+    md << "\n## Layers\n\nRelative output error = ||WX - ŴX||² / ||WX||² on the calibration inputs.\n\n"
+       << "| layer | shape | scheme | params | bits/weight | rel. output error | note |\n"
+       << "|---|---|---|---:|---:|---:|---|\n";
+    for (const auto& l : layers) {
+      char bpw[32], err[32];
+      std::snprintf(bpw, sizeof bpw, "%.3f", l.bits_per_weight);
+      if (l.rel_output_error) std::snprintf(err, sizeof err, "%.3e", *l.rel_output_error);
+      else err[0] = 0;
+      md << "| " << l.name << " | " << l.shape << " | " << l.scheme << " | " << l.params << " | " << bpw << " | "
+         << err << " | " << l.note << " |\n";
+    }
+  }
+  if (!steps.empty()) {
+    md << "\n## Time\n\n| step | seconds |\n|---|---:|\n";
+    for (const auto& s : steps) {
+      char b[32];
+      std::snprintf(b, sizeof b, "%.2f", s.seconds);
+      md << "| " << s.name << " | " << b << " |\n";
+    }
+  }
+  md << "\n## Run\n\n- command: `" << command_line << "`\n- seed: " << (seed.empty() ? "-" : seed)
+     << "\n- versions: " << versions_string() << "\n- created: " << utc_now() << "\n";
+  return md.str();
+}
+
+void write_report(const Report& r, const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  write_text(dir + "/report.json", r.to_json());
+  write_text(dir + "/report.md", r.to_markdown());
+}
+
+}  // namespace mc

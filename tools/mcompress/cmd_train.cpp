@@ -1,0 +1,166 @@
+// mcompress train --data TRAIN.txt --tokenizer TOK [--valid VALID.txt] [model shape] [schedule] -o OUT
+// Trains a LLaMA-architecture language model from scratch (the demo's default model).
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <unistd.h>
+
+#include "cli.h"
+#include "mcompress/datasets.h"
+#include "mcompress/error.h"
+#include "mcompress/io/llama2c.h"
+#include "mcompress/model.h"
+#include "mcompress/tokenizer.h"
+#include "mcompress/torch_bridge.h"
+#include "mcompress/train.h"
+
+namespace mcli {
+
+namespace {
+
+std::vector<int32_t> token_stream(const std::string& path, const mc::Tokenizer& tok) {
+  std::vector<int32_t> out;
+  for (const auto& doc : mc::read_documents(path)) {
+    out.push_back(tok.bos_id());
+    auto ids = tok.encode(doc);
+    out.insert(out.end(), ids.begin(), ids.end());
+  }
+  return out;
+}
+
+// Random initial weights under llama2.c's names (GPT-2 style init: N(0, 0.02), residual
+// projections scaled by 1/sqrt(2 * layers), norms at 1), written as a llama2.c v1 checkpoint.
+void write_initial_model(const std::string& path, const mc::Llama2cConfig& c, uint64_t seed) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  const int64_t kv_dim = int64_t(c.dim) * c.n_kv_heads / c.n_heads;
+  const double std0 = 0.02, std_res = 0.02 / std::sqrt(2.0 * c.n_layers);
+  std::vector<mc::HostTensor> ts;
+  auto normal = [&](const std::string& name, std::vector<int64_t> shape, double sd) {
+    ts.push_back(mc::from_torch(name, at::normal(0.0, sd, shape, gen)));
+  };
+  auto ones = [&](const std::string& name, int64_t n) { ts.push_back(mc::from_torch(name, at::ones({n}))); };
+  normal("tok_embeddings.weight", {c.vocab_size, c.dim}, std0);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    ones(p + "attention_norm.weight", c.dim);
+    normal(p + "attention.wq.weight", {c.dim, c.dim}, std0);
+    normal(p + "attention.wk.weight", {kv_dim, c.dim}, std0);
+    normal(p + "attention.wv.weight", {kv_dim, c.dim}, std0);
+    normal(p + "attention.wo.weight", {c.dim, c.dim}, std_res);
+    ones(p + "ffn_norm.weight", c.dim);
+    normal(p + "feed_forward.w1.weight", {c.hidden_dim, c.dim}, std0);
+    normal(p + "feed_forward.w2.weight", {c.dim, c.hidden_dim}, std_res);
+    normal(p + "feed_forward.w3.weight", {c.hidden_dim, c.dim}, std0);
+  }
+  ones("norm.weight", c.dim);
+  std::map<std::string, std::string> meta = {
+      {"dim", std::to_string(c.dim)},           {"hidden_dim", std::to_string(c.hidden_dim)},
+      {"n_layers", std::to_string(c.n_layers)}, {"n_heads", std::to_string(c.n_heads)},
+      {"n_kv_heads", std::to_string(c.n_kv_heads)}, {"vocab_size", std::to_string(c.vocab_size)},
+      {"seq_len", std::to_string(c.seq_len)},   {"shared_classifier", "1"}};
+  mc::write_llama2c(path, ts, meta, 1);
+}
+
+std::string eta(double s) {
+  char b[32];
+  if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
+  else std::snprintf(b, sizeof b, "%dm%02ds", int(s / 60), int(s) % 60);
+  return b;
+}
+
+}  // namespace
+
+int cmd_train(const std::vector<std::string>& args) {
+  po::options_description desc("train options");
+  std::string data, valid, tokenizer, out, device;
+  mc::Llama2cConfig c;
+  c.dim = 128, c.n_layers = 4, c.n_heads = 4, c.n_kv_heads = 4, c.seq_len = 256, c.hidden_dim = 0;
+  mc::TrainOptions o;
+  desc.add_options()
+      ("data", po::value<std::string>(&data)->required(), "training text (documents separated by <|endoftext|>)")
+      ("valid", po::value<std::string>(&valid), "held-out text evaluated every --eval-every steps")
+      ("tokenizer", po::value<std::string>(&tokenizer)->required(), "tokenizer.bin or tokenizer.json")
+      ("output,o", po::value<std::string>(&out)->required(), "output checkpoint (.bin llama2.c, .safetensors, ...)")
+      ("dim", po::value<int32_t>(&c.dim)->default_value(128), "model width")
+      ("layers", po::value<int32_t>(&c.n_layers)->default_value(4), "transformer blocks")
+      ("heads", po::value<int32_t>(&c.n_heads)->default_value(4), "attention heads")
+      ("kv-heads", po::value<int32_t>(&c.n_kv_heads)->default_value(4), "key/value heads (grouped-query attention)")
+      ("hidden", po::value<int32_t>(&c.hidden_dim)->default_value(0), "SwiGLU width (0: llama's 2/3 * 4 * dim, multiple of 32)")
+      ("context", po::value<int32_t>(&c.seq_len)->default_value(256), "maximum sequence length of the model")
+      ("steps", po::value<int64_t>(&o.steps)->default_value(1000), "optimizer steps")
+      ("batch", po::value<int64_t>(&o.batch)->default_value(16), "sequences per step")
+      ("accumulate", po::value<int64_t>(&o.accumulate)->default_value(1), "micro-batches per step")
+      ("seq-len", po::value<int64_t>(&o.seq_len)->default_value(128), "tokens per training sequence")
+      ("lr", po::value<double>(&o.lr)->default_value(3e-3), "peak learning rate")
+      ("min-lr", po::value<double>(&o.min_lr)->default_value(3e-4), "final learning rate (cosine decay)")
+      ("warmup", po::value<int64_t>(&o.warmup)->default_value(100), "linear warm-up steps")
+      ("weight-decay", po::value<double>(&o.weight_decay)->default_value(0.1), "AdamW decoupled weight decay")
+      ("grad-clip", po::value<double>(&o.grad_clip)->default_value(1.0), "global gradient norm clip (0: off)")
+      ("eval-every", po::value<int64_t>(&o.eval_every)->default_value(200), "steps between held-out evaluations")
+      ("checkpoint-every", po::value<int64_t>(&o.checkpoint_every)->default_value(0), "steps between training checkpoints")
+      ("resume", po::bool_switch(&o.resume), "continue from OUT.train-state when it exists")
+      ("seed", po::value<uint64_t>(&o.seed)->default_value(1), "seed of the initial weights and the data sampler")
+      ("device", po::value<std::string>(&device)->default_value("cpu"), "cpu or cuda");
+  po::positional_options_description pos;
+  po::variables_map vm;
+  CommonOptions common;
+  if (!parse_command_line("train", "--data TEXT --tokenizer TOK -o OUT [options]", args, desc, pos, vm, common))
+    return 0;
+  if (c.hidden_dim == 0) c.hidden_dim = (2 * 4 * c.dim / 3 + 31) / 32 * 32;
+  if (o.seq_len > c.seq_len) mc::fail("train", "--seq-len ", o.seq_len, " exceeds --context ", c.seq_len);
+
+  auto tok = mc::load_tokenizer(tokenizer);
+  c.vocab_size = tok->vocab_size();
+  const auto train_tokens = token_stream(data, *tok);
+  const auto valid_tokens = valid.empty() ? std::vector<int32_t>{} : token_stream(valid, *tok);
+  o.checkpoint_path = out + ".train-state";
+
+  const std::string init = out + ".init-" + std::to_string(::getpid()) + ".bin";
+  write_initial_model(init, c, o.seed);
+  mc::LoadOptions lo;
+  lo.device = device;
+  std::unique_ptr<mc::Model> model;
+  try {
+    model = mc::load_model(init, lo);
+  } catch (...) {
+    std::filesystem::remove(init);
+    throw;
+  }
+  std::filesystem::remove(init);  // the mapping stays valid until the model is gone
+  if (!common.quiet)
+    std::cout << "training " << c.n_layers << " blocks x dim " << c.dim << " (hidden " << c.hidden_dim << ", "
+              << c.n_heads << " heads, " << c.n_kv_heads << " kv heads, vocab " << c.vocab_size << ") on "
+              << train_tokens.size() << " tokens for " << o.steps << " steps of " << o.batch * o.accumulate << "x"
+              << o.seq_len << " tokens" << std::endl;
+  const bool tty = ::isatty(STDOUT_FILENO);
+  auto progress = [&](const mc::TrainProgress& p) {
+    if (common.quiet) return;
+    const bool report = p.valid_loss >= 0 || p.step == p.steps || p.step % 50 == 0;
+    if (!tty && !report) return;
+    char line[256];
+    std::snprintf(line, sizeof line, "step %5lld/%lld  loss %.4f  lr %.2e  %6.0f tok/s  ETA %s",
+                  static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.lr, p.tokens_per_s,
+                  eta(p.eta_s).c_str());
+    std::string s = line;
+    if (p.valid_loss >= 0) {
+      std::snprintf(line, sizeof line, "  valid %.4f", p.valid_loss);
+      s += line;
+    }
+    if (tty) std::cout << "\r" << s << (report ? "\n" : "") << std::flush;
+    else std::cout << s << "\n" << std::flush;
+  };
+  mc::TrainResult r = mc::train_language_model(*model, train_tokens, valid_tokens, o, progress);
+  mc::save_model(*model, out);
+  if (!common.quiet) {
+    std::printf("trained in %.1f s (%.0f tokens/s): train loss %.4f", r.seconds, r.tokens_per_s, r.train_loss);
+    if (r.valid_loss >= 0) std::printf(", held-out loss %.4f nats/token", r.valid_loss);
+    std::printf("\nwrote %s\n", out.c_str());
+  }
+  return 0;
+}
+
+}  // namespace mcli
