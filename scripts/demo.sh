@@ -49,7 +49,7 @@ if [[ -f "$SHARED/stories260K/stories260K.bin" ]]; then
   done
   echo
   echo "== 4. the MNIST MLP (published: 98.31% top-1), INT8 per output channel =="
-  "$MC" quantize "$SHARED/mnist/mnist_mlp.state_dict" --arch data/mnist_mlp.yaml --bits 8 --group-size 0 \
+  "$MC" quantize "$SHARED/mnist/mnist_mlp.state_dict" --arch data/mnist_mlp.yaml --bits 8 --per-channel \
     --eval "$SHARED/mnist" -o "$OUT/mnist-w8"
 else
   echo "(skipped the real models: $SHARED not found)"

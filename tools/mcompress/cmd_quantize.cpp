@@ -128,7 +128,8 @@ int cmd_quantize(const std::vector<std::string>& args) {
   po::options_description desc("quantize options");
   std::string model_path, out, method, eval_data, calib_data, tokenizer, arch, device, separator;
   mc::QuantSpec spec;
-  bool sym = false, asym = false, q_embed = false, q_cls = false, truncate = false;
+  bool sym = false, asym = false, q_embed = false, q_cls = false, truncate = false, per_channel = false,
+       per_tensor = false;
   int64_t window = 128, calib_samples = 8, max_docs = 0;
   desc.add_options()
       ("model", po::value<std::string>(&model_path)->required(), "model to quantize (any format load_model reads)")
@@ -136,7 +137,9 @@ int cmd_quantize(const std::vector<std::string>& args) {
       ("method", po::value<std::string>(&method)->default_value("rtn"), "rtn (round to nearest)")
       ("bits", po::value<int>(&spec.bits)->default_value(4), "bits per weight, 2..8")
       ("group-size", po::value<int64_t>(&spec.group_size)->default_value(32),
-       "columns per scale: N > 0 groups, 0 = per output channel, -1 = per tensor")
+       "input columns per scale (a row whose length it does not divide ends with a shorter group)")
+      ("per-channel", po::bool_switch(&per_channel), "one scale per output channel instead of groups")
+      ("per-tensor", po::bool_switch(&per_tensor), "one scale for the whole matrix")
       ("sym", po::bool_switch(&sym), "symmetric grid, no zero point (default)")
       ("asym", po::bool_switch(&asym), "asymmetric grid with a zero point per group")
       ("mse-clip", po::bool_switch(&spec.mse_clip), "search a clip ratio per group minimising the squared error")
@@ -156,10 +159,16 @@ int cmd_quantize(const std::vector<std::string>& args) {
   pos.add("model", 1);
   po::variables_map vm;
   CommonOptions common;
-  const std::string usage = "--method rtn --bits 4 --group-size 32 [--sym|--asym] MODEL -o OUT [--eval DATA]";
+  const std::string usage =
+      "--method rtn --bits 4 (--group-size 32 | --per-channel | --per-tensor) [--sym|--asym] MODEL -o OUT [--eval DATA]";
   if (!parse_command_line("quantize", usage, args, desc, pos, vm, common)) return 0;
   if (method != "rtn") mc::fail("quantize", "--method '", method, "' is not available (allowed: rtn)");
   if (sym && asym) mc::fail("quantize", "--sym and --asym exclude each other");
+  if (per_channel && per_tensor) mc::fail("quantize", "--per-channel and --per-tensor exclude each other");
+  if (spec.group_size < 1)
+    mc::fail("quantize", "--group-size ", spec.group_size, " must be >= 1 (use --per-channel or --per-tensor)");
+  if (per_channel) spec.group_size = 0;
+  if (per_tensor) spec.group_size = -1;
   spec.symmetric = !asym;
   spec.validate("(all layers)", 1 << 30);  // bits and group size, before any work
 
