@@ -95,7 +95,7 @@ void unpack_row(const uint8_t* src, int64_t cols, int bits, uint8_t* c) {
 
 int64_t packed_row_bytes(int64_t cols, int bits) { return (cols * bits + 7) / 8; }
 
-std::vector<uint8_t> pack_codes(const at::Tensor& codes, int bits) {
+void pack_codes_into(const at::Tensor& codes, int bits, uint8_t* dst) {
   check_bits(bits);
   if (codes.scalar_type() != at::kByte)
     fail(kComp, "codes must be uint8, got ", c10::toString(codes.scalar_type()));
@@ -103,10 +103,8 @@ std::vector<uint8_t> pack_codes(const at::Tensor& codes, int bits) {
   const at::Tensor c = codes.to(at::kCPU).contiguous();
   const int64_t rows = c.dim() == 2 ? c.size(0) : 1, cols = c.size(-1);
   const int64_t rb = packed_row_bytes(cols, bits);
-  std::vector<uint8_t> out(size_t(rows * rb));
-  if (rows == 0 || cols == 0) return out;
+  if (rows == 0 || cols == 0) return;
   const uint8_t* src = c.data_ptr<uint8_t>();
-  uint8_t* dst = out.data();
   std::vector<uint8_t> seen(size_t(rows), 0);
   at::parallel_for(0, rows, std::max<int64_t>(1, kGrainBytes / cols), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) seen[size_t(r)] = pack_row(src + r * cols, cols, bits, dst + r * rb);
@@ -120,6 +118,13 @@ std::vector<uint8_t> pack_codes(const at::Tensor& codes, int bits) {
       }
     }
   }
+}
+
+std::vector<uint8_t> pack_codes(const at::Tensor& codes, int bits) {
+  check_bits(bits);
+  const int64_t rows = codes.dim() == 2 ? codes.size(0) : 1, cols = codes.dim() ? codes.size(-1) : 0;
+  std::vector<uint8_t> out(size_t(rows * packed_row_bytes(cols, bits)));
+  pack_codes_into(codes, bits, out.data());
   return out;
 }
 

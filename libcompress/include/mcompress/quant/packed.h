@@ -25,6 +25,9 @@ int64_t packed_row_bytes(int64_t cols, int bits);
 // nibble of byte 0, code 1 in its high nibble). Throws InputError for a code that does not fit.
 // unpack is the inverse and returns uint8 [rows, cols].
 std::vector<uint8_t> pack_codes(const at::Tensor& codes, int bits);
+// The same into caller-owned memory of rows * packed_row_bytes(cols, bits) bytes (a reused staging
+// buffer: no allocation or first-touch page faults per call).
+void pack_codes_into(const at::Tensor& codes, int bits, uint8_t* dst);
 at::Tensor unpack_codes(const uint8_t* packed, int64_t rows, int64_t cols, int bits);
 
 // Writes `dense` tensors as they are and each entry of `quantized` (keyed by the weight's checkpoint
