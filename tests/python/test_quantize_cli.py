@@ -100,3 +100,41 @@ def test_generate_is_deterministic_for_a_seed(tiny_lm):
                                        "20", "--seed", seed], capture_output=True, check=True).stdout
     a, b = run("7"), run("7")
     assert a == b and a.startswith(b"Once upon")
+
+
+CNN_YAML = """input: {shape: [1, 8, 8], scale: 1.0}
+layers:
+  - {type: conv2d, name: c1, in: 1, out: 4, kernel: 3, stride: 1, padding: 1}
+  - {type: relu}
+  - {type: maxpool, kernel: 2, stride: 2}
+  - {type: flatten}
+  - {type: linear, name: fc, in: 64, out: 3}
+"""
+
+
+def test_conv_kernels_quantize_and_reload(mc, tmp_path):
+    from conftest import write_safetensors
+    rng = np.random.default_rng(0)
+    (tmp_path / "cnn.yaml").write_text(CNN_YAML)
+    conv = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    write_safetensors(tmp_path / "cnn.safetensors", {
+        "c1.weight": conv, "c1.bias": np.zeros(4, np.float32),
+        "fc.weight": (rng.standard_normal((3, 64)) * 0.1).astype(np.float32), "fc.bias": np.zeros(3, np.float32)})
+    write_safetensors(tmp_path / "data.safetensors", {
+        "inputs": rng.standard_normal((40, 1, 8, 8)).astype(np.float32), "labels": rng.integers(0, 3, 40)})
+    out = tmp_path / "q"
+    mc("quantize", tmp_path / "cnn.safetensors", "--arch", tmp_path / "cnn.yaml", "--bits", "8", "--per-channel",
+       "--quantize-conv", "--eval", tmp_path / "data.safetensors", "-o", out, "-q")
+    tensors, meta = read_safetensors(out / "model.safetensors")
+    desc = json.loads(meta["mcompress.quantization"])["tensors"]
+    assert desc["c1.weight"]["shape"] == [4, 9] and desc["c1.weight"]["weight_shape"] == [4, 1, 3, 3]
+    # Independent decode of the int8 symmetric per-channel kernel: (code - 128) * scale.
+    codes = tensors["c1.weight.qweight"].astype(np.float32)
+    scales = tensors["c1.weight.scales"].astype(np.float32)
+    decoded = ((codes - 128) * scales).reshape(4, 1, 3, 3)
+    assert np.abs(decoded - conv).max() <= scales.max() / 2 + 1e-7
+    rep = json.loads((out / "report.json").read_text())
+    assert any("not smaller" in w for w in rep["warnings"])  # tiny model: metadata outweighs the savings
+    j = json.loads(mc("eval", out / "model.safetensors", "--data", tmp_path / "data.safetensors", "--json").stdout)
+    top1 = {m["name"]: m for m in rep["metrics"]}["top-1 accuracy"]["compressed"]
+    assert j["result"]["top1"] == pytest.approx(top1)

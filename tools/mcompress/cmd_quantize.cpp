@@ -20,6 +20,7 @@
 #include "mcompress/quant/packed.h"
 #include "mcompress/quant/rtn.h"
 #include "mcompress/report.h"
+#include "mcompress/tensor.h"
 #include "model_files.h"
 
 namespace mcli {
@@ -128,7 +129,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
   po::options_description desc("quantize options");
   std::string model_path, out, method, eval_data, calib_data, tokenizer, arch, device, separator;
   mc::QuantSpec spec;
-  bool sym = false, asym = false, q_embed = false, q_cls = false, truncate = false, per_channel = false,
+  bool sym = false, asym = false, q_embed = false, q_cls = false, q_conv = false, truncate = false, per_channel = false,
        per_tensor = false;
   int64_t window = 128, calib_samples = 8, max_docs = 0;
   desc.add_options()
@@ -145,6 +146,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
       ("mse-clip", po::bool_switch(&spec.mse_clip), "search a clip ratio per group minimising the squared error")
       ("quantize-embeddings", po::bool_switch(&q_embed), "also quantize the token embedding")
       ("quantize-classifier", po::bool_switch(&q_cls), "also quantize the output classifier")
+      ("quantize-conv", po::bool_switch(&q_conv), "also quantize Conv2d kernels (as [out, in*kh*kw] matrices)")
       ("eval", po::value<std::string>(&eval_data), "evaluation data (text, token file, MNIST directory, tensor file)")
       ("calib", po::value<std::string>(&calib_data), "calibration data for per-layer errors (default: --eval data)")
       ("calib-samples", po::value<int64_t>(&calib_samples)->default_value(8), "documents / examples for per-layer errors")
@@ -198,9 +200,11 @@ int cmd_quantize(const std::vector<std::string>& args) {
   std::set<std::string> target_layers, seen_keys;
   for (const auto& l : model->layers()) {
     bool take = (l.kind == mc::LayerKind::Linear && !l.is_classifier) ||
-                (q_embed && l.kind == mc::LayerKind::Embedding) || (q_cls && l.is_classifier);
+                (q_embed && l.kind == mc::LayerKind::Embedding) || (q_cls && l.is_classifier) ||
+                (q_conv && l.kind == mc::LayerKind::Conv2d);
     if (!take || !seen_keys.insert(l.weight).second) continue;
-    if (model->param(l.weight).dim() != 2) continue;
+    const int64_t dims = model->param(l.weight).dim();
+    if (dims != 2 && !(l.kind == mc::LayerKind::Conv2d && dims == 4)) continue;
     spec.validate(l.name, l.in_features);
     targets.push_back(&l);
     target_layers.insert(l.name);
@@ -229,12 +233,14 @@ int cmd_quantize(const std::vector<std::string>& args) {
   std::map<std::string, mc::QuantResult> quantized;
   int64_t i = 0;
   for (const mc::LayerInfo* l : targets) {
-    const at::Tensor w = model->param(l->weight).to(at::kFloat);
+    const at::Tensor w_full = model->param(l->weight).to(at::kFloat);
+    const at::Tensor w = w_full.reshape({w_full.size(0), -1});  // conv kernels as [out, in*kh*kw]
     mc::QuantResult q = mc::rtn_quantize(w, spec, l->name);
+    if (w_full.dim() != 2) q.weight_shape = w_full.sizes().vec();
     at::Tensor wq = q.dequantize();
     mc::LayerRow row;
     row.name = l->name;
-    row.shape = "[" + std::to_string(w.size(0)) + ", " + std::to_string(w.size(1)) + "]";
+    row.shape = mc::shape_str(w_full.sizes().vec());
     row.scheme = spec.describe();
     row.params = w.numel();
     if (spec.group_size > 0 && w.size(1) % spec.group_size)
@@ -247,7 +253,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
       row.rel_output_error = den > 0 ? e.pow(2).sum().item<double>() / den : 0.0;
     }
     rep.layers.push_back(row);
-    model->set_param(l->weight, wq);
+    model->set_param(l->weight, wq.reshape(w_full.sizes()));
     quantized.emplace(l->weight, std::move(q));
     if (!common.quiet && ::isatty(1))
       std::printf("\rquantizing layer %lld/%zu %-40s", static_cast<long long>(++i), targets.size(), l->name.c_str()),
@@ -269,6 +275,9 @@ int cmd_quantize(const std::vector<std::string>& args) {
   rep.steps.push_back({"write packed checkpoint", since(t)});
   rep.size_before = model_bytes(model_path);
   rep.size_after = fs::file_size(out_model);
+  if (rep.size_after >= rep.size_before)
+    rep.warnings.push_back("the output (" + human_bytes(rep.size_after) + ") is not smaller than the input (" +
+                           human_bytes(rep.size_before) + "): for a model this small, metadata and scales outweigh the savings");
 
   // Stored bits per quantized weight, from what the file really holds.
   {
@@ -311,6 +320,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
     std::printf("%-40s %12s %12s\n", "bits per quantized weight", "32", fmt("%.3f", qbits / qn).c_str());
     if (auto r = rep.retention()) std::printf("\nretention %.2f%% (%s)\n", 100 * *r,
                                               ed.labeled ? "compressed / baseline top-1" : "baseline / compressed perplexity");
+    for (const auto& w : rep.warnings) std::printf("warning: %s\n", w.c_str());
     std::printf("report: %s/report.md\n", out.c_str());
   }
   return 0;

@@ -20,14 +20,17 @@ constexpr const char* kComp = "pack";
 struct PackedEntry {
   QuantSpec spec;
   int64_t out = 0, in = 0;
+  std::vector<int64_t> weight_shape;  // when the weight is not [out, in] (conv kernels)
 };
 
 nlohmann::json describe_entry(const QuantResult& q) {
-  return {{"bits", q.spec.bits},
-          {"group_size", q.spec.group_size},
-          {"symmetric", q.spec.symmetric},
-          {"mse_clip", q.spec.mse_clip},
-          {"shape", {q.codes.size(0), q.codes.size(1)}}};
+  nlohmann::json j = {{"bits", q.spec.bits},
+                      {"group_size", q.spec.group_size},
+                      {"symmetric", q.spec.symmetric},
+                      {"mse_clip", q.spec.mse_clip},
+                      {"shape", {q.codes.size(0), q.codes.size(1)}}};
+  if (!q.weight_shape.empty()) j["weight_shape"] = q.weight_shape;
+  return j;
 }
 
 // Checks that `q` is what rtn_quantize produces and returns its tensors in the packed layout.
@@ -93,10 +96,17 @@ std::map<std::string, PackedEntry> parse_description(const CheckpointReader& rea
       if (!shape.is_array() || shape.size() != 2) throw std::runtime_error("shape must be [out, in]");
       pe.out = shape[0].get<int64_t>();
       pe.in = shape[1].get<int64_t>();
+      if (e.contains("weight_shape")) pe.weight_shape = e.at("weight_shape").get<std::vector<int64_t>>();
     } catch (const std::exception& ex) {
       fail(kComp, path, ": packed tensor '", key, "': bad description: ", ex.what());
     }
     if (pe.out < 0) fail(kComp, path, ": packed tensor '", key, "': negative shape");
+    if (!pe.weight_shape.empty()) {
+      int64_t n = 1;
+      for (int64_t d : pe.weight_shape) n = d < 0 || (d && n > (int64_t(1) << 40) / d) ? -1 : n * d;
+      if (pe.weight_shape.size() > 8 || pe.weight_shape[0] != pe.out || n != pe.out * pe.in)
+        fail(kComp, path, ": packed tensor '", key, "': weight_shape does not match shape [", pe.out, ", ", pe.in, "]");
+    }
     try {
       pe.spec.validate(key, pe.in);
     } catch (const InputError& ex) {
@@ -136,7 +146,9 @@ HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& k
     HostTensor zt = load_part(reader, key, key + ".zeros", DType::U8, {e.out, packed_row_bytes(G, bits)});
     q.zeros = unpack_codes(zt.data, e.out, G, bits).to(at::kFloat);
   }
-  return from_torch(key, q.dequantize());
+  at::Tensor w = q.dequantize();
+  if (!e.weight_shape.empty()) w = w.reshape(e.weight_shape);
+  return from_torch(key, w);
 }
 
 }  // namespace

@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace mc {
 
@@ -53,6 +54,9 @@ struct QuantResult {
   at::Tensor codes;   // uint8 [out, in], 0 .. 2^bits-1 (symmetric codes are offset by 2^(bits-1))
   at::Tensor scales;  // float32 [out, n_groups], every value exactly representable in float16
   at::Tensor zeros;   // float32 [out, n_groups]: the code that represents 0.0 (2^(bits-1) when symmetric)
+  // The weight's own shape when it is not [out, in] (a conv kernel [out, in, kh, kw] quantized as
+  // [out, in*kh*kw]); empty otherwise. Packed files record it and restore it on load.
+  std::vector<int64_t> weight_shape;
   int64_t n_groups() const;
   at::Tensor dequantize() const;  // float32 [out, in]: (code - zero) * scale
 };
