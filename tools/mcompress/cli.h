@@ -33,6 +33,7 @@ bool parse_command_line(const std::string& cmd, const std::string& usage, const 
 
 std::string human_bytes(uint64_t n);   // "1.50 MiB"
 std::string with_commas(uint64_t n);   // "1,568,000"
+std::string fmt(const char* printf_format, double v);  // fmt("%.2f%%", 98.31)
 
 int cmd_inspect(const std::vector<std::string>& args);
 int cmd_convert(const std::vector<std::string>& args);

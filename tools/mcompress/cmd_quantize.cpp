@@ -32,11 +32,6 @@ using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::string fmt(const char* f, double v) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
-}
 
 // Inputs of every target layer on a few calibration batches (at most kMaxRows rows per layer).
 constexpr int64_t kMaxRows = 4096;

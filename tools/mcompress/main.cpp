@@ -64,6 +64,12 @@ std::string human_bytes(uint64_t n) {
   return buf;
 }
 
+std::string fmt(const char* printf_format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, printf_format, v);
+  return buf;
+}
+
 std::string with_commas(uint64_t n) {
   std::string s = std::to_string(n), out;
   int c = 0;
