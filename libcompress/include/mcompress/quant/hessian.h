@@ -1,0 +1,46 @@
+// Calibration statistics of one linear layer's inputs for GPTQ-style quantizers:
+//   H = 2/n Σ x xᵀ  over the n input rows seen so far ([in, in], float32 or float64),
+// kept as a running average the way the GPTQ reference code (IST-DASLab/gptq, GPTQ.add_batch) does:
+//   H *= n/(n+m);  n += m;  H += (sqrt(2/n) X)ᵀ (sqrt(2/n) X)
+// done here as one BLAS call, H = n/(n+m) H + 2/(n+m) XᵀX (at::addmm_: the same update, without
+// scaling a copy of X). Unlike the reference, n counts rows of X (tokens), not sequences: the
+// reference's H is ours times tokens-per-sequence, a constant factor GPTQ does not see (its damping
+// is relative to mean(diag H)).
+// Next to H, per input channel: mean |x|, max |x| and Σ x² (AWQ, SmoothQuant, importance matrices).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+
+namespace mc {
+
+class HessianAccumulator {
+ public:
+  // `layer` names the layer in error messages; fp64 keeps H in float64 (long calibration runs,
+  // ill-conditioned layers), otherwise float32 like the reference.
+  explicit HessianAccumulator(int64_t in_features, bool fp64 = false, std::string layer = "");
+
+  // Adds a batch X [..., in] (any leading dims, any floating dtype; rows = product of the leading
+  // dims; an empty batch is a no-op). Throws InputError for a wrong last dimension, a non-floating
+  // dtype, or non-finite values (detected through the batch's Σ x²).
+  void add(const at::Tensor& x);
+
+  int64_t in_features() const { return in_; }
+  int64_t samples() const { return n_; }           // rows seen
+  const at::Tensor& hessian() const { return h_; }  // [in, in]: 2/n Σ x xᵀ (zeros before any add)
+  at::Tensor mean_abs() const;                       // float32 [in]: Σ|x| / n (zeros when n = 0)
+  at::Tensor max_abs() const;                        // float32 [in]
+  const at::Tensor& sum_sq() const { return sum_sq_; }  // float64 [in]: Σ x²
+
+ private:
+  int64_t in_;
+  int64_t n_ = 0;
+  std::string layer_;
+  at::Tensor h_;        // [in, in] float32/float64
+  at::Tensor sum_abs_;  // float64 [in]
+  at::Tensor max_abs_;  // float32 [in]
+  at::Tensor sum_sq_;   // float64 [in]
+};
+
+}  // namespace mc

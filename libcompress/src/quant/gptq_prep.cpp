@@ -1,0 +1,156 @@
+// GPTQ preparation and result assembly shared by the fast path and the reference (gptq_prep.h).
+#include "quant/gptq_prep.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "mcompress/error.h"
+
+namespace mc {
+namespace gptq_detail {
+
+namespace {
+
+constexpr const char* kComp = "gptq";
+// Adding 1.5 * 2^23 to a float of magnitude < 2^22 rounds it to an integer, half to even (the same
+// trick and order of operations as rtn.cpp, so a column rounds exactly as RTN would round it).
+constexpr double kRoundMagic = 12582912.0;
+
+std::string where(const std::string& layer) { return layer.empty() ? std::string() : "layer " + layer + ": "; }
+
+void validate(const at::Tensor& W, const at::Tensor& H, const GptqOptions& o, const std::string& layer) {
+  if (W.dim() != 2) fail(kComp, where(layer), "expected a 2-D weight [out, in], got ", W.dim(), " dims");
+  if (!at::isFloatingType(W.scalar_type()) || !at::isFloatingType(H.scalar_type()))
+    fail(kComp, where(layer), "expected floating-point W and H, got ", c10::toString(W.scalar_type()), " and ",
+         c10::toString(H.scalar_type()));
+  const int64_t in = W.size(1);
+  if (H.dim() != 2 || H.size(0) != in || H.size(1) != in)
+    fail(kComp, where(layer), "Hessian ", H.sizes(), " does not match in_features ", in, " (expected [", in, ", ", in,
+         "])");
+  o.spec.validate(layer, in);
+  if (o.spec.group_size < 0)
+    fail(kComp, where(layer), "group_size ", o.spec.group_size,
+         " (per tensor) is not supported; use a group size >= 1 or 0 (per output channel)");
+  if (o.block_size < 1) fail(kComp, where(layer), "block_size ", o.block_size, " must be >= 1");
+  if (!(o.damp >= 0) || !std::isfinite(o.damp)) fail(kComp, where(layer), "damp ", o.damp, " must be a number >= 0");
+  if (o.max_damp_retries < 0 || o.max_damp_retries > 20)
+    fail(kComp, where(layer), "max_damp_retries ", o.max_damp_retries, " outside 0..20");
+  if (!at::isfinite(W).all().item<bool>()) fail(kComp, where(layer), "weights contain NaN or Inf");
+  if (!at::isfinite(H).all().item<bool>()) fail(kComp, where(layer), "Hessian contains NaN or Inf");
+}
+
+}  // namespace
+
+Grid fit(const at::Tensor& w, const QuantSpec& spec, const std::string& layer) {
+  QuantSpec s = spec;
+  s.group_size = 0;  // one group per row of the slice
+  const QuantResult r = rtn_quantize(w, s, layer);
+  Grid g;
+  g.scale = r.scales.select(1, 0).contiguous();
+  g.inv = at::reciprocal(g.scale);  // as rtn.cpp computes it
+  g.zero = r.zeros.select(1, 0).contiguous();
+  g.zero_magic = g.zero.add(kRoundMagic);  // exact: zero is an integer <= 255
+  return g;
+}
+
+at::Tensor round_column(const at::Tensor& w, const Grid& g, int bits, at::Tensor code) {
+  const double maxq = double((1 << bits) - 1);
+  at::mul_out(code, w, g.inv).add_(g.zero_magic).clamp_(kRoundMagic, kRoundMagic + maxq).sub_(kRoundMagic);
+  return code.sub(g.zero).mul_(g.scale);
+}
+
+Prep prepare(const at::Tensor& W0, const at::Tensor& H0, const GptqOptions& o, const std::string& layer) {
+  validate(W0, H0, o, layer);
+  Prep p;
+  const int64_t in = W0.size(1);
+  at::Tensor W = W0.detach().to(at::kFloat).clone().contiguous();
+  const auto hdt = H0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor H = H0.detach().to(W.device(), hdt).clone().contiguous();
+  // Dead inputs (never nonzero in calibration): any value works for them; the reference zeroes them.
+  at::Tensor dead = H.diagonal().eq(0);
+  p.dead = dead.sum().item<int64_t>();
+  if (p.dead > 0) {
+    H.diagonal().masked_fill_(dead, 1.0);
+    W.masked_fill_(dead.unsqueeze(0), 0.0);
+  }
+  p.in = in;
+  p.gcols = o.spec.group_cols(in);
+  p.n_groups = o.spec.n_groups(in);
+  p.dynamic = o.spec.group_size > 0 && !o.static_groups;
+  p.grids.resize(static_cast<size_t>(p.n_groups));
+  if (!p.dynamic)  // per channel or static groups: contiguous groups of the original columns
+    for (int64_t g = 0; g < p.n_groups; ++g)
+      p.grids[size_t(g)] = fit(W.narrow(1, g * p.gcols, std::min(p.gcols, in - g * p.gcols)), o.spec, layer);
+  if (o.act_order) {
+    p.perm = std::get<1>(at::sort(H.diagonal(), /*stable=*/true, /*dim=*/0, /*descending=*/true));
+    W = W.index_select(1, p.perm);
+    H = H.index_select(0, p.perm).index_select(1, p.perm);
+  } else {
+    p.perm = at::arange(in, W.options().dtype(at::kLong));
+  }
+  const at::Tensor perm_cpu = p.perm.cpu();
+  p.perm_v.assign(perm_cpu.data_ptr<int64_t>(), perm_cpu.data_ptr<int64_t>() + in);
+  // Damping, then Hinv = upper Cholesky factor of H⁻¹; 10x more damping while a factorization fails.
+  const double mean_diag = H.diagonal().mean().item<double>();
+  for (int k = 0; k <= o.max_damp_retries; ++k) {
+    const double rel = o.damp * std::pow(10.0, k);
+    at::Tensor Hd = H.clone();
+    Hd.diagonal().add_(rel * mean_diag);
+    auto [L, info] = at::linalg_cholesky_ex(Hd, /*upper=*/false, /*check_errors=*/false);
+    if (info.item<int>() != 0) continue;
+    auto [U, info2] = at::linalg_cholesky_ex(at::cholesky_inverse(L), /*upper=*/true, /*check_errors=*/false);
+    if (info2.item<int>() != 0 || !at::isfinite(U).all().item<bool>()) continue;
+    p.Hinv = U.to(at::kFloat).contiguous();
+    p.damp_rel = rel;
+    p.damp_abs = rel * mean_diag;
+    p.retries = k;
+    p.W = W;
+    return p;
+  }
+  fail(kComp, where(layer), "Hessian [", in, ", ", in, "] is not positive definite even with damping ",
+       o.damp * std::pow(10.0, o.max_damp_retries), " x mean(diag H) = ",
+       o.damp * std::pow(10.0, o.max_damp_retries) * mean_diag, " after ", o.max_damp_retries,
+       " retries (mean diag ", mean_diag, "; check the calibration statistics or raise damp)");
+}
+
+GptqResult finish(const Prep& p, const GptqOptions& o, const at::Tensor& codes_perm, double loss) {
+  const int64_t out = codes_perm.size(0), in = codes_perm.size(1);
+  GptqResult r;
+  r.quant.spec = o.spec;
+  r.quant.codes = at::empty({out, in}, codes_perm.options().dtype(at::kByte));
+  r.quant.codes.index_copy_(1, p.perm, codes_perm.to(at::kByte));  // back to the original column order
+  std::vector<at::Tensor> s, z;
+  for (const Grid& g : p.grids) s.push_back(g.scale), z.push_back(g.zero);
+  r.quant.scales = at::stack(s, 1);
+  r.quant.zeros = at::stack(z, 1);
+  r.perm = p.perm;
+  at::Tensor pos = at::arange(in, p.perm.options());
+  if (p.dynamic)  // the column quantized k-th belongs to group k / gcols
+    r.g_idx = at::empty({in}, p.perm.options()).index_copy_(0, p.perm, pos.div(p.gcols, "floor")).to(at::kInt);
+  else
+    r.g_idx = pos.div(p.gcols, "floor").to(at::kInt);
+  r.loss = loss / 2;
+  r.damp_rel = p.damp_rel;
+  r.damp_abs = p.damp_abs;
+  r.damp_retries = p.retries;
+  r.dead_columns = p.dead;
+  return r;
+}
+
+}  // namespace gptq_detail
+
+bool GptqResult::plain_groups() const {
+  const int64_t in = g_idx.size(0);
+  at::Tensor plain = at::arange(in, g_idx.options().dtype(at::kLong)).div(quant.spec.group_cols(in), "floor").to(at::kInt);
+  return at::equal(plain, g_idx);
+}
+
+at::Tensor GptqResult::dequantize() const {
+  at::Tensor gi = g_idx.to(at::kLong);
+  at::Tensor s = quant.scales.to(at::kFloat).index_select(1, gi);
+  at::Tensor z = quant.zeros.to(at::kFloat).index_select(1, gi);
+  return quant.codes.to(at::kFloat).sub_(z).mul_(s);
+}
+
+}  // namespace mc
