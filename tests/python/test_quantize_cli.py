@@ -138,3 +138,34 @@ def test_conv_kernels_quantize_and_reload(mc, tmp_path):
     j = json.loads(mc("eval", out / "model.safetensors", "--data", tmp_path / "data.safetensors", "--json").stdout)
     top1 = {m["name"]: m for m in rep["metrics"]}["top-1 accuracy"]["compressed"]
     assert j["result"]["top1"] == pytest.approx(top1)
+
+
+def test_gptq_quantize_is_block_sequential_and_reloads(mc, tiny_lm):
+    d, model = tiny_lm
+    out = d / "gptq"
+    mc("quantize", model, "--method", "gptq", "--bits", "4", "--group-size", "32", "--calib", d / "corpus" / "train.txt",
+       "--calib-samples", "16", "--calib-seqlen", "32", "--eval", d / "corpus" / "valid.txt", "-o", out, "-q")
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["method"] == "gptq" and len(rep["layers"]) == 2 * 7
+    assert all(l["scheme"] == "gptq int4 sym g32" and 0 <= l["rel_output_error"] < 1 for l in rep["layers"])
+    j = json.loads(mc("eval", out / "model.safetensors", "--data", d / "corpus" / "valid.txt",
+                      "--tokenizer", d / "corpus" / "tokenizer.bin", "--json").stdout)
+    got = {m["name"]: m for m in rep["metrics"]}
+    assert got["perplexity"]["compressed"] == pytest.approx(j["result"]["perplexity"], rel=1e-9)
+    # Same seed, same calibration sample, same bytes.
+    out2 = d / "gptq2"
+    mc("quantize", model, "--method", "gptq", "--bits", "4", "--group-size", "32", "--calib", d / "corpus" / "train.txt",
+       "--calib-samples", "16", "--calib-seqlen", "32", "-o", out2, "-q")
+    assert (out / "model.safetensors").read_bytes() == (out2 / "model.safetensors").read_bytes()
+
+
+def test_gptq_bad_calibration(mc, tiny_lm, tmp_path):
+    d, model = tiny_lm
+    short = tmp_path / "short.txt"
+    short.write_text("Once upon a time.")
+    p = mc("quantize", model, "--method", "gptq", "--calib", short, "--calib-seqlen", "128", "-o", tmp_path / "o",
+           check=False)
+    assert p.returncode == 2 and "shorter than one sequence" in p.stderr
+    p = mc("quantize", model, "--method", "gptq", "-o", tmp_path / "o", check=False)
+    assert p.returncode == 2 and "needs calibration data" in p.stderr
+    assert not (tmp_path / "o").exists()

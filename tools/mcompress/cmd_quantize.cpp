@@ -17,7 +17,11 @@
 #include "mcompress/error.h"
 #include "mcompress/eval.h"
 #include "mcompress/model.h"
+#include "mcompress/calib.h"
+#include "mcompress/quant/gptq.h"
+#include "mcompress/quant/hessian.h"
 #include "mcompress/quant/packed.h"
+#include "mcompress/rng.h"
 #include "mcompress/quant/rtn.h"
 #include "mcompress/report.h"
 #include "mcompress/tensor.h"
@@ -76,6 +80,38 @@ std::map<std::string, at::Tensor> capture_inputs(mc::Model& model, const EvalDat
   return out;
 }
 
+// The calibration set as the model's forward takes it: `samples` windows of `seqlen` tokens drawn
+// reproducibly from the documents' token stream, or `samples` labeled examples.
+at::Tensor calibration_inputs(const EvalData& cd, int64_t samples, int64_t seqlen, uint64_t seed) {
+  mc::SplitMix64 rng{seed};
+  if (cd.labeled) {
+    const int64_t n = std::min<int64_t>(samples, cd.examples.count);
+    const int64_t per = mc::shape_numel(cd.examples.example_shape);
+    mc::Shape shape = {n};
+    shape.insert(shape.end(), cd.examples.example_shape.begin(), cd.examples.example_shape.end());
+    at::Tensor x = at::empty(shape, at::kFloat);
+    float* dst = x.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t idx = static_cast<int64_t>(rng.below(static_cast<uint64_t>(cd.examples.count)));
+      std::copy_n(cd.examples.inputs.data() + idx * per, per, dst + i * per);
+    }
+    return x;
+  }
+  std::vector<int32_t> stream;
+  for (const auto& d : cd.corpus.docs) stream.insert(stream.end(), d.begin(), d.end());
+  if (static_cast<int64_t>(stream.size()) < seqlen)
+    mc::fail("quantize", "calibration text has ", stream.size(), " tokens, shorter than one sequence of ", seqlen,
+             " (--calib-seqlen)");
+  at::Tensor x = at::empty({samples, seqlen}, at::kLong);
+  int64_t* dst = x.data_ptr<int64_t>();
+  const uint64_t starts = stream.size() - static_cast<uint64_t>(seqlen) + 1;
+  for (int64_t i = 0; i < samples; ++i) {
+    const int64_t s0 = static_cast<int64_t>(rng.below(starts));
+    for (int64_t j = 0; j < seqlen; ++j) dst[i * seqlen + j] = stream[s0 + j];
+  }
+  return x;
+}
+
 struct Metrics {
   std::vector<mc::MetricRow> rows;
   std::string protocol;
@@ -126,11 +162,15 @@ int cmd_quantize(const std::vector<std::string>& args) {
   mc::QuantSpec spec;
   bool sym = false, asym = false, q_embed = false, q_cls = false, q_conv = false, truncate = false, per_channel = false,
        per_tensor = false;
-  int64_t window = 128, calib_samples = 8, max_docs = 0;
+  int64_t window = 128, calib_samples = 0, calib_seqlen = 128, max_docs = 0;
+  bool act_order = false, static_groups = false;
+  double damp = 0.01;
+  uint64_t seed = 0;
   desc.add_options()
       ("model", po::value<std::string>(&model_path)->required(), "model to quantize (any format load_model reads)")
       ("output,o", po::value<std::string>(&out)->required(), "output directory: model.safetensors + report.{json,md}")
-      ("method", po::value<std::string>(&method)->default_value("rtn"), "rtn (round to nearest)")
+      ("method", po::value<std::string>(&method)->default_value("rtn"),
+       "rtn (round to nearest) or gptq (error-compensating, needs calibration data)")
       ("bits", po::value<int>(&spec.bits)->default_value(4), "bits per weight, 2..8")
       ("group-size", po::value<int64_t>(&spec.group_size)->default_value(32),
        "input columns per scale (a row whose length it does not divide ends with a shorter group)")
@@ -144,7 +184,13 @@ int cmd_quantize(const std::vector<std::string>& args) {
       ("quantize-conv", po::bool_switch(&q_conv), "also quantize Conv2d kernels (as [out, in*kh*kw] matrices)")
       ("eval", po::value<std::string>(&eval_data), "evaluation data (text, token file, MNIST directory, tensor file)")
       ("calib", po::value<std::string>(&calib_data), "calibration data for per-layer errors (default: --eval data)")
-      ("calib-samples", po::value<int64_t>(&calib_samples)->default_value(8), "documents / examples for per-layer errors")
+      ("calib-samples", po::value<int64_t>(&calib_samples)->default_value(0),
+       "calibration sequences / examples (default: 8 for rtn's per-layer errors, 128 for gptq)")
+      ("calib-seqlen", po::value<int64_t>(&calib_seqlen)->default_value(128), "tokens per calibration sequence (gptq)")
+      ("seed", po::value<uint64_t>(&seed)->default_value(0), "seed of the calibration sampling")
+      ("act-order", po::bool_switch(&act_order), "gptq: quantize columns by descending Hessian diagonal")
+      ("static-groups", po::bool_switch(&static_groups), "gptq: fit every group's grid up front on the original weights")
+      ("damp", po::value<double>(&damp)->default_value(0.01), "gptq: damping as a fraction of mean(diag H)")
       ("tokenizer", po::value<std::string>(&tokenizer), "tokenizer (default: one beside the model)")
       ("arch", po::value<std::string>(&arch), "classifier architecture YAML")
       ("window", po::value<int64_t>(&window)->default_value(128), "evaluation window (tokens)")
@@ -159,7 +205,14 @@ int cmd_quantize(const std::vector<std::string>& args) {
   const std::string usage =
       "--method rtn --bits 4 (--group-size 32 | --per-channel | --per-tensor) [--sym|--asym] MODEL -o OUT [--eval DATA]";
   if (!parse_command_line("quantize", usage, args, desc, pos, vm, common)) return 0;
-  if (method != "rtn") mc::fail("quantize", "--method '", method, "' is not available (allowed: rtn)");
+  if (method != "rtn" && method != "gptq")
+    mc::fail("quantize", "--method '", method, "' is not available (allowed: rtn, gptq)");
+  const bool gptq = method == "gptq";
+  if (gptq && act_order && !static_groups && !per_channel)
+    mc::fail("quantize", "--act-order with per-group scales needs --static-groups here (the packed layout has no "
+             "g_idx yet)");
+  if (calib_samples < 0 || calib_seqlen < 1) mc::fail("quantize", "--calib-samples must be >= 0, --calib-seqlen >= 1");
+  if (calib_samples == 0) calib_samples = gptq ? 128 : 8;
   if (sym && asym) mc::fail("quantize", "--sym and --asym exclude each other");
   if (per_channel && per_tensor) mc::fail("quantize", "--per-channel and --per-tensor exclude each other");
   if (spec.group_size < 1)
@@ -173,7 +226,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
   for (const auto& a : args) cmdline += " " + a;
   mc::Report rep;
   rep.model = model_path;
-  rep.method = "rtn";
+  rep.method = method;
   rep.command_line = cmdline;
   rep.settings = {{"bits", std::to_string(spec.bits)},
                   {"grid", spec.symmetric ? "symmetric" : "asymmetric"},
@@ -181,6 +234,13 @@ int cmd_quantize(const std::vector<std::string>& args) {
                              : spec.group_size == 0 ? "per output channel" : "per tensor"},
                   {"scales", "fp16"}};
   if (spec.mse_clip) rep.settings["clip"] = "MSE search";
+  if (gptq) {
+    rep.settings["calibration"] = std::to_string(calib_samples) + " x " + std::to_string(calib_seqlen) + " (seed " +
+                                  std::to_string(seed) + ")";
+    rep.settings["damp"] = fmt("%g", damp);
+    if (act_order) rep.settings["act-order"] = static_groups ? "yes, static groups" : "yes";
+    rep.seed = std::to_string(seed);
+  }
 
   auto t = Clock::now();
   mc::LoadOptions lo;
@@ -188,7 +248,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
   lo.device = device;
   auto model = mc::load_model(model_path, lo);
   rep.steps.push_back({"load model", since(t)});
-  rep.title = fs::path(model_path).filename().string() + ": RTN " + spec.describe();
+  rep.title = fs::path(model_path).filename().string() + ": " + (gptq ? "GPTQ " : "RTN ") + spec.describe();
 
   // Which weights to quantize (each weight key once: a tied classifier is its embedding).
   std::vector<const mc::LayerInfo*> targets;
@@ -217,8 +277,10 @@ int cmd_quantize(const std::vector<std::string>& args) {
     rep.steps.push_back({"evaluate baseline", since(t)});
   }
   EvalData calib = calib_data.empty() ? ed : load_eval_data(*model, model_path, {calib_data, tokenizer, separator});
+  if (gptq && !have_eval && calib_data.empty())
+    mc::fail("quantize", "--method gptq needs calibration data: --calib DATA (or --eval DATA)");
   std::map<std::string, at::Tensor> inputs;
-  if (have_eval || !calib_data.empty()) {
+  if (!gptq && (have_eval || !calib_data.empty())) {
     t = Clock::now();
     inputs = capture_inputs(*model, calib, target_layers, calib_samples, window);
     rep.steps.push_back({"capture calibration inputs", since(t)});
@@ -226,35 +288,85 @@ int cmd_quantize(const std::vector<std::string>& args) {
 
   t = Clock::now();
   std::map<std::string, mc::QuantResult> quantized;
-  int64_t i = 0;
-  for (const mc::LayerInfo* l : targets) {
-    const at::Tensor w_full = model->param(l->weight).to(at::kFloat);
-    const at::Tensor w = w_full.reshape({w_full.size(0), -1});  // conv kernels as [out, in*kh*kw]
-    mc::QuantResult q = mc::rtn_quantize(w, spec, l->name);
-    if (w_full.dim() != 2) q.weight_shape = w_full.sizes().vec();
-    at::Tensor wq = q.dequantize();
-    mc::LayerRow row;
-    row.name = l->name;
-    row.shape = mc::shape_str(w_full.sizes().vec());
-    row.scheme = spec.describe();
-    row.params = w.numel();
-    if (spec.group_size > 0 && w.size(1) % spec.group_size)
-      row.note = "last group of " + std::to_string(w.size(1) % spec.group_size) + " columns";
-    auto it = inputs.find(l->name);
-    if (it != inputs.end() && it->second.size(-1) == w.size(1)) {
-      at::Tensor x = it->second.to(w.device());
-      at::Tensor y = at::matmul(x, w.t()), e = at::matmul(x, (w - wq).t());
-      double den = y.pow(2).sum().item<double>();
-      row.rel_output_error = den > 0 ? e.pow(2).sum().item<double>() / den : 0.0;
+  const bool tty = ::isatty(1) && !common.quiet;
+  if (gptq) {
+    const at::Tensor calib_x = calibration_inputs(calib, calib_samples, calib_seqlen, seed);
+    std::set<std::string> in_blocks;
+    for (const mc::LayerInfo* l : targets)
+      if (l->block >= 0) in_blocks.insert(l->name);
+    mc::GptqOptions go;
+    go.spec = spec, go.damp = damp, go.act_order = act_order, go.static_groups = static_groups;
+    mc::SequentialOptions so;
+    so.progress = [&](const mc::LayerInfo& l, int64_t i, int64_t n) {
+      if (common.quiet) return;
+      const double el = since(t), eta = el / std::max<int64_t>(1, i - 1) * (n - i + 1);
+      if (tty)
+        std::printf("\rgptq layer %lld/%lld %-36s %5.1f s, ETA %4.0f s", static_cast<long long>(i),
+                    static_cast<long long>(n), l.name.c_str(), el, i > 1 ? eta : 0.0), std::fflush(stdout);
+      else
+        std::printf("gptq layer %lld/%lld %s (%.1f s)\n", static_cast<long long>(i), static_cast<long long>(n),
+                    l.name.c_str(), el);
+    };
+    mc::compress_block_sequential(*model, calib_x, in_blocks,
+        [&](const mc::LayerInfo& l, const at::Tensor& w_full, const mc::HessianAccumulator& st) {
+          const at::Tensor w = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
+          mc::GptqResult g = mc::gptq_quantize(w, st.hessian(), go, l.name);
+          mc::QuantResult q = g.quant;
+          if (w_full.dim() != 2) q.weight_shape = w_full.sizes().vec();
+          const at::Tensor wq = q.dequantize();
+          // Relative output error on this layer's calibration inputs: tr(D H Dᵀ) / tr(W H Wᵀ), H ∝ XᵀX.
+          const at::Tensor H = st.hessian().to(at::kFloat), d = w - wq;
+          const double den = (at::matmul(w, H) * w).sum().item<double>();
+          mc::LayerRow row;
+          row.name = l.name;
+          row.shape = mc::shape_str(w_full.sizes().vec());
+          row.scheme = "gptq " + spec.describe();
+          row.params = w.numel();
+          row.rel_output_error = den > 0 ? (at::matmul(d, H) * d).sum().item<double>() / den : 0.0;
+          if (g.damp_retries)
+            rep.warnings.push_back(l.name + ": Cholesky needed " + std::to_string(g.damp_retries) +
+                                   " retries; damping raised to " + fmt("%g", g.damp_rel) + " of mean(diag H)");
+          if (g.dead_columns) row.note = std::to_string(g.dead_columns) + " dead input columns";
+          rep.layers.push_back(row);
+          quantized.emplace(l.weight, std::move(q));
+          return wq.reshape(w_full.sizes());
+        },
+        so);
+    if (tty) std::printf("\r%-80s\r", "");
+    for (const mc::LayerInfo* l : targets)
+      if (l->block < 0) mc::fail("quantize", "layer ", l->name, " lies outside the blocks; gptq covers block layers only");
+  } else {
+    int64_t i = 0;
+    for (const mc::LayerInfo* l : targets) {
+      const at::Tensor w_full = model->param(l->weight).to(at::kFloat);
+      const at::Tensor w = w_full.reshape({w_full.size(0), -1});  // conv kernels as [out, in*kh*kw]
+      mc::QuantResult q = mc::rtn_quantize(w, spec, l->name);
+      if (w_full.dim() != 2) q.weight_shape = w_full.sizes().vec();
+      at::Tensor wq = q.dequantize();
+      mc::LayerRow row;
+      row.name = l->name;
+      row.shape = mc::shape_str(w_full.sizes().vec());
+      row.scheme = spec.describe();
+      row.params = w.numel();
+      if (spec.group_size > 0 && w.size(1) % spec.group_size)
+        row.note = "last group of " + std::to_string(w.size(1) % spec.group_size) + " columns";
+      auto it = inputs.find(l->name);
+      if (it != inputs.end() && it->second.size(-1) == w.size(1)) {
+        at::Tensor x = it->second.to(w.device());
+        at::Tensor y = at::matmul(x, w.t()), e = at::matmul(x, (w - wq).t());
+        double den = y.pow(2).sum().item<double>();
+        row.rel_output_error = den > 0 ? e.pow(2).sum().item<double>() / den : 0.0;
+      }
+      rep.layers.push_back(row);
+      model->set_param(l->weight, wq.reshape(w_full.sizes()));
+      quantized.emplace(l->weight, std::move(q));
+      if (!common.quiet && ::isatty(1))
+        std::printf("\rquantizing layer %lld/%zu %-40s", static_cast<long long>(++i), targets.size(), l->name.c_str()),
+            std::fflush(stdout);
     }
-    rep.layers.push_back(row);
-    model->set_param(l->weight, wq.reshape(w_full.sizes()));
-    quantized.emplace(l->weight, std::move(q));
-    if (!common.quiet && ::isatty(1))
-      std::printf("\rquantizing layer %lld/%zu %-40s", static_cast<long long>(++i), targets.size(), l->name.c_str()),
-          std::fflush(stdout);
+    if (!common.quiet && ::isatty(1)) std::printf("\r%-70s\r", "");
+
   }
-  if (!common.quiet && ::isatty(1)) std::printf("\r%-70s\r", "");
   rep.steps.push_back({"quantize " + std::to_string(targets.size()) + " layers", since(t)});
 
   // Write: dense parameters as they are, quantized ones packed.
