@@ -25,6 +25,16 @@ def mcompress_bin():
     return b
 
 
+def catch2_binary():
+    """The Catch2 test binary (hidden export cases let Python feed it arrays): MC_TESTS_BIN, or the
+    one in the build directory next to the CLI."""
+    b = os.environ.get("MC_TESTS_BIN")
+    if not b:  # <build>/tools/mcompress/mcompress -> <build>/tests/mcompress_tests
+        build = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(mcompress_bin()))))
+        b = os.path.join(build, "tests", "mcompress_tests")
+    return b
+
+
 @pytest.fixture
 def mc():
     """mc(*args, check=True) runs the CLI and returns the CompletedProcess."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import mcompress_bin, read_safetensors, write_safetensors
+from conftest import catch2_binary, read_safetensors, write_safetensors
 
 # Ours vs the reference: the same algorithm in a different float32 summation order (lazy blocks are
 # the same in both, but H comes from a different GEMM and the grid rounding differs in ties), so
@@ -22,14 +22,6 @@ REL_TOL = 0.02
 # GPTQ vs RTN on correlated, outlier-heavy inputs: GPTQ's published gains are 2-10x in layer error;
 # demand at least 2x.
 RTN_FACTOR = 0.5
-
-
-def catch2_binary():
-    b = os.environ.get("MC_TESTS_BIN")
-    if not b:  # <build>/tools/mcompress/mcompress -> <build>/tests/mcompress_tests
-        build = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(mcompress_bin()))))
-        b = os.path.join(build, "tests", "mcompress_tests")
-    return b
 
 
 # --- mcompress's grid (rtn.h), in torch ---------------------------------------------------------

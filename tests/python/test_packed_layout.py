@@ -9,15 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import mcompress_bin, read_safetensors
-
-
-def catch2_binary():
-    b = os.environ.get("MC_TESTS_BIN")
-    if not b:  # <build>/tools/mcompress/mcompress -> <build>/tests/mcompress_tests
-        build = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(mcompress_bin()))))
-        b = os.path.join(build, "tests", "mcompress_tests")
-    return b
+from conftest import catch2_binary, read_safetensors
 
 
 # --- the reader of docs/packed-format.md -------------------------------------------------------
