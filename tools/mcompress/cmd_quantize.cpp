@@ -36,53 +36,14 @@ using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-
-// Inputs of every target layer on a few calibration batches (at most kMaxRows rows per layer).
+// Rows of calibration input kept per layer for the RTN path's per-layer errors.
 constexpr int64_t kMaxRows = 4096;
-
-std::map<std::string, at::Tensor> capture_inputs(mc::Model& model, const EvalData& ed, const std::set<std::string>& layers,
-                                                 int64_t samples, int64_t window) {
-  std::map<std::string, std::vector<at::Tensor>> rows;
-  std::map<std::string, int64_t> count;
-  int hook = model.add_hook([&](const mc::LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
-    if (!layers.count(l.name) || count[l.name] >= kMaxRows) return;
-    at::Tensor r = x.detach().reshape({-1, x.size(-1)}).to(at::kFloat).to(at::kCPU);
-    r = r.narrow(0, 0, std::min<int64_t>(r.size(0), kMaxRows - count[l.name]));
-    count[l.name] += r.size(0);
-    rows[l.name].push_back(r.clone());
-  });
-  at::NoGradGuard no_grad;
-  try {
-    if (ed.labeled) {
-      const int64_t n = std::min<int64_t>(ed.examples.count, std::max<int64_t>(samples, 1));
-      mc::Shape shape = {n};
-      shape.insert(shape.end(), ed.examples.example_shape.begin(), ed.examples.example_shape.end());
-      at::Tensor x = at::from_blob(const_cast<float*>(ed.examples.inputs.data()), shape, at::kFloat).clone();
-      model.forward(x.to(model.device()));
-    } else {
-      const int64_t n = std::min<int64_t>(static_cast<int64_t>(ed.corpus.docs.size()), std::max<int64_t>(samples, 1));
-      for (int64_t d = 0; d < n; ++d) {
-        const auto& doc = ed.corpus.docs[d];
-        const int64_t len = std::min<int64_t>(static_cast<int64_t>(doc.size()), window);
-        if (len < 1) continue;
-        at::Tensor x = at::empty({1, len}, at::kLong);
-        for (int64_t i = 0; i < len; ++i) x[0][i] = doc[i];
-        model.forward(x.to(model.device()));
-      }
-    }
-  } catch (...) {
-    model.remove_hook(hook);
-    throw;
-  }
-  model.remove_hook(hook);
-  std::map<std::string, at::Tensor> out;
-  for (auto& [k, v] : rows) out[k] = at::cat(v, 0);
-  return out;
-}
 
 // The calibration set as the model's forward takes it: `samples` windows of `seqlen` tokens drawn
 // reproducibly from the documents' token stream, or `samples` labeled examples.
-at::Tensor calibration_inputs(const EvalData& cd, int64_t samples, int64_t seqlen, uint64_t seed) {
+// allow_short: a text shorter than seqlen gives shorter sequences instead of an error.
+at::Tensor calibration_inputs(const EvalData& cd, int64_t samples, int64_t seqlen, uint64_t seed,
+                              bool allow_short = false) {
   mc::SplitMix64 rng{seed};
   if (cd.labeled) {
     const int64_t n = std::min<int64_t>(samples, cd.examples.count);
@@ -99,6 +60,7 @@ at::Tensor calibration_inputs(const EvalData& cd, int64_t samples, int64_t seqle
   }
   std::vector<int32_t> stream;
   for (const auto& d : cd.corpus.docs) stream.insert(stream.end(), d.begin(), d.end());
+  if (allow_short && !stream.empty()) seqlen = std::min<int64_t>(seqlen, static_cast<int64_t>(stream.size()));
   if (static_cast<int64_t>(stream.size()) < seqlen)
     mc::fail("quantize", "calibration text has ", stream.size(), " tokens, shorter than one sequence of ", seqlen,
              " (--calib-seqlen)");
@@ -110,6 +72,31 @@ at::Tensor calibration_inputs(const EvalData& cd, int64_t samples, int64_t seqle
     for (int64_t j = 0; j < seqlen; ++j) dst[i * seqlen + j] = stream[s0 + j];
   }
   return x;
+}
+
+// Inputs of every target layer on the calibration set x (at most kMaxRows rows per layer).
+std::map<std::string, at::Tensor> capture_inputs(mc::Model& model, const at::Tensor& x,
+                                                 const std::set<std::string>& layers) {
+  std::map<std::string, std::vector<at::Tensor>> rows;
+  std::map<std::string, int64_t> count;
+  int hook = model.add_hook([&](const mc::LayerInfo& l, const at::Tensor& in, const at::Tensor&) {
+    if (!layers.count(l.name) || count[l.name] >= kMaxRows) return;
+    at::Tensor r = in.detach().reshape({-1, in.size(-1)}).to(at::kFloat).to(at::kCPU);
+    r = r.narrow(0, 0, std::min<int64_t>(r.size(0), kMaxRows - count[l.name]));
+    count[l.name] += r.size(0);
+    rows[l.name].push_back(r.clone());
+  });
+  at::NoGradGuard no_grad;
+  try {
+    model.forward(x.to(model.device()));
+  } catch (...) {
+    model.remove_hook(hook);
+    throw;
+  }
+  model.remove_hook(hook);
+  std::map<std::string, at::Tensor> out;
+  for (auto& [k, v] : rows) out[k] = at::cat(v, 0);
+  return out;
 }
 
 struct Metrics {
@@ -282,7 +269,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
   std::map<std::string, at::Tensor> inputs;
   if (!gptq && (have_eval || !calib_data.empty())) {
     t = Clock::now();
-    inputs = capture_inputs(*model, calib, target_layers, calib_samples, window);
+    inputs = capture_inputs(*model, calibration_inputs(calib, calib_samples, window, seed, true), target_layers);
     rep.steps.push_back({"capture calibration inputs", since(t)});
   }
 
