@@ -11,32 +11,16 @@
 #include "mcompress/tokenizer.h"
 #include "mcompress/torch_bridge.h"
 #include "test_utils.h"
+#include "tiny_llama.h"
 
 namespace {
 
 constexpr double kTol = 1e-5;  // float32 logits, double sums; batched vs one window at a time
 
 std::unique_ptr<mc::LlamaModel> tiny_llama(uint64_t seed, bool tied = true) {
-  mc::LlamaConfig c;
-  c.dim = 16, c.hidden_dim = 32, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.head_dim = 8;
-  c.vocab_size = 20, c.max_seq_len = 64, c.tied = tied;
-  at::manual_seed(seed);  // test-only
-  std::map<std::string, mc::HostTensor> w;
-  auto add = [&](const std::string& role, int64_t blk, std::vector<int64_t> shape, bool norm) {
-    const std::string n = mc::llama_param_name(c.names, role, blk);
-    at::Tensor t = norm ? at::ones(shape) + 0.1 * at::randn(shape) : at::randn(shape) * 0.5;
-    w[n] = mc::from_torch(n, t);
-  };
-  add("embed", -1, {20, 16}, false);
-  for (int i = 0; i < 2; ++i) {
-    add("attn_norm", i, {16}, true), add("ffn_norm", i, {16}, true);
-    add("wq", i, {16, 16}, false), add("wk", i, {8, 16}, false), add("wv", i, {8, 16}, false);
-    add("wo", i, {16, 16}, false), add("w1", i, {32, 16}, false), add("w3", i, {32, 16}, false);
-    add("w2", i, {16, 32}, false);
-  }
-  add("final_norm", -1, {16}, true);
-  if (!tied) add("output", -1, {20, 16}, false);
-  return std::make_unique<mc::LlamaModel>(c, w);
+  mctest::TinyLlamaShape s;
+  s.tied = tied;
+  return mctest::tiny_llama(seed, s);
 }
 
 mc::LmCorpus corpus() {

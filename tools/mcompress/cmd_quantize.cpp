@@ -17,9 +17,7 @@
 #include "mcompress/error.h"
 #include "mcompress/eval.h"
 #include "mcompress/model.h"
-#include "mcompress/calib.h"
-#include "mcompress/quant/gptq.h"
-#include "mcompress/quant/hessian.h"
+#include "mcompress/ptq.h"
 #include "mcompress/quant/packed.h"
 #include "mcompress/rng.h"
 #include "mcompress/quant/rtn.h"
@@ -35,9 +33,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// Rows of calibration input kept per layer for the RTN path's per-layer errors.
-constexpr int64_t kMaxRows = 4096;
 
 // The calibration set as the model's forward takes it: `samples` windows of `seqlen` tokens drawn
 // reproducibly from the documents' token stream, or `samples` labeled examples.
@@ -72,31 +67,6 @@ at::Tensor calibration_inputs(const EvalData& cd, int64_t samples, int64_t seqle
     for (int64_t j = 0; j < seqlen; ++j) dst[i * seqlen + j] = stream[s0 + j];
   }
   return x;
-}
-
-// Inputs of every target layer on the calibration set x (at most kMaxRows rows per layer).
-std::map<std::string, at::Tensor> capture_inputs(mc::Model& model, const at::Tensor& x,
-                                                 const std::set<std::string>& layers) {
-  std::map<std::string, std::vector<at::Tensor>> rows;
-  std::map<std::string, int64_t> count;
-  int hook = model.add_hook([&](const mc::LayerInfo& l, const at::Tensor& in, const at::Tensor&) {
-    if (!layers.count(l.name) || count[l.name] >= kMaxRows) return;
-    at::Tensor r = in.detach().reshape({-1, in.size(-1)}).to(at::kFloat).to(at::kCPU);
-    r = r.narrow(0, 0, std::min<int64_t>(r.size(0), kMaxRows - count[l.name]));
-    count[l.name] += r.size(0);
-    rows[l.name].push_back(r.clone());
-  });
-  at::NoGradGuard no_grad;
-  try {
-    model.forward(x.to(model.device()));
-  } catch (...) {
-    model.remove_hook(hook);
-    throw;
-  }
-  model.remove_hook(hook);
-  std::map<std::string, at::Tensor> out;
-  for (auto& [k, v] : rows) out[k] = at::cat(v, 0);
-  return out;
 }
 
 struct Metrics {
@@ -145,39 +115,51 @@ void evaluate_into(mc::Model& model, mc::Model* reference, const EvalData& ed, c
 
 int cmd_quantize(const std::vector<std::string>& args) {
   po::options_description desc("quantize options");
-  std::string model_path, out, method, eval_data, calib_data, tokenizer, arch, device, separator;
-  mc::QuantSpec spec;
-  bool sym = false, asym = false, q_embed = false, q_cls = false, q_conv = false, truncate = false, per_channel = false,
-       per_tensor = false;
+  std::string model_path, out, eval_data, calib_data, tokenizer, arch, device, separator, targets, ignore, cand;
+  mc::PtqOptions po_;
+  mc::QuantSpec& spec = po_.spec;
+  bool sym = false, asym = false, truncate = false, per_channel = false, per_tensor = false, no_clip = false,
+       simulate = false;
   int64_t window = 128, calib_samples = 0, calib_seqlen = 128, max_docs = 0;
-  bool act_order = false, static_groups = false;
-  double damp = 0.01;
   uint64_t seed = 0;
   desc.add_options()
       ("model", po::value<std::string>(&model_path)->required(), "model to quantize (any format load_model reads)")
       ("output,o", po::value<std::string>(&out)->required(), "output directory: model.safetensors + report.{json,md}")
-      ("method", po::value<std::string>(&method)->default_value("rtn"),
-       "rtn (round to nearest) or gptq (error-compensating, needs calibration data)")
-      ("bits", po::value<int>(&spec.bits)->default_value(4), "bits per weight, 2..8")
+      ("method", po::value<std::string>(&po_.method)->default_value("rtn"),
+       "rtn | imatrix | gptq | awq | smoothquant (all but rtn need calibration data)")
+      ("bits", po::value<int>(&spec.bits)->default_value(4), "bits per weight, 2..8 (smoothquant: 8)")
       ("group-size", po::value<int64_t>(&spec.group_size)->default_value(32),
        "input columns per scale (a row whose length it does not divide ends with a shorter group)")
-      ("per-channel", po::bool_switch(&per_channel), "one scale per output channel instead of groups")
-      ("per-tensor", po::bool_switch(&per_tensor), "one scale for the whole matrix")
+      ("per-channel", po::bool_switch(&per_channel), "one scale per output channel (smoothquant's default)")
+      ("per-tensor", po::bool_switch(&per_tensor), "one scale for the whole matrix (rtn)")
       ("sym", po::bool_switch(&sym), "symmetric grid, no zero point (default)")
       ("asym", po::bool_switch(&asym), "asymmetric grid with a zero point per group")
-      ("mse-clip", po::bool_switch(&spec.mse_clip), "search a clip ratio per group minimising the squared error")
-      ("quantize-embeddings", po::bool_switch(&q_embed), "also quantize the token embedding")
-      ("quantize-classifier", po::bool_switch(&q_cls), "also quantize the output classifier")
-      ("quantize-conv", po::bool_switch(&q_conv), "also quantize Conv2d kernels (as [out, in*kh*kw] matrices)")
+      ("mse-clip", po::bool_switch(&spec.mse_clip), "rtn/gptq: search a clip ratio per group minimising the squared error")
+      ("targets", po::value<std::string>(&targets),
+       "comma-separated layer patterns to quantize (glob, or re:REGEX); default: every linear layer but the classifier")
+      ("ignore", po::value<std::string>(&ignore), "comma-separated layer patterns to leave dense")
+      ("quantize-embeddings", po::bool_switch(&po_.embeddings), "also quantize the token embedding (RTN)")
+      ("quantize-classifier", po::bool_switch(&po_.classifier), "also quantize the output classifier (RTN)")
+      ("quantize-conv", po::bool_switch(&po_.conv), "also quantize Conv2d kernels (as [out, in*kh*kw] matrices)")
       ("eval", po::value<std::string>(&eval_data), "evaluation data (text, token file, MNIST directory, tensor file)")
-      ("calib", po::value<std::string>(&calib_data), "calibration data for per-layer errors (default: --eval data)")
+      ("calib", po::value<std::string>(&calib_data), "calibration data (default: the --eval data)")
       ("calib-samples", po::value<int64_t>(&calib_samples)->default_value(0),
-       "calibration sequences / examples (default: 8 for rtn's per-layer errors, 128 for gptq)")
-      ("calib-seqlen", po::value<int64_t>(&calib_seqlen)->default_value(128), "tokens per calibration sequence (gptq)")
+       "calibration sequences / examples (default: 128; 8 for rtn's per-layer errors)")
+      ("calib-seqlen", po::value<int64_t>(&calib_seqlen)->default_value(128), "tokens per calibration sequence")
       ("seed", po::value<uint64_t>(&seed)->default_value(0), "seed of the calibration sampling")
-      ("act-order", po::bool_switch(&act_order), "gptq: quantize columns by descending Hessian diagonal")
-      ("static-groups", po::bool_switch(&static_groups), "gptq: fit every group's grid up front on the original weights")
-      ("damp", po::value<double>(&damp)->default_value(0.01), "gptq: damping as a fraction of mean(diag H)")
+      ("true-sequential", po::bool_switch(&po_.true_sequential),
+       "inside a block, quantize q,k,v -> o -> gate,up -> down, each on inputs from the already quantized ones")
+      ("fp64", po::bool_switch(&po_.fp64), "accumulate Hessians in float64")
+      ("act-order", po::bool_switch(&po_.act_order), "gptq: quantize columns by descending Hessian diagonal")
+      ("static-groups", po::bool_switch(&po_.static_groups), "gptq: fit every group's grid up front on the original weights")
+      ("damp", po::value<double>(&po_.damp)->default_value(0.01), "gptq: damping as a fraction of mean(diag H)")
+      ("no-clip", po::bool_switch(&no_clip), "awq: skip the clipping search")
+      ("alpha", po::value<double>(&po_.smooth_alpha)->default_value(0.5), "smoothquant: migration strength 0..1")
+      ("act-bits", po::value<int>(&po_.act_bits)->default_value(8), "smoothquant: bits of the per-token activations")
+      ("simulate-int8", po::bool_switch(&simulate), "smoothquant: evaluate with simulated (float) int8 matmuls only")
+      ("target-bpw", po::value<double>(&po_.target_bpw)->default_value(0),
+       "mixed precision: mean code bits per weight to meet (e.g. 3.5), bits chosen per layer by a sensitivity scan")
+      ("bits-candidates", po::value<std::string>(&cand)->default_value("2,3,4,8"), "mixed precision: bit widths to choose from")
       ("tokenizer", po::value<std::string>(&tokenizer), "tokenizer (default: one beside the model)")
       ("arch", po::value<std::string>(&arch), "classifier architecture YAML")
       ("window", po::value<int64_t>(&window)->default_value(128), "evaluation window (tokens)")
@@ -190,24 +172,56 @@ int cmd_quantize(const std::vector<std::string>& args) {
   po::variables_map vm;
   CommonOptions common;
   const std::string usage =
-      "--method rtn --bits 4 (--group-size 32 | --per-channel | --per-tensor) [--sym|--asym] MODEL -o OUT [--eval DATA]";
+      "--method rtn|imatrix|gptq|awq|smoothquant --bits B (--group-size G | --per-channel) [--sym|--asym] "
+      "[--calib DATA] [--target-bpw 3.5] MODEL -o OUT [--eval DATA]";
   if (!parse_command_line("quantize", usage, args, desc, pos, vm, common)) return 0;
-  if (method != "rtn" && method != "gptq")
-    mc::fail("quantize", "--method '", method, "' is not available (allowed: rtn, gptq)");
-  const bool gptq = method == "gptq";
-  if (gptq && act_order && !static_groups && !per_channel)
-    mc::fail("quantize", "--act-order with per-group scales needs --static-groups here (the packed layout has no "
-             "g_idx yet)");
+  const std::string& method = po_.method;
+  static const std::set<std::string> methods = {"rtn", "imatrix", "gptq", "awq", "smoothquant"};
+  if (!methods.count(method))
+    mc::fail("quantize", "--method '", method, "' is not available (allowed: rtn, imatrix, gptq, awq, smoothquant)");
+  const bool calibrated = method != "rtn";
   if (calib_samples < 0 || calib_seqlen < 1) mc::fail("quantize", "--calib-samples must be >= 0, --calib-seqlen >= 1");
-  if (calib_samples == 0) calib_samples = gptq ? 128 : 8;
+  if (calib_samples == 0) calib_samples = calibrated || po_.target_bpw > 0 ? 128 : 8;
   if (sym && asym) mc::fail("quantize", "--sym and --asym exclude each other");
   if (per_channel && per_tensor) mc::fail("quantize", "--per-channel and --per-tensor exclude each other");
+  if (method == "smoothquant") {  // W8A8 unless the grid is given explicitly
+    if (vm["bits"].defaulted()) spec.bits = 8;
+    if (vm["group-size"].defaulted() && !per_tensor) per_channel = true;
+  }
   if (spec.group_size < 1)
     mc::fail("quantize", "--group-size ", spec.group_size, " must be >= 1 (use --per-channel or --per-tensor)");
   if (per_channel) spec.group_size = 0;
   if (per_tensor) spec.group_size = -1;
+  if (per_tensor && method != "rtn") mc::fail("quantize", "--per-tensor is only available with --method rtn");
   spec.symmetric = !asym;
   spec.validate("(all layers)", 1 << 30);  // bits and group size, before any work
+  if (po_.act_order && !po_.static_groups && spec.group_size > 0)
+    mc::fail("quantize", "--act-order with per-group scales needs --static-groups here (the packed layout has no "
+             "g_idx yet)");
+  if (po_.target_bpw < 0) mc::fail("quantize", "--target-bpw must be > 0");
+  po_.awq_clip = !no_clip;
+  auto split = [](const std::string& s) {
+    std::vector<std::string> v;
+    std::string cur;
+    for (char c : s + ",") {
+      if (c == ',') {
+        if (!cur.empty()) v.push_back(cur);
+        cur.clear();
+      } else if (c != ' ') {
+        cur += c;
+      }
+    }
+    return v;
+  };
+  po_.targets = split(targets), po_.ignore = split(ignore);
+  po_.candidate_bits.clear();
+  for (const auto& b : split(cand)) {
+    try {
+      po_.candidate_bits.push_back(std::stoi(b));
+    } catch (const std::exception&) {
+      mc::fail("quantize", "--bits-candidates: '", b, "' is not a number");
+    }
+  }
 
   std::string cmdline = "mcompress quantize";
   for (const auto& a : args) cmdline += " " + a;
@@ -221,37 +235,31 @@ int cmd_quantize(const std::vector<std::string>& args) {
                              : spec.group_size == 0 ? "per output channel" : "per tensor"},
                   {"scales", "fp16"}};
   if (spec.mse_clip) rep.settings["clip"] = "MSE search";
-  if (gptq) {
-    rep.settings["calibration"] = std::to_string(calib_samples) + " x " + std::to_string(calib_seqlen) + " (seed " +
-                                  std::to_string(seed) + ")";
-    rep.settings["damp"] = fmt("%g", damp);
-    if (act_order) rep.settings["act-order"] = static_groups ? "yes, static groups" : "yes";
-    rep.seed = std::to_string(seed);
+  if (method == "gptq") {
+    rep.settings["damp"] = fmt("%g", po_.damp);
+    if (po_.act_order) rep.settings["act-order"] = po_.static_groups ? "yes, static groups" : "yes";
   }
+  if (method == "awq") rep.settings["clip search"] = po_.awq_clip ? "yes" : "no";
+  if (method == "smoothquant")
+    rep.settings["activations"] = "int" + std::to_string(po_.act_bits) + " per token, dynamic, symmetric (alpha " +
+                                  fmt("%g", po_.smooth_alpha) + ")";
+  if (po_.true_sequential) rep.settings["order"] = "true-sequential";
+  if (!targets.empty()) rep.settings["targets"] = targets;
+  if (!ignore.empty()) rep.settings["ignore"] = ignore;
 
   auto t = Clock::now();
   mc::LoadOptions lo;
   lo.arch_file = arch;
   lo.device = device;
+  lo.int8_kernel = !simulate;
   auto model = mc::load_model(model_path, lo);
   rep.steps.push_back({"load model", since(t)});
-  rep.title = fs::path(model_path).filename().string() + ": " + (gptq ? "GPTQ " : "RTN ") + spec.describe();
-
-  // Which weights to quantize (each weight key once: a tied classifier is its embedding).
-  std::vector<const mc::LayerInfo*> targets;
-  std::set<std::string> target_layers, seen_keys;
-  for (const auto& l : model->layers()) {
-    bool take = (l.kind == mc::LayerKind::Linear && !l.is_classifier) ||
-                (q_embed && l.kind == mc::LayerKind::Embedding) || (q_cls && l.is_classifier) ||
-                (q_conv && l.kind == mc::LayerKind::Conv2d);
-    if (!take || !seen_keys.insert(l.weight).second) continue;
-    const int64_t dims = model->param(l.weight).dim();
-    if (dims != 2 && !(l.kind == mc::LayerKind::Conv2d && dims == 4)) continue;
-    spec.validate(l.name, l.in_features);
-    targets.push_back(&l);
-    target_layers.insert(l.name);
-  }
-  if (targets.empty()) mc::fail("quantize", model_path, ": no layer selected for quantization");
+  static const std::map<std::string, std::string> names = {
+      {"rtn", "RTN"}, {"imatrix", "imatrix"}, {"gptq", "GPTQ"}, {"awq", "AWQ"}, {"smoothquant", "SmoothQuant"}};
+  rep.title = fs::path(model_path).filename().string() + ": " + names.at(method) + " " + spec.describe() +
+              (method == "smoothquant" ? ", a" + std::to_string(po_.act_bits) : "") +
+              (po_.target_bpw > 0 ? ", mixed " + fmt("%g", po_.target_bpw) + " bits" : "");
+  mc::select_layers(*model, po_);  // bad patterns fail before any data is read
 
   EvalData ed;
   const bool have_eval = !eval_data.empty();
@@ -263,98 +271,43 @@ int cmd_quantize(const std::vector<std::string>& args) {
     evaluate_into(*model, nullptr, ed, eo, false, rep.metrics, rep.eval_protocol);
     rep.steps.push_back({"evaluate baseline", since(t)});
   }
-  EvalData calib = calib_data.empty() ? ed : load_eval_data(*model, model_path, {calib_data, tokenizer, separator});
-  if (gptq && !have_eval && calib_data.empty())
-    mc::fail("quantize", "--method gptq needs calibration data: --calib DATA (or --eval DATA)");
-  std::map<std::string, at::Tensor> inputs;
-  if (!gptq && (have_eval || !calib_data.empty())) {
-    t = Clock::now();
-    inputs = capture_inputs(*model, calibration_inputs(calib, calib_samples, window, seed, true), target_layers);
-    rep.steps.push_back({"capture calibration inputs", since(t)});
+  if ((calibrated || po_.target_bpw > 0) && !have_eval && calib_data.empty())
+    mc::fail("quantize", "--method ", method, po_.target_bpw > 0 ? " with --target-bpw" : "",
+             " needs calibration data: --calib DATA (or --eval DATA)");
+  at::Tensor calib_x;
+  if (have_eval || !calib_data.empty()) {
+    EvalData calib = calib_data.empty() ? ed : load_eval_data(*model, model_path, {calib_data, tokenizer, separator});
+    // rtn only measures per-layer errors: a short text gives shorter sequences instead of an error.
+    calib_x = calibration_inputs(calib, calib_samples, calibrated || po_.target_bpw > 0 ? calib_seqlen : window, seed,
+                                 !calibrated && po_.target_bpw <= 0);
+    rep.settings["calibration"] = std::to_string(calib_x.size(0)) +
+                                  (calib.labeled ? " examples" : " x " + std::to_string(calib_x.size(1)) + " tokens") +
+                                  " (seed " + std::to_string(seed) + ")";
+    rep.seed = std::to_string(seed);
   }
 
   t = Clock::now();
-  std::map<std::string, mc::QuantResult> quantized;
   const bool tty = ::isatty(1) && !common.quiet;
-  if (gptq) {
-    const at::Tensor calib_x = calibration_inputs(calib, calib_samples, calib_seqlen, seed);
-    std::set<std::string> in_blocks;
-    for (const mc::LayerInfo* l : targets)
-      if (l->block >= 0) in_blocks.insert(l->name);
-    mc::GptqOptions go;
-    go.spec = spec, go.damp = damp, go.act_order = act_order, go.static_groups = static_groups;
-    mc::SequentialOptions so;
-    so.progress = [&](const mc::LayerInfo& l, int64_t i, int64_t n) {
-      if (common.quiet) return;
-      const double el = since(t), eta = el / std::max<int64_t>(1, i - 1) * (n - i + 1);
-      if (tty)
-        std::printf("\rgptq layer %lld/%lld %-36s %5.1f s, ETA %4.0f s", static_cast<long long>(i),
-                    static_cast<long long>(n), l.name.c_str(), el, i > 1 ? eta : 0.0), std::fflush(stdout);
-      else
-        std::printf("gptq layer %lld/%lld %s (%.1f s)\n", static_cast<long long>(i), static_cast<long long>(n),
-                    l.name.c_str(), el);
-    };
-    mc::compress_block_sequential(*model, calib_x, in_blocks,
-        [&](const mc::LayerInfo& l, const at::Tensor& w_full, const mc::HessianAccumulator& st) {
-          const at::Tensor w = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
-          mc::GptqResult g = mc::gptq_quantize(w, st.hessian(), go, l.name);
-          mc::QuantResult q = g.quant;
-          if (w_full.dim() != 2) q.weight_shape = w_full.sizes().vec();
-          const at::Tensor wq = q.dequantize();
-          // Relative output error on this layer's calibration inputs: tr(D H Dᵀ) / tr(W H Wᵀ), H ∝ XᵀX.
-          const at::Tensor H = st.hessian().to(at::kFloat), d = w - wq;
-          const double den = (at::matmul(w, H) * w).sum().item<double>();
-          mc::LayerRow row;
-          row.name = l.name;
-          row.shape = mc::shape_str(w_full.sizes().vec());
-          row.scheme = "gptq " + spec.describe();
-          row.params = w.numel();
-          row.rel_output_error = den > 0 ? (at::matmul(d, H) * d).sum().item<double>() / den : 0.0;
-          if (g.damp_retries)
-            rep.warnings.push_back(l.name + ": Cholesky needed " + std::to_string(g.damp_retries) +
-                                   " retries; damping raised to " + fmt("%g", g.damp_rel) + " of mean(diag H)");
-          if (g.dead_columns) row.note = std::to_string(g.dead_columns) + " dead input columns";
-          rep.layers.push_back(row);
-          quantized.emplace(l.weight, std::move(q));
-          return wq.reshape(w_full.sizes());
-        },
-        so);
-    if (tty) std::printf("\r%-80s\r", "");
-    for (const mc::LayerInfo* l : targets)
-      if (l->block < 0) mc::fail("quantize", "layer ", l->name, " lies outside the blocks; gptq covers block layers only");
-  } else {
-    int64_t i = 0;
-    for (const mc::LayerInfo* l : targets) {
-      const at::Tensor w_full = model->param(l->weight).to(at::kFloat);
-      const at::Tensor w = w_full.reshape({w_full.size(0), -1});  // conv kernels as [out, in*kh*kw]
-      mc::QuantResult q = mc::rtn_quantize(w, spec, l->name);
-      if (w_full.dim() != 2) q.weight_shape = w_full.sizes().vec();
-      at::Tensor wq = q.dequantize();
-      mc::LayerRow row;
-      row.name = l->name;
-      row.shape = mc::shape_str(w_full.sizes().vec());
-      row.scheme = spec.describe();
-      row.params = w.numel();
-      if (spec.group_size > 0 && w.size(1) % spec.group_size)
-        row.note = "last group of " + std::to_string(w.size(1) % spec.group_size) + " columns";
-      auto it = inputs.find(l->name);
-      if (it != inputs.end() && it->second.size(-1) == w.size(1)) {
-        at::Tensor x = it->second.to(w.device());
-        at::Tensor y = at::matmul(x, w.t()), e = at::matmul(x, (w - wq).t());
-        double den = y.pow(2).sum().item<double>();
-        row.rel_output_error = den > 0 ? e.pow(2).sum().item<double>() / den : 0.0;
-      }
-      rep.layers.push_back(row);
-      model->set_param(l->weight, wq.reshape(w_full.sizes()));
-      quantized.emplace(l->weight, std::move(q));
-      if (!common.quiet && ::isatty(1))
-        std::printf("\rquantizing layer %lld/%zu %-40s", static_cast<long long>(++i), targets.size(), l->name.c_str()),
-            std::fflush(stdout);
-    }
-    if (!common.quiet && ::isatty(1)) std::printf("\r%-70s\r", "");
-
-  }
-  rep.steps.push_back({"quantize " + std::to_string(targets.size()) + " layers", since(t)});
+  auto phase_start = Clock::now();
+  std::string last_phase;
+  po_.progress = [&](const std::string& phase, const mc::LayerInfo& l, int64_t i, int64_t n) {
+    if (common.quiet) return;
+    if (phase != last_phase) last_phase = phase, phase_start = Clock::now();
+    const double el = since(phase_start), eta = i > 1 ? el / double(i - 1) * double(n - i + 1) : 0.0;
+    if (tty)
+      std::printf("\r%s %s layer %lld/%lld %-32s %6.1f s, ETA %5.0f s", method.c_str(), phase.c_str(),
+                  static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta), std::fflush(stdout);
+    else
+      std::printf("%s %s layer %lld/%lld %s (%.1f s elapsed, ETA %.0f s)\n", method.c_str(), phase.c_str(),
+                  static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta), std::fflush(stdout);
+  };
+  mc::PtqResult res = mc::quantize_model(*model, calib_x, po_);
+  if (tty) std::printf("\r%-100s\r", "");
+  for (const auto& [k, v] : res.settings) rep.settings[k] = v;
+  rep.layers = res.layers;
+  for (const auto& w : res.warnings) rep.warnings.push_back(w);
+  std::map<std::string, mc::QuantResult>& quantized = res.quantized;
+  rep.steps.push_back({"quantize " + std::to_string(quantized.size()) + " layers", since(t)});
 
   // Write: dense parameters as they are, quantized ones packed.
   t = Clock::now();
@@ -364,6 +317,16 @@ int cmd_quantize(const std::vector<std::string>& args) {
   for (const auto& [k, v] : model->params())
     if (!quantized.count(k)) dense[k] = v;
   auto meta = model->config_metadata();
+  if (!res.act_bits.empty()) {
+    std::string j = "{\"layers\": {";
+    bool first = true;
+    for (const auto& [name, bits] : res.act_bits) {
+      j += (first ? "" : ", ") + std::string("\"") + name + "\": {\"bits\": " + std::to_string(bits) +
+           ", \"granularity\": \"per-token\", \"symmetric\": true, \"dynamic\": true}";
+      first = false;
+    }
+    meta[mc::kActivationMetadataKey] = j + "}}";
+  }
   write_packed_checkpoint(out_model, dense, quantized, meta);
   rep.output = out_model;
   rep.steps.push_back({"write packed checkpoint", since(t)});
@@ -391,6 +354,23 @@ int cmd_quantize(const std::vector<std::string>& args) {
     auto baseline = mc::load_model(model_path, lo);
     evaluate_into(*reloaded, baseline.get(), ed, eo, true, rep.metrics, rep.eval_protocol);
     rep.steps.push_back({"evaluate compressed (reloaded from the file)", since(t)});
+    if (!res.act_bits.empty() && !simulate) {
+      // The same W8A8 model with the int8 matmuls simulated in float: a check of the int8 kernel.
+      t = Clock::now();
+      mc::LoadOptions sim_lo = lo;
+      sim_lo.int8_kernel = false;
+      auto sim = mc::load_model(out_model, sim_lo);
+      std::vector<mc::MetricRow> sim_rows;
+      std::string proto;
+      evaluate_into(*sim, nullptr, ed, eo, true, sim_rows, proto);
+      for (auto& m : sim_rows)
+        if (m.is_primary) {
+          m.name += " (int8 matmuls simulated in float)";
+          m.is_primary = false;
+          rep.metrics.push_back(m);
+        }
+      rep.steps.push_back({"evaluate compressed, int8 simulated", since(t)});
+    }
   }
   mc::write_report(rep, out);
 

@@ -1,13 +1,19 @@
 // Layer-sequential calibration: calibration inputs run through the model block by block, and block k
 // sees the outputs of the already compressed blocks 0..k-1 (as the GPTQ and SparseGPT papers do), so
 // only one block's activations are live at a time. Each target layer's statistics (Hessian
-// 2/n Σ x xᵀ, mean |x|, max |x|, Σ x²) are handed to a compressor that returns its new weight.
+// 2/n Σ x xᵀ, mean |x|, max |x|, Σ x²) are handed to a compressor that rewrites its weights.
+//
+// True-sequential order (opt-in): inside a block the target layers are split into groups that read
+// the same input tensor (llama: q,k,v -> o -> gate,up -> down), found by watching which tensor each
+// layer receives; group i's statistics are collected with groups 0..i-1 already compressed.
 #pragma once
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 namespace mc {
 
@@ -15,20 +21,33 @@ class Model;
 struct LayerInfo;
 class HessianAccumulator;
 
+// Statistics of the layers being compressed, by layer name.
+using BlockStats = std::map<std::string, const HessianAccumulator*>;
+// Compresses `layers` (target layers of block `block`, in execution order) given their input
+// statistics. It may replace any parameter (Model::set_param, Model::apply_scale_group): the block's
+// outputs are computed afterwards, from what it leaves.
+using BlockCompressor =
+    std::function<void(int block, const std::vector<const LayerInfo*>& layers, const BlockStats& stats)>;
 // Returns the weight to install for `layer` (same shape as `weight`), given its input statistics.
 using LayerCompressor =
     std::function<at::Tensor(const LayerInfo& layer, const at::Tensor& weight, const HessianAccumulator& stats)>;
 
 struct SequentialOptions {
-  int64_t batch = 8;   // calibration sequences per forward pass
-  bool fp64 = false;   // accumulate Hessians in float64
-  // Called before each target layer is compressed: (layer, index from 1, total).
+  int64_t batch = 8;             // calibration sequences per forward pass
+  bool fp64 = false;             // accumulate Hessians in float64
+  bool true_sequential = false;  // compress a block's layers group by group (see above)
+  // Called once a block's outputs for the next block are computed (free what the block no longer needs).
+  std::function<void(int block)> after_block;
+  // compress_block_sequential only: called before each target layer is compressed (layer, index from 1, total).
   std::function<void(const LayerInfo& layer, int64_t i, int64_t n)> progress;
 };
 
 // inputs: the calibration set as the model's forward takes it ([N, L] int64 tokens, or [N, ...]
-// examples). Layers in `targets` (by name) inside blocks are compressed; others are left alone.
-// Throws InputError when a target layer receives no input (never reached).
+// examples). Layers named in `targets` that lie inside blocks are compressed; others are left alone.
+// Throws InputError when a target layer receives no input (never reached) or a non-finite one.
+void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std::string>& targets,
+                     const BlockCompressor& compress, const SequentialOptions& opts = {});
+// The same, one layer at a time.
 void compress_block_sequential(Model& model, const at::Tensor& inputs, const std::set<std::string>& targets,
                                const LayerCompressor& compress, const SequentialOptions& opts = {});
 

@@ -29,6 +29,22 @@ struct LayerInfo {
                            // a classifier model's last linear layer is inside its own block)
   bool is_classifier = false;  // the output projection (tied or not)
   int64_t out_features = 0, in_features = 0;  // conv: out_channels, in_channels * kh * kw
+  // Linear only: the input is quantized per token (dynamic, symmetric, this many bits) before the
+  // matmul (SmoothQuant W8A8); 0 = float input. See Model::set_input_quant.
+  int act_bits = 0;
+};
+
+// Layers that read the output of one parameter, so a per-input-channel scale s can move between them
+// without changing the function: `prev` (a norm weight [C], or a linear weight [C, in] with optional
+// bias [C]) is divided by s along C, and the input columns of every layer in `layers` are multiplied
+// by s (AWQ, SmoothQuant). Only listed when exact: what lies between prev and the layers commutes with
+// a positive per-channel scale (RMSNorm's weight, ReLU, attention's weighted sum of values, SwiGLU's
+// up projection).
+struct ScaleGroup {
+  std::string prev;                 // checkpoint key: norm weight (1-D) or linear weight (2-D)
+  std::string prev_bias;            // bias of a linear prev ("" when none)
+  bool prev_is_norm = false;
+  std::vector<std::string> layers;  // layer names reading prev's output, all with in_features == C
 };
 
 // Called on every use of a layer with its input (as the matmul sees it: [..., in_features]) and output.
@@ -61,6 +77,25 @@ class Model {
   // Replaces a parameter (same shape; converted to the model's dtype/device). Tied parameters
   // (a shared classifier) stay tied.
   void set_param(const std::string& key, const at::Tensor& value);
+
+  // Scale groups whose prev and layers all lie in block k (empty for models without any).
+  virtual std::vector<ScaleGroup> scale_groups(int block) const { (void)block; return {}; }
+  // Divides prev by s and multiplies the layers' input columns by s (s > 0, float [C]); the model
+  // computes the same function up to float rounding.
+  void apply_scale_group(const ScaleGroup& g, const at::Tensor& s);
+
+  // W8A8: quantize the input of linear `layer` per token (dynamic, symmetric, `bits` bits: scale
+  // max|x_t| / (2^(bits-1) - 1)) before its matmul; 0 turns it off. With bits 8, a CPU model, and
+  // int8 weights registered by set_int8_weight, the matmul is a real int8 x int8 -> int32 product;
+  // otherwise it is simulated in float (quantize, dequantize, float matmul).
+  void set_input_quant(const std::string& layer, int bits);
+  // Registers the weight of `layer` as int8 codes q [out, in] (-128..127) with per-output-channel
+  // scales [out]: the current float weight must equal q * scale exactly (throws InputError naming the
+  // layer otherwise). Dropped when the weight is replaced by set_param.
+  void set_int8_weight(const std::string& layer, const at::Tensor& scale);
+  bool has_int8_weight(const std::string& layer) const { return int8_weights_.count(layer) > 0; }
+  // Use the int8 kernel where registered (default true); false simulates every quantized input.
+  void set_int8_kernel(bool on) { int8_kernel_ = on; }
 
   int add_hook(LayerHook hook);
   void remove_hook(int id);
@@ -98,13 +133,21 @@ class Model {
   std::map<std::string, std::string> tied_;  // key -> key it is tied to
   std::map<int, LayerHook> hooks_;
   int next_hook_ = 0;
+  struct Int8Weight { at::Tensor q, scale; };
+  std::map<std::string, Int8Weight> int8_weights_;  // by layer name
+  bool int8_kernel_ = true;
   c10::Device device_ = c10::Device(c10::kCPU);
 };
 
 struct LoadOptions {
   std::string arch_file;           // classifier architecture YAML (when the checkpoint has none inside)
   std::string device = "cpu";      // "cpu" or "cuda" (when the LibTorch build has it)
+  bool int8_kernel = true;         // W8A8 layers: real int8 matmul on CPU (false: simulate in float)
 };
+
+// Metadata key of W8A8 checkpoints: {"layers": {"<layer>": {"bits": 8, "granularity": "per-token",
+// "symmetric": true, "dynamic": true}}}; load_model restores the input quantization from it.
+inline constexpr const char* kActivationMetadataKey = "mcompress.activations";
 
 // Loads a llama2.c checkpoint, a Hugging Face directory (config.json + model.safetensors or a sharded
 // index), a checkpoint saved by mcompress (config in its metadata, possibly packed-quantized), or a

@@ -1,7 +1,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
-#include <map>
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -12,52 +12,116 @@
 
 namespace mc {
 
-void compress_block_sequential(Model& model, const at::Tensor& inputs, const std::set<std::string>& targets,
-                               const LayerCompressor& compress, const SequentialOptions& o) {
+namespace {
+
+// Runs block k over every batch, calling `hook` for each layer use; the hook is removed on any exit.
+void run_block_hooked(Model& model, int k, const std::vector<at::Tensor>& hidden, const LayerHook& hook,
+                      size_t batches) {
+  const int id = model.add_hook(hook);
+  try {
+    for (size_t i = 0; i < std::min(batches, hidden.size()); ++i) model.run_block(k, hidden[i]);
+  } catch (...) {
+    model.remove_hook(id);
+    throw;
+  }
+  model.remove_hook(id);
+}
+
+// Splits the block's targets (in execution order) into groups that read the same input tensor,
+// in the order the groups are first used. Layers never called stay in a last group of their own
+// (the statistics pass then reports them as never reached).
+std::vector<std::vector<const LayerInfo*>> input_groups(Model& model, int k, const std::vector<at::Tensor>& hidden,
+                                                        const std::vector<const LayerInfo*>& layers) {
+  std::map<std::string, const void*> input_of;
+  std::vector<const void*> order;
+  std::vector<at::Tensor> alive;  // a freed input's address could be reused by a later one
+  run_block_hooked(model, k, hidden, [&](const LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
+    if (input_of.count(l.name)) return;
+    alive.push_back(x);
+    const void* id = x.unsafeGetTensorImpl();
+    input_of[l.name] = id;
+    if (std::find(order.begin(), order.end(), id) == order.end()) order.push_back(id);
+  }, 1);
+  std::vector<std::vector<const LayerInfo*>> groups(order.size());
+  std::vector<const LayerInfo*> unreached;
+  for (const LayerInfo* l : layers) {
+    auto it = input_of.find(l->name);
+    if (it == input_of.end()) {
+      unreached.push_back(l);
+      continue;
+    }
+    groups[static_cast<size_t>(std::find(order.begin(), order.end(), it->second) - order.begin())].push_back(l);
+  }
+  groups.erase(std::remove_if(groups.begin(), groups.end(), [](const auto& g) { return g.empty(); }), groups.end());
+  if (!unreached.empty()) groups.push_back(unreached);
+  return groups;
+}
+
+}  // namespace
+
+void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std::string>& targets,
+                     const BlockCompressor& compress, const SequentialOptions& o) {
   at::NoGradGuard no_grad;
   if (inputs.dim() < 1 || inputs.size(0) == 0) fail("calib", "the calibration set is empty");
   const int64_t n = inputs.size(0), batch = std::max<int64_t>(1, o.batch);
-  int64_t total = 0;
-  for (const auto& l : model.layers())
-    if (l.block >= 0 && targets.count(l.name)) ++total;
 
   std::vector<at::Tensor> hidden;
   for (int64_t b = 0; b < n; b += batch)
     hidden.push_back(model.embed(inputs.narrow(0, b, std::min(batch, n - b)).to(model.device())));
 
-  int64_t done = 0;
   for (int k = 0; k < model.num_blocks(); ++k) {
-    std::map<std::string, std::unique_ptr<HessianAccumulator>> stats;
     std::vector<const LayerInfo*> layers;
-    for (const auto& l : model.layers()) {
-      if (l.block != k || !targets.count(l.name)) continue;
-      layers.push_back(&l);
-      stats.emplace(l.name, std::make_unique<HessianAccumulator>(l.in_features, o.fp64, l.name));
-    }
+    for (const auto& l : model.layers())
+      if (l.block == k && targets.count(l.name)) layers.push_back(&l);
+    std::vector<std::vector<const LayerInfo*>> groups;
     if (!layers.empty()) {
-      const int hook = model.add_hook([&](const LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
-        auto it = stats.find(l.name);
-        if (it != stats.end()) it->second->add(x);
-      });
-      try {
-        for (const auto& h : hidden) model.run_block(k, h);
-      } catch (...) {
-        model.remove_hook(hook);
-        throw;
-      }
-      model.remove_hook(hook);
-      for (const LayerInfo* l : layers) {
-        const HessianAccumulator& s = *stats.at(l->name);
+      if (o.true_sequential)
+        groups = input_groups(model, k, hidden, layers);
+      else
+        groups.push_back(layers);
+    }
+    for (const auto& group : groups) {
+      std::map<std::string, std::unique_ptr<HessianAccumulator>> acc;
+      for (const LayerInfo* l : group)
+        acc.emplace(l->name, std::make_unique<HessianAccumulator>(l->in_features, o.fp64, l->name));
+      run_block_hooked(model, k, hidden, [&](const LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
+        auto it = acc.find(l.name);
+        if (it != acc.end()) it->second->add(x);
+      }, hidden.size());
+      BlockStats stats;
+      for (const LayerInfo* l : group) {
+        const HessianAccumulator& s = *acc.at(l->name);
         if (s.samples() == 0)
           fail("calib", "layer ", l->name, " received no calibration input (never reached in block ", k, ")");
-        if (o.progress) o.progress(*l, ++done, total);
-        const at::Tensor& w = model.param(l->weight);
-        model.set_param(l->weight, compress(*l, w, s));
+        stats[l->name] = &s;
       }
+      compress(k, group, stats);
     }
     // The next block sees this block's outputs with its compressed weights.
-    for (auto& h : hidden) h = model.run_block(k, h);
+    for (auto& h : hidden) {
+      h = model.run_block(k, h);
+      if (!at::isfinite(h).all().item<bool>())
+        fail("calib", "block ", k, " produced NaN or Inf on the calibration data",
+             layers.empty() ? "" : " after compression");
+    }
+    if (o.after_block) o.after_block(k);
   }
+}
+
+void compress_block_sequential(Model& model, const at::Tensor& inputs, const std::set<std::string>& targets,
+                               const LayerCompressor& compress, const SequentialOptions& o) {
+  int64_t total = 0, done = 0;
+  for (const auto& l : model.layers())
+    if (l.block >= 0 && targets.count(l.name)) ++total;
+  compress_blocks(model, inputs, targets,
+      [&](int, const std::vector<const LayerInfo*>& layers, const BlockStats& stats) {
+        for (const LayerInfo* l : layers) {
+          if (o.progress) o.progress(*l, ++done, total);
+          const at::Tensor& w = model.param(l->weight);
+          model.set_param(l->weight, compress(*l, w, *stats.at(l->name)));
+        }
+      },
+      o);
 }
 
 }  // namespace mc

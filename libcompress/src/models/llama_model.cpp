@@ -126,6 +126,21 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
   }
 }
 
+std::vector<ScaleGroup> LlamaModel::scale_groups(int block) const {
+  if (block < 0 || block >= num_blocks_) fail("llama", "block ", block, " outside 0..", num_blocks_ - 1);
+  const auto& ids = block_layers_[static_cast<size_t>(block)];
+  auto L = [&](BlockSlot s) -> const LayerInfo& { return layers_[ids[s]]; };
+  std::vector<ScaleGroup> g;
+  g.push_back({L(kAttnNorm).weight, "", true, {L(kWq).name, L(kWk).name, L(kWv).name}});
+  // o's input channel (head h, d) is v's channel (h, d) mixed over positions: with as many KV heads
+  // as query heads the channels match one to one.
+  if (cfg_.n_kv_heads == cfg_.n_heads) g.push_back({L(kWv).weight, L(kWv).bias, false, {L(kWo).name}});
+  g.push_back({L(kFfnNorm).weight, "", true, {L(kW1).name, L(kW3).name}});
+  // down's input is silu(gate) * up: scaling up's output channels scales it.
+  g.push_back({L(kW3).weight, "", false, {L(kW2).name}});
+  return g;
+}
+
 void LlamaModel::ensure_rope_tables(int64_t length) {
   if (cos_.defined() && cos_.size(0) >= length) return;
   const int64_t n = std::max(length, cfg_.max_seq_len);

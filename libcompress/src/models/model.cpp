@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include "mcompress/error.h"
+#include "mcompress/int8_gemm.h"
 #include "mcompress/tensor.h"
 
 namespace mc {
@@ -41,6 +42,8 @@ void Model::set_param(const std::string& key, const at::Tensor& value) {
   // May alias `value` (no copy when dtype and device already match).
   at::Tensor v = value.detach().to(old.device(), old.scalar_type()).contiguous();
   it->second = v;
+  for (auto w = int8_weights_.begin(); w != int8_weights_.end();)
+    w = layer(w->first).weight == key ? int8_weights_.erase(w) : std::next(w);
   // Tied parameters are one tensor under several names.
   for (const auto& [a, b] : tied_) {
     if (a == key) params_[b] = v;
@@ -78,9 +81,71 @@ void Model::to(c10::Device device) {
 
 at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x) {
   const at::Tensor& w = params_.at(layer.weight);
-  at::Tensor y = layer.bias.empty() ? at::linear(x, w) : at::linear(x, w, params_.at(layer.bias));
+  at::Tensor y;
+  if (layer.act_bits > 0) {
+    const at::Tensor bias = layer.bias.empty() ? at::Tensor() : params_.at(layer.bias);
+    auto it = int8_weights_.find(layer.name);
+    if (layer.act_bits == 8 && int8_kernel_ && x.is_cpu() && it != int8_weights_.end()) {
+      y = int8_linear(x, it->second.q, it->second.scale, bias);
+    } else {
+      // Per-token symmetric fake quantization of the input, then the float matmul.
+      const double qmax = double((1 << (layer.act_bits - 1)) - 1);
+      at::Tensor xf = x.to(at::kFloat);
+      at::Tensor s = xf.abs().amax(-1, true).div_(qmax);
+      s.masked_fill_(s.eq(0), 1.0);
+      at::Tensor xq = xf.div(s).round_().clamp_(-qmax, qmax).mul_(s).to(x.scalar_type());
+      y = bias.defined() ? at::linear(xq, w, bias) : at::linear(xq, w);
+    }
+  } else {
+    y = layer.bias.empty() ? at::linear(x, w) : at::linear(x, w, params_.at(layer.bias));
+  }
   run_hooks(layer, x, y);
   return y;
+}
+
+void Model::apply_scale_group(const ScaleGroup& g, const at::Tensor& s_in) {
+  const at::Tensor s = s_in.to(at::kFloat).to(device_);
+  const at::Tensor& prev = param(g.prev);
+  if (s.dim() != 1 || s.size(0) != prev.size(0))
+    fail("model", "scale group of '", g.prev, "': ", s.numel(), " scales for ", prev.size(0), " channels");
+  if (!at::isfinite(s).all().item<bool>() || s.le(0).any().item<bool>())
+    fail("model", "scale group of '", g.prev, "': scales must be positive and finite");
+  if (prev.dim() == 1)
+    set_param(g.prev, prev.div(s));
+  else
+    set_param(g.prev, prev.div(s.unsqueeze(1)));
+  if (!g.prev_bias.empty()) set_param(g.prev_bias, param(g.prev_bias).div(s));
+  for (const auto& name : g.layers) {
+    const LayerInfo& l = layer(name);
+    const at::Tensor& w = param(l.weight);
+    if (w.dim() != 2 || w.size(1) != s.size(0))
+      fail("model", "scale group of '", g.prev, "': layer ", name, " has ", w.dim() == 2 ? w.size(1) : -1,
+           " input columns, expected ", s.size(0));
+    set_param(l.weight, w.mul(s));
+  }
+}
+
+void Model::set_input_quant(const std::string& name, int bits) {
+  auto it = layer_index_.find(name);
+  if (it == layer_index_.end()) fail("model", arch(), " model has no layer '", name, "'");
+  LayerInfo& l = layers_[it->second];
+  if (l.kind != LayerKind::Linear) fail("model", "layer ", name, ": input quantization needs a linear layer");
+  if (bits != 0 && (bits < 2 || bits > 8)) fail("model", "layer ", name, ": activation bits ", bits, " outside 2..8");
+  l.act_bits = bits;
+}
+
+void Model::set_int8_weight(const std::string& name, const at::Tensor& scale_in) {
+  const LayerInfo& l = layer(name);
+  const at::Tensor w = param(l.weight).to(at::kFloat);
+  if (w.dim() != 2) fail("model", "layer ", name, ": int8 weights need a 2-D weight");
+  const at::Tensor scale = scale_in.to(at::kFloat).to(w.device()).reshape({-1});
+  if (scale.size(0) != w.size(0))
+    fail("model", "layer ", name, ": ", scale.size(0), " int8 scales for ", w.size(0), " output channels");
+  at::Tensor safe = scale.masked_fill(scale.eq(0), 1.0).unsqueeze(1);
+  at::Tensor q = w.div(safe).round_();
+  if (!q.mul(safe).eq(w).all().item<bool>() || q.abs().gt(128).any().item<bool>() || q.eq(128).any().item<bool>())
+    fail("model", "layer ", name, ": weight is not int8 codes times its per-channel scales");
+  int8_weights_[name] = {q.to(at::kChar).contiguous(), scale.contiguous()};
 }
 
 void Model::run_hooks(const LayerInfo& layer, const at::Tensor& input, const at::Tensor& output) {

@@ -148,11 +148,42 @@ std::unique_ptr<Model> build_model(const std::string& path, const LoadOptions& o
        "Face directory or a checkpoint saved by mcompress");
 }
 
+// W8A8 checkpoints: kActivationMetadataKey lists the layers whose inputs are quantized; those whose
+// packed weight is int8 symmetric per channel also get their codes for the int8 kernel.
+void apply_activation_metadata(Model& model, const std::string& path) {
+  if (fs::is_directory(path)) return;
+  auto reader = open_checkpoint(path);
+  const auto meta = reader->metadata();
+  auto it = meta.find(kActivationMetadataKey);
+  if (it == meta.end()) return;
+  nlohmann::json j, packed;
+  try {
+    j = nlohmann::json::parse(it->second);
+    auto pit = meta.find(kPackedMetadataKey);
+    if (pit != meta.end()) packed = nlohmann::json::parse(pit->second).value("tensors", nlohmann::json::object());
+    for (const auto& [name, desc] : j.at("layers").items()) {
+      const LayerInfo& l = model.layer(name);
+      model.set_input_quant(name, desc.at("bits").get<int>());
+      if (!packed.contains(l.weight)) continue;
+      const auto& d = packed.at(l.weight);
+      if (d.value("bits", 0) == 8 && d.value("symmetric", false) && d.value("group_size", -2) == 0 &&
+          reader->contains(l.weight + ".scales")) {
+        at::Tensor scales = to_torch(reader->load(l.weight + ".scales")).to(at::kFloat);
+        model.set_int8_weight(name, scales.reshape({-1}));
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail("model", path, ": bad '", kActivationMetadataKey, "' metadata: ", e.what());
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts) {
   const c10::Device device = parse_device(opts.device);
   auto model = build_model(path, opts);
+  apply_activation_metadata(*model, path);
+  model->set_int8_kernel(opts.int8_kernel);
   if (!device.is_cpu()) model->to(device);
   return model;
 }

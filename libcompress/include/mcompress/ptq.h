@@ -1,0 +1,97 @@
+// Post-training quantization of a whole model: layer selection, the calibrated methods on the
+// layer-sequential engine (calib.h), mixed precision, and what the report needs. The CLI's
+// `mcompress quantize` and the Python bindings call quantize_model; the packed file is written by the
+// caller from PtqResult::quantized (quant/packed.h).
+//
+// Methods (all quantize the selected layers' weights to QuantSpec's grid, fp16 scales):
+//   rtn          round to nearest (rtn.h); calibration data only measures per-layer errors
+//   imatrix      RTN whose grids minimise the error weighted by each input column's mean square
+//                (imatrix.h) — cheap, between RTN and GPTQ
+//   gptq         error compensation through the inverse Hessian (gptq.h)
+//   awq          activation-aware scaling (Lin et al., 2023): for each scale group (model.h: a norm or
+//                linear followed by the layers reading it), s = mean|x|^α with α in {0, 0.05, ..., 0.95}
+//                chosen to minimise the group's quantized output error Σ tr(D H Dᵀ),
+//                D = W - Q(W diag s) diag(1/s); s is folded into the preceding norm/linear (the float
+//                model computes the same function), then each group of columns gets the clip ratio
+//                (1.00, 0.95, ..., 0.55 of its range) minimising its output error, then RTN
+//   smoothquant  W8A8 (Xiao et al., 2023): s_j = max|X_j|^α / max|W_j|^(1-α) folded into the norm
+//                before each group, weights RTN (int8 per channel by default), every quantized linear's
+//                input quantized per token (int8, dynamic, symmetric) — simulated in float or run as
+//                a real int8 x int8 -> int32 matmul on CPU (model.h, int8_gemm.h)
+// Mixed precision (target_bpw > 0): a sensitivity scan runs the method at every candidate bit width
+// on each layer (output error tr(D H Dᵀ) on calibration data, model unchanged), an exact
+// multiple-choice knapsack picks the bits per layer with the least total predicted error whose
+// parameter-weighted mean code bits is <= target_bpw, then the model is quantized with them.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mcompress/quant/rtn.h"
+#include "mcompress/report.h"
+
+namespace mc {
+
+class Model;
+struct LayerInfo;
+
+struct PtqOptions {
+  std::string method = "rtn";  // rtn | imatrix | gptq | awq | smoothquant
+  QuantSpec spec;              // the grid (bits are the default/maximum with mixed precision)
+  // Layer selection. `targets`: glob patterns (fnmatch, "*" crosses dots) or "re:REGEX" (the whole
+  // name must match), matched
+  // against layer names; empty = every linear layer except the classifier. Each pattern must match
+  // at least one layer. `ignore`: patterns removed from the selection.
+  std::vector<std::string> targets, ignore;
+  bool embeddings = false, classifier = false, conv = false;  // add these layers to the default selection
+  // Calibration engine.
+  int64_t batch = 8;
+  bool fp64 = false;
+  bool true_sequential = false;
+  // GPTQ.
+  double damp = 0.01;
+  bool act_order = false, static_groups = false;
+  int64_t block_size = 128;
+  // AWQ.
+  bool awq_clip = true;
+  // SmoothQuant.
+  double smooth_alpha = 0.5;
+  int act_bits = 8;
+  // Mixed precision.
+  double target_bpw = 0;                    // 0: off
+  std::vector<int> candidate_bits = {2, 3, 4, 8};
+  // Progress: called before each layer of each phase ("scan", "quantize") with its index from 1.
+  std::function<void(const std::string& phase, const LayerInfo& layer, int64_t i, int64_t n)> progress;
+  // Called after each block is finished (its quantized weights are in the result).
+  std::function<void(int block)> after_block;
+};
+
+struct PtqResult {
+  std::map<std::string, QuantResult> quantized;  // by weight key
+  std::map<std::string, int> act_bits;           // layer name -> activation bits (smoothquant)
+  std::vector<LayerRow> layers;                  // per quantized layer (bits_per_weight left to the writer)
+  std::vector<std::string> warnings;
+  std::map<std::string, std::string> settings;   // method-specific settings for the report
+};
+
+// The layers quantize_model would quantize, in execution order (each weight once). Throws InputError
+// for a pattern that matches nothing or an empty selection.
+std::vector<const LayerInfo*> select_layers(const Model& model, const PtqOptions& o);
+
+// Quantizes `model` in place (its weights become the dequantized values; smoothquant also sets the
+// input quantization) and returns the codes. calib: the calibration set as the model's forward takes it
+// (undefined: only rtn without per-layer errors). Throws InputError for bad options or data.
+PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions& o);
+
+// Exact allocation for mixed precision (exposed for tests): errors[l][c] is layer l's predicted error at
+// bits[c] (bits ascending), params[l] its weight count. Returns the chosen index per layer minimising
+// Σ errors subject to Σ params·bits <= target_bpw · Σ params. Throws InputError when even the
+// smallest bits exceed the budget.
+std::vector<int> allocate_bits(const std::vector<std::vector<double>>& errors, const std::vector<int64_t>& params,
+                               const std::vector<int>& bits, double target_bpw);
+
+}  // namespace mc

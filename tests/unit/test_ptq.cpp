@@ -1,0 +1,346 @@
+// Whole-model quantization (ptq.h): layer selection, the importance-weighted grid against a brute-force
+// search, scale folding (AWQ/SmoothQuant) leaving the float function unchanged, W8A8 (int8 kernel vs
+// float simulation), the true-sequential groups, the mixed-precision allocator against exhaustive
+// search, and the bad-input errors.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <functional>
+
+#include "mcompress/calib.h"
+#include "mcompress/error.h"
+#include "mcompress/model.h"
+#include "mcompress/ptq.h"
+#include "mcompress/quant/hessian.h"
+#include "mcompress/quant/imatrix.h"
+#include "mcompress/quant/packed.h"
+#include "mcompress/checkpoint.h"
+#include "mcompress/torch_bridge.h"
+#include "test_utils.h"
+#include "tiny_llama.h"
+
+using namespace mc;
+
+namespace {
+
+at::Tensor randn(at::IntArrayRef shape, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randn(shape, gen, at::kFloat);
+}
+
+at::Tensor tokens(int64_t n, int64_t len, int64_t vocab, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randint(vocab, {n, len}, gen, at::kLong);
+}
+
+std::vector<std::string> names_of(const std::vector<const LayerInfo*>& ls) {
+  std::vector<std::string> v;
+  for (auto* l : ls) v.push_back(l->name);
+  return v;
+}
+
+double rel_diff(const at::Tensor& a, const at::Tensor& b) {
+  return ((a - b).norm() / b.norm()).item<double>();
+}
+
+double total_layer_error(const PtqResult& r) {
+  double s = 0;
+  for (const auto& l : r.layers) s += l.rel_output_error.value_or(0);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("select_layers: default, globs, regex, ignore, and patterns that match nothing", "[ptq]") {
+  auto m = mctest::tiny_llama(1);
+  PtqOptions o;
+  auto all = names_of(select_layers(*m, o));
+  CHECK(all.size() == 14);  // 7 linear layers x 2 blocks; not the embedding, not the tied classifier
+  CHECK(all.front() == "layers.0.attention.wq");
+  o.targets = {"layers.*.feed_forward.*"};
+  CHECK(select_layers(*m, o).size() == 6);
+  o.targets = {"re:layers\\.1\\.attention\\.w[qk]"};
+  CHECK(names_of(select_layers(*m, o)) == std::vector<std::string>{"layers.1.attention.wq", "layers.1.attention.wk"});
+  o.targets = {};
+  o.ignore = {"*.w2"};
+  CHECK(select_layers(*m, o).size() == 12);
+  o.ignore = {};
+  o.targets = {"mlp.*"};
+  CHECK_THROWS_WITH(select_layers(*m, o), Catch::Contains("pattern 'mlp.*' matches no quantizable layer"));
+  o.targets = {"re:("};
+  CHECK_THROWS_AS(select_layers(*m, o), InputError);
+  o.targets = {};
+  o.embeddings = true;
+  CHECK(select_layers(*m, o).size() == 15);  // the tied classifier is the embedding: once
+}
+
+TEST_CASE("imatrix: never worse than RTN under the weighting, near a brute-force scale search", "[ptq][imatrix]") {
+  const at::Tensor W = randn({64, 96}, 3);
+  at::Tensor imp = randn({96}, 4).abs().pow(3);  // a few columns matter much more
+  for (bool sym : {true, false})
+    for (int64_t gs : {int64_t(32), int64_t(0), int64_t(40)}) {
+      QuantSpec sp;
+      sp.bits = 3, sp.symmetric = sym, sp.group_size = gs;
+      CAPTURE(sym, gs);
+      QuantResult r = rtn_quantize(W, sp), q = imatrix_quantize(W, sp, imp);
+      at::Tensor er = weighted_group_error(W, r.dequantize(), imp, sp);
+      at::Tensor eq = weighted_group_error(W, q.dequantize(), imp, sp);
+      CHECK(eq.le(er * (1 + 1e-6) + 1e-9).all().item<bool>());
+      CHECK(eq.sum().item<double>() < 0.9 * er.sum().item<double>());
+      // What the packed writer accepts (fp16 scales, symmetric zeros 2^(b-1)), and it reads back equal.
+      mctest::TempDir dir;
+      write_packed_checkpoint(dir.file("q.safetensors"), {}, {{"w", q}}, {});
+      auto back = read_packed_checkpoint(*open_checkpoint(dir.file("q.safetensors")));
+      CHECK(to_torch(back.at(0)).equal(q.dequantize()));
+    }
+  // Brute force for symmetric groups: the best scale on a fine grid (codes = round(w/s)) per group.
+  QuantSpec sp;
+  sp.bits = 3, sp.group_size = 16;
+  const at::Tensor w = randn({8, 16}, 5);
+  const at::Tensor im = randn({16}, 6).abs().add(0.1);
+  QuantResult q = imatrix_quantize(w, sp, im);
+  at::Tensor eq = weighted_group_error(w, q.dequantize(), im, sp);
+  for (int64_t r = 0; r < 8; ++r) {
+    const at::Tensor x = w[r].to(at::kDouble), iw = im.to(at::kDouble);
+    const double amax = x.abs().max().item<double>();
+    double best = 1e300;
+    for (int i = 1; i <= 4000; ++i) {
+      const double s = amax / 4.0 * (0.3 + 1.2 * i / 4000.0);
+      at::Tensor c = x.div(s).round().clamp(-4, 3);
+      best = std::min(best, (iw * (x - c * s).pow(2)).sum().item<double>());
+    }
+    CHECK(eq[r][0].item<double>() <= best * 1.05);
+  }
+}
+
+TEST_CASE("scale groups: folding any positive scales leaves the float model's function unchanged", "[ptq]") {
+  for (int64_t kv : {int64_t(2), int64_t(1)}) {
+    mctest::TinyLlamaShape s;
+    s.kv_heads = kv;
+    auto m = mctest::tiny_llama(7, s);
+    const at::Tensor x = tokens(2, 12, 20, 8);
+    const at::Tensor before = m->forward(x);
+    int groups = 0;
+    for (int k = 0; k < m->num_blocks(); ++k)
+      for (const auto& g : m->scale_groups(k)) {
+        m->apply_scale_group(g, randn({m->param(g.prev).size(0)}, 100 + groups).abs().add(0.2));
+        ++groups;
+      }
+    CHECK(groups == (kv == 2 ? 8 : 6));  // v -> o only without grouped KV heads
+    CHECK(rel_diff(m->forward(x), before) < 1e-5);
+  }
+}
+
+TEST_CASE("quantize_model: every method runs, rows and codes are consistent, the model holds the codes",
+          "[ptq]") {
+  mctest::TinyLlamaShape s;
+  s.kv_heads = 2, s.dim = 32, s.hidden = 64;
+  const at::Tensor calib = tokens(8, 32, 20, 9);
+  std::map<std::string, double> err;
+  for (const char* method : {"rtn", "imatrix", "gptq", "awq"}) {
+    auto m = mctest::tiny_llama(11, s);
+    PtqOptions o;
+    o.method = method;
+    o.spec.bits = 3, o.spec.group_size = 16;
+    PtqResult r = quantize_model(*m, calib, o);
+    CAPTURE(method);
+    REQUIRE(r.quantized.size() == 14);
+    REQUIRE(r.layers.size() == 14);
+    for (const auto& [key, q] : r.quantized) CHECK(m->param(key).equal(q.dequantize()));
+    err[method] = total_layer_error(r);
+  }
+  // On the proxy each method optimises, the calibrated ones beat plain rounding.
+  CHECK(err["imatrix"] < err["rtn"]);
+  CHECK(err["gptq"] < err["imatrix"]);
+  CHECK(err["awq"] < err["rtn"]);
+}
+
+TEST_CASE("AWQ: alpha 0 is a candidate, so a group's search never does worse than RTN", "[ptq][awq]") {
+  mctest::TinyLlamaShape s;
+  s.kv_heads = 2, s.dim = 32, s.hidden = 64;
+  const at::Tensor calib = tokens(8, 32, 20, 12);
+  auto run = [&](const char* method) {
+    auto m = mctest::tiny_llama(13, s);
+    PtqOptions o;
+    o.method = method;
+    o.awq_clip = false;
+    o.spec.bits = 3, o.spec.group_size = 0;
+    o.targets = {"layers.0.*"};  // block 0 sees the same inputs in both runs
+    return quantize_model(*m, calib, o);
+  };
+  PtqResult rtn = run("rtn"), awq = run("awq");
+  double a = 0, b = 0;
+  for (size_t i = 0; i < rtn.layers.size(); ++i) {
+    const std::string& n = rtn.layers[i].name;
+    if (n.find("wq") == std::string::npos && n.find("wk") == std::string::npos && n.find("wv") == std::string::npos)
+      continue;
+    a += *rtn.layers[i].rel_output_error, b += *awq.layers[i].rel_output_error;
+  }
+  CHECK(b <= a * (1 + 1e-6));
+}
+
+TEST_CASE("SmoothQuant W8A8: int8 kernel equals the float simulation, and the file restores it", "[ptq][w8a8]") {
+  mctest::TinyLlamaShape s;
+  s.kv_heads = 2, s.dim = 32, s.hidden = 64, s.vocab = 40;
+  auto m = mctest::tiny_llama(21, s);
+  auto ref = mctest::tiny_llama(21, s);
+  const at::Tensor calib = tokens(8, 32, 40, 22), x = tokens(2, 24, 40, 23);
+  PtqOptions o;
+  o.method = "smoothquant";
+  o.spec.bits = 8, o.spec.group_size = 0;
+  PtqResult r = quantize_model(*m, calib, o);
+  REQUIRE(r.act_bits.size() == 14);
+  for (const auto& [name, b] : r.act_bits) {
+    CHECK(b == 8);
+    CHECK(m->has_int8_weight(name));
+  }
+  const at::Tensor y_int8 = m->forward(x);
+  m->set_int8_kernel(false);
+  const at::Tensor y_sim = m->forward(x);
+  CHECK(rel_diff(y_int8, y_sim) < 1e-4);
+  // W8A8 stays close to the float model; without activation quantization it would be closer still.
+  const at::Tensor y_ref = ref->forward(x);
+  CHECK(rel_diff(y_sim, y_ref) < 0.05);
+  // Written with the metadata the CLI writes, loaded back: the same layers quantize their inputs.
+  mctest::TempDir dir;
+  std::map<std::string, at::Tensor> dense;
+  for (const auto& [k, v] : m->params())
+    if (!r.quantized.count(k)) dense[k] = v;
+  auto meta = m->config_metadata();
+  std::string j = "{\"layers\": {";
+  for (const auto& [name, b] : r.act_bits) j += (j.back() == '{' ? "\"" : ", \"") + name + "\": {\"bits\": 8}";
+  meta[kActivationMetadataKey] = j + "}}";
+  write_packed_checkpoint(dir.file("m.safetensors"), dense, r.quantized, meta);
+  auto back = load_model(dir.file("m.safetensors"));
+  for (const auto& [name, b] : r.act_bits) {
+    CHECK(back->layer(name).act_bits == 8);
+    CHECK(back->has_int8_weight(name));
+  }
+  CHECK(rel_diff(back->forward(x), y_int8) < 1e-6);
+}
+
+TEST_CASE("true-sequential: a block's layers come in groups reading the same input", "[ptq][calib]") {
+  auto m = mctest::tiny_llama(31);
+  std::set<std::string> targets;
+  for (auto* l : select_layers(*m, {})) targets.insert(l->name);
+  std::vector<std::vector<std::string>> seen;
+  SequentialOptions so;
+  so.true_sequential = true;
+  compress_blocks(*m, tokens(4, 16, 20, 32), targets,
+                  [&](int, const std::vector<const LayerInfo*>& ls, const BlockStats&) { seen.push_back(names_of(ls)); },
+                  so);
+  REQUIRE(seen.size() == 8);
+  CHECK(seen[0] == std::vector<std::string>{"layers.0.attention.wq", "layers.0.attention.wk", "layers.0.attention.wv"});
+  CHECK(seen[1] == std::vector<std::string>{"layers.0.attention.wo"});
+  CHECK(seen[2] == std::vector<std::string>{"layers.0.feed_forward.w1", "layers.0.feed_forward.w3"});
+  CHECK(seen[3] == std::vector<std::string>{"layers.0.feed_forward.w2"});
+  // Later groups see the earlier ones compressed: zeroing v makes o's inputs zero.
+  auto m2 = mctest::tiny_llama(31);
+  double o_input = -1;
+  compress_blocks(*m2, tokens(4, 16, 20, 32), {"layers.0.attention.wv", "layers.0.attention.wo"},
+                  [&](int, const std::vector<const LayerInfo*>& ls, const BlockStats& st) {
+                    for (auto* l : ls) {
+                      if (l->name.find("wv") != std::string::npos)
+                        m2->set_param(l->weight, at::zeros_like(m2->param(l->weight)));
+                      else
+                        o_input = st.at(l->name)->max_abs().max().item<double>();
+                    }
+                  },
+                  so);
+  CHECK(o_input == 0.0);
+}
+
+TEST_CASE("allocate_bits: the exact optimum of the knapsack, checked exhaustively", "[ptq][mixed]") {
+  auto gen = at::detail::createCPUGenerator(41);
+  const std::vector<int> bits = {2, 3, 4, 8};
+  for (int trial = 0; trial < 30; ++trial) {
+    const int L = 5;
+    std::vector<std::vector<double>> errs(L);
+    std::vector<int64_t> params(L);
+    for (int l = 0; l < L; ++l) {
+      params[l] = 64 * (1 + at::randint(8, {1}, gen).item<int64_t>());
+      double e = at::rand({1}, gen).item<double>() * 100;
+      for (size_t c = 0; c < bits.size(); ++c) errs[l].push_back(e *= at::rand({1}, gen).item<double>());
+    }
+    const double target = 2.0 + at::rand({1}, gen).item<double>() * 3;
+    std::vector<int> pick = allocate_bits(errs, params, bits, target);
+    double total = 0, cost = 0, err = 0;
+    for (int l = 0; l < L; ++l) total += params[l], cost += params[l] * bits[pick[l]], err += errs[l][pick[l]];
+    CHECK(cost <= target * total + 1e-9);
+    double best = 1e300;
+    for (int code = 0; code < 4 * 4 * 4 * 4 * 4; ++code) {
+      double c = 0, e = 0;
+      for (int l = 0, k = code; l < L; ++l, k /= 4) c += params[l] * bits[k % 4], e += errs[l][k % 4];
+      if (c <= target * total + 1e-9) best = std::min(best, e);
+    }
+    CHECK(err == Approx(best).epsilon(1e-12));
+  }
+  CHECK_THROWS_WITH(allocate_bits({{1.0, 0.5}}, {64}, {3, 4}, 2.5), Catch::Contains("below the smallest candidate"));
+}
+
+TEST_CASE("mixed precision: meets the target mean bits and reports bits per layer", "[ptq][mixed]") {
+  mctest::TinyLlamaShape s;
+  s.dim = 32, s.hidden = 64, s.kv_heads = 2;
+  auto m = mctest::tiny_llama(51, s);
+  PtqOptions o;
+  o.method = "gptq";
+  o.spec.group_size = 16;
+  o.target_bpw = 3.5;
+  o.candidate_bits = {2, 3, 4, 8};
+  PtqResult r = quantize_model(*m, tokens(8, 32, 20, 52), o);
+  double bits = 0, n = 0;
+  std::set<int> used;
+  for (const auto& [k, q] : r.quantized) bits += q.spec.bits * double(q.codes.numel()), n += double(q.codes.numel()),
+                                         used.insert(q.spec.bits);
+  CHECK(bits / n <= 3.5);
+  CHECK(bits / n > 3.0);
+  CHECK(used.size() >= 2);
+  CHECK(r.settings.count("mixed precision"));
+  for (const auto& l : r.layers) CHECK(l.scheme.find("int") != std::string::npos);
+}
+
+TEST_CASE("quantize_model: bad input gets a clear error, never a NaN model", "[ptq][errors]") {
+  const at::Tensor calib = tokens(4, 16, 20, 61);
+  {
+    auto m = mctest::tiny_llama(62);
+    PtqOptions o;
+    o.method = "gptq";
+    CHECK_THROWS_WITH(quantize_model(*m, at::Tensor(), o), Catch::Contains("needs calibration data"));
+    o.method = "nope";
+    CHECK_THROWS_WITH(quantize_model(*m, calib, o), Catch::Contains("is not available"));
+  }
+  {
+    auto m = mctest::tiny_llama(63);
+    at::Tensor w = m->param("layers.1.feed_forward.w2.weight").clone();
+    w[0][0] = NAN;
+    m->set_param("layers.1.feed_forward.w2.weight", w);
+    PtqOptions o;
+    o.method = "awq";
+    // Block 1's inputs are finite; its down projection's weight is not.
+    CHECK_THROWS_WITH(quantize_model(*m, calib, o), Catch::Contains("layers.1.feed_forward.w2"));
+  }
+  {
+    auto m = mctest::tiny_llama(64);
+    at::Tensor w = m->param("layers.0.attention.wo.weight").clone();
+    w[1][2] = INFINITY;
+    m->set_param("layers.0.attention.wo.weight", w);
+    PtqOptions o;
+    o.method = "gptq";
+    o.targets = {"*.feed_forward.*"};  // wo stays dense, so NaN/Inf reaches the MLP's inputs
+    CHECK_THROWS_AS(quantize_model(*m, calib, o), InputError);
+  }
+  {
+    // A layer whose inputs are all zero: quantized by plain RTN, stated in the report.
+    auto m = mctest::tiny_llama(65);
+    m->set_param("layers.0.attention_norm.weight", at::zeros({16}));
+    PtqOptions o;
+    o.method = "gptq";
+    o.targets = {"layers.0.attention.w[qkv]"};
+    PtqResult r = quantize_model(*m, calib, o);
+    REQUIRE(r.layers.size() == 3);
+    CHECK(r.layers[0].note.find("inputs all zero") != std::string::npos);
+    CHECK(!r.warnings.empty());
+    for (const auto& [k, q] : r.quantized) CHECK(at::isfinite(m->param(k)).all().item<bool>());
+  }
+}
