@@ -113,9 +113,11 @@ TEST_CASE("int8_gemm: the largest K keeps int32 sums exact", "[int8]") {
   a[1].fill_(127);
   a[2].copy_(random_s8(1, K, 9, -128, 127)[0]);
   b[1].copy_(random_s8(1, K, 10, -128, 127)[0]);
+  const at::Tensor a_many = a.repeat({4, 1});  // 12 rows: the packed path as well as the few-rows one
   for (Int8Kernel k : kernels_here()) {
     INFO(int8_kernel_name(k));
     CHECK(mismatches(a, b, k) == 0);
+    CHECK(mismatches(a_many, b, k) == 0);
     CHECK(int8_matmul(a, b, k)[0][0].item<int32_t>() == 2147467264);
   }
   CHECK_THROWS_AS(int8_matmul(at::zeros({1, K + 1}, at::kChar), at::zeros({1, K + 1}, at::kChar)), InputError);
@@ -199,6 +201,39 @@ TEST_CASE("quantize_per_row_s8: a hand-computed example", "[int8]") {
   CHECK_THROWS_AS(quantize_per_row_s8(at::zeros({2, 3}, at::kChar)), InputError);
   CHECK_THROWS_AS(quantize_per_row_s8(at::tensor({1.f, INFINITY})), InputError);
   CHECK_THROWS_AS(quantize_per_row_s8(at::tensor({1.f, NAN})), InputError);
+}
+
+namespace {
+// Oracle: the same quantization with whole-tensor ATen ops (at::round rounds half to even).
+Int8Rows quantize_ref(const at::Tensor& x) {
+  const at::Tensor x2 = x.reshape({-1, x.size(-1)}).to(at::kFloat);
+  const at::Tensor amax = x2.abs().amax({1});
+  Int8Rows r;
+  r.scale = amax.div(127.0f);
+  r.scale = at::where(r.scale.eq(0), at::ones_like(r.scale), r.scale);
+  r.q = x2.div(r.scale.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar);
+  return r;
+}
+}  // namespace
+
+TEST_CASE("quantize_per_row_s8: equals the ATen oracle", "[int8]") {
+  auto gen = at::detail::createCPUGenerator(61);
+  at::Tensor x = at::randn({37, 301}, gen, at::kFloat).mul_(at::rand({37, 1}, gen, at::kFloat).mul_(10));
+  // Rows with scale exactly 1 and many exact ties k + 0.5, a zero row, a constant row, a single outlier.
+  x[0].copy_(at::randint(-127, 127, {301}, gen, at::kFloat).add_(0.5f));
+  x[0][7] = 127.0f;
+  x[1].zero_();
+  x[2].fill_(-3.0f);
+  x[3].mul_(1e-3f);
+  x[3][100] = 50.0f;
+  const Int8Rows r = quantize_per_row_s8(x), ref = quantize_ref(x);
+  CHECK(at::equal(r.q, ref.q));
+  CHECK(at::equal(r.scale, ref.scale));
+  CHECK(r.q.min().item<int>() >= -127);
+  // bf16 and double inputs go through float32.
+  CHECK(at::equal(quantize_per_row_s8(x.to(at::kDouble)).q, ref.q));
+  const at::Tensor xb = x.to(at::kBFloat16);
+  CHECK(at::equal(quantize_per_row_s8(xb).q, quantize_ref(xb.to(at::kFloat)).q));
 }
 
 namespace {

@@ -16,6 +16,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -390,33 +393,87 @@ MC_AVX2 void avx2_block(const void* A, int64_t a_ld, int64_t rows, const void* B
   }
 }
 
+// Small M: dot products on unpacked B, MR converted A rows x 4 B rows, 16 k per step.
+template <int MR>
+MC_AVX2 void avx2_dot_rows(const int16_t* A, int64_t Kp, const int8_t* B, int64_t ldb, int64_t nrows, int64_t K,
+                           int32_t* C, int64_t ldc) {
+  const int64_t K16 = K / 16 * 16;
+  for (int64_t n0 = 0; n0 < nrows; n0 += 4) {
+    const int nb = int(std::min<int64_t>(4, nrows - n0));
+    __m256i acc[MR][4];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < K16; k += 16) {
+      __m256i b[4];
+      for (int j = 0; j < 4; ++j)
+        b[j] = j < nb ? _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(B + (n0 + j) * ldb + k)))
+                      : _mm256_setzero_si256();
+      for (int i = 0; i < MR; ++i) {
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(A + i * Kp + k));
+        for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(a, b[j]));
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < nb; ++j) {
+        alignas(32) int32_t lanes[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc[i][j]);
+        int32_t s = 0;
+        for (int l = 0; l < 8; ++l) s += lanes[l];
+        const int8_t* b = B + (n0 + j) * ldb;
+        for (int64_t k = K16; k < K; ++k) s += int32_t(A[i * Kp + k]) * int32_t(b[k]);
+        C[i * ldc + n0 + j] = s;
+      }
+  }
+}
+
 const PackedKernel kVnniKernel{4, kVnniNv * 16, 1, vnni_convert_a, vnni_pack_b, vnni_block};
 const PackedKernel kAvx2Kernel{2, kAvx2Nv * 8, 2, avx2_convert_a, avx2_pack_b, avx2_block};
 
 // Small-M VNNI driver: converts A, then splits B's rows across threads.
-constexpr int64_t kSmallM = 8;  // up to this many rows, dot products beat packing B (bench_int8_gemm M=1..16)
+constexpr int64_t kSmallM = 4;  // up to this many rows dot products beat packing B (bench_int8_gemm 0 5 M 4096 4096)
 
-void vnni_small_gemm(const int8_t* A, const int8_t* B, int32_t* C, int64_t M, int64_t N, int64_t K, int64_t lda,
-                     int64_t ldb, int64_t ldc) {
-  const int64_t Kp = round_up(K, 4);
-  std::vector<uint8_t> a_conv(size_t(M * Kp));
-  vnni_convert_a(A, lda, M, K, Kp, a_conv.data());
+template <typename Elem, typename Convert, typename DotRows>
+void small_gemm(const int8_t* A, const int8_t* B, int32_t* C, int64_t M, int64_t N, int64_t K, int64_t lda,
+                int64_t ldb, int64_t ldc, int64_t k_group, Convert convert, DotRows dot) {
+  const int64_t Kp = round_up(K, k_group);
+  std::vector<Elem> a_conv(size_t(M * Kp));
+  convert(A, lda, M, K, Kp, a_conv.data());
   const int64_t groups = ceil_div(N, 4);
   const int64_t grain = std::max<int64_t>(1, kSerialMacs / std::max<int64_t>(1, 4 * M * K));
   at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
     const int64_t n0 = 4 * g0, nrows = std::min(N, 4 * g1) - n0;
-    for (int64_t m = 0; m < M; m += 4) {
-      const uint8_t* a = a_conv.data() + m * Kp;
-      const int8_t* b = B + n0 * ldb;
-      int32_t* c = C + m * ldc + n0;
-      switch (std::min<int64_t>(4, M - m)) {
-        case 1: vnni_dot_rows<1>(a, Kp, b, ldb, nrows, K, c, ldc); break;
-        case 2: vnni_dot_rows<2>(a, Kp, b, ldb, nrows, K, c, ldc); break;
-        case 3: vnni_dot_rows<3>(a, Kp, b, ldb, nrows, K, c, ldc); break;
-        default: vnni_dot_rows<4>(a, Kp, b, ldb, nrows, K, c, ldc); break;
-      }
-    }
+    for (int64_t m = 0; m < M; m += 4)
+      dot(int(std::min<int64_t>(4, M - m)), a_conv.data() + m * Kp, Kp, B + n0 * ldb, ldb, nrows, K,
+          C + m * ldc + n0, ldc);
   });
+}
+
+void vnni_small_gemm(const int8_t* A, const int8_t* B, int32_t* C, int64_t M, int64_t N, int64_t K, int64_t lda,
+                     int64_t ldb, int64_t ldc) {
+  small_gemm<uint8_t>(A, B, C, M, N, K, lda, ldb, ldc, 4, vnni_convert_a,
+                      [](int mr, const uint8_t* a, int64_t Kp, const int8_t* b, int64_t ldb_, int64_t nrows,
+                         int64_t K_, int32_t* c, int64_t ldc_) {
+                        switch (mr) {
+                          case 1: return vnni_dot_rows<1>(a, Kp, b, ldb_, nrows, K_, c, ldc_);
+                          case 2: return vnni_dot_rows<2>(a, Kp, b, ldb_, nrows, K_, c, ldc_);
+                          case 3: return vnni_dot_rows<3>(a, Kp, b, ldb_, nrows, K_, c, ldc_);
+                          default: return vnni_dot_rows<4>(a, Kp, b, ldb_, nrows, K_, c, ldc_);
+                        }
+                      });
+}
+
+void avx2_small_gemm(const int8_t* A, const int8_t* B, int32_t* C, int64_t M, int64_t N, int64_t K, int64_t lda,
+                     int64_t ldb, int64_t ldc) {
+  small_gemm<int16_t>(A, B, C, M, N, K, lda, ldb, ldc, 2, avx2_convert_a,
+                      [](int mr, const int16_t* a, int64_t Kp, const int8_t* b, int64_t ldb_, int64_t nrows,
+                         int64_t K_, int32_t* c, int64_t ldc_) {
+                        switch (mr) {
+                          case 1: return avx2_dot_rows<1>(a, Kp, b, ldb_, nrows, K_, c, ldc_);
+                          case 2: return avx2_dot_rows<2>(a, Kp, b, ldb_, nrows, K_, c, ldc_);
+                          case 3: return avx2_dot_rows<3>(a, Kp, b, ldb_, nrows, K_, c, ldc_);
+                          default: return avx2_dot_rows<4>(a, Kp, b, ldb_, nrows, K_, c, ldc_);
+                        }
+                      });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -542,7 +599,9 @@ void gemm_s8s8_s32(const int8_t* A, const int8_t* B, int32_t* C, int64_t M, int6
     case Int8Kernel::kAvx512Vnni:
       if (M <= kSmallM) return vnni_small_gemm(A, B, C, M, N, K, lda, ldb, ldc);
       return packed_gemm(kVnniKernel, A, B, C, M, N, K, lda, ldb, ldc);
-    case Int8Kernel::kAvx2: return packed_gemm(kAvx2Kernel, A, B, C, M, N, K, lda, ldb, ldc);
+    case Int8Kernel::kAvx2:
+      if (M <= kSmallM) return avx2_small_gemm(A, B, C, M, N, K, lda, ldb, ldc);
+      return packed_gemm(kAvx2Kernel, A, B, C, M, N, K, lda, ldb, ldc);
     default: return gemm_scalar(A, B, C, M, N, K, lda, ldb, ldc);
   }
 }
@@ -603,21 +662,48 @@ at::Tensor int8_matmul(const at::Tensor& a, const at::Tensor& b, Int8Kernel kern
   return c;
 }
 
+// One pass per row: max |x|, then the codes. Rounding: adding and subtracting 1.5 * 2^23 rounds a
+// float of magnitude < 2^22 to an integer in the current rounding mode (to nearest, ties to even) and,
+// unlike nearbyintf, vectorizes without SSE4.1.
 Int8Rows quantize_per_row_s8(const at::Tensor& x) {
   check_float(x, "int8_quant", "x");
   if (x.dim() < 1) mc::fail("int8_quant", "x is a scalar (need [..., K])");
   const int64_t K = x.size(-1);
-  const at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat);
+  const at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  const int64_t rows = x2.size(0);
   Int8Rows r;
-  if (x2.numel() == 0) {
-    r.q = at::zeros(x2.sizes(), x2.options().dtype(at::kChar));
-    r.scale = at::ones({x2.size(0)}, x2.options());
-    return r;
-  }
-  const at::Tensor amax = x2.abs().amax({1});
-  if (!at::isfinite(amax).all().item<bool>()) mc::fail("int8_quant", "x has a non-finite value (inf or nan)");
-  r.scale = at::where(amax.eq(0), at::ones_like(amax), amax.div(127.0f));
-  r.q = x2.div(r.scale.unsqueeze(1)).round_().clamp_(-127, 127).to(at::kChar);  // round: half to even
+  r.q = at::empty({rows, K}, x2.options().dtype(at::kChar));
+  r.scale = at::empty({rows}, x2.options());
+  const float* xp = x2.data_ptr<float>();
+  int8_t* qp = r.q.data_ptr<int8_t>();
+  float* sp = r.scale.data_ptr<float>();
+  std::atomic<bool> non_finite{false};
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, K)), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const float* xr = xp + i * K;
+      float amax = 0;
+      int bad = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const float a = std::fabs(xr[k]);
+        bad |= !(a <= std::numeric_limits<float>::max());
+        amax = a > amax ? a : amax;
+      }
+      if (bad) {
+        non_finite = true;
+        return;
+      }
+      float scale = amax / 127.0f;
+      if (scale == 0) scale = 1;  // all-zero row (or max |x| < 127 * 2^-149): codes 0
+      sp[i] = scale;
+      constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+      int8_t* qr = qp + i * K;
+      for (int64_t k = 0; k < K; ++k) {
+        const float v = std::clamp(xr[k] / scale, -127.0f, 127.0f);
+        qr[k] = int8_t((v + kMagic) - kMagic);
+      }
+    }
+  });
+  if (non_finite) mc::fail("int8_quant", "x has a non-finite value (inf or nan)");
   return r;
 }
 
@@ -625,9 +711,25 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_q, const at::Ten
                        Int8Kernel kernel) {
   check_linear_args(x, w_q, w_scale, bias, "int8_linear");
   const Int8Rows qx = quantize_per_row_s8(x);
-  at::Tensor y = int8_matmul(qx.q, w_q, kernel).to(at::kFloat);
-  y.mul_(qx.scale.unsqueeze(1)).mul_(w_scale.to(at::kFloat).unsqueeze(0));
-  if (bias.defined()) y.add_(bias.to(at::kFloat).unsqueeze(0));
+  const at::Tensor acc = int8_matmul(qx.q, w_q, kernel);
+  const int64_t rows = acc.size(0), N = acc.size(1);
+  const at::Tensor ws = w_scale.to(at::kFloat).contiguous();
+  const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor y = at::empty({rows, N}, acc.options().dtype(at::kFloat));
+  const int32_t* ap = acc.data_ptr<int32_t>();
+  const float *sx = qx.scale.data_ptr<float>(), *wsp = ws.data_ptr<float>(), *bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, N)), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const int32_t* a = ap + i * N;
+      float* yr = yp + i * N;
+      const float s = sx[i];
+      if (bp)
+        for (int64_t n = 0; n < N; ++n) yr[n] = float(a[n]) * s * wsp[n] + bp[n];
+      else
+        for (int64_t n = 0; n < N; ++n) yr[n] = float(a[n]) * s * wsp[n];
+    }
+  });
   return y.reshape(out_shape(x, w_q.size(0))).to(x.scalar_type());
 }
 
