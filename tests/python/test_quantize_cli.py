@@ -169,3 +169,67 @@ def test_gptq_bad_calibration(mc, tiny_lm, tmp_path):
     p = mc("quantize", model, "--method", "gptq", "-o", tmp_path / "o", check=False)
     assert p.returncode == 2 and "needs calibration data" in p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _quantize_and_check_reload(mc, d, model, out, *args):
+    """Runs quantize with --eval, then checks the file's metadata and that `mcompress eval` of the
+    written file gives the perplexity the report states."""
+    p = mc("quantize", model, *args, "--calib", d / "corpus" / "train.txt", "--calib-samples", "16",
+           "--calib-seqlen", "32", "--eval", d / "corpus" / "valid.txt", "-o", out)
+    rep = json.loads((out / "report.json").read_text())
+    j = json.loads(mc("eval", out / "model.safetensors", "--data", d / "corpus" / "valid.txt",
+                      "--tokenizer", d / "corpus" / "tokenizer.bin", "--json").stdout)
+    got = {m["name"]: m for m in rep["metrics"]}
+    assert got["perplexity"]["compressed"] == pytest.approx(j["result"]["perplexity"], rel=1e-9)
+    return p, rep
+
+
+@pytest.mark.parametrize("method", ["imatrix", "awq"])
+def test_calibrated_weight_methods(mc, tiny_lm, method):
+    d, model = tiny_lm
+    p, rep = _quantize_and_check_reload(mc, d, model, d / method, "--method", method, "--bits", "3",
+                                        "--group-size", "16")
+    assert rep["method"] == method and len(rep["layers"]) == 2 * 7
+    assert all(l["scheme"] == f"{method} int3 sym g16" for l in rep["layers"])
+    # Not a terminal: one plain progress line per layer.
+    assert f"{method} quantize layer 1/14 layers.0.attention.wq" in p.stdout
+    assert f"{method} quantize layer 14/14 layers.1.feed_forward.w2" in p.stdout
+    if method == "awq":
+        assert any("awq alpha" in l["note"] for l in rep["layers"])
+
+
+def test_smoothquant_w8a8_file_and_int8_kernel(mc, tiny_lm):
+    d, model = tiny_lm
+    out = d / "w8a8"
+    _, rep = _quantize_and_check_reload(mc, d, model, out, "--method", "smoothquant")
+    tensors, meta = read_safetensors(out / "model.safetensors")
+    acts = json.loads(meta["mcompress.activations"])["layers"]
+    desc = json.loads(meta["mcompress.quantization"])["tensors"]
+    assert len(acts) == 14 and all(a["bits"] == 8 and a["granularity"] == "per-token" for a in acts.values())
+    assert all(desc[k + ".weight"]["bits"] == 8 and desc[k + ".weight"]["group_size"] == 0 for k in acts)
+    got = {m["name"]: m for m in rep["metrics"]}
+    sim = got["perplexity (int8 matmuls simulated in float)"]["compressed"]
+    assert sim == pytest.approx(got["perplexity"]["compressed"], rel=1e-3)
+    assert got["perplexity"]["compressed"] == pytest.approx(got["perplexity"]["baseline"], rel=0.05)
+
+
+def test_targets_ignore_and_mixed_precision(mc, tiny_lm, tmp_path):
+    d, model = tiny_lm
+    p = mc("quantize", model, "--targets", "*.mlp.*", "-o", tmp_path / "none", check=False)
+    assert p.returncode == 2 and "pattern '*.mlp.*' matches no quantizable layer" in p.stderr
+    assert not (tmp_path / "none").exists()
+    mc("quantize", model, "--targets", "*.feed_forward.*", "--ignore", "*.w2", "-o", tmp_path / "ffn", "-q")
+    _, meta = read_safetensors(tmp_path / "ffn" / "model.safetensors")
+    assert sorted(json.loads(meta["mcompress.quantization"])["tensors"]) == [
+        f"layers.{b}.feed_forward.{w}.weight" for b in (0, 1) for w in ("w1", "w3")]
+    out = tmp_path / "mixed"
+    _, rep = _quantize_and_check_reload(mc, d, model, out, "--method", "gptq", "--bits", "4", "--group-size", "16",
+                                        "--target-bpw", "3.5", "--bits-candidates", "2,3,4,8")
+    _, meta = read_safetensors(out / "model.safetensors")
+    desc = json.loads(meta["mcompress.quantization"])["tensors"]
+    n = sum(v["shape"][0] * v["shape"][1] for v in desc.values())
+    mean_bits = sum(v["bits"] * v["shape"][0] * v["shape"][1] for v in desc.values()) / n
+    assert 3.0 < mean_bits <= 3.5
+    assert "mixed precision" in rep["settings"]
+    for l in rep["layers"]:
+        assert l["scheme"] == "gptq int%d sym g16" % desc[l["name"] + ".weight"]["bits"]

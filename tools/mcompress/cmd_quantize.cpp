@@ -159,7 +159,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
       ("simulate-int8", po::bool_switch(&simulate), "smoothquant: evaluate with simulated (float) int8 matmuls only")
       ("target-bpw", po::value<double>(&po_.target_bpw)->default_value(0),
        "mixed precision: mean code bits per weight to meet (e.g. 3.5), bits chosen per layer by a sensitivity scan")
-      ("bits-candidates", po::value<std::string>(&cand)->default_value("2,3,4,8"), "mixed precision: bit widths to choose from")
+      ("bits-candidates", po::value<std::string>(&cand)->default_value("3,4,8"), "mixed precision: bit widths to choose from")
       ("tokenizer", po::value<std::string>(&tokenizer), "tokenizer (default: one beside the model)")
       ("arch", po::value<std::string>(&arch), "classifier architecture YAML")
       ("window", po::value<int64_t>(&window)->default_value(128), "evaluation window (tokens)")
