@@ -67,6 +67,22 @@ TEST_CASE("safetensors round trip of every dtype is bit exact, metadata kept", "
   std::memcpy(&n, raw.data(), 8);
   CHECK(n % 8 == 0);
   for (const auto& ti : r->tensors()) CHECK(ti.offset % dtype_info(ti.dtype).block_bytes == 0);
+
+  // Streamed one tensor at a time: byte-identical to writing them all at once.
+  {
+    SafetensorsStreamWriter w(dir.file("s.safetensors"));
+    for (const auto& t : ts) w.add(t);
+    CHECK_THROWS_WITH(w.add(ts[0]), Catch::Contains("duplicate tensor name"));
+    w.finish({{"format", "pt"}, {"note", "hello"}});
+  }
+  CHECK(mctest::read_bytes(dir.file("s.safetensors")) == raw);
+  // Abandoned before finish: nothing is left in the directory (spools are unnamed files).
+  {
+    SafetensorsStreamWriter w(dir.file("t.safetensors"));
+    for (const auto& t : ts) w.add(t);
+  }
+  CHECK(!mctest::fs::exists(dir.file("t.safetensors")));
+  CHECK(std::distance(mctest::fs::directory_iterator(dir.path), mctest::fs::directory_iterator()) == 2);
 }
 
 TEST_CASE("safetensors reads a file laid out by hand", "[safetensors]") {

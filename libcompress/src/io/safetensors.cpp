@@ -3,8 +3,13 @@
 // then the data section; offsets are relative to it.
 #include "mcompress/io/safetensors.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -164,6 +169,102 @@ void write_safetensors(const std::string& path, const std::vector<HostTensor>& t
   out.write_le<uint64_t>(text.size());
   out.write(text.data(), text.size());
   for (size_t i : order) out.write(tensors[i].data, tensors[i].nbytes);
+  out.commit();
+}
+
+namespace {
+
+// Checks one tensor as write_safetensors does; returns the spool index of its element size.
+int spool_of(const std::string& path, const HostTensor& t) {
+  if (is_block(t.dtype))
+    fail(kComp, path, ": tensor '", t.name, "' is ", dtype_name(t.dtype),
+         " (a GGUF block type); safetensors holds F64/F32/F16/BF16/integers: convert with --dtype f32 or f16");
+  if (t.name == "__metadata__") fail(kComp, path, ": a tensor cannot be named __metadata__");
+  auto need = dtype_nbytes(t.dtype, t.numel());
+  if (!need || *need != t.nbytes)
+    fail(kComp, path, ": tensor '", t.name, "' ", dtype_name(t.dtype), " ", shape_str(t.shape), " has ", t.nbytes,
+         " bytes of data");
+  switch (dtype_info(t.dtype).block_bytes) {
+    case 8: return 0;
+    case 4: return 1;
+    case 2: return 2;
+    default: return 3;
+  }
+}
+
+// An unnamed file in `dir` (O_TMPFILE: gone when closed, even after a crash), else one unlinked at once.
+int open_spool(const std::string& path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    std::string tmpl = dir + "/.mcompress-spool-XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    fd = ::mkstemp(buf.data());
+    if (fd >= 0) ::unlink(buf.data());
+  }
+  if (fd < 0) fail(kComp, path, ": cannot create a spool file in ", dir, ": ", std::strerror(errno));
+  return fd;
+}
+
+}  // namespace
+
+SafetensorsStreamWriter::SafetensorsStreamWriter(std::string path) : path_(std::move(path)) {}
+
+SafetensorsStreamWriter::~SafetensorsStreamWriter() {
+  for (int fd : spool_fd_)
+    if (fd >= 0) ::close(fd);
+}
+
+bool SafetensorsStreamWriter::contains(const std::string& name) const { return names_.count(name) > 0; }
+
+uint64_t SafetensorsStreamWriter::spooled_bytes() const {
+  return spool_size_[0] + spool_size_[1] + spool_size_[2] + spool_size_[3];
+}
+
+void SafetensorsStreamWriter::add(const HostTensor& t) {
+  const int k = spool_of(path_, t);
+  if (!names_.insert(t.name).second) fail(kComp, path_, ": duplicate tensor name '", t.name, "'");
+  if (spool_fd_[k] < 0) spool_fd_[k] = open_spool(path_);
+  uint64_t done = 0;
+  while (done < t.nbytes) {
+    const ssize_t n = ::pwrite(spool_fd_[k], t.data + done, std::min<uint64_t>(t.nbytes - done, 1u << 30),
+                               static_cast<off_t>(spool_size_[k] + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail(kComp, path_, ": writing tensor '", t.name, "' to the spool failed: ", std::strerror(errno));
+    done += static_cast<uint64_t>(n);
+  }
+  entries_[k].push_back({t.name, t.dtype, t.shape, spool_size_[k], t.nbytes});
+  spool_size_[k] += t.nbytes;
+}
+
+void SafetensorsStreamWriter::finish(const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  if (!metadata.empty()) h["__metadata__"] = metadata;
+  uint64_t base = 0;
+  for (int k = 0; k < 4; ++k) {
+    for (const Entry& e : entries_[k])
+      h[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape},
+                   {"data_offsets", {base + e.offset, base + e.offset + e.nbytes}}};
+    base += spool_size_[k];
+  }
+  std::string text = h.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  AtomicFile out(path_, kComp);
+  out.write_le<uint64_t>(text.size());
+  out.write(text.data(), text.size());
+  std::vector<uint8_t> buf(8u << 20);
+  for (int k = 0; k < 4; ++k) {
+    for (uint64_t off = 0; off < spool_size_[k];) {
+      const ssize_t n = ::pread(spool_fd_[k], buf.data(), std::min<uint64_t>(buf.size(), spool_size_[k] - off),
+                                static_cast<off_t>(off));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) fail(kComp, path_, ": reading the spool back failed: ", std::strerror(errno));
+      out.write(buf.data(), static_cast<uint64_t>(n));
+      off += static_cast<uint64_t>(n);
+    }
+  }
   out.commit();
 }
 

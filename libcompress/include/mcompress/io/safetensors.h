@@ -1,6 +1,7 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -14,4 +15,35 @@ std::unique_ptr<CheckpointReader> open_safetensors(const std::string& path);
 // Block-quantized (GGUF) tensors cannot be stored: throws InputError.
 void write_safetensors(const std::string& path, const std::vector<HostTensor>& tensors,
                        const std::map<std::string, std::string>& metadata);
+
+// Writes a safetensors file whose tensors arrive one at a time and need not stay in memory (a model
+// quantized block by block): add() copies each tensor's bytes to an anonymous spool file in the output
+// directory (one per element size), finish() writes the header and then the spools, largest elements
+// first as write_safetensors does (every tensor aligned, no holes), through AtomicFile. Nothing is
+// left behind when finish() is never reached. The same checks as write_safetensors.
+class SafetensorsStreamWriter {
+ public:
+  explicit SafetensorsStreamWriter(std::string path);
+  ~SafetensorsStreamWriter();
+  SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
+  SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
+
+  void add(const HostTensor& t);
+  bool contains(const std::string& name) const;
+  uint64_t spooled_bytes() const;
+  void finish(const std::map<std::string, std::string>& metadata);
+
+ private:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    Shape shape;
+    uint64_t offset, nbytes;  // inside its spool
+  };
+  std::string path_;
+  int spool_fd_[4] = {-1, -1, -1, -1};  // element sizes 8, 4, 2, 1
+  uint64_t spool_size_[4] = {0, 0, 0, 0};
+  std::vector<Entry> entries_[4];
+  std::set<std::string> names_;
+};
 }  // namespace mc

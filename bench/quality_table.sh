@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Quality of the weight-quantization methods on the real stories260K model (../shared/data):
+# bits per byte on held-out TinyStories text (validation_100.txt, 128-token windows, first window of
+# each story) at 4 and 3 bits, groups of 32 and per output channel, for RTN, imatrix, AWQ and GPTQ
+# with and without act-order. Calibration: 128 x 128 tokens of tiny-shakespeare (seed 0), a
+# different text from the evaluation. Prints a Markdown table (and writes it to OUT/quality.md).
+# Usage: bench/quality_table.sh [OUT]   (BUILD_DIR selects the build, default build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MC=${BUILD_DIR:-build}/tools/mcompress/mcompress
+SHARED=${MC_SHARED_DATA:-../shared/data}
+OUT=${1:-bench/out/quality}
+MODEL=$SHARED/stories260K/stories260K.bin
+if [[ ! -f $MODEL ]]; then echo "skipped: $MODEL not found"; exit 0; fi
+mkdir -p "$OUT"
+EVAL=(--eval "$SHARED/tinystories/validation_100.txt" --window 128 --truncate)
+CALIB=(--calib "$SHARED/tinyshakespeare/input.txt" --calib-samples 128 --calib-seqlen 128 --seed 0)
+
+bpb() {  # bits per byte (compressed) from a report
+  /usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1]));
+print("%.4f" % [m for m in r["metrics"] if m["name"]=="bits per byte"][0][sys.argv[2]])' "$1" "$2"
+}
+
+declare -A ROW
+methods=("rtn" "imatrix" "awq" "gptq" "gptq --act-order")
+grids=("4 --group-size 32" "4 --per-channel" "3 --group-size 32" "3 --per-channel")
+baseline=""
+for m in "${methods[@]}"; do
+  for g in "${grids[@]}"; do
+    read -r bits grid <<<"$g"
+    name="${m// /}-w${bits}${grid// /}"
+    extra=()
+    [[ $m == rtn ]] || extra=("${CALIB[@]}")
+    # shellcheck disable=SC2086
+    "$MC" quantize "$MODEL" --method $m --bits "$bits" $grid "${extra[@]}" "${EVAL[@]}" -o "$OUT/$name" -q
+    ROW["$m|$g"]=$(bpb "$OUT/$name/report.json" compressed)
+    [[ -n $baseline ]] || baseline=$(bpb "$OUT/$name/report.json" baseline)
+    echo "  $m, int$bits $grid: ${ROW["$m|$g"]}" >&2
+  done
+done
+{
+  echo "stories260K, bits per byte on validation_100 (float baseline $baseline; lower is better)"
+  echo
+  echo "| method | int4 g32 | int4 per-channel | int3 g32 | int3 per-channel |"
+  echo "|---|---:|---:|---:|---:|"
+  for m in "${methods[@]}"; do
+    line="| $m |"
+    for g in "${grids[@]}"; do line+=" ${ROW["$m|$g"]} |"; done
+    echo "$line"
+  done
+} | tee "$OUT/quality.md"
