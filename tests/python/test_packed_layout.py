@@ -30,7 +30,12 @@ def dequantize(t, key, desc):
         zeros = np.full((out, G), 2 ** (b - 1), np.float32)
     else:
         zeros = unpack(t[key + ".zeros"], G, b).astype(np.float32)
-    g = np.arange(inn) // gs if gs > 0 else np.zeros(inn, dtype=np.int64)
+    if desc.get("g_idx", False):
+        g = t[key + ".g_idx"].astype(np.int64)
+        assert g.shape == (inn,) and g.min() >= 0 and g.max() < G
+    else:
+        assert key + ".g_idx" not in t
+        g = np.arange(inn) // gs if gs > 0 else np.zeros(inn, dtype=np.int64)
     return (codes - zeros[:, g]) * scales[:, g]
 # ------------------------------------------------------------------------------------------------
 
@@ -61,11 +66,19 @@ def test_numpy_dequantization_matches_cpp_exactly(exported):
         assert packed[key + ".scales"].dtype == np.float16 and packed[key + ".scales"].shape == (out, G)
         w = dequantize(packed, key, e)
         assert w.dtype == np.float32 and np.array_equal(w, ref[key]), key
-        kinds.add((b, e["symmetric"], gs > 0 and inn % gs != 0, gs))
-    # the export covers odd widths, asymmetric zeros, a ragged last group, per channel and per tensor
+        if e.get("g_idx", False):
+            gi = packed[key + ".g_idx"]
+            assert gi.dtype == np.int32 and gi.shape == (inn,)
+            # act-order GPTQ: every group but the last holds gs columns, and they are not one column range
+            assert np.array_equal(np.bincount(gi, minlength=G)[:-1], np.full(G - 1, gs))
+            assert not np.array_equal(gi, np.arange(inn) // gs)
+        kinds.add((b, e["symmetric"], gs > 0 and inn % gs != 0, gs, e.get("g_idx", False)))
+    # the export covers odd widths, asymmetric zeros, a ragged last group, per channel and per tensor,
+    # and a column -> group map (g_idx) next to entries without one
     assert {k[0] for k in kinds} >= {2, 3, 4, 5, 8}
     assert any(not k[1] for k in kinds) and any(k[2] for k in kinds)
     assert {0, -1} <= {k[3] for k in kinds}
+    assert {True, False} == {k[4] for k in kinds}
 
 
 def test_dense_tensors_unchanged(exported):

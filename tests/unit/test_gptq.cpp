@@ -14,6 +14,7 @@
 #include "mcompress/checkpoint.h"
 #include "mcompress/quant/gptq.h"
 #include "mcompress/quant/hessian.h"
+#include "mcompress/quant/packed.h"
 #include "mcompress/torch_bridge.h"
 #include "test_utils.h"
 
@@ -194,6 +195,41 @@ TEST_CASE("gptq act_order: permutation, g_idx and which layouts are plain", "[gp
   // all three beat RTN on the layer error
   const double rtn = layer_error(W, rtn_quantize(W, opts(4, true, 32).spec).dequantize(), H);
   for (const GptqResult* r : {&dyn, &st, &plain}) CHECK(layer_error(W, r->dequantize(), H) < 0.7 * rtn);
+}
+
+TEST_CASE("gptq act_order with dynamic groups: quant.g_idx, packed file round trip", "[gptq][pack]") {
+  const at::Tensor W = randn({24, 100}, 71).mul_(0.05);  // 100 = 3 x 32 + 4: a short group
+  const at::Tensor H = hessian_of(calib_inputs(512, 100, 72));
+  const GptqResult dyn = gptq_quantize(W, H, opts(3, false, 32, true));
+  REQUIRE_FALSE(dyn.plain_groups());
+  REQUIRE(dyn.quant.g_idx.defined());
+  CHECK(at::equal(dyn.quant.g_idx, dyn.g_idx));
+  CHECK(at::equal(dyn.quant.dequantize(), dyn.dequantize()));
+  // plain layouts leave quant.g_idx undefined (packed files without g_idx stay as they were)
+  CHECK_FALSE(gptq_quantize(W, H, opts(3, false, 32, true, true)).quant.g_idx.defined());
+  CHECK_FALSE(gptq_quantize(W, H, opts(3, false, 32)).quant.g_idx.defined());
+  CHECK_FALSE(gptq_quantize(W, H, opts(3, false, 0, true)).quant.g_idx.defined());
+
+  mctest::TempDir dir;
+  const std::string path = dir.file("gptq.safetensors");
+  write_packed_checkpoint(path, {}, {{"layers.0.w2.weight", dyn.quant}}, {});
+  {
+    auto reader = open_checkpoint(path);
+    const std::vector<HostTensor> got = read_packed_checkpoint(*reader);
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].name == "layers.0.w2.weight");
+    CHECK(at::equal(to_torch(got[0]), dyn.dequantize()));  // exactly, through the stored g_idx
+    CHECK(at::equal(to_torch(reader->load("layers.0.w2.weight.g_idx")), dyn.g_idx));
+  }
+  // a g_idx pointing past the groups is refused, in memory and on write
+  QuantResult bad = dyn.quant;
+  bad.g_idx = dyn.g_idx.clone();
+  bad.g_idx[10] = 4;  // 4 groups: 0..3
+  CHECK_THROWS_WITH(bad.dequantize(), Catch::Contains("g_idx values must lie in 0..3"));
+  CHECK_THROWS_WITH(write_packed_checkpoint(dir.file("bad.safetensors"), {}, {{"w", bad}}, {}),
+                    Catch::Contains("g_idx values must lie in 0..3"));
+  bad.g_idx = dyn.g_idx.narrow(0, 0, 99);
+  CHECK_THROWS_AS(bad.dequantize(), InputError);
 }
 
 TEST_CASE("gptq dead columns are zeroed and do not disturb the others", "[gptq]") {

@@ -1,6 +1,6 @@
 // Code packing and packed safetensors checkpoints: bytes packed by hand and by a bit-by-bit oracle,
-// round trips for every width, the file round trip (exactly the dequantization the codes encode),
-// the 4.5 bits per weight of int4 g32 and the errors.
+// round trips for every width, the file round trip (exactly the dequantization the codes encode, also
+// with act-order GPTQ's column -> group map g_idx), the 4.5 bits per weight of int4 g32 and the errors.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -9,6 +9,7 @@
 
 #include "mcompress/error.h"
 #include "mcompress/io/safetensors.h"
+#include "mcompress/quant/gptq.h"
 #include "mcompress/quant/packed.h"
 #include "mcompress/torch_bridge.h"
 #include "test_utils.h"
@@ -62,6 +63,33 @@ std::string read_error(const std::string& path) {
   return "(no error)";
 }
 
+// GPTQ with act_order and dynamic groups on a random layer whose input channels have very different
+// scales (so the order is far from the identity): its groups are not column ranges, quant.g_idx is set.
+// 100 = 3 x 32 + 4 columns: the short group is the last one in quantization order.
+QuantResult act_order_gptq(int64_t out, int64_t in, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  const at::Tensor x = at::randn({4 * in, in}, gen, at::kFloat).mul_(at::rand({in}, gen, at::kFloat).add_(0.1));
+  GptqOptions o;
+  o.spec = spec_of(4, false, 32);
+  o.act_order = true;
+  const GptqResult g = gptq_quantize(weights(out, in, seed + 1), x.t().matmul(x).div_(double(x.size(0))), o);
+  REQUIRE(g.quant.g_idx.defined());
+  return g.quant;
+}
+
+// Replaces (or adds) one tensor of a safetensors file, keeping the rest and the metadata.
+void rewrite(const std::string& path, const HostTensor& t) {
+  auto r = open_safetensors(path);
+  std::vector<HostTensor> ts = r->load_all();
+  bool found = false;
+  for (HostTensor& x : ts)
+    if (x.name == t.name) x = t, found = true;
+  if (!found) ts.push_back(t);
+  std::map<std::string, std::string> meta = r->metadata();
+  r.reset();
+  write_safetensors(path, ts, meta);
+}
+
 // A small model: packed layers of several kinds and dense tensors.
 struct Sample {
   std::map<std::string, at::Tensor> dense;
@@ -74,6 +102,7 @@ struct Sample {
     quantized["layers.0.feed_forward.w2.weight"] = rtn_quantize(weights(7, 33, 3), spec_of(8, false, 0));
     quantized["output.weight"] = rtn_quantize(weights(3, 21, 4), spec_of(2, true, -1));
     quantized["tok_embeddings.weight"] = rtn_quantize(weights(9, 70, 5), spec_of(5, true, 64));
+    quantized["layers.0.feed_forward.w3.weight"] = act_order_gptq(6, 100, 6);
   }
 };
 
@@ -129,6 +158,12 @@ TEST_CASE("packed checkpoint round trip: exact dequantization, dense unchanged, 
   CHECK(reader->info("layers.0.feed_forward.w1.weight.qweight").shape == Shape{5, 38});
   CHECK(reader->info("tok_embeddings.weight.scales").dtype == DType::F16);
   CHECK_FALSE(reader->contains("layers.0.attention.wq.weight.zeros"));
+  // g_idx only where the groups are not column ranges; the other entries do not mention it
+  CHECK(desc["tensors"]["layers.0.feed_forward.w3.weight"]["g_idx"] == true);
+  CHECK(reader->info("layers.0.feed_forward.w3.weight.g_idx").dtype == DType::I32);
+  CHECK(reader->info("layers.0.feed_forward.w3.weight.g_idx").shape == Shape{100});
+  CHECK_FALSE(desc["tensors"]["layers.0.attention.wq.weight"].contains("g_idx"));
+  CHECK_FALSE(reader->contains("layers.0.attention.wq.weight.g_idx"));
 
   std::vector<HostTensor> got = read_packed_checkpoint(*reader);
   CHECK(got.size() == m.dense.size() + m.quantized.size());
@@ -191,14 +226,46 @@ TEST_CASE("packed checkpoint: bad inputs and malformed files", "[pack]") {
   }
   SECTION("wrong qweight shape") {
     write_packed_checkpoint(path, {}, {{"w", q}}, {});
-    auto r = open_safetensors(path);
-    std::vector<HostTensor> ts = r->load_all();
-    for (HostTensor& t : ts)
-      if (t.name == "w.qweight") t = HostTensor::owned("w.qweight", DType::U8, {4, 31}, std::vector<uint8_t>(124));
-    std::map<std::string, std::string> meta = r->metadata();
-    r.reset();
-    write_safetensors(path, ts, meta);
+    rewrite(path, HostTensor::owned("w.qweight", DType::U8, {4, 31}, std::vector<uint8_t>(124)));
     CHECK_THAT(read_error(path), Catch::Contains("'w.qweight' is U8 [4, 31], expected U8 [4, 32]"));
+  }
+  SECTION("a g_idx that does not fit is refused on write, no file written") {
+    QuantResult bad = q;
+    bad.g_idx = at::zeros({64}, at::kInt);
+    bad.g_idx[5] = 2;  // 2 groups of 32
+    CHECK_THROWS_WITH(write_packed_checkpoint(path, {}, {{"w", bad}}, {}),
+                      Catch::Contains("w: g_idx values must lie in 0..1"));
+    bad.g_idx = at::zeros({63}, at::kInt);
+    CHECK_THROWS_WITH(write_packed_checkpoint(path, {}, {{"w", bad}}, {}), Catch::Contains("g_idx must be an integer [64]"));
+    CHECK(mctest::count_files(dir.path) == 0);
+  }
+  SECTION("a malformed g_idx in the file names the file and tensor") {
+    QuantResult gq = q;
+    gq.g_idx = at::arange(64, at::kInt).remainder(2);  // columns alternate between the 2 groups
+    write_packed_checkpoint(path, {}, {{"w", gq}}, {});
+    {
+      auto r = open_safetensors(path);
+      CHECK(at::equal(to_torch(read_packed_checkpoint(*r).at(0)), gq.dequantize()));
+    }
+    std::vector<int32_t> gv(64, 1);
+    gv[7] = 2;
+    rewrite(path, HostTensor::owned("w.g_idx", DType::I32, {64}, std::vector<uint8_t>((uint8_t*)gv.data(), (uint8_t*)(gv.data() + 64))));
+    CHECK_THAT(read_error(path), Catch::Contains(path) && Catch::Contains("'w.g_idx' maps column 7 to group 2, outside 0..1"));
+    gv[7] = -1;
+    rewrite(path, HostTensor::owned("w.g_idx", DType::I32, {64}, std::vector<uint8_t>((uint8_t*)gv.data(), (uint8_t*)(gv.data() + 64))));
+    CHECK_THAT(read_error(path), Catch::Contains("'w.g_idx' maps column 7 to group -1"));
+    rewrite(path, HostTensor::owned("w.g_idx", DType::I32, {32}, std::vector<uint8_t>(128)));
+    CHECK_THAT(read_error(path), Catch::Contains("'w.g_idx' is I32 [32], expected I32 [64]"));
+  }
+  SECTION("a g_idx tensor the description does not announce, or an announced one that is missing") {
+    write_packed_checkpoint(path, {}, {{"w", q}}, {});
+    rewrite(path, HostTensor::owned("w.g_idx", DType::I32, {64}, std::vector<uint8_t>(256)));
+    CHECK_THAT(read_error(path), Catch::Contains("has 'w.g_idx' but its description lacks \"g_idx\": true"));
+    write_safetensors(path, {HostTensor::owned("w.qweight", DType::U8, {4, 32}, std::vector<uint8_t>(128)),
+                             HostTensor::owned("w.scales", DType::F16, {4, 2}, std::vector<uint8_t>(16))},
+                      {{kPackedMetadataKey, R"({"format":"mcompress-packed-v1","tensors":{"w":{"bits":4,)"
+                                            R"("group_size":32,"symmetric":true,"shape":[4,64],"g_idx":true}}})"}});
+    CHECK_THAT(read_error(path), Catch::Contains("packed tensor 'w' lacks 'w.g_idx'"));
   }
 }
 

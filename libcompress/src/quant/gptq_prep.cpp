@@ -19,6 +19,21 @@ constexpr double kRoundMagic = 12582912.0;
 
 std::string where(const std::string& layer) { return layer.empty() ? std::string() : "layer " + layer + ": "; }
 
+// Whether every value is finite: one pass over the memory for contiguous CPU float32/float64 (no
+// temporary; at::isfinite(x).all() costs two passes and a [numel] bool tensor), ATen otherwise.
+template <typename T>
+bool all_finite_raw(const T* x, int64_t n) {
+  T acc = 0;  // x * 0 is 0 for finite x and NaN for Inf/NaN; NaN sticks in the sum
+  for (int64_t i = 0; i < n; ++i) acc += x[i] * T(0);
+  return acc == T(0);
+}
+bool all_finite(const at::Tensor& x) {
+  if (x.is_cpu() && x.is_contiguous() && x.scalar_type() == at::kFloat) return all_finite_raw(x.data_ptr<float>(), x.numel());
+  if (x.is_cpu() && x.is_contiguous() && x.scalar_type() == at::kDouble)
+    return all_finite_raw(x.data_ptr<double>(), x.numel());
+  return at::isfinite(x).all().item<bool>();
+}
+
 void validate(const at::Tensor& W, const at::Tensor& H, const GptqOptions& o, const std::string& layer) {
   if (W.dim() != 2) fail(kComp, where(layer), "expected a 2-D weight [out, in], got ", W.dim(), " dims");
   if (!at::isFloatingType(W.scalar_type()) || !at::isFloatingType(H.scalar_type()))
@@ -36,8 +51,8 @@ void validate(const at::Tensor& W, const at::Tensor& H, const GptqOptions& o, co
   if (!(o.damp >= 0) || !std::isfinite(o.damp)) fail(kComp, where(layer), "damp ", o.damp, " must be a number >= 0");
   if (o.max_damp_retries < 0 || o.max_damp_retries > 20)
     fail(kComp, where(layer), "max_damp_retries ", o.max_damp_retries, " outside 0..20");
-  if (!at::isfinite(W).all().item<bool>()) fail(kComp, where(layer), "weights contain NaN or Inf");
-  if (!at::isfinite(H).all().item<bool>()) fail(kComp, where(layer), "Hessian contains NaN or Inf");
+  if (!all_finite(W)) fail(kComp, where(layer), "weights contain NaN or Inf");
+  if (!all_finite(H)) fail(kComp, where(layer), "Hessian contains NaN or Inf");
 }
 
 }  // namespace
@@ -64,15 +79,18 @@ Prep prepare(const at::Tensor& W0, const at::Tensor& H0, const GptqOptions& o, c
   validate(W0, H0, o, layer);
   Prep p;
   const int64_t in = W0.size(1);
-  at::Tensor W = W0.detach().to(at::kFloat).clone().contiguous();
+  // W and H are only read from here on (p.W and p.H may be the caller's tensors): new tensors where
+  // they change.
+  at::Tensor W = W0.detach().to(at::kFloat).contiguous();
   const auto hdt = H0.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor H = H0.detach().to(W.device(), hdt).clone().contiguous();
+  at::Tensor H = H0.detach().to(W.device(), hdt).contiguous();
   // Dead inputs (never nonzero in calibration): any value works for them; the reference zeroes them.
   at::Tensor dead = H.diagonal().eq(0);
   p.dead = dead.sum().item<int64_t>();
   if (p.dead > 0) {
+    H = H.clone();
     H.diagonal().masked_fill_(dead, 1.0);
-    W.masked_fill_(dead.unsqueeze(0), 0.0);
+    W = W.masked_fill(dead.unsqueeze(0), 0.0);
   }
   p.in = in;
   p.gcols = o.spec.group_cols(in);
@@ -91,17 +109,22 @@ Prep prepare(const at::Tensor& W0, const at::Tensor& H0, const GptqOptions& o, c
   }
   const at::Tensor perm_cpu = p.perm.cpu();
   p.perm_v.assign(perm_cpu.data_ptr<int64_t>(), perm_cpu.data_ptr<int64_t>() + in);
-  // Damping, then Hinv = upper Cholesky factor of H⁻¹; 10x more damping while a factorization fails.
+  // Damping, then V = reversed lower Cholesky factor of the reversed damped H (gptq_prep.h); 10x more
+  // damping while the factorization fails.
   const double mean_diag = H.diagonal().mean().item<double>();
+  at::Tensor Hr = H.flip({0, 1});  // J H J (a copy); the diagonal is reversed, its values kept
+  const at::Tensor diag0 = Hr.diagonal().clone();
   for (int k = 0; k <= o.max_damp_retries; ++k) {
     const double rel = o.damp * std::pow(10.0, k);
-    at::Tensor Hd = H.clone();
-    Hd.diagonal().add_(rel * mean_diag);
-    auto [L, info] = at::linalg_cholesky_ex(Hd, /*upper=*/false, /*check_errors=*/false);
+    Hr.diagonal().copy_(diag0).add_(rel * mean_diag);  // the factorization does not modify Hr
+    auto [L, info] = at::linalg_cholesky_ex(Hr, /*upper=*/false, /*check_errors=*/false);
     if (info.item<int>() != 0) continue;
-    auto [U, info2] = at::linalg_cholesky_ex(at::cholesky_inverse(L), /*upper=*/true, /*check_errors=*/false);
-    if (info2.item<int>() != 0 || !at::isfinite(U).all().item<bool>()) continue;
-    p.Hinv = U.to(at::kFloat).contiguous();
+    at::Tensor V = L.flip({0, 1}).to(at::kFloat).contiguous();
+    // potrf of a finite matrix with positive pivots gives a finite factor; float32 rounding of a
+    // double one could still underflow a pivot to 0
+    if (!V.diagonal().gt(0).all().item<bool>()) continue;
+    p.V = V;
+    p.H = H;
     p.damp_rel = rel;
     p.damp_abs = rel * mean_diag;
     p.retries = k;
@@ -114,12 +137,29 @@ Prep prepare(const at::Tensor& W0, const at::Tensor& H0, const GptqOptions& o, c
        " retries (mean diag ", mean_diag, "; check the calibration statistics or raise damp)");
 }
 
+at::Tensor hinv_of(const Prep& p) {
+  at::Tensor Hd = p.H.clone();
+  Hd.diagonal().add_(p.damp_abs);
+  auto [L, info] = at::linalg_cholesky_ex(Hd, /*upper=*/false, /*check_errors=*/false);
+  if (info.item<int>() == 0) {
+    auto [U, info2] = at::linalg_cholesky_ex(at::cholesky_inverse(L), /*upper=*/true, /*check_errors=*/false);
+    if (info2.item<int>() == 0 && at::isfinite(U).all().item<bool>()) return U.to(at::kFloat).contiguous();
+  }
+  // Too ill-conditioned for the authors' route in this precision: U = V⁻¹ in double.
+  const at::Tensor V = p.V.to(at::kDouble);
+  return at::linalg_solve_triangular(V, at::eye(V.size(0), V.options()), /*upper=*/true).to(at::kFloat).contiguous();
+}
+
 GptqResult finish(const Prep& p, const GptqOptions& o, const at::Tensor& codes_perm, double loss) {
   const int64_t out = codes_perm.size(0), in = codes_perm.size(1);
   GptqResult r;
   r.quant.spec = o.spec;
-  r.quant.codes = at::empty({out, in}, codes_perm.options().dtype(at::kByte));
-  r.quant.codes.index_copy_(1, p.perm, codes_perm.to(at::kByte));  // back to the original column order
+  if (o.act_order) {  // back to the original column order
+    r.quant.codes = at::empty({out, in}, codes_perm.options().dtype(at::kByte));
+    r.quant.codes.index_copy_(1, p.perm, codes_perm.to(at::kByte));
+  } else {
+    r.quant.codes = codes_perm.to(at::kByte).contiguous();
+  }
   std::vector<at::Tensor> s, z;
   for (const Grid& g : p.grids) s.push_back(g.scale), z.push_back(g.zero);
   r.quant.scales = at::stack(s, 1);
@@ -130,6 +170,7 @@ GptqResult finish(const Prep& p, const GptqOptions& o, const at::Tensor& codes_p
     r.g_idx = at::empty({in}, p.perm.options()).index_copy_(0, p.perm, pos.div(p.gcols, "floor")).to(at::kInt);
   else
     r.g_idx = pos.div(p.gcols, "floor").to(at::kInt);
+  if (!r.plain_groups()) r.quant.g_idx = r.g_idx;  // so that quant.dequantize() (and a packed file) is exact
   r.loss = loss / 2;
   r.damp_rel = p.damp_rel;
   r.damp_abs = p.damp_abs;

@@ -1,6 +1,19 @@
 // Shared parts of gptq_quantize (gptq.cpp) and its reference (gptq_ref.cpp): validation, the
-// preparation of W and Hinv (dead columns, act-order permutation, damping with retries), the grid of
-// a group (RTN's), the rounding of one column and the assembly of the result.
+// preparation of W and the factor of H (dead columns, act-order permutation, damping with retries),
+// the grid of a group (RTN's), the rounding of one column and the assembly of the result.
+//
+// The factor. The authors compute Hinv = U, the upper Cholesky factor of H⁻¹ (three O(n³) LAPACK
+// steps: cholesky, cholesky_inverse, cholesky), and update W_j -= err_i U[i, j] with
+// err_i = (w_i - q_i) / U[i, i]. Since H⁻¹ = UᵀU, H = V Vᵀ with V = U⁻¹ upper triangular, which is
+// the lower Cholesky factor of the reversed H (J H J, J the reversal), reversed: one O(n³/3) step.
+// Summing the updates gives W - Q = E U (E the errs), so E = (W - Q) V and the weight column j is
+// quantized from   w̃_j = W_j + Σ_{i<j} (W_i - q_i) V[i, j] / V[j, j],   err_j = (w̃_j - q_j) V[j, j]:
+// the same algorithm with V instead of U and the quantization error of the ORIGINAL weights as the
+// update's left factor, and the same codes. Only the weights of the columns past j differ on the way
+// (theirs are the best compensation for the columns quantized so far, these are partial sums), which
+// matters where a dynamic group's grid is fitted on them: gptq.cpp converts a group's columns to the
+// authors' values first (group_weights there, one small triangular block). gptq.cpp runs this form;
+// the reference runs the authors' form on hinv_of().
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -20,8 +33,10 @@ struct Grid {
 };
 
 struct Prep {
-  at::Tensor W;     // float32 [out, in]: dead columns zeroed, columns in quantization order
-  at::Tensor Hinv;  // float32 [in, in]: upper Cholesky factor of the damped H⁻¹ (permuted)
+  at::Tensor W;     // float32 [out, in]: dead columns zeroed, columns in quantization order (read only:
+                    // may be the caller's tensor)
+  at::Tensor H;     // [in, in] in H's precision, dead diagonal set to 1, permuted, NOT damped
+  at::Tensor V;     // float32 [in, in] upper triangular: damped H = V Vᵀ (see above)
   at::Tensor perm;  // int64 [in]
   std::vector<int64_t> perm_v;
   std::vector<Grid> grids;  // fitted up front (per channel / static groups), else empty slots
@@ -40,13 +55,16 @@ struct Prep {
 };
 
 Prep prepare(const at::Tensor& W, const at::Tensor& H, const GptqOptions& o, const std::string& layer);
+// The authors' Hinv for the reference: float32 upper Cholesky factor of (H + damp_abs I)⁻¹, computed as
+// they do (cholesky, cholesky_inverse, cholesky) in H's precision.
+at::Tensor hinv_of(const Prep& p);
 // RTN's per-channel grid of w [out, cols] (any strides).
 Grid fit(const at::Tensor& w, const QuantSpec& spec, const std::string& layer);
 // Codes of the column w [out] on grid g as exact integer floats, written to `code`; returns the
 // dequantized values (code - zero) * scale. The rounding is rtn.cpp's: w * (1/scale) + zero rounded
 // once (half to even), clamped to 0..2^bits-1.
 at::Tensor round_column(const at::Tensor& w, const Grid& g, int bits, at::Tensor code);
-// codes_perm: float [out, in] in quantization order; loss = Σ err² / 2.
+// codes_perm: float or uint8 [out, in] in quantization order; loss = Σ err² / 2.
 GptqResult finish(const Prep& p, const GptqOptions& o, const at::Tensor& codes_perm, double loss);
 
 }  // namespace gptq_detail

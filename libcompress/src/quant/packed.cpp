@@ -21,6 +21,7 @@ struct PackedEntry {
   QuantSpec spec;
   int64_t out = 0, in = 0;
   std::vector<int64_t> weight_shape;  // when the weight is not [out, in] (conv kernels)
+  bool g_idx = false;                 // "<key>.g_idx" maps columns to groups (act-order GPTQ)
 };
 
 nlohmann::json describe_entry(const QuantResult& q) {
@@ -30,6 +31,7 @@ nlohmann::json describe_entry(const QuantResult& q) {
                       {"mse_clip", q.spec.mse_clip},
                       {"shape", {q.codes.size(0), q.codes.size(1)}}};
   if (!q.weight_shape.empty()) j["weight_shape"] = q.weight_shape;
+  if (q.g_idx.defined()) j["g_idx"] = true;  // absent otherwise: such files stay as they were
   return j;
 }
 
@@ -57,12 +59,22 @@ void append_packed(const std::string& key, const QuantResult& q, std::vector<Hos
   } else if (!(z.eq(z.round()) & z.ge(0) & z.le(maxq)).all().item<bool>()) {
     fail<Error>(kComp, key, ": asymmetric zeros must be integers in 0..", maxq);
   }
+  at::Tensor gi;
+  if (q.g_idx.defined()) {
+    if (q.g_idx.dim() != 1 || q.g_idx.size(0) != in || !at::isIntegralType(q.g_idx.scalar_type(), false))
+      fail<Error>(kComp, key, ": g_idx must be an integer [", in, "] tensor, got ", c10::toString(q.g_idx.scalar_type()),
+                  " ", q.g_idx.sizes());
+    gi = q.g_idx.to(at::kCPU).to(at::kInt).contiguous();
+    if (!(gi.ge(0) & gi.lt(G)).all().item<bool>())
+      fail<Error>(kComp, key, ": g_idx values must lie in 0..", G - 1, " (", G, " groups)");
+  }
   out.push_back(HostTensor::owned(key + ".qweight", DType::U8, {rows, packed_row_bytes(in, q.spec.bits)},
                                   pack_codes(q.codes, q.spec.bits)));
   out.push_back(from_torch(key + ".scales", s16));
   if (!q.spec.symmetric)
     out.push_back(HostTensor::owned(key + ".zeros", DType::U8, {rows, packed_row_bytes(G, q.spec.bits)},
                                     pack_codes(z.to(at::kByte), q.spec.bits)));
+  if (gi.defined()) out.push_back(from_torch(key + ".g_idx", gi));
 }
 
 // Parses the metadata's description: key -> entry. Throws InputError naming the file.
@@ -97,6 +109,7 @@ std::map<std::string, PackedEntry> parse_description(const CheckpointReader& rea
       pe.out = shape[0].get<int64_t>();
       pe.in = shape[1].get<int64_t>();
       if (e.contains("weight_shape")) pe.weight_shape = e.at("weight_shape").get<std::vector<int64_t>>();
+      if (e.contains("g_idx")) pe.g_idx = e.at("g_idx").get<bool>();
     } catch (const std::exception& ex) {
       fail(kComp, path, ": packed tensor '", key, "': bad description: ", ex.what());
     }
@@ -146,6 +159,17 @@ HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& k
     HostTensor zt = load_part(reader, key, key + ".zeros", DType::U8, {e.out, packed_row_bytes(G, bits)});
     q.zeros = unpack_codes(zt.data, e.out, G, bits).to(at::kFloat);
   }
+  if (e.g_idx) {
+    q.g_idx = to_torch(load_part(reader, key, key + ".g_idx", DType::I32, {e.in})).clone();
+    const at::Tensor bad = (q.g_idx.lt(0) | q.g_idx.ge(G)).nonzero();
+    if (bad.numel() > 0) {
+      const int64_t c = bad[0][0].item<int64_t>();
+      fail(kComp, reader.path(), ": '", key, ".g_idx' maps column ", c, " to group ", q.g_idx[c].item<int64_t>(),
+           ", outside 0..", G - 1, " (", G, " groups of ", e.spec.group_cols(e.in), " columns)");
+    }
+  } else if (reader.contains(key + ".g_idx")) {
+    fail(kComp, reader.path(), ": packed tensor '", key, "' has '", key, ".g_idx' but its description lacks \"g_idx\": true");
+  }
   at::Tensor w = q.dequantize();
   if (!e.weight_shape.empty()) w = w.reshape(e.weight_shape);
   return from_torch(key, w);
@@ -153,22 +177,45 @@ HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& k
 
 }  // namespace
 
+struct PackedCheckpointWriter::Impl {
+  explicit Impl(const std::string& path) : out(path) {}
+  SafetensorsStreamWriter out;
+  nlohmann::json desc = nlohmann::json::object();
+};
+
+PackedCheckpointWriter::PackedCheckpointWriter(std::string path)
+    : path_(std::move(path)), impl_(std::make_unique<Impl>(path_)) {}
+PackedCheckpointWriter::~PackedCheckpointWriter() = default;
+
+void PackedCheckpointWriter::add_dense(const std::string& name, const at::Tensor& t) {
+  if (impl_->desc.contains(name) || impl_->out.contains(name + ".qweight"))
+    fail(kComp, path_, ": '", name, "' is given both dense and quantized");
+  impl_->out.add(from_torch(name, t));
+}
+
+void PackedCheckpointWriter::add_quantized(const std::string& key, const QuantResult& q) {
+  if (impl_->out.contains(key)) fail(kComp, path_, ": '", key, "' is given both dense and quantized");
+  std::vector<HostTensor> parts;
+  append_packed(key, q, parts);
+  for (const auto& t : parts) impl_->out.add(t);
+  impl_->desc[key] = describe_entry(q);
+}
+
+void PackedCheckpointWriter::finish(const std::map<std::string, std::string>& metadata) {
+  std::map<std::string, std::string> meta = metadata;
+  meta[kPackedMetadataKey] = nlohmann::json{{"format", kPackedFormat}, {"tensors", impl_->desc}}.dump();
+  impl_->out.finish(meta);
+}
+
 void write_packed_checkpoint(const std::string& path, const std::map<std::string, at::Tensor>& dense,
                              const std::map<std::string, QuantResult>& quantized,
                              const std::map<std::string, std::string>& metadata) {
-  std::vector<HostTensor> tensors;
-  for (const auto& [name, t] : dense) {
+  for (const auto& [name, t] : dense)
     if (quantized.count(name)) fail(kComp, path, ": '", name, "' is given both dense and quantized");
-    tensors.push_back(from_torch(name, t));
-  }
-  nlohmann::json desc = nlohmann::json::object();
-  for (const auto& [key, q] : quantized) {
-    append_packed(key, q, tensors);
-    desc[key] = describe_entry(q);
-  }
-  std::map<std::string, std::string> meta = metadata;
-  meta[kPackedMetadataKey] = nlohmann::json{{"format", kPackedFormat}, {"tensors", desc}}.dump();
-  write_safetensors(path, tensors, meta);
+  PackedCheckpointWriter w(path);
+  for (const auto& [name, t] : dense) w.add_dense(name, t);
+  for (const auto& [key, q] : quantized) w.add_quantized(key, q);
+  w.finish(metadata);
 }
 
 bool is_packed_checkpoint(const CheckpointReader& reader) {
@@ -183,6 +230,7 @@ std::vector<HostTensor> read_packed_checkpoint(const CheckpointReader& reader) {
       fail(kComp, reader.path(), ": '", key, "' is stored both dense and packed");
     parts.insert(key + ".scales");
     parts.insert(key + ".zeros");
+    parts.insert(key + ".g_idx");
   }
   std::vector<HostTensor> out;
   std::set<std::string> done;

@@ -212,8 +212,18 @@ int64_t QuantResult::n_groups() const { return scales.defined() ? scales.size(1)
 
 at::Tensor QuantResult::dequantize() const {
   const int64_t in = codes.size(1);
-  at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
   at::Tensor s = scales.to(at::kFloat), z = zeros.to(at::kFloat);
+  if (g_idx.defined()) {  // arbitrary column -> group map (act-order GPTQ)
+    const int64_t G = s.size(1);
+    if (g_idx.dim() != 1 || g_idx.size(0) != in)
+      fail(kComp, "g_idx ", g_idx.sizes(), " does not match in_features ", in, " (expected [", in, "])");
+    const at::Tensor gi = g_idx.to(codes.device(), at::kLong);
+    if (in > 0 && (gi.min().item<int64_t>() < 0 || gi.max().item<int64_t>() >= G))
+      fail(kComp, "g_idx values must lie in 0..", G - 1, ", got ", gi.min().item<int64_t>(), "..",
+           gi.max().item<int64_t>());
+    return codes.to(at::kFloat).sub_(z.index_select(1, gi)).mul_(s.index_select(1, gi));
+  }
+  at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
   for (const Part& p : parts_of(in, spec.group_cols(in))) {
     at::Tensor c = cols_view(codes, p).to(at::kFloat);
     cols_view(out, p).copy_(c.sub_(group_view(z, p)).mul_(group_view(s, p)));

@@ -23,8 +23,11 @@
 // so the result does not depend on block_size (block_size 1 = the plain column-by-column algorithm).
 // (2) Per-channel grids are fitted after dead columns are zeroed (the reference fits before).
 // (3) group_size -1 (per tensor) is not supported.
-// Rows are independent given Hinv, so on CPU the column loop runs on row slices in parallel (one
-// slice per thread, >= 256 rows each); the Cholesky steps use LAPACK through ATen.
+// Implementation (gptq.cpp, gptq_prep.h): instead of Hinv the solve uses V, the upper triangular
+// factor of the damped H = V Vᵀ (one Cholesky of the reversed H instead of the reference's three
+// factorizations), in an algebraically equivalent form that gives the same codes; the trailing
+// update of each block is one BLAS GEMM and the in-block column loop runs on rows in parallel in
+// plain C++ (rows are independent given the factor). On other devices the solve runs on the CPU.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -45,11 +48,12 @@ struct GptqOptions {
 };
 
 struct GptqResult {
-  // codes [out, in] in the ORIGINAL column order; scales/zeros [out, n_groups]. quant.dequantize()
-  // (plain contiguous groups: column c uses group c / group_size) is valid exactly when
-  // plain_groups() holds: act_order off, or static_groups (groups are original column ranges), or
-  // per-channel. With act_order and dynamic groups, group k is the k-th run of group_size columns in
-  // quantization order, so column c uses group g_idx[c]: use dequantize() below.
+  // codes [out, in] in the ORIGINAL column order; scales/zeros [out, n_groups]. The groups are plain
+  // contiguous column ranges (column c uses group c / group_size) when plain_groups() holds: act_order
+  // off, or static_groups (groups are original column ranges), or per-channel; then quant.g_idx is
+  // undefined. With act_order and dynamic groups, group k is the k-th run of group_size columns in
+  // quantization order, so column c uses group g_idx[c], and quant.g_idx is set to g_idx: either way
+  // quant.dequantize() equals dequantize() below, and a packed file (packed.h) stores it exactly.
   QuantResult quant;
   at::Tensor perm;   // int64 [in]: perm[k] = original column quantized k-th (identity without act_order)
   at::Tensor g_idx;  // int32 [in]: group of each original column (GPTQ export's g_idx)

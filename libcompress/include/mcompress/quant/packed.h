@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,24 @@ at::Tensor unpack_codes(const uint8_t* packed, int64_t rows, int64_t cols, int b
 void write_packed_checkpoint(const std::string& path, const std::map<std::string, at::Tensor>& dense,
                              const std::map<std::string, QuantResult>& quantized,
                              const std::map<std::string, std::string>& metadata);
+// The same written piece by piece (a model quantized block by block): each add packs its tensors and
+// spools them to disk at once (SafetensorsStreamWriter), keeping only the description; finish()
+// writes the file atomically. Adding the same tensors in the order write_packed_checkpoint uses
+// (dense by name, then quantized by key) gives the same bytes.
+class PackedCheckpointWriter {
+ public:
+  explicit PackedCheckpointWriter(std::string path);
+  ~PackedCheckpointWriter();
+  void add_dense(const std::string& name, const at::Tensor& t);
+  void add_quantized(const std::string& key, const QuantResult& q);
+  void finish(const std::map<std::string, std::string>& metadata);
+
+ private:
+  struct Impl;
+  std::string path_;
+  std::unique_ptr<Impl> impl_;
+};
+
 // True when the file carries kPackedMetadataKey.
 bool is_packed_checkpoint(const CheckpointReader& reader);
 // Every parameter of a packed checkpoint by its original name, packed weights dequantized to F32

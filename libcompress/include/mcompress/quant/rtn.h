@@ -57,8 +57,15 @@ struct QuantResult {
   // The weight's own shape when it is not [out, in] (a conv kernel [out, in, kh, kw] quantized as
   // [out, in*kh*kw]); empty otherwise. Packed files record it and restore it on load.
   std::vector<int64_t> weight_shape;
+  // The group of each input column when the groups are not contiguous column ranges (GPTQ with
+  // act_order and dynamic groups: group k is the k-th run of group_size columns in quantization
+  // order): int32 [in], values 0 .. n_groups-1. Undefined (the usual case): column c uses group
+  // c / group_size. Packed files store it as "<key>.g_idx".
+  at::Tensor g_idx;
   int64_t n_groups() const;
-  at::Tensor dequantize() const;  // float32 [out, in]: (code - zero) * scale
+  // float32 [out, in]: (code - zero[g]) * scale[g], g = g_idx[c] when g_idx is defined, else c / group_size.
+  // Throws InputError for a g_idx of the wrong length or with a value outside 0..n_groups-1.
+  at::Tensor dequantize() const;
 };
 
 // Whole-tensor ATen implementation (runs on the tensor's device; on CPU, row blocks in parallel).
