@@ -195,9 +195,6 @@ int cmd_quantize(const std::vector<std::string>& args) {
   if (per_tensor && method != "rtn") mc::fail("quantize", "--per-tensor is only available with --method rtn");
   spec.symmetric = !asym;
   spec.validate("(all layers)", 1 << 30);  // bits and group size, before any work
-  if (po_.act_order && !po_.static_groups && spec.group_size > 0)
-    mc::fail("quantize", "--act-order with per-group scales needs --static-groups here (the packed layout has no "
-             "g_idx yet)");
   if (po_.target_bpw < 0) mc::fail("quantize", "--target-bpw must be > 0");
   po_.awq_clip = !no_clip;
   auto split = [](const std::string& s) {
@@ -301,21 +298,42 @@ int cmd_quantize(const std::vector<std::string>& args) {
       std::printf("%s %s layer %lld/%lld %s (%.1f s elapsed, ETA %.0f s)\n", method.c_str(), phase.c_str(),
                   static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta), std::fflush(stdout);
   };
+  // The output is written while quantizing: each finished block's packed weights go to disk and the
+  // model's copies are released, so memory stays that of one block (Model::set_low_memory).
+  const bool created_dir = !fs::exists(out);
+  fs::create_directories(out);
+  struct RemoveOnFailure {
+    std::string dir;
+    bool armed;
+    ~RemoveOnFailure() {
+      std::error_code ec;
+      if (armed) fs::remove_all(dir, ec);
+    }
+  } cleanup{out, created_dir};
+  const std::string out_model = (fs::path(out) / "model.safetensors").string();
+  mc::PackedCheckpointWriter writer(out_model);
+  std::set<std::string> written;
+  model->set_low_memory(true);
+  po_.after_block = [&](int, mc::PtqResult& partial) {
+    for (auto& [key, q] : partial.quantized) {
+      writer.add_quantized(key, q);
+      written.insert(key);
+      model->release_param(key);
+    }
+    partial.quantized.clear();
+  };
   mc::PtqResult res = mc::quantize_model(*model, calib_x, po_);
   if (tty) std::printf("\r%-100s\r", "");
   for (const auto& [k, v] : res.settings) rep.settings[k] = v;
   rep.layers = res.layers;
   for (const auto& w : res.warnings) rep.warnings.push_back(w);
-  std::map<std::string, mc::QuantResult>& quantized = res.quantized;
-  rep.steps.push_back({"quantize " + std::to_string(quantized.size()) + " layers", since(t)});
+  rep.steps.push_back({"quantize " + std::to_string(res.layers.size()) + " layers (writing each block)", since(t)});
 
-  // Write: dense parameters as they are, quantized ones packed.
+  // The rest: layers quantized after the blocks, then dense parameters as they are.
   t = Clock::now();
-  fs::create_directories(out);
-  const std::string out_model = (fs::path(out) / "model.safetensors").string();
-  std::map<std::string, at::Tensor> dense;
+  for (const auto& [key, q] : res.quantized) writer.add_quantized(key, q), written.insert(key);
   for (const auto& [k, v] : model->params())
-    if (!quantized.count(k)) dense[k] = v;
+    if (!written.count(k) && v.defined()) writer.add_dense(k, v);
   auto meta = model->config_metadata();
   if (!res.act_bits.empty()) {
     std::string j = "{\"layers\": {";
@@ -327,7 +345,8 @@ int cmd_quantize(const std::vector<std::string>& args) {
     }
     meta[mc::kActivationMetadataKey] = j + "}}";
   }
-  write_packed_checkpoint(out_model, dense, quantized, meta);
+  writer.finish(meta);
+  cleanup.armed = false;
   rep.output = out_model;
   rep.steps.push_back({"write packed checkpoint", since(t)});
   rep.size_before = model_bytes(model_path);
@@ -348,6 +367,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
     }
   }
 
+  model.reset();  // what is left of it; the evaluation reloads the written file
   if (have_eval) {
     t = Clock::now();
     auto reloaded = mc::load_model(out_model, lo);

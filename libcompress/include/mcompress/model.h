@@ -78,6 +78,14 @@ class Model {
   // (a shared classifier) stay tied.
   void set_param(const std::string& key, const at::Tensor& value);
 
+  // Frees a parameter the caller will not use again (a quantized block already written out): the
+  // model can no longer run what reads it, and params() holds an undefined tensor under its key.
+  void release_param(const std::string& key);
+  // Low memory (quantizing models larger than RAM): a parameter replaced by set_param or released has
+  // its pages handed back to the kernel (madvise MADV_PAGEOUT: pages mapped from the checkpoint stop
+  // counting against the process; nothing is lost, they are read again if touched).
+  void set_low_memory(bool on) { low_memory_ = on; }
+
   // Scale groups whose prev and layers all lie in block k (empty for models without any).
   virtual std::vector<ScaleGroup> scale_groups(int block) const { (void)block; return {}; }
   // Divides prev by s and multiplies the layers' input columns by s (s > 0, float [C]); the model
@@ -136,6 +144,7 @@ class Model {
   struct Int8Weight { at::Tensor q, scale; };
   std::map<std::string, Int8Weight> int8_weights_;  // by layer name
   bool int8_kernel_ = true;
+  bool low_memory_ = false;
   c10::Device device_ = c10::Device(c10::kCPU);
 };
 

@@ -39,6 +39,8 @@ namespace mc {
 class Model;
 struct LayerInfo;
 
+struct PtqResult;
+
 struct PtqOptions {
   std::string method = "rtn";  // rtn | imatrix | gptq | awq | smoothquant
   QuantSpec spec;              // the grid (bits are the default/maximum with mixed precision)
@@ -68,8 +70,9 @@ struct PtqOptions {
   std::vector<int> candidate_bits = {3, 4, 8};
   // Progress: called before each layer of each phase ("scan", "quantize") with its index from 1.
   std::function<void(const std::string& phase, const LayerInfo& layer, int64_t i, int64_t n)> progress;
-  // Called after each block is finished (its quantized weights are in the result).
-  std::function<void(int block)> after_block;
+  // Called after each block is finished, with the result so far (its quantized weights are in it: a
+  // caller may write them out, erase them and release the model's copies, see Model::release_param).
+  std::function<void(int block, PtqResult& partial)> after_block;
 };
 
 struct PtqResult {

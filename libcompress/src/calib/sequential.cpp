@@ -1,5 +1,6 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <memory>
@@ -105,6 +106,7 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
              layers.empty() ? "" : " after compression");
     }
     if (o.after_block) o.after_block(k);
+    ::malloc_trim(0);  // the block's large temporaries go back to the OS: memory stays flat across blocks
   }
 }
 

@@ -2,6 +2,8 @@
 #include "mcompress/model.h"
 
 #include <ATen/ATen.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "mcompress/error.h"
 #include "mcompress/int8_gemm.h"
@@ -18,6 +20,24 @@ const char* layer_kind_name(LayerKind k) {
   }
   return "?";
 }
+
+namespace {
+
+// Hands the whole pages inside t's bytes back to the kernel (non-destructive: MADV_PAGEOUT reclaims
+// clean file pages and swaps anonymous ones where there is swap). Errors are ignored: older kernels.
+void page_out(const at::Tensor& t) {
+#ifdef MADV_PAGEOUT
+  if (!t.defined() || !t.is_cpu() || t.nbytes() == 0) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(t.data_ptr()), e = b + t.nbytes();
+  const uintptr_t b2 = (b + page - 1) / page * page, e2 = e / page * page;
+  if (e2 > b2) ::madvise(reinterpret_cast<void*>(b2), e2 - b2, MADV_PAGEOUT);
+#else
+  (void)t;
+#endif
+}
+
+}  // namespace
 
 const LayerInfo& Model::layer(const std::string& name) const {
   auto it = layer_index_.find(name);
@@ -41,6 +61,8 @@ void Model::set_param(const std::string& key, const at::Tensor& value) {
   }
   // May alias `value` (no copy when dtype and device already match).
   at::Tensor v = value.detach().to(old.device(), old.scalar_type()).contiguous();
+  if (low_memory_ && !v.is_same(old) && old.defined() && (!v.defined() || v.data_ptr() != old.data_ptr()))
+    page_out(old);
   it->second = v;
   for (auto w = int8_weights_.begin(); w != int8_weights_.end();)
     w = layer(w->first).weight == key ? int8_weights_.erase(w) : std::next(w);
@@ -48,6 +70,19 @@ void Model::set_param(const std::string& key, const at::Tensor& value) {
   for (const auto& [a, b] : tied_) {
     if (a == key) params_[b] = v;
     if (b == key) params_[a] = v;
+  }
+}
+
+void Model::release_param(const std::string& key) {
+  auto it = params_.find(key);
+  if (it == params_.end()) fail("model", arch(), " model has no parameter '", key, "'");
+  if (low_memory_) page_out(it->second);
+  it->second = at::Tensor();
+  for (auto w = int8_weights_.begin(); w != int8_weights_.end();)
+    w = layer(w->first).weight == key ? int8_weights_.erase(w) : std::next(w);
+  for (const auto& [a, b] : tied_) {
+    if (a == key) params_[b] = at::Tensor();
+    if (b == key) params_[a] = at::Tensor();
   }
 }
 

@@ -459,7 +459,7 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   }
 
   if (!in_blocks.empty()) {
-    so.after_block = o.after_block;
+    if (o.after_block) so.after_block = [&](int k) { o.after_block(k, res); };
     compress_blocks(model, calib, in_blocks,
                     [&](int k, const std::vector<const LayerInfo*>& ls, const BlockStats& st) { run.block(k, ls, st); },
                     so);
