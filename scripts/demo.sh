@@ -41,12 +41,22 @@ echo "== 2. INT4 g32 round-to-nearest quantization of the default model =="
 if [[ -f "$SHARED/stories260K/stories260K.bin" ]]; then
   echo
   echo "== 3. the real stories260K model (published: 0.8132 bits per byte) =="
+  EVAL=(--eval "$SHARED/tinystories/validation_100.txt" --window 128 --truncate)
   for spec in "8 64" "4 32"; do
     set -- $spec
     echo "-- INT$1, groups of $2 --"
-    "$MC" quantize "$SHARED/stories260K/stories260K.bin" --bits "$1" --group-size "$2" \
-      --eval "$SHARED/tinystories/validation_100.txt" --window 128 --truncate -o "$OUT/stories260K-w$1g$2"
+    "$MC" quantize "$SHARED/stories260K/stories260K.bin" --bits "$1" --group-size "$2" "${EVAL[@]}" \
+      -o "$OUT/stories260K-w$1g$2"
   done
+  # Calibrated methods at 3 bits, where plain rounding breaks down; calibration text: tiny-shakespeare.
+  for method in gptq awq; do
+    echo "-- INT3, groups of 32, $method (RTN at this setting: 1.3674 bits per byte) --"
+    "$MC" quantize "$SHARED/stories260K/stories260K.bin" --method $method --bits 3 --group-size 32 \
+      --calib "$SHARED/tinyshakespeare/input.txt" "${EVAL[@]}" -o "$OUT/stories260K-w3g32-$method"
+  done
+  echo "-- W8A8 SmoothQuant (int8 weights per channel, int8 activations per token, real int8 matmuls) --"
+  "$MC" quantize "$SHARED/stories260K/stories260K.bin" --method smoothquant \
+    --calib "$SHARED/tinyshakespeare/input.txt" "${EVAL[@]}" -o "$OUT/stories260K-w8a8"
   echo
   echo "== 4. the MNIST MLP (published: 98.31% top-1), INT8 per output channel =="
   "$MC" quantize "$SHARED/mnist/mnist_mlp.state_dict" --arch data/mnist_mlp.yaml --bits 8 --per-channel \

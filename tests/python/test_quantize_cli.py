@@ -233,3 +233,21 @@ def test_targets_ignore_and_mixed_precision(mc, tiny_lm, tmp_path):
     assert "mixed precision" in rep["settings"]
     for l in rep["layers"]:
         assert l["scheme"] == "gptq int%d sym g16" % desc[l["name"] + ".weight"]["bits"]
+
+
+def test_gptq_act_order_dynamic_groups_store_g_idx(mc, tiny_lm):
+    d, model = tiny_lm
+    out = d / "actorder"
+    _, rep = _quantize_and_check_reload(mc, d, model, out, "--method", "gptq", "--act-order", "--bits", "4",
+                                        "--group-size", "16", "--true-sequential")
+    tensors, meta = read_safetensors(out / "model.safetensors")
+    desc = json.loads(meta["mcompress.quantization"])["tensors"]
+    with_gidx = [k for k, v in desc.items() if v.get("g_idx")]
+    assert with_gidx, "act-order with dynamic groups permutes columns across groups"
+    for k in with_gidx:
+        g = tensors[k + ".g_idx"]
+        assert g.dtype == np.int32 and g.shape == (desc[k]["shape"][1],)
+        # Every group holds group_size columns (the last one the rest), in some order.
+        counts = np.bincount(g)
+        assert (counts[:-1] == 16).all()
+    assert rep["settings"]["order"] == "true-sequential"

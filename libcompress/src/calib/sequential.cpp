@@ -74,29 +74,38 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
     std::vector<const LayerInfo*> layers;
     for (const auto& l : model.layers())
       if (l.block == k && targets.count(l.name)) layers.push_back(&l);
-    std::vector<std::vector<const LayerInfo*>> groups;
+    // Layers reading the same input tensor share one accumulator (q,k,v; gate,up): the same H.
+    std::vector<std::vector<std::vector<const LayerInfo*>>> stages;
     if (!layers.empty()) {
+      auto groups = input_groups(model, k, hidden, layers);
       if (o.true_sequential)
-        groups = input_groups(model, k, hidden, layers);
+        for (auto& g : groups) stages.push_back({g});
       else
-        groups.push_back(layers);
+        stages.push_back(groups);
     }
-    for (const auto& group : groups) {
-      std::map<std::string, std::unique_ptr<HessianAccumulator>> acc;
-      for (const LayerInfo* l : group)
-        acc.emplace(l->name, std::make_unique<HessianAccumulator>(l->in_features, o.fp64, l->name));
-      run_block_hooked(model, k, hidden, [&](const LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
-        auto it = acc.find(l.name);
-        if (it != acc.end()) it->second->add(x);
-      }, hidden.size());
+    for (const auto& stage : stages) {
+      std::vector<std::unique_ptr<HessianAccumulator>> acc;
+      std::map<std::string, HessianAccumulator*> feeder;  // first layer of a group -> its accumulator
       BlockStats stats;
-      for (const LayerInfo* l : group) {
-        const HessianAccumulator& s = *acc.at(l->name);
-        if (s.samples() == 0)
-          fail("calib", "layer ", l->name, " received no calibration input (never reached in block ", k, ")");
-        stats[l->name] = &s;
+      std::vector<const LayerInfo*> stage_layers;
+      for (const auto& g : stage) {
+        const std::string name = g.size() == 1 ? g[0]->name
+                                               : str(g[0]->name, " (and the ", g.size() - 1, " other layers reading its input)");
+        acc.push_back(std::make_unique<HessianAccumulator>(g[0]->in_features, o.fp64, name));
+        feeder[g[0]->name] = acc.back().get();
+        for (const LayerInfo* l : g) stats[l->name] = acc.back().get(), stage_layers.push_back(l);
       }
-      compress(k, group, stats);
+      run_block_hooked(model, k, hidden, [&](const LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
+        auto it = feeder.find(l.name);
+        if (it != feeder.end()) it->second->add(x);
+      }, hidden.size());
+      for (const LayerInfo* l : stage_layers)
+        if (stats.at(l->name)->samples() == 0)
+          fail("calib", "layer ", l->name, " received no calibration input (never reached in block ", k, ")");
+      // Back to execution order (Model::layers() is one vector in that order: compare addresses).
+      std::stable_sort(stage_layers.begin(), stage_layers.end(),
+                       [](const LayerInfo* a, const LayerInfo* b) { return a < b; });
+      compress(k, stage_layers, stats);
     }
     // The next block sees this block's outputs with its compressed weights.
     for (auto& h : hidden) {
