@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "mcompress/error.h"
@@ -22,7 +23,13 @@ struct PackedEntry {
   int64_t out = 0, in = 0;
   std::vector<int64_t> weight_shape;  // when the weight is not [out, in] (conv kernels)
   bool g_idx = false;                 // "<key>.g_idx" maps columns to groups (act-order GPTQ)
+  bool quantized = true;              // false: a sparse entry of float16 values ("dtype": "F16")
+  std::optional<SparseLayout> sparse; // a sparse entry (quant/sparse.h)
+  int64_t kept = 0;                   // sparse: entries stored
 };
+
+// The parts an entry may have; those it does not use must be absent.
+const char* const kPartSuffixes[] = {".qweight", ".scales", ".zeros", ".g_idx", ".mask", ".indices", ".values"};
 
 nlohmann::json describe_entry(const QuantResult& q) {
   nlohmann::json j = {{"bits", q.spec.bits},
@@ -35,8 +42,13 @@ nlohmann::json describe_entry(const QuantResult& q) {
   return j;
 }
 
-// Checks that `q` is what rtn_quantize produces and returns its tensors in the packed layout.
-void append_packed(const std::string& key, const QuantResult& q, std::vector<HostTensor>& out) {
+// The grid of `q` as stored: fp16 scales, float zeros, int32 g_idx (undefined without one).
+struct StoredGrid {
+  at::Tensor s16, z, gi;
+};
+
+// Checks that `q` is what rtn_quantize produces and returns its grid as stored.
+StoredGrid checked_grid(const std::string& key, const QuantResult& q) {
   if (!q.codes.defined() || q.codes.dim() != 2 || q.codes.scalar_type() != at::kByte)
     fail<Error>(kComp, key, ": codes must be a uint8 [out, in] tensor");
   const int64_t rows = q.codes.size(0), in = q.codes.size(1);
@@ -68,13 +80,24 @@ void append_packed(const std::string& key, const QuantResult& q, std::vector<Hos
     if (!(gi.ge(0) & gi.lt(G)).all().item<bool>())
       fail<Error>(kComp, key, ": g_idx values must lie in 0..", G - 1, " (", G, " groups)");
   }
-  out.push_back(HostTensor::owned(key + ".qweight", DType::U8, {rows, packed_row_bytes(in, q.spec.bits)},
-                                  pack_codes(q.codes, q.spec.bits)));
-  out.push_back(from_torch(key + ".scales", s16));
+  return {s16, z, gi};
+}
+
+// The grid's tensors, after the codes: scales, zeros (asymmetric), g_idx (when defined).
+void append_grid(const std::string& key, const QuantResult& q, const StoredGrid& g, std::vector<HostTensor>& out) {
+  out.push_back(from_torch(key + ".scales", g.s16));
   if (!q.spec.symmetric)
-    out.push_back(HostTensor::owned(key + ".zeros", DType::U8, {rows, packed_row_bytes(G, q.spec.bits)},
-                                    pack_codes(z.to(at::kByte), q.spec.bits)));
-  if (gi.defined()) out.push_back(from_torch(key + ".g_idx", gi));
+    out.push_back(HostTensor::owned(key + ".zeros", DType::U8, {g.z.size(0), packed_row_bytes(g.z.size(1), q.spec.bits)},
+                                    pack_codes(g.z.to(at::kByte), q.spec.bits)));
+  if (g.gi.defined()) out.push_back(from_torch(key + ".g_idx", g.gi));
+}
+
+// Checks `q` and returns its tensors in the packed layout.
+void append_packed(const std::string& key, const QuantResult& q, std::vector<HostTensor>& out) {
+  const StoredGrid g = checked_grid(key, q);
+  out.push_back(HostTensor::owned(key + ".qweight", DType::U8, {q.codes.size(0), packed_row_bytes(q.codes.size(1), q.spec.bits)},
+                                  pack_codes(q.codes, q.spec.bits)));
+  append_grid(key, q, g, out);
 }
 
 // Parses the metadata's description: key -> entry. Throws InputError naming the file.
@@ -100,10 +123,28 @@ std::map<std::string, PackedEntry> parse_description(const CheckpointReader& rea
   for (auto& [key, e] : j["tensors"].items()) {
     PackedEntry pe;
     try {
-      pe.spec.bits = e.at("bits").get<int>();
-      pe.spec.group_size = e.at("group_size").get<int64_t>();
-      pe.spec.symmetric = e.at("symmetric").get<bool>();
-      pe.spec.mse_clip = e.value("mse_clip", false);
+      if (e.contains("sparse")) {
+        const auto& sp = e.at("sparse");
+        const std::string layout = sp.at("layout").get<std::string>();
+        SparseLayout l;
+        if (layout == "n:m") {
+          l.n = sp.at("n").get<int>(), l.m = sp.at("m").get<int>();
+          if (l.bitmask()) throw std::runtime_error("an n:m layout needs n and m above 0");
+        } else if (layout != "bitmask") {
+          throw std::runtime_error("sparse layout '" + layout + "' is neither \"bitmask\" nor \"n:m\"");
+        }
+        pe.sparse = l;
+        pe.kept = sp.at("kept").get<int64_t>();
+        pe.quantized = e.contains("bits");
+        if (!pe.quantized && e.at("dtype").get<std::string>() != "F16")
+          throw std::runtime_error("sparse values must have \"dtype\": \"F16\" (or the entry \"bits\")");
+      }
+      if (pe.quantized) {
+        pe.spec.bits = e.at("bits").get<int>();
+        pe.spec.group_size = e.at("group_size").get<int64_t>();
+        pe.spec.symmetric = e.at("symmetric").get<bool>();
+        pe.spec.mse_clip = e.value("mse_clip", false);
+      }
       const auto& shape = e.at("shape");
       if (!shape.is_array() || shape.size() != 2) throw std::runtime_error("shape must be [out, in]");
       pe.out = shape[0].get<int64_t>();
@@ -113,7 +154,8 @@ std::map<std::string, PackedEntry> parse_description(const CheckpointReader& rea
     } catch (const std::exception& ex) {
       fail(kComp, path, ": packed tensor '", key, "': bad description: ", ex.what());
     }
-    if (pe.out < 0) fail(kComp, path, ": packed tensor '", key, "': negative shape");
+    if (pe.out < 0 || pe.in < 0 || (pe.in > 0 && pe.out > (int64_t(1) << 50) / pe.in))
+      fail(kComp, path, ": packed tensor '", key, "': bad shape [", pe.out, ", ", pe.in, "]");
     if (!pe.weight_shape.empty()) {
       int64_t n = 1;
       for (int64_t d : pe.weight_shape) n = d < 0 || (d && n > (int64_t(1) << 40) / d) ? -1 : n * d;
@@ -121,7 +163,8 @@ std::map<std::string, PackedEntry> parse_description(const CheckpointReader& rea
         fail(kComp, path, ": packed tensor '", key, "': weight_shape does not match shape [", pe.out, ", ", pe.in, "]");
     }
     try {
-      pe.spec.validate(key, pe.in);
+      if (pe.quantized) pe.spec.validate(key, pe.in);
+      if (pe.sparse) pe.sparse->validate(key, pe.in);
     } catch (const InputError& ex) {
       fail(kComp, path, ": ", ex.what());
     }
@@ -141,13 +184,12 @@ HostTensor load_part(const CheckpointReader& reader, const std::string& key, con
   return reader.load(name);
 }
 
-HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
+// The grid of a quantized entry (scales, zeros, g_idx); the codes are left to the caller.
+QuantResult load_grid(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
   const int bits = e.spec.bits;
   const int64_t G = e.spec.n_groups(e.in);
   QuantResult q;
   q.spec = e.spec;
-  HostTensor qw = load_part(reader, key, key + ".qweight", DType::U8, {e.out, packed_row_bytes(e.in, bits)});
-  q.codes = unpack_codes(qw.data, e.out, e.in, bits);
   q.scales = to_torch(load_part(reader, key, key + ".scales", DType::F16, {e.out, G})).to(at::kFloat);
   if (!at::isfinite(q.scales).all().item<bool>())
     fail(kComp, reader.path(), ": '", key, ".scales' holds NaN or Inf");
@@ -170,7 +212,45 @@ HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& k
   } else if (reader.contains(key + ".g_idx")) {
     fail(kComp, reader.path(), ": packed tensor '", key, "' has '", key, ".g_idx' but its description lacks \"g_idx\": true");
   }
-  at::Tensor w = q.dequantize();
+  return q;
+}
+
+// The tensor whose place in the file is the entry's place in read_packed_checkpoint's output.
+std::string primary_part(const std::string& key, const PackedEntry& e) {
+  return key + (e.quantized ? ".qweight" : ".values");
+}
+
+// Rejects parts the entry's description does not call for ("w.mask" next to a dense quantized "w").
+void reject_stray_parts(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
+  std::set<std::string> used = {primary_part(key, e)};
+  if (e.quantized) used.insert({key + ".scales", key + ".zeros", key + ".g_idx"});  // checked by load_grid
+  if (e.sparse) used.insert(key + (e.sparse->bitmask() ? ".mask" : ".indices"));
+  for (const char* suffix : kPartSuffixes)
+    if (!used.count(key + suffix) && reader.contains(key + suffix))
+      fail(kComp, reader.path(), ": packed tensor '", key, "' has '", key, suffix, "', which its description (",
+           e.quantized ? "int" + std::to_string(e.spec.bits) : std::string("F16"), ", ",
+           e.sparse ? e.sparse->describe() : std::string("dense"), ") does not use");
+}
+
+HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
+  at::Tensor w;
+  if (!e.sparse) {
+    QuantResult q = load_grid(reader, key, e);
+    HostTensor qw = load_part(reader, key, key + ".qweight", DType::U8, {e.out, packed_row_bytes(e.in, e.spec.bits)});
+    q.codes = unpack_codes(qw.data, e.out, e.in, e.spec.bits);
+    reject_stray_parts(reader, key, e);
+    w = q.dequantize();
+  } else {
+    SparseParts p = decode_sparse_parts(reader, key, e.out, e.in, *e.sparse, e.kept, e.quantized ? e.spec.bits : 0);
+    if (e.quantized) {
+      QuantResult q = load_grid(reader, key, e);
+      q.codes = p.stored;
+      w = at::where(p.mask, q.dequantize(), at::zeros({}, at::kFloat));
+    } else {
+      w = p.stored;
+    }
+    reject_stray_parts(reader, key, e);
+  }
   if (!e.weight_shape.empty()) w = w.reshape(e.weight_shape);
   return from_torch(key, w);
 }
@@ -201,6 +281,44 @@ void PackedCheckpointWriter::add_quantized(const std::string& key, const QuantRe
   impl_->desc[key] = describe_entry(q);
 }
 
+void PackedCheckpointWriter::add_sparse(const std::string& key, const at::Tensor& weight, const SparseLayout& layout,
+                                        const QuantResult* quant) {
+  if (impl_->out.contains(key) || impl_->desc.contains(key))
+    fail(kComp, path_, ": '", key, "' is given twice (dense, quantized or sparse)");
+  if (!weight.defined() || weight.dim() < 2 || !at::isFloatingType(weight.scalar_type()))
+    fail(kComp, path_, ": sparse weight '", key, "' must be a floating-point [out, in] tensor");
+  const at::Tensor w = weight.to(at::kCPU).to(at::kFloat).reshape({weight.size(0), -1});
+  std::vector<int64_t> wshape;
+  if (weight.dim() != 2) wshape = weight.sizes().vec();
+  std::vector<HostTensor> parts;
+  int64_t kept = 0;
+  nlohmann::json j;
+  if (quant) {
+    if (!quant->codes.defined() || quant->codes.sizes() != w.sizes())
+      fail<Error>(kComp, key, ": the codes must cover the whole ", w.size(0), "x", w.size(1), " weight");
+    if (!quant->weight_shape.empty() && !wshape.empty() && quant->weight_shape != wshape)
+      fail<Error>(kComp, key, ": weight shape ", weight.sizes(), " differs from the quantization's weight_shape");
+    const StoredGrid g = checked_grid(key, *quant);
+    const at::Tensor stray = quant->dequantize().ne(0) & w.eq(0);
+    if (stray.any().item<bool>()) {
+      const at::Tensor p = stray.nonzero()[0];
+      fail<Error>(kComp, key, ": the codes dequantize to ", quant->dequantize()[p[0]][p[1]].item<float>(), " at [",
+                  p[0].item<int64_t>(), ", ", p[1].item<int64_t>(), "], where the weight is pruned (quantize the pruned weight)");
+    }
+    parts = encode_sparse(key, w, layout, quant->codes, quant->spec.bits, &kept);
+    append_grid(key, *quant, g, parts);
+    j = describe_entry(*quant);
+  } else {
+    parts = encode_sparse(key, w, layout, at::Tensor(), 0, &kept);
+    j = {{"dtype", "F16"}, {"shape", {w.size(0), w.size(1)}}};
+  }
+  if (!wshape.empty()) j["weight_shape"] = wshape;
+  j["sparse"] = layout.bitmask() ? nlohmann::json{{"layout", "bitmask"}, {"kept", kept}}
+                                 : nlohmann::json{{"layout", "n:m"}, {"n", layout.n}, {"m", layout.m}, {"kept", kept}};
+  for (const auto& t : parts) impl_->out.add(t);
+  impl_->desc[key] = j;
+}
+
 void PackedCheckpointWriter::finish(const std::map<std::string, std::string>& metadata) {
   std::map<std::string, std::string> meta = metadata;
   meta[kPackedMetadataKey] = nlohmann::json{{"format", kPackedFormat}, {"tensors", impl_->desc}}.dump();
@@ -209,12 +327,16 @@ void PackedCheckpointWriter::finish(const std::map<std::string, std::string>& me
 
 void write_packed_checkpoint(const std::string& path, const std::map<std::string, at::Tensor>& dense,
                              const std::map<std::string, QuantResult>& quantized,
-                             const std::map<std::string, std::string>& metadata) {
+                             const std::map<std::string, std::string>& metadata,
+                             const std::map<std::string, SparseEntry>& sparse) {
   for (const auto& [name, t] : dense)
     if (quantized.count(name)) fail(kComp, path, ": '", name, "' is given both dense and quantized");
+  for (const auto& [key, s] : sparse)
+    if (dense.count(key) || quantized.count(key)) fail(kComp, path, ": '", key, "' is given both sparse and dense or quantized");
   PackedCheckpointWriter w(path);
   for (const auto& [name, t] : dense) w.add_dense(name, t);
   for (const auto& [key, q] : quantized) w.add_quantized(key, q);
+  for (const auto& [key, s] : sparse) w.add_sparse(key, s.weight, s.layout, s.quant ? &*s.quant : nullptr);
   w.finish(metadata);
 }
 
@@ -225,32 +347,27 @@ bool is_packed_checkpoint(const CheckpointReader& reader) {
 std::vector<HostTensor> read_packed_checkpoint(const CheckpointReader& reader) {
   const std::map<std::string, PackedEntry> entries = parse_description(reader);
   std::set<std::string> parts;
+  std::map<std::string, std::string> primary;  // primary part -> key
   for (const auto& [key, e] : entries) {
     if (reader.contains(key))
       fail(kComp, reader.path(), ": '", key, "' is stored both dense and packed");
-    parts.insert(key + ".scales");
-    parts.insert(key + ".zeros");
-    parts.insert(key + ".g_idx");
+    for (const char* suffix : kPartSuffixes) parts.insert(key + suffix);
+    primary[primary_part(key, e)] = key;
   }
   std::vector<HostTensor> out;
   std::set<std::string> done;
   for (const TensorInfo& ti : reader.tensors()) {
-    const std::string& name = ti.name;
-    const std::string suffix = ".qweight";
-    if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      const std::string key = name.substr(0, name.size() - suffix.size());
-      auto it = entries.find(key);
-      if (it != entries.end()) {
-        out.push_back(dequantize_entry(reader, key, it->second));
-        done.insert(key);
-        continue;
-      }
+    auto it = primary.find(ti.name);
+    if (it != primary.end()) {
+      out.push_back(dequantize_entry(reader, it->second, entries.at(it->second)));
+      done.insert(it->second);
+      continue;
     }
-    if (parts.count(name)) continue;
-    out.push_back(reader.load(name));
+    if (parts.count(ti.name)) continue;
+    out.push_back(reader.load(ti.name));
   }
   for (const auto& [key, e] : entries)
-    if (!done.count(key)) fail(kComp, reader.path(), ": packed tensor '", key, "' lacks '", key, ".qweight'");
+    if (!done.count(key)) fail(kComp, reader.path(), ": packed tensor '", key, "' lacks '", primary_part(key, e), "'");
   return out;
 }
 

@@ -1,6 +1,7 @@
 // Packed quantized checkpoints in safetensors: the integer codes really packed (int4 two per byte,
 // int2/int3/int5..7 densely across bytes), fp16 scales and zero points, the quantization settings in
-// the metadata. The layout is documented in docs/packed-format.md.
+// the metadata. Pruned weights can be stored sparse (bitmask or N:M positions, quant/sparse.h). The
+// layout is documented in docs/packed-format.md.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -11,6 +12,7 @@
 
 #include "mcompress/checkpoint.h"
 #include "mcompress/quant/rtn.h"
+#include "mcompress/quant/sparse.h"
 
 namespace mc {
 
@@ -37,20 +39,31 @@ at::Tensor unpack_codes(const uint8_t* packed, int64_t rows, int64_t cols, int b
 // [out, packed_row_bytes(n_groups, bits)]; `metadata` plus kPackedMetadataKey (which replaces a
 // caller's entry of that name). Scales must be float16 values and symmetric zeros 2^(bits-1), as
 // rtn_quantize makes them: anything else throws Error rather than writing a file that would
-// dequantize differently.
+// dequantize differently. Each entry of `sparse` is written as PackedCheckpointWriter::add_sparse does.
+// Without sparse entries the file is byte for byte what this function wrote before they existed.
 void write_packed_checkpoint(const std::string& path, const std::map<std::string, at::Tensor>& dense,
                              const std::map<std::string, QuantResult>& quantized,
-                             const std::map<std::string, std::string>& metadata);
+                             const std::map<std::string, std::string>& metadata,
+                             const std::map<std::string, SparseEntry>& sparse = {});
 // The same written piece by piece (a model quantized block by block): each add packs its tensors and
 // spools them to disk at once (SafetensorsStreamWriter), keeping only the description; finish()
 // writes the file atomically. Adding the same tensors in the order write_packed_checkpoint uses
-// (dense by name, then quantized by key) gives the same bytes.
+// (dense by name, then quantized by key, then sparse by key) gives the same bytes.
 class PackedCheckpointWriter {
  public:
   explicit PackedCheckpointWriter(std::string path);
   ~PackedCheckpointWriter();
   void add_dense(const std::string& name, const at::Tensor& t);
   void add_quantized(const std::string& key, const QuantResult& q);
+  // A pruned weight (float [out, in] or a conv kernel [out, ...] flattened to [out, in], pruned entries
+  // exactly 0; its non-zeros are the kept entries) in a sparse layout (quant/sparse.h): with `quant`
+  // (the codes and grid of the whole [out, in] matrix, checked as add_quantized checks them) the
+  // kept entries' codes, whose codes must dequantize to 0 at every pruned place (Error otherwise);
+  // without, the kept values rounded to float16. Reading the file gives quant->dequantize(), or the
+  // float16-rounded weight, exactly. InputError for a layout the weight does not follow (a group with
+  // more than m - n non-zeros, m not dividing in) or values beyond float16.
+  void add_sparse(const std::string& key, const at::Tensor& weight, const SparseLayout& layout,
+                  const QuantResult* quant);
   void finish(const std::map<std::string, std::string>& metadata);
 
  private:
@@ -62,7 +75,8 @@ class PackedCheckpointWriter {
 // True when the file carries kPackedMetadataKey.
 bool is_packed_checkpoint(const CheckpointReader& reader);
 // Every parameter of a packed checkpoint by its original name, packed weights dequantized to F32
-// ((code - zero) * scale, exactly QuantResult::dequantize() of what was written), in file order.
+// ((code - zero) * scale, exactly QuantResult::dequantize() of what was written), sparse entries
+// made dense again (their stored entries in place, 0 elsewhere; float16 values widened), in file order.
 // Throws InputError naming the file and tensor for a malformed description or missing parts.
 std::vector<HostTensor> read_packed_checkpoint(const CheckpointReader& reader);
 
