@@ -251,3 +251,50 @@ def test_gptq_act_order_dynamic_groups_store_g_idx(mc, tiny_lm):
         counts = np.bincount(g)
         assert (counts[:-1] == 16).all()
     assert rep["settings"]["order"] == "true-sequential"
+
+
+# Stored bits per weight against the dense layout of the same values: fp16 with a bitmask or 2-bit
+# indices 8 + 1 of 16; int4 g16 (4 + 1 bits dense): 2:4 = 2 + 1 (indices) + 1 (scales), 4:8 = 2 + 1.5 + 1.
+@pytest.mark.parametrize("method,args,max_ratio", [
+    ("sparsegpt", ["--sparsity", "0.5"], 0.6),
+    ("wanda", ["--pattern", "2:4"], 0.6),
+    ("magnitude", ["--pattern", "4:8", "--bits", "4", "--group-size", "16"], 0.91),
+    ("sparsegpt", ["--pattern", "2:4", "--bits", "4", "--group-size", "16"], 0.81),
+])
+def test_prune_writes_sparse_file_that_reloads(mc, tiny_lm, method, args, max_ratio):
+    d, model = tiny_lm
+    out = d / ("prune-" + method + "-" + "-".join(a.replace(":", "of") for a in args))
+    mc("prune", model, "--method", method, *args, "--calib", d / "corpus" / "train.txt", "--calib-samples", "16",
+       "--calib-seqlen", "32", "--eval", d / "corpus" / "valid.txt", "-o", out, "-q")
+    rep = json.loads((out / "report.json").read_text())
+    tensors, meta = read_safetensors(out / "model.safetensors")
+    desc = json.loads(meta["mcompress.quantization"])["tensors"]
+    assert len(rep["layers"]) == 14
+    for layer in rep["layers"]:
+        key = layer["name"] + ".weight"
+        assert desc[key]["sparse"]["layout"] == ("n:m" if "--pattern" in args else "bitmask")
+    # The file decodes (mcompress eval reloads it) to what the report evaluated.
+    j = json.loads(mc("eval", out / "model.safetensors", "--data", d / "corpus" / "valid.txt",
+                      "--tokenizer", d / "corpus" / "tokenizer.bin", "--json").stdout)
+    got = {m["name"]: m for m in rep["metrics"]}
+    assert got["perplexity"]["compressed"] == pytest.approx(j["result"]["perplexity"], rel=1e-9)
+    # Half the weights cost about half (plus the mask or indices).
+    mean_bits = sum(l["bits_per_weight"] * l["params"] for l in rep["layers"]) / sum(l["params"] for l in rep["layers"])
+    dense_bits = 4.0 + 16.0 / 16 if "--bits" in args else 16.0
+    assert mean_bits <= max_ratio * dense_bits, mean_bits
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--sparsity", "1.0"], "outside [0, 1)"),
+    (["--pattern", "2:3"], "to be a multiple of 3"),
+    (["--pattern", "4:4"], "needs 1 <= N < M"),
+    (["--pattern", "x"], "is not N:M"),
+    (["--method", "wanda"], "needs calibration data"),
+])
+def test_bad_prune_options(mc, tiny_lm, args, expect):
+    d, model = tiny_lm
+    out = d / "badprune"
+    p = mc("prune", model, "-o", out, *args, check=False)
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
+    assert not out.exists()

@@ -41,5 +41,6 @@ int cmd_eval(const std::vector<std::string>& args);
 int cmd_generate(const std::vector<std::string>& args);
 int cmd_train(const std::vector<std::string>& args);
 int cmd_quantize(const std::vector<std::string>& args);
+int cmd_prune(const std::vector<std::string>& args);
 
 }  // namespace mcli

@@ -1,5 +1,11 @@
 #include "model_files.h"
 
+#include <cmath>
+#include <cstdio>
+#include <optional>
+
+#include "cli.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <set>
@@ -8,7 +14,11 @@
 #include <fstream>
 #include <memory>
 
+#include <ATen/ATen.h>
+
 #include "mcompress/error.h"
+#include "mcompress/rng.h"
+#include "mcompress/tensor.h"
 #include "mcompress/model.h"
 #include "mcompress/tokenizer.h"
 
@@ -116,6 +126,105 @@ EvalData load_eval_data(const mc::Model& model, const std::string& model_path, c
   if (docs.empty()) mc::fail("eval", data, ": no documents (empty file, or only separators)");
   ed.corpus = mc::make_lm_corpus(*tok, docs);
   return ed;
+}
+
+// The calibration set as the model's forward takes it: `samples` windows of `seqlen` tokens drawn
+// reproducibly from the documents' token stream, or `samples` labeled examples.
+// allow_short: a text shorter than seqlen gives shorter sequences instead of an error.
+at::Tensor calibration_inputs(const EvalData& cd, int64_t samples, int64_t seqlen, uint64_t seed,
+                              bool allow_short) {
+  mc::SplitMix64 rng{seed};
+  if (cd.labeled) {
+    const int64_t n = std::min<int64_t>(samples, cd.examples.count);
+    const int64_t per = mc::shape_numel(cd.examples.example_shape);
+    mc::Shape shape = {n};
+    shape.insert(shape.end(), cd.examples.example_shape.begin(), cd.examples.example_shape.end());
+    at::Tensor x = at::empty(shape, at::kFloat);
+    float* dst = x.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t idx = static_cast<int64_t>(rng.below(static_cast<uint64_t>(cd.examples.count)));
+      std::copy_n(cd.examples.inputs.data() + idx * per, per, dst + i * per);
+    }
+    return x;
+  }
+  std::vector<int32_t> stream;
+  for (const auto& d : cd.corpus.docs) stream.insert(stream.end(), d.begin(), d.end());
+  if (allow_short && !stream.empty()) seqlen = std::min<int64_t>(seqlen, static_cast<int64_t>(stream.size()));
+  if (static_cast<int64_t>(stream.size()) < seqlen)
+    mc::fail("quantize", "calibration text has ", stream.size(), " tokens, shorter than one sequence of ", seqlen,
+             " (--calib-seqlen)");
+  at::Tensor x = at::empty({samples, seqlen}, at::kLong);
+  int64_t* dst = x.data_ptr<int64_t>();
+  const uint64_t starts = stream.size() - static_cast<uint64_t>(seqlen) + 1;
+  for (int64_t i = 0; i < samples; ++i) {
+    const int64_t s0 = static_cast<int64_t>(rng.below(starts));
+    for (int64_t j = 0; j < seqlen; ++j) dst[i * seqlen + j] = stream[s0 + j];
+  }
+  return x;
+}
+
+
+// Evaluates `model` (against `reference` when given) and fills the compressed or baseline column.
+void evaluate_into(mc::Model& model, mc::Model* reference, const EvalData& ed, const mc::LmEvalOptions& lo,
+                   bool compressed, std::vector<mc::MetricRow>& rows, std::string& protocol) {
+  auto put = [&](const char* name, double v, bool higher, int dec, bool pct, bool primary) {
+    for (auto& r : rows)
+      if (r.name == name) {
+        (compressed ? r.compressed : r.baseline) = v;
+        return;
+      }
+    mc::MetricRow r;
+    r.name = name, r.higher_is_better = higher, r.decimals = dec, r.percent = pct, r.is_primary = primary;
+    (compressed ? r.compressed : r.baseline) = v;
+    rows.push_back(r);
+  };
+  if (ed.labeled) {
+    auto r = mc::evaluate_classifier(model, ed.examples, {}, reference);
+    protocol = r.protocol;
+    put("top-1 accuracy", r.top1, true, 2, true, true);
+    put("top-5 accuracy", r.top5, true, 2, true, false);
+    put("mean NLL (nats/example)", r.mean_nll, false, 4, false, false);
+    if (r.has_reference) {
+      put("KL(baseline || compressed) per example", r.mean_kl, false, 5, false, false);
+      put("same top-1 as baseline", r.top1_agreement, true, 2, true, false);
+    }
+  } else {
+    auto r = mc::evaluate_lm(model, ed.corpus, lo, reference);
+    protocol = r.protocol;
+    if (r.bits_per_byte >= 0) put("bits per byte", r.bits_per_byte, false, 4, false, false);
+    put("perplexity", r.perplexity, false, 3, false, true);
+    put("mean NLL (nats/token)", r.mean_nll, false, 4, false, false);
+    if (r.has_reference) {
+      put("KL(baseline || compressed) per token", r.mean_kl, false, 5, false, false);
+      put("same top-1 as baseline", r.top1_agreement, true, 2, true, false);
+    }
+  }
+}
+
+
+void print_summary(const mc::Report& rep, bool labeled, const std::string& out, const char* bits_label) {
+  std::printf("\n%-40s %12s %12s %10s\n", "", "baseline", "compressed", "change");
+  auto val = [](const mc::MetricRow& m, const std::optional<double>& v) {
+    if (!v) return std::string("");
+    return m.percent ? fmt("%.2f%%", 100 * *v) : fmt(("%." + std::to_string(m.decimals) + "f").c_str(), *v);
+  };
+  for (const auto& m : rep.metrics) {
+    std::string change = m.baseline && m.compressed && *m.baseline != 0
+                             ? fmt("%+.2f%%", 100 * (*m.compressed - *m.baseline) / std::fabs(*m.baseline))
+                             : "";
+    std::printf("%-40s %12s %12s %10s\n", m.name.c_str(), val(m, m.baseline).c_str(), val(m, m.compressed).c_str(),
+                change.c_str());
+  }
+  std::printf("%-40s %12s %12s %9.2fx\n", "file size", human_bytes(rep.size_before).c_str(),
+              human_bytes(rep.size_after).c_str(), double(rep.size_before) / double(rep.size_after));
+  double qbits = 0, qn = 0;
+  for (const auto& l : rep.layers) qbits += l.bits_per_weight * double(l.params), qn += double(l.params);
+  if (qn > 0) std::printf("%-40s %12s %12s\n", bits_label, "32", fmt("%.3f", qbits / qn).c_str());
+  if (auto r = rep.retention())
+    std::printf("\nretention %.2f%% (%s)\n", 100 * *r,
+                labeled ? "compressed / baseline top-1" : "baseline / compressed perplexity");
+  for (const auto& w : rep.warnings) std::printf("warning: %s\n", w.c_str());
+  std::printf("report: %s/report.md\n", out.c_str());
 }
 
 }  // namespace mcli

@@ -2,9 +2,13 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
 
 #include "mcompress/datasets.h"
 #include "mcompress/eval.h"
+#include "mcompress/report.h"
 
 namespace mc {
 class Model;
@@ -36,5 +40,18 @@ struct EvalData {
   std::string tokenizer_path;
 };
 EvalData load_eval_data(const mc::Model& model, const std::string& model_path, const EvalDataOptions& o);
+
+// The calibration set as the model's forward takes it: `samples` windows of `seqlen` tokens drawn
+// reproducibly (seed) from the documents' token stream, or `samples` labeled examples. allow_short:
+// a text shorter than seqlen gives shorter sequences instead of an error.
+at::Tensor calibration_inputs(const EvalData& cd, int64_t samples, int64_t seqlen, uint64_t seed,
+                              bool allow_short = false);
+// Evaluates `model` (against `reference` when given) into the baseline or compressed column of `rows`.
+void evaluate_into(mc::Model& model, mc::Model* reference, const EvalData& ed, const mc::LmEvalOptions& lo,
+                   bool compressed, std::vector<mc::MetricRow>& rows, std::string& protocol);
+
+// The baseline/compressed table, file sizes, stored bits per weight of the report's layers, retention,
+// warnings and where the report is.
+void print_summary(const mc::Report& rep, bool labeled, const std::string& out, const char* bits_label);
 
 }  // namespace mcli

@@ -1,0 +1,74 @@
+// Pruning of a whole model on the layer-sequential engine (calib.h): weights set to exactly zero.
+//   magnitude  score |W_ij|, compared over the whole layer (the papers' layer-wise baseline), or over
+//              all selected layers with distribution "global"
+//   wanda      score |W_ij| · ‖X_j‖₂ (Sun et al., 2023), compared within each output row; no update
+//   sparsegpt  OBS update through the damped inverse-Hessian Cholesky, mask chosen per block of 128
+//              columns (prune/sparsegpt.h); with a QuantSpec, survivors are quantized in the same loop
+// N:M (prune_n of every prune_m consecutive input columns zeroed, per row: 2:4, 4:8) for all three.
+// Sparsity per layer: "uniform" (every layer the same), "global" (magnitude only: one threshold over
+// all selected layers), or "owl" (outlier-weighted, Yin et al., 2023: a scan pass measures each
+// block's share of Wanda scores above owl_threshold x the layer mean; blocks with more outliers keep
+// more weights; sparsities spread over [s - λ, s + λ] with mean s).
+// With a QuantSpec and magnitude/wanda, the pruned weights are then quantized by RTN (a zero stays
+// exactly zero on every grid rtn.h makes).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mcompress/quant/rtn.h"
+#include "mcompress/report.h"
+
+namespace mc {
+
+class Model;
+struct LayerInfo;
+
+struct PruneOptions {
+  std::string method = "sparsegpt";  // magnitude | wanda | sparsegpt
+  double sparsity = 0.5;             // fraction zeroed, [0, 1) (unstructured)
+  int prune_n = 0, prune_m = 0;      // N:M: n of every m input columns zeroed (0 = unstructured)
+  std::string distribution = "uniform";  // uniform | global | owl
+  double owl_lambda = 0.08, owl_threshold = 5.0;
+  std::vector<std::string> targets, ignore;  // as PtqOptions (ptq.h)
+  std::optional<QuantSpec> quant;            // also quantize the survivors
+  int64_t batch = 8;
+  bool fp64 = false, true_sequential = false;
+  double damp = 0.01;
+  std::function<void(const std::string& phase, const LayerInfo& layer, int64_t i, int64_t n)> progress;
+};
+
+struct PrunedLayer {
+  at::Tensor weight;                // float32 [out, in] (conv kernels flattened), pruned entries exactly 0
+  std::optional<QuantResult> quant; // when quantized: its dequantize() equals weight
+};
+
+struct PruneResult {
+  std::map<std::string, PrunedLayer> pruned;  // by weight key
+  std::vector<LayerRow> layers;
+  std::vector<std::string> warnings;
+  std::map<std::string, std::string> settings;
+  double sparsity = 0;  // zeros / weights over the pruned layers
+};
+
+// Prunes `model` in place. calib: the calibration set as the model's forward takes it (undefined:
+// magnitude only). Throws InputError for bad options (sparsity outside [0, 1), N:M with n >= m or an
+// input width m does not divide, naming the layer) or data.
+PruneResult prune_model(Model& model, const at::Tensor& calib, const PruneOptions& o);
+// The options checked and the layers prune_model would prune (each input width checked against N:M),
+// without touching the model: callers check before loading data.
+std::vector<const LayerInfo*> prune_layers(const Model& model, const PruneOptions& o);
+
+// Masks (true = kept) for tests and other passes: w [out, in], score >= 0 of the same shape.
+// Per row: the `sparsity` fraction (rounded down) of each row's smallest scores is dropped (ties: lower
+// column first). N:M: in every group of m columns of a row, the n smallest scores are dropped.
+at::Tensor row_mask(const at::Tensor& score, double sparsity);
+at::Tensor nm_mask(const at::Tensor& score, int n, int m, const std::string& layer = "");
+// Whole matrix: the floor(sparsity * numel) smallest scores dropped.
+at::Tensor layer_mask(const at::Tensor& score, double sparsity);
+
+}  // namespace mc

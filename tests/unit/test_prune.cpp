@@ -1,0 +1,176 @@
+// Pruning (prune/prune.h): masks against their definitions computed here element by element, N:M
+// patterns checked group by group on every output, sparsity distributions, joint quantization keeping
+// zeros zero, and the bad-input errors.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "mcompress/error.h"
+#include "mcompress/model.h"
+#include "mcompress/prune/prune.h"
+#include "test_utils.h"
+#include "tiny_llama.h"
+
+using namespace mc;
+
+namespace {
+
+at::Tensor randn(at::IntArrayRef shape, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randn(shape, gen, at::kFloat);
+}
+
+at::Tensor tokens(int64_t n, int64_t len, int64_t vocab, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randint(vocab, {n, len}, gen, at::kLong);
+}
+
+// Every group of m consecutive columns of every row has at least n zeros.
+bool satisfies_nm(const at::Tensor& w, int n, int m) {
+  const at::Tensor z = w.eq(0).reshape({w.size(0), w.size(1) / m, m}).sum(-1);
+  return z.ge(n).all().item<bool>();
+}
+
+}  // namespace
+
+TEST_CASE("row_mask drops each row's smallest scores, as a sort by hand does", "[prune]") {
+  const at::Tensor s = randn({7, 20}, 1).abs();
+  const at::Tensor mask = row_mask(s, 0.35);  // floor(0.35 * 20) = 7 per row
+  auto acc = s.accessor<float, 2>();
+  for (int64_t r = 0; r < 7; ++r) {
+    std::vector<int64_t> idx(20);
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return acc[r][a] < acc[r][b]; });
+    for (int64_t k = 0; k < 20; ++k) CHECK(mask[r][idx[k]].item<bool>() == (k >= 7));
+  }
+  const at::Tensor lm = layer_mask(s, 0.5);
+  CHECK(lm.logical_not().sum().item<int64_t>() == 70);
+  CHECK(s.masked_select(lm).min().item<float>() >= s.masked_select(lm.logical_not()).max().item<float>());
+}
+
+TEST_CASE("nm_mask: n smallest of every m, and a width m does not divide names the layer", "[prune]") {
+  const at::Tensor s = randn({5, 24}, 2).abs();
+  for (auto [n, m] : {std::pair{2, 4}, std::pair{4, 8}, std::pair{1, 4}}) {
+    const at::Tensor mask = nm_mask(s, n, m);
+    CHECK(satisfies_nm(s * mask, n, m));
+    CHECK(mask.logical_not().sum().item<int64_t>() == 5 * 24 / m * n);
+    // The dropped ones are the smallest of their group.
+    const at::Tensor g = s.reshape({5, 24 / m, m}), gm = mask.reshape({5, 24 / m, m});
+    const at::Tensor kept_min = at::where(gm, g, at::full_like(g, 1e9)).amin(-1);
+    const at::Tensor drop_max = at::where(gm, at::full_like(g, -1.0), g).amax(-1);
+    CHECK(kept_min.ge(drop_max).all().item<bool>());
+  }
+  CHECK_THROWS_WITH(nm_mask(randn({2, 30}, 3), 2, 4, "layers.0.w2"),
+                    Catch::Contains("layer layers.0.w2: 2:4 needs the input width (30) to be a multiple of 4"));
+  CHECK_THROWS_AS(nm_mask(s, 4, 4), InputError);
+}
+
+TEST_CASE("prune_model: Wanda's mask is |W| * ||X_j||_2 per row; every method and pattern holds", "[prune]") {
+  mctest::TinyLlamaShape sh;
+  sh.dim = 32, sh.hidden = 64, sh.kv_heads = 2;
+  const at::Tensor calib = tokens(8, 32, 20, 4);
+  // Wanda on block 0's q projection against the definition, with ||X_j|| from the layer's inputs.
+  {
+    auto m = mctest::tiny_llama(5, sh);
+    at::Tensor X;
+    const int hook = m->add_hook([&](const LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
+      if (l.name == "layers.0.attention.wq") X = x.reshape({-1, x.size(-1)}).clone();
+    });
+    m->forward(calib);
+    m->remove_hook(hook);
+    const at::Tensor W = m->param("layers.0.attention.wq.weight").clone();
+    PruneOptions o;
+    o.method = "wanda";
+    o.targets = {"layers.0.attention.wq"};
+    prune_model(*m, calib, o);
+    const at::Tensor score = W.abs() * X.to(at::kDouble).pow(2).sum(0).sqrt().to(at::kFloat).unsqueeze(0);
+    const at::Tensor want = W * row_mask(score, 0.5);
+    CHECK(m->param("layers.0.attention.wq.weight").equal(want));
+  }
+  for (const char* method : {"magnitude", "wanda", "sparsegpt"})
+    for (auto [n, mm] : {std::pair{0, 0}, std::pair{2, 4}, std::pair{4, 8}}) {
+      CAPTURE(method, n, mm);
+      auto m = mctest::tiny_llama(6, sh);
+      PruneOptions o;
+      o.method = method, o.prune_n = n, o.prune_m = mm;
+      PruneResult r = prune_model(*m, calib, o);
+      REQUIRE(r.pruned.size() == 14);
+      for (const auto& [key, p] : r.pruned) {
+        CHECK(m->param(key).equal(p.weight));
+        if (n) CHECK(satisfies_nm(p.weight, n, mm));
+      }
+      CHECK(r.sparsity == Approx(0.5).margin(0.01));
+      for (const auto& l : r.layers) CHECK(*l.rel_output_error >= 0);
+    }
+}
+
+TEST_CASE("prune_model: SparseGPT and Wanda beat magnitude on the layer error; joint quantization keeps zeros",
+          "[prune]") {
+  mctest::TinyLlamaShape sh;
+  sh.dim = 32, sh.hidden = 64, sh.kv_heads = 2;
+  const at::Tensor calib = tokens(8, 32, 20, 7);
+  std::map<std::string, double> err;
+  for (const char* method : {"magnitude", "wanda", "sparsegpt"}) {
+    auto m = mctest::tiny_llama(8, sh);
+    PruneOptions o;
+    o.method = method;
+    o.targets = {"layers.0.*"};  // the same inputs for every method
+    PruneResult r = prune_model(*m, calib, o);
+    for (const auto& l : r.layers) err[method] += *l.rel_output_error;
+  }
+  CHECK(err["sparsegpt"] < err["magnitude"]);
+  CHECK(err["wanda"] < err["magnitude"]);
+  auto m = mctest::tiny_llama(9, sh);
+  PruneOptions o;
+  o.method = "sparsegpt";
+  QuantSpec q;
+  q.bits = 4, q.group_size = 16;
+  o.quant = q;
+  PruneResult r = prune_model(*m, calib, o);
+  for (const auto& [key, p] : r.pruned) {
+    REQUIRE(p.quant);
+    CHECK(p.quant->dequantize().equal(p.weight));
+    CHECK(p.weight.eq(0).to(at::kDouble).mean().item<double>() >= 0.5);
+  }
+}
+
+TEST_CASE("prune_model: global and OWL distributions keep the mean sparsity", "[prune]") {
+  mctest::TinyLlamaShape sh;
+  sh.dim = 32, sh.hidden = 64, sh.kv_heads = 2;
+  const at::Tensor calib = tokens(8, 32, 20, 10);
+  {
+    auto m = mctest::tiny_llama(11, sh);
+    PruneOptions o;
+    o.method = "magnitude", o.distribution = "global", o.sparsity = 0.6;
+    PruneResult r = prune_model(*m, at::Tensor(), o);
+    CHECK(r.sparsity == Approx(0.6).margin(0.002));
+  }
+  {
+    auto m = mctest::tiny_llama(12, sh);
+    PruneOptions o;
+    o.method = "wanda", o.distribution = "owl", o.owl_lambda = 0.1;
+    PruneResult r = prune_model(*m, calib, o);
+    CHECK(r.sparsity == Approx(0.5).margin(0.02));
+    CHECK(r.settings.count("owl"));
+  }
+}
+
+TEST_CASE("prune_model: bad options are one clear error", "[prune][errors]") {
+  auto m = mctest::tiny_llama(13);
+  PruneOptions o;
+  o.method = "magnitude";
+  o.sparsity = 1.0;
+  CHECK_THROWS_WITH(prune_model(*m, at::Tensor(), o), Catch::Contains("--sparsity 1 outside [0, 1)"));
+  o.sparsity = -0.1;
+  CHECK_THROWS_AS(prune_model(*m, at::Tensor(), o), InputError);
+  o.sparsity = 0.5;
+  o.prune_n = 2, o.prune_m = 32;  // hidden 32, dim 16: 16 is not a multiple of 32
+  CHECK_THROWS_WITH(prune_model(*m, at::Tensor(), o), Catch::Contains("to be a multiple of 32"));
+  o.prune_n = 0, o.prune_m = 0;
+  o.method = "wanda";
+  CHECK_THROWS_WITH(prune_model(*m, at::Tensor(), o), Catch::Contains("needs calibration data"));
+  o.method = "sparsegpt", o.distribution = "global";
+  CHECK_THROWS_WITH(prune_model(*m, tokens(2, 8, 20, 1), o), Catch::Contains("magnitude only"));
+}

@@ -1,0 +1,255 @@
+// mcompress prune --method sparsegpt|wanda|magnitude (--sparsity 0.5 | --pattern 2:4) --calib DATA MODEL -o OUT
+//   [--bits 4 --group-size 32] [--distribution uniform|global|owl] [--eval DATA]
+// Prunes the matmul weights block by block (prune/prune.h), writes OUT/model.safetensors (pruned
+// weights in the sparse packed layout, quantized when --bits is given) and OUT/report.{json,md}, and
+// evaluates baseline and the reloaded file.
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+#include <unistd.h>
+
+#include "cli.h"
+#include "mcompress/checkpoint.h"
+#include "mcompress/error.h"
+#include "mcompress/eval.h"
+#include "mcompress/model.h"
+#include "mcompress/prune/prune.h"
+#include "mcompress/quant/packed.h"
+#include "mcompress/report.h"
+#include "model_files.h"
+
+namespace mcli {
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> v;
+  std::string cur;
+  for (char c : s + ",") {
+    if (c == ',') {
+      if (!cur.empty()) v.push_back(cur);
+      cur.clear();
+    } else if (c != ' ') {
+      cur += c;
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
+int cmd_prune(const std::vector<std::string>& args) {
+  po::options_description desc("prune options");
+  std::string model_path, out, eval_data, calib_data, tokenizer, arch, device, separator, targets, ignore, pattern,
+      storage;
+  mc::PruneOptions o;
+  int bits = 0;
+  int64_t group_size = 32, window = 128, calib_samples = 128, calib_seqlen = 128, max_docs = 0;
+  bool per_channel = false, asym = false, truncate = false;
+  uint64_t seed = 0;
+  desc.add_options()
+      ("model", po::value<std::string>(&model_path)->required(), "model to prune (any format load_model reads)")
+      ("output,o", po::value<std::string>(&out)->required(), "output directory: model.safetensors + report.{json,md}")
+      ("method", po::value<std::string>(&o.method)->default_value("sparsegpt"), "sparsegpt | wanda | magnitude")
+      ("sparsity", po::value<double>(&o.sparsity)->default_value(0.5), "fraction of weights zeroed, [0, 1)")
+      ("pattern", po::value<std::string>(&pattern), "N:M semi-structured: N of every M input columns zeroed (2:4, 4:8)")
+      ("distribution", po::value<std::string>(&o.distribution)->default_value("uniform"),
+       "sparsity per layer: uniform | global (magnitude) | owl (outlier-weighted per block)")
+      ("owl-lambda", po::value<double>(&o.owl_lambda)->default_value(0.08), "owl: largest deviation from --sparsity")
+      ("owl-threshold", po::value<double>(&o.owl_threshold)->default_value(5.0), "owl: outlier = score above this x the layer mean")
+      ("bits", po::value<int>(&bits)->default_value(0), "also quantize the survivors to B bits (sparsegpt: in the same pass)")
+      ("group-size", po::value<int64_t>(&group_size)->default_value(32), "with --bits: input columns per scale")
+      ("per-channel", po::bool_switch(&per_channel), "with --bits: one scale per output channel")
+      ("asym", po::bool_switch(&asym), "with --bits: asymmetric grid")
+      ("storage", po::value<std::string>(&storage)->default_value("sparse"),
+       "sparse (bitmask or N:M indices + packed survivors) or dense")
+      ("targets", po::value<std::string>(&targets), "comma-separated layer patterns (glob or re:REGEX)")
+      ("ignore", po::value<std::string>(&ignore), "comma-separated layer patterns to leave alone")
+      ("calib", po::value<std::string>(&calib_data), "calibration data (default: the --eval data)")
+      ("calib-samples", po::value<int64_t>(&calib_samples)->default_value(128), "calibration sequences / examples")
+      ("calib-seqlen", po::value<int64_t>(&calib_seqlen)->default_value(128), "tokens per calibration sequence")
+      ("seed", po::value<uint64_t>(&seed)->default_value(0), "seed of the calibration sampling")
+      ("true-sequential", po::bool_switch(&o.true_sequential), "prune q,k,v -> o -> gate,up -> down in turn")
+      ("damp", po::value<double>(&o.damp)->default_value(0.01), "sparsegpt: damping as a fraction of mean(diag H)")
+      ("eval", po::value<std::string>(&eval_data), "evaluation data (text, token file, MNIST directory, tensor file)")
+      ("tokenizer", po::value<std::string>(&tokenizer), "tokenizer (default: one beside the model)")
+      ("arch", po::value<std::string>(&arch), "classifier architecture YAML")
+      ("window", po::value<int64_t>(&window)->default_value(128), "evaluation window (tokens)")
+      ("truncate", po::bool_switch(&truncate), "score only each document's first window")
+      ("separator", po::value<std::string>(&separator)->default_value("<|endoftext|>"), "document separator")
+      ("max-docs", po::value<int64_t>(&max_docs)->default_value(0), "evaluate at most N documents (0 = all)")
+      ("device", po::value<std::string>(&device)->default_value("cpu"), "cpu or cuda");
+  po::positional_options_description pos;
+  pos.add("model", 1);
+  po::variables_map vm;
+  CommonOptions common;
+  const std::string usage =
+      "--method sparsegpt|wanda|magnitude (--sparsity 0.5 | --pattern 2:4) [--bits 4] --calib DATA MODEL -o OUT "
+      "[--eval DATA]";
+  if (!parse_command_line("prune", usage, args, desc, pos, vm, common)) return 0;
+  if (!pattern.empty()) {
+    const auto c = pattern.find(':');
+    try {
+      if (c == std::string::npos) throw std::invalid_argument("no colon");
+      o.prune_n = std::stoi(pattern.substr(0, c));
+      o.prune_m = std::stoi(pattern.substr(c + 1));
+    } catch (const std::exception&) {
+      mc::fail("prune", "--pattern '", pattern, "' is not N:M (e.g. 2:4)");
+    }
+    if (!vm["sparsity"].defaulted()) mc::fail("prune", "--pattern and --sparsity exclude each other");
+  }
+  if (storage != "sparse" && storage != "dense") mc::fail("prune", "--storage must be sparse or dense");
+  if (calib_samples < 1 || calib_seqlen < 1) mc::fail("prune", "--calib-samples and --calib-seqlen must be >= 1");
+  if (bits) {
+    mc::QuantSpec q;
+    q.bits = bits, q.group_size = per_channel ? 0 : group_size, q.symmetric = !asym;
+    if (!per_channel && group_size < 1) mc::fail("prune", "--group-size ", group_size, " must be >= 1");
+    q.validate("(all layers)", 1 << 30);
+    o.quant = q;
+  }
+  o.targets = split_list(targets), o.ignore = split_list(ignore);
+
+  std::string cmdline = "mcompress prune";
+  for (const auto& a : args) cmdline += " " + a;
+  mc::Report rep;
+  rep.model = model_path;
+  rep.method = o.method;
+  rep.command_line = cmdline;
+  rep.settings["sparsity"] = o.prune_n ? std::to_string(o.prune_n) + ":" + std::to_string(o.prune_m) + " (" +
+                                             fmt("%.0f%%", 100.0 * o.prune_n / o.prune_m) + ")"
+                                       : fmt("%.0f%%", 100 * o.sparsity) + " (" + o.distribution + ")";
+  if (o.quant) rep.settings["quantization"] = o.quant->describe() + ", fp16 scales";
+  rep.settings["storage"] = storage;
+
+  auto t = Clock::now();
+  mc::LoadOptions lo;
+  lo.arch_file = arch;
+  lo.device = device;
+  auto model = mc::load_model(model_path, lo);
+  rep.steps.push_back({"load model", since(t)});
+  rep.title = fs::path(model_path).filename().string() + ": " + o.method + " " +
+              (o.prune_n ? pattern : fmt("%.0f%%", 100 * o.sparsity)) + (o.quant ? " + " + o.quant->describe() : "");
+
+  mc::prune_layers(*model, o);  // bad options and patterns fail before any data is read
+  const bool have_eval = !eval_data.empty();
+  if (o.method != "magnitude" && !have_eval && calib_data.empty())
+    mc::fail("prune", "--method ", o.method, " needs calibration data: --calib DATA (or --eval DATA)");
+  EvalData ed;
+  mc::LmEvalOptions eo;
+  eo.window = window, eo.truncate = truncate, eo.max_docs = max_docs;
+  if (have_eval) {
+    t = Clock::now();
+    ed = load_eval_data(*model, model_path, {eval_data, tokenizer, separator});
+    evaluate_into(*model, nullptr, ed, eo, false, rep.metrics, rep.eval_protocol);
+    rep.steps.push_back({"evaluate baseline", since(t)});
+  }
+  at::Tensor calib_x;
+  if (have_eval || !calib_data.empty()) {
+    EvalData calib = calib_data.empty() ? ed : load_eval_data(*model, model_path, {calib_data, tokenizer, separator});
+    calib_x = calibration_inputs(calib, calib_samples, calib_seqlen, seed);
+    rep.settings["calibration"] = std::to_string(calib_x.size(0)) +
+                                  (calib.labeled ? " examples" : " x " + std::to_string(calib_x.size(1)) + " tokens") +
+                                  " (seed " + std::to_string(seed) + ")";
+    rep.seed = std::to_string(seed);
+  }
+
+  t = Clock::now();
+  const bool tty = ::isatty(1) && !common.quiet;
+  auto phase_start = Clock::now();
+  o.progress = [&](const std::string& phase, const mc::LayerInfo& l, int64_t i, int64_t n) {
+    if (common.quiet) return;
+    const double el = since(phase_start), eta = i > 1 ? el / double(i - 1) * double(n - i + 1) : 0.0;
+    if (tty)
+      std::printf("\r%s %s layer %lld/%lld %-32s %6.1f s, ETA %5.0f s", o.method.c_str(), phase.c_str(),
+                  static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta), std::fflush(stdout);
+    else
+      std::printf("%s %s layer %lld/%lld %s (%.1f s elapsed, ETA %.0f s)\n", o.method.c_str(), phase.c_str(),
+                  static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta), std::fflush(stdout);
+  };
+  mc::PruneResult res = mc::prune_model(*model, calib_x, o);
+  if (tty) std::printf("\r%-100s\r", "");
+  for (const auto& [k, v] : res.settings) rep.settings[k] = v;
+  rep.layers = res.layers;
+  rep.warnings = res.warnings;
+  rep.steps.push_back({"prune " + std::to_string(res.layers.size()) + " layers", since(t)});
+
+  t = Clock::now();
+  fs::create_directories(out);
+  const std::string out_model = (fs::path(out) / "model.safetensors").string();
+  {
+    mc::PackedCheckpointWriter writer(out_model);
+    for (const auto& [k, v] : model->params())
+      if (!res.pruned.count(k)) writer.add_dense(k, v);
+    for (const auto& [key, p] : res.pruned) {
+      const at::Tensor w = p.weight.reshape(model->param(key).sizes());
+      if (storage == "sparse") {
+        mc::SparseLayout layout;
+        layout.n = o.prune_n, layout.m = o.prune_m;
+        writer.add_sparse(key, p.weight, layout, p.quant ? &*p.quant : nullptr);
+      } else if (p.quant) {
+        writer.add_quantized(key, *p.quant);
+      } else {
+        writer.add_dense(key, w);
+      }
+    }
+    writer.finish(model->config_metadata());
+  }
+  rep.output = out_model;
+  rep.steps.push_back({"write", since(t)});
+  rep.size_before = model_bytes(model_path);
+  rep.size_after = fs::file_size(out_model);
+  {
+    auto r = mc::open_checkpoint(out_model);
+    for (auto& row : rep.layers) {
+      const std::string key = model->layer(row.name).weight;
+      uint64_t bytes = 0;
+      for (const auto& ti : r->tensors())
+        if (ti.name == key || ti.name.rfind(key + ".", 0) == 0) bytes += ti.nbytes;
+      row.bits_per_weight = 8.0 * double(bytes) / double(row.params);
+    }
+  }
+  if (rep.size_after >= rep.size_before)
+    rep.warnings.push_back("the output (" + human_bytes(rep.size_after) + ") is not smaller than the input (" +
+                           human_bytes(rep.size_before) + "): this pattern and storage save no bytes");
+  {
+    // What the same values cost in the dense layout: f32, or the quantized grid (codes + fp16 scales).
+    double dense_bits = 32;
+    if (o.quant) {
+      const double g = o.quant->group_size > 0 ? double(o.quant->group_size) : 1e9;
+      dense_bits = o.quant->bits + 16.0 / g + (o.quant->symmetric ? 0.0 : o.quant->bits / g);
+    }
+    double b = 0, n = 0;
+    for (const auto& l : rep.layers) b += l.bits_per_weight * double(l.params), n += double(l.params);
+    if (storage == "sparse" && n > 0 && b / n > 0.85 * dense_bits)
+      rep.warnings.push_back("the sparse layout stores " + fmt("%.2f", b / n) + " bits per pruned weight against " +
+                             fmt("%.2f", dense_bits) + " dense: the mask or indices eat most of the saving (2:4 or "
+                             "a larger sparsity saves more)");
+  }
+  rep.settings["speed"] = "sparse weights run as dense matrices here (no sparse kernels): smaller files, same speed";
+  if (storage == "dense" && !o.quant)
+    rep.warnings.push_back("--storage dense keeps every zero: the file is as large as the input and no faster");
+  model.reset();
+  if (have_eval) {
+    t = Clock::now();
+    auto reloaded = mc::load_model(out_model, lo);
+    auto baseline = mc::load_model(model_path, lo);
+    evaluate_into(*reloaded, baseline.get(), ed, eo, true, rep.metrics, rep.eval_protocol);
+    rep.steps.push_back({"evaluate pruned (reloaded from the file)", since(t)});
+  }
+  mc::write_report(rep, out);
+  if (!common.quiet) {
+    std::printf("\nsparsity %.2f%% of the pruned layers' weights\n", 100 * res.sparsity);
+    print_summary(rep, ed.labeled, out, "stored bits per pruned weight");
+  }
+  return 0;
+}
+
+}  // namespace mcli
