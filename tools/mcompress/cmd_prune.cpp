@@ -30,20 +30,6 @@ using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> v;
-  std::string cur;
-  for (char c : s + ",") {
-    if (c == ',') {
-      if (!cur.empty()) v.push_back(cur);
-      cur.clear();
-    } else if (c != ' ') {
-      cur += c;
-    }
-  }
-  return v;
-}
-
 }  // namespace
 
 int cmd_prune(const std::vector<std::string>& args) {
@@ -162,20 +148,9 @@ int cmd_prune(const std::vector<std::string>& args) {
   }
 
   t = Clock::now();
-  const bool tty = ::isatty(1) && !common.quiet;
-  auto phase_start = Clock::now();
-  o.progress = [&](const std::string& phase, const mc::LayerInfo& l, int64_t i, int64_t n) {
-    if (common.quiet) return;
-    const double el = since(phase_start), eta = i > 1 ? el / double(i - 1) * double(n - i + 1) : 0.0;
-    if (tty)
-      std::printf("\r%s %s layer %lld/%lld %-32s %6.1f s, ETA %5.0f s", o.method.c_str(), phase.c_str(),
-                  static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta), std::fflush(stdout);
-    else
-      std::printf("%s %s layer %lld/%lld %s (%.1f s elapsed, ETA %.0f s)\n", o.method.c_str(), phase.c_str(),
-                  static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta), std::fflush(stdout);
-  };
+  o.progress = layer_progress(o.method, common.quiet);
   mc::PruneResult res = mc::prune_model(*model, calib_x, o);
-  if (tty) std::printf("\r%-100s\r", "");
+  end_progress(common.quiet);
   for (const auto& [k, v] : res.settings) rep.settings[k] = v;
   rep.layers = res.layers;
   rep.warnings = res.warnings;

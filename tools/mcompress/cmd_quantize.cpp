@@ -120,22 +120,9 @@ int cmd_quantize(const std::vector<std::string>& args) {
   spec.validate("(all layers)", 1 << 30);  // bits and group size, before any work
   if (po_.target_bpw < 0) mc::fail("quantize", "--target-bpw must be > 0");
   po_.awq_clip = !no_clip;
-  auto split = [](const std::string& s) {
-    std::vector<std::string> v;
-    std::string cur;
-    for (char c : s + ",") {
-      if (c == ',') {
-        if (!cur.empty()) v.push_back(cur);
-        cur.clear();
-      } else if (c != ' ') {
-        cur += c;
-      }
-    }
-    return v;
-  };
-  po_.targets = split(targets), po_.ignore = split(ignore);
+  po_.targets = split_list(targets), po_.ignore = split_list(ignore);
   po_.candidate_bits.clear();
-  for (const auto& b : split(cand)) {
+  for (const auto& b : split_list(cand)) {
     try {
       po_.candidate_bits.push_back(std::stoi(b));
     } catch (const std::exception&) {
@@ -207,20 +194,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
   }
 
   t = Clock::now();
-  const bool tty = ::isatty(1) && !common.quiet;
-  auto phase_start = Clock::now();
-  std::string last_phase;
-  po_.progress = [&](const std::string& phase, const mc::LayerInfo& l, int64_t i, int64_t n) {
-    if (common.quiet) return;
-    if (phase != last_phase) last_phase = phase, phase_start = Clock::now();
-    const double el = since(phase_start), eta = i > 1 ? el / double(i - 1) * double(n - i + 1) : 0.0;
-    if (tty)
-      std::printf("\r%s %s layer %lld/%lld %-32s %6.1f s, ETA %5.0f s", method.c_str(), phase.c_str(),
-                  static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta), std::fflush(stdout);
-    else
-      std::printf("%s %s layer %lld/%lld %s (%.1f s elapsed, ETA %.0f s)\n", method.c_str(), phase.c_str(),
-                  static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta), std::fflush(stdout);
-  };
+  po_.progress = layer_progress(method, common.quiet);
   // The output is written while quantizing: each finished block's packed weights go to disk and the
   // model's copies are released, so memory stays that of one block (Model::set_low_memory).
   const bool created_dir = !fs::exists(out);
@@ -246,7 +220,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
     partial.quantized.clear();
   };
   mc::PtqResult res = mc::quantize_model(*model, calib_x, po_);
-  if (tty) std::printf("\r%-100s\r", "");
+  end_progress(common.quiet);
   for (const auto& [k, v] : res.settings) rep.settings[k] = v;
   rep.layers = res.layers;
   for (const auto& w : res.warnings) rep.warnings.push_back(w);

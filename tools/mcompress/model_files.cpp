@@ -1,6 +1,9 @@
 #include "model_files.h"
 
+#include <chrono>
 #include <cmath>
+#include <memory>
+#include <unistd.h>
 #include <cstdio>
 #include <optional>
 
@@ -225,6 +228,48 @@ void print_summary(const mc::Report& rep, bool labeled, const std::string& out, 
                 labeled ? "compressed / baseline top-1" : "baseline / compressed perplexity");
   for (const auto& w : rep.warnings) std::printf("warning: %s\n", w.c_str());
   std::printf("report: %s/report.md\n", out.c_str());
+}
+
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> v;
+  std::string cur;
+  for (char c : s + ",") {
+    if (c == ',') {
+      if (!cur.empty()) v.push_back(cur);
+      cur.clear();
+    } else if (c != ' ') {
+      cur += c;
+    }
+  }
+  return v;
+}
+
+std::function<void(const std::string&, const mc::LayerInfo&, int64_t, int64_t)> layer_progress(
+    const std::string& method, bool quiet) {
+  struct State {
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    std::string phase;
+  };
+  auto st = std::make_shared<State>();
+  const bool tty = ::isatty(1) != 0;
+  return [=](const std::string& phase, const mc::LayerInfo& l, int64_t i, int64_t n) {
+    if (quiet) return;
+    if (phase != st->phase) st->phase = phase, st->start = std::chrono::steady_clock::now();
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - st->start).count();
+    const double eta = i > 1 ? el / double(i - 1) * double(n - i + 1) : 0.0;
+    if (tty)
+      std::printf("\r%s %s layer %lld/%lld %-32s %6.1f s, ETA %5.0f s", method.c_str(), phase.c_str(),
+                  static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta);
+    else
+      std::printf("%s %s layer %lld/%lld %s (%.1f s elapsed, ETA %.0f s)\n", method.c_str(), phase.c_str(),
+                  static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta);
+    std::fflush(stdout);
+  };
+}
+
+void end_progress(bool quiet) {
+  if (!quiet && ::isatty(1)) std::printf("\r%-100s\r", "");
 }
 
 }  // namespace mcli

@@ -1,6 +1,7 @@
 // Helpers shared by the subcommands that load models: the tokenizer beside a model, parameter counts.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 
 namespace mc {
 class Model;
+struct LayerInfo;
 }
 
 namespace mcli {
@@ -49,6 +51,16 @@ at::Tensor calibration_inputs(const EvalData& cd, int64_t samples, int64_t seqle
 // Evaluates `model` (against `reference` when given) into the baseline or compressed column of `rows`.
 void evaluate_into(mc::Model& model, mc::Model* reference, const EvalData& ed, const mc::LmEvalOptions& lo,
                    bool compressed, std::vector<mc::MetricRow>& rows, std::string& protocol);
+
+// "a, b,c" -> {"a", "b", "c"} (spaces dropped, empty items skipped).
+std::vector<std::string> split_list(const std::string& s);
+// Progress of a pass over layers: on a terminal one line rewritten in place ("gptq quantize layer
+// 3/35 layers.0.attention.wv  1.2 s, ETA 12 s"), otherwise one plain line per layer. The clock
+// restarts when the phase changes. Prints nothing when quiet.
+std::function<void(const std::string& phase, const mc::LayerInfo& layer, int64_t i, int64_t n)> layer_progress(
+    const std::string& method, bool quiet);
+// Clears the terminal's progress line (when there is one).
+void end_progress(bool quiet);
 
 // The baseline/compressed table, file sizes, stored bits per weight of the report's layers, retention,
 // warnings and where the report is.
