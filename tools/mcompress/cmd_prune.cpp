@@ -3,8 +3,12 @@
 // Prunes the matmul weights block by block (prune/prune.h), writes OUT/model.safetensors (pruned
 // weights in the sparse packed layout, quantized when --bits is given) and OUT/report.{json,md}, and
 // evaluates baseline and the reloaded file.
+// --structured ffn=0.25,heads=0.25,blocks=1 (llama): removes whole FFN channels, heads / KV groups and
+// blocks instead (prune/structured.h); OUT/model.safetensors has the smaller shapes and config, and the
+// report gives the forward speedup measured on the calibration batch in the same run.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -17,6 +21,7 @@
 #include "mcompress/eval.h"
 #include "mcompress/model.h"
 #include "mcompress/prune/prune.h"
+#include "mcompress/prune/structured.h"
 #include "mcompress/quant/packed.h"
 #include "mcompress/report.h"
 #include "model_files.h"
@@ -30,12 +35,74 @@ using Clock = std::chrono::steady_clock;
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// Best of 3 forward passes over `x` (after one warm-up), seconds.
+double forward_seconds(mc::Model& m, const at::Tensor& x) {
+  at::NoGradGuard no_grad;
+  m.forward(x);
+  double best = 1e30;
+  for (int i = 0; i < 3; ++i) {
+    const auto t = Clock::now();
+    m.forward(x);
+    best = std::min(best, since(t));
+  }
+  return best;
+}
+
+// --structured: prune_structured, write the smaller model, time dense vs pruned, evaluate the reloaded file.
+int run_structured(std::unique_ptr<mc::Model> model, const at::Tensor& calib_x, mc::StructuredOptions so,
+                   int64_t batch, const std::string& model_path, const std::string& out, const mc::LoadOptions& lo,
+                   bool have_eval, const EvalData& ed, const mc::LmEvalOptions& eo, mc::Report& rep, bool quiet) {
+  rep.method = "structured";
+  rep.title = fs::path(model_path).filename().string() + ": structured " + mc::describe(so);
+  for (const char* k : {"sparsity", "storage"}) rep.settings.erase(k);
+  so.batch = batch;
+  auto t = Clock::now();
+  mc::StructuredResult res = mc::prune_structured(*model, calib_x, so);
+  for (const auto& [k, v] : res.settings) rep.settings[k] = v;
+  std::string removed;
+  for (const auto& r : res.removed) removed += (removed.empty() ? "" : "; ") + r;
+  rep.settings["removed"] = removed.empty() ? "nothing" : removed;
+  rep.steps.push_back({"structured prune", since(t)});
+  auto pruned = mc::make_structured_model(res);
+  pruned->to(model->device());
+  {
+    const at::Tensor xb = calib_x.narrow(0, 0, std::min<int64_t>(batch, calib_x.size(0)));
+    const double td = forward_seconds(*model, xb), tp = forward_seconds(*pruned, xb);
+    rep.settings["forward speedup"] = fmt("%.2fx", td / tp) + " (" + fmt("%.2f ms", 1e3 * td) + " -> " +
+                                      fmt("%.2f ms", 1e3 * tp) + " per forward of " + std::to_string(xb.size(0)) +
+                                      " x " + std::to_string(xb.size(1)) + " calibration tokens, best of 3)";
+  }
+  t = Clock::now();
+  fs::create_directories(out);
+  const std::string out_model = (fs::path(out) / "model.safetensors").string();
+  mc::save_model(*pruned, out_model);
+  rep.output = out_model;
+  rep.steps.push_back({"write", since(t)});
+  rep.size_before = model_bytes(model_path);
+  rep.size_after = fs::file_size(out_model);
+  model.reset(), pruned.reset();
+  if (have_eval) {
+    t = Clock::now();
+    auto reloaded = mc::load_model(out_model, lo);
+    auto baseline = mc::load_model(model_path, lo);
+    evaluate_into(*reloaded, baseline.get(), ed, eo, true, rep.metrics, rep.eval_protocol);
+    rep.steps.push_back({"evaluate pruned (reloaded from the file)", since(t)});
+  }
+  mc::write_report(rep, out);
+  if (!quiet) {
+    std::printf("\nstructured %s: parameters %s, forward speedup %s\n", mc::describe(so).c_str(),
+                rep.settings["parameters"].c_str(), rep.settings["forward speedup"].c_str());
+    print_summary(rep, ed.labeled, out, "");
+  }
+  return 0;
+}
+
 }  // namespace
 
 int cmd_prune(const std::vector<std::string>& args) {
   po::options_description desc("prune options");
   std::string model_path, out, eval_data, calib_data, tokenizer, arch, device, separator, targets, ignore, pattern,
-      storage;
+      storage, structured;
   mc::PruneOptions o;
   int bits = 0;
   int64_t group_size = 32, window = 128, calib_samples = 128, calib_seqlen = 128, max_docs = 0;
@@ -55,6 +122,9 @@ int cmd_prune(const std::vector<std::string>& args) {
       ("group-size", po::value<int64_t>(&group_size)->default_value(32), "with --bits: input columns per scale")
       ("per-channel", po::bool_switch(&per_channel), "with --bits: one scale per output channel")
       ("asym", po::bool_switch(&asym), "with --bits: asymmetric grid")
+      ("structured", po::value<std::string>(&structured),
+       "llama: remove whole parts instead, e.g. ffn=0.25,heads=0.25,blocks=1 (fractions of FFN channels and heads "
+       "per block, whole blocks); smaller shapes, faster forward")
       ("storage", po::value<std::string>(&storage)->default_value("sparse"),
        "sparse (bitmask or N:M indices + packed survivors) or dense")
       ("targets", po::value<std::string>(&targets), "comma-separated layer patterns (glob or re:REGEX)")
@@ -102,6 +172,13 @@ int cmd_prune(const std::vector<std::string>& args) {
     o.quant = q;
   }
   o.targets = split_list(targets), o.ignore = split_list(ignore);
+  mc::StructuredOptions so;
+  if (!structured.empty()) {
+    so = mc::parse_structured_options(structured);
+    if (bits || !pattern.empty()) mc::fail("prune", "--structured excludes --bits and --pattern");
+    if (eval_data.empty() && calib_data.empty())
+      mc::fail("prune", "--structured needs calibration data: --calib DATA (or --eval DATA)");
+  }
 
   std::string cmdline = "mcompress prune";
   for (const auto& a : args) cmdline += " " + a;
@@ -124,7 +201,8 @@ int cmd_prune(const std::vector<std::string>& args) {
   rep.title = fs::path(model_path).filename().string() + ": " + o.method + " " +
               (o.prune_n ? pattern : fmt("%.0f%%", 100 * o.sparsity)) + (o.quant ? " + " + o.quant->describe() : "");
 
-  mc::prune_layers(*model, o);  // bad options and patterns fail before any data is read
+  if (!structured.empty()) mc::check_structured(*model, so);  // before any data is read
+  else mc::prune_layers(*model, o);  // bad options and patterns fail before any data is read
   const bool have_eval = !eval_data.empty();
   if (o.method != "magnitude" && !have_eval && calib_data.empty())
     mc::fail("prune", "--method ", o.method, " needs calibration data: --calib DATA (or --eval DATA)");
@@ -146,6 +224,10 @@ int cmd_prune(const std::vector<std::string>& args) {
                                   " (seed " + std::to_string(seed) + ")";
     rep.seed = std::to_string(seed);
   }
+
+  if (!structured.empty())
+    return run_structured(std::move(model), calib_x, so, o.batch, model_path, out, lo, have_eval, ed, eo, rep,
+                          common.quiet);
 
   t = Clock::now();
   o.progress = layer_progress(o.method, common.quiet);
