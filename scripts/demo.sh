@@ -57,6 +57,9 @@ if [[ -f "$SHARED/stories260K/stories260K.bin" ]]; then
   echo "-- W8A8 SmoothQuant (int8 weights per channel, int8 activations per token, real int8 matmuls) --"
   "$MC" quantize "$SHARED/stories260K/stories260K.bin" --method smoothquant \
     --calib "$SHARED/tinyshakespeare/input.txt" "${EVAL[@]}" -o "$OUT/stories260K-w8a8"
+  echo "-- SparseGPT 50% unstructured, survivors INT4 g32 in the same pass (sparse packed file) --"
+  "$MC" prune "$SHARED/stories260K/stories260K.bin" --method sparsegpt --sparsity 0.5 --bits 4 --group-size 32 \
+    --calib "$SHARED/tinyshakespeare/input.txt" "${EVAL[@]}" -o "$OUT/stories260K-sparse50-w4"
   echo
   echo "== 4. the MNIST MLP (published: 98.31% top-1), INT8 per output channel =="
   "$MC" quantize "$SHARED/mnist/mnist_mlp.state_dict" --arch data/mnist_mlp.yaml --bits 8 --per-channel \
