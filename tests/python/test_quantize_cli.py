@@ -298,3 +298,25 @@ def test_bad_prune_options(mc, tiny_lm, args, expect):
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
     assert not out.exists()
+
+
+def test_structured_prune_changes_shapes_and_reloads(mc, tiny_lm, tmp_path):
+    d, model = tiny_lm
+    out = tmp_path / "structured"
+    mc("prune", model, "--structured", "ffn=0.25,blocks=1", "--calib", d / "corpus" / "train.txt",
+       "--calib-samples", "8", "--calib-seqlen", "32", "--eval", d / "corpus" / "valid.txt", "-o", out, "-q")
+    rep = json.loads((out / "report.json").read_text())
+    tensors, meta = read_safetensors(out / "model.safetensors")
+    cfg = json.loads(meta["mcompress.llama.config"])
+    # hidden 80 -> 25% fewer channels (rounded down to a multiple of 8: 56), one of two blocks removed.
+    assert cfg["n_layers"] == 1 and cfg["hidden_dim"] < 80
+    assert tensors["layers.0.feed_forward.w1.weight"].shape == (cfg["hidden_dim"], 32)
+    assert not any(k.startswith("layers.1.") for k in tensors)
+    assert "forward speedup" in rep["settings"]
+    j = json.loads(mc("eval", out / "model.safetensors", "--data", d / "corpus" / "valid.txt",
+                      "--tokenizer", d / "corpus" / "tokenizer.bin", "--json").stdout)
+    got = {m["name"]: m for m in rep["metrics"]}
+    assert got["perplexity"]["compressed"] == pytest.approx(j["result"]["perplexity"], rel=1e-9)
+    p = mc("prune", model, "--structured", "heads=1.0", "-o", tmp_path / "bad", check=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "bad").exists()
