@@ -320,3 +320,25 @@ def test_structured_prune_changes_shapes_and_reloads(mc, tiny_lm, tmp_path):
     p = mc("prune", model, "--structured", "heads=1.0", "-o", tmp_path / "bad", check=False)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_prune_then_gptq_keeps_the_pattern(mc, tiny_lm, tmp_path):
+    """The two-pass flow: 2:4 pruning, then GPTQ with --keep-sparsity on the pruned file."""
+    d, model = tiny_lm
+    calib = ["--calib", d / "corpus" / "train.txt", "--calib-samples", "16", "--calib-seqlen", "32"]
+    mc("prune", model, "--method", "wanda", "--pattern", "2:4", *calib, "-o", tmp_path / "p", "-q")
+    out = tmp_path / "pq"
+    mc("quantize", tmp_path / "p" / "model.safetensors", "--method", "gptq", "--keep-sparsity", "--bits", "4",
+       "--group-size", "16", *calib, "--tokenizer", d / "corpus" / "tokenizer.bin", "-o", out, "-q")
+    tensors, meta = read_safetensors(out / "model.safetensors")
+    desc = json.loads(meta["mcompress.quantization"])["tensors"]
+    # Stored sparse, in the cheaper of 2:4 and a bitmask (a survivor that rounds to 0 makes the bitmask
+    # smaller), never more than half the weights kept.
+    assert len(desc) == 14 and all(v["bits"] == 4 and "sparse" in v for v in desc.values())
+    assert any(v["sparse"]["layout"] == "n:m" for v in desc.values())
+    for v in desc.values():
+        assert v["sparse"]["kept"] <= v["shape"][0] * v["shape"][1] // 2
+        if v["sparse"]["layout"] == "n:m":
+            assert (v["sparse"]["n"], v["sparse"]["m"]) == (2, 4)
+    rep = json.loads((out / "report.json").read_text())
+    assert all("zeros kept" in l["note"] for l in rep["layers"])

@@ -307,3 +307,33 @@ TEST_CASE("export SparseGPT results for the Python reference comparison", "[.spa
   write_safetensors(std::string(dir) + "/output.safetensors", out,
                     {{"loss", std::to_string(r.loss)}, {"damp_retries", std::to_string(r.damp_retries)}});
 }
+
+TEST_CASE("sparsegpt with a fixed mask: quantization that keeps an existing sparsity (prune, then GPTQ)",
+          "[sparsegpt]") {
+  const at::Tensor W = randn({48, 128}, 91);
+  const at::Tensor H = hessian_of(calib_inputs(512, 128, 92));
+  QuantSpec sp;
+  sp.bits = 4, sp.group_size = 32;
+  // The mask of a 2:4 SparseGPT pass, then a separate quantization pass that must keep it.
+  SparseGptOptions first;
+  first.prune_n = 2, first.prune_m = 4;
+  const SparseGptResult pruned = sparsegpt_prune(W, H, first);
+  SparseGptOptions second;
+  second.quant = &sp;
+  second.mask = pruned.weight.ne(0);
+  const SparseGptResult q = sparsegpt_prune(pruned.weight, H, second);
+  CHECK(q.weight.eq(0).logical_or(second.mask).all().item<bool>());
+  CHECK(q.weight.masked_select(second.mask.logical_not()).eq(0).all().item<bool>());
+  CHECK(q.quant->dequantize().equal(q.weight));
+  // Error compensation: better than rounding the pruned weight to the same grid (by less than
+  // unconstrained GPTQ gains: the zeroed half cannot absorb errors; measured 0.81x here).
+  const at::Tensor rtn = rtn_quantize(pruned.weight, sp).dequantize();
+  CHECK(layer_error(pruned.weight, q.weight, H) < 0.9 * layer_error(pruned.weight, rtn, H));
+  // An all-true mask is plain GPTQ-style quantization: nothing becomes zero that was not.
+  SparseGptOptions dense;
+  dense.quant = &sp;
+  dense.mask = at::ones({48, 128}, at::kBool);
+  CHECK(sparsegpt_prune(W, H, dense).mask.all().item<bool>());
+  dense.mask = at::ones({48, 127}, at::kBool);
+  CHECK_THROWS_WITH(sparsegpt_prune(W, H, dense), Catch::Contains("fixed mask must be [48, 128]"));
+}

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <set>
 #include <unistd.h>
 #include <cmath>
@@ -76,6 +77,8 @@ int cmd_quantize(const std::vector<std::string>& args) {
       ("act-order", po::bool_switch(&po_.act_order), "gptq: quantize columns by descending Hessian diagonal")
       ("static-groups", po::bool_switch(&po_.static_groups), "gptq: fit every group's grid up front on the original weights")
       ("damp", po::value<double>(&po_.damp)->default_value(0.01), "gptq: damping as a fraction of mean(diag H)")
+      ("keep-sparsity", po::bool_switch(&po_.keep_sparsity),
+       "keep the zeros of a pruned model (gptq compensates them like SparseGPT) and store the sparse layout")
       ("no-clip", po::bool_switch(&no_clip), "awq: skip the clipping search")
       ("alpha", po::value<double>(&po_.smooth_alpha)->default_value(0.5), "smoothquant: migration strength 0..1")
       ("act-bits", po::value<int>(&po_.act_bits)->default_value(8), "smoothquant: bits of the per-token activations")
@@ -166,7 +169,17 @@ int cmd_quantize(const std::vector<std::string>& args) {
   rep.title = fs::path(model_path).filename().string() + ": " + names.at(method) + " " + spec.describe() +
               (method == "smoothquant" ? ", a" + std::to_string(po_.act_bits) : "") +
               (po_.target_bpw > 0 ? ", mixed " + fmt("%g", po_.target_bpw) + " bits" : "");
-  mc::select_layers(*model, po_);  // bad patterns fail before any data is read
+  {
+    // bad patterns fail before any data is read; a pruned input without --keep-sparsity is worth a word
+    double zeros = 0, n = 0;
+    for (const mc::LayerInfo* l : mc::select_layers(*model, po_)) {
+      const at::Tensor& w = model->param(l->weight);
+      zeros += w.eq(0).sum().item<double>(), n += double(w.numel());
+    }
+    if (!po_.keep_sparsity && n > 0 && zeros / n >= 0.25)
+      rep.warnings.push_back(fmt("%.0f%% of the selected weights are exactly zero (a pruned model?): ", 100 * zeros / n) +
+                             " --keep-sparsity keeps them zero and stores the sparse layout");
+  }
 
   EvalData ed;
   const bool have_eval = !eval_data.empty();
@@ -211,9 +224,38 @@ int cmd_quantize(const std::vector<std::string>& args) {
   mc::PackedCheckpointWriter writer(out_model);
   std::set<std::string> written;
   model->set_low_memory(true);
+  int64_t sparse_layers = 0;
+  // With --keep-sparsity, a layer with zeros is stored in the sparse layout that costs the least
+  // (bitmask, 2:4 or 4:8), when that beats the dense packed layout.
+  auto add_quantized = [&](const std::string& key, const mc::QuantResult& q) {
+    if (po_.keep_sparsity && q.weight_shape.empty()) {
+      const at::Tensor w = q.dequantize();
+      const int64_t out_f = w.size(0), in_f = w.size(1), kept = w.ne(0).sum().item<int64_t>();
+      const bool gi = q.g_idx.defined();
+      int64_t best = mc::dense_packed_bytes(out_f, in_f, &q.spec, gi);
+      std::optional<mc::SparseLayout> pick;
+      mc::SparseLayout bm;
+      if (int64_t b = mc::sparse_bytes(out_f, in_f, kept, bm, &q.spec, gi); b < best) best = b, pick = bm;
+      for (auto [n, m] : {std::pair{2, 4}, std::pair{4, 8}}) {
+        if (in_f % m) continue;
+        if (!w.eq(0).reshape({out_f, in_f / m, m}).sum(-1).ge(n).all().item<bool>()) continue;
+        mc::SparseLayout nm;
+        nm.n = n, nm.m = m;
+        // On a tie with the bitmask (2:4 costs the same), N:M: fixed-size rows suit kernels.
+        if (int64_t b = mc::sparse_bytes(out_f, in_f, out_f * in_f / m * (m - n), nm, &q.spec, gi); b <= best)
+          best = b, pick = nm;
+      }
+      if (pick) {
+        writer.add_sparse(key, w, *pick, &q);
+        ++sparse_layers;
+        return;
+      }
+    }
+    writer.add_quantized(key, q);
+  };
   po_.after_block = [&](int, mc::PtqResult& partial) {
     for (auto& [key, q] : partial.quantized) {
-      writer.add_quantized(key, q);
+      add_quantized(key, q);
       written.insert(key);
       model->release_param(key);
     }
@@ -228,7 +270,8 @@ int cmd_quantize(const std::vector<std::string>& args) {
 
   // The rest: layers quantized after the blocks, then dense parameters as they are.
   t = Clock::now();
-  for (const auto& [key, q] : res.quantized) writer.add_quantized(key, q), written.insert(key);
+  for (const auto& [key, q] : res.quantized) add_quantized(key, q), written.insert(key);
+  if (po_.keep_sparsity) rep.settings["sparsity"] = std::to_string(sparse_layers) + " layers kept sparse (sparse layout)";
   for (const auto& [k, v] : model->params())
     if (!written.count(k) && v.defined()) writer.add_dense(k, v);
   auto meta = model->config_metadata();

@@ -58,6 +58,9 @@ struct PtqOptions {
   double damp = 0.01;
   bool act_order = false, static_groups = false;
   int64_t block_size = 128;
+  // Keep the zeros of an already pruned model (prune, then quantize): GPTQ zeroes them in its column
+  // loop with error compensation (SparseGPT with a fixed mask); the other methods keep zeros as zeros.
+  bool keep_sparsity = false;
   // AWQ.
   bool awq_clip = true;
   // SmoothQuant.

@@ -172,7 +172,10 @@ SparseGptResult sparsegpt_prune(const at::Tensor& W, const at::Tensor& H, const 
   }
   const at::Tensor Hinv = hinv_of(p);
   const int64_t out = p.W.size(0), in = p.in;
-  const bool nm = nm_mode(o);
+  const bool fixed = o.mask.defined();
+  if (fixed && (o.mask.dim() != 2 || o.mask.size(0) != out || o.mask.size(1) != in))
+    fail(kComp, where(layer), "the fixed mask must be [", out, ", ", in, "]");
+  const bool nm = nm_mode(o) && !fixed;
   int64_t bs = std::min(o.block_size, in);
   if (nm) bs = std::max<int64_t>(o.prune_m, bs / o.prune_m * o.prune_m);  // groups never straddle blocks
   at::Tensor Wc = p.W.clone();  // becomes the result
@@ -191,7 +194,9 @@ SparseGptResult sparsegpt_prune(const at::Tensor& W, const at::Tensor& H, const 
     at::Tensor w1 = W1.narrow(1, 0, count), err1 = Err1.narrow(1, 0, count);
     if (count != bs) w1 = at::empty({out, count}, W1.options()), err1 = at::empty({out, count}, W1.options());
     w1.copy_(Wc.narrow(1, i1, count));
-    if (!nm) {  // the block's k smallest W1² / d², over all rows together (the reference's flat sort)
+    if (fixed) {
+      keep.narrow(1, i1, count).copy_(o.mask.narrow(1, i1, count));
+    } else if (!nm) {  // the block's k smallest W1² / d², over all rows together (the reference's flat sort)
       const int64_t k = int64_t(o.sparsity * double(out * count));
       if (k > 0) {
         const at::Tensor d = hdiag.narrow(0, i1, count);

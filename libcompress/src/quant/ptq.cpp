@@ -14,6 +14,7 @@
 #include "mcompress/calib.h"
 #include "mcompress/error.h"
 #include "mcompress/model.h"
+#include "mcompress/prune/sparsegpt.h"
 #include "mcompress/quant/gptq.h"
 #include "mcompress/quant/hessian.h"
 #include "mcompress/quant/imatrix.h"
@@ -220,6 +221,19 @@ class Runner {
       z.q = imatrix_quantize(W, sp, H.diagonal(), l.name);
     } else if (m == "awq") {
       z.q = rtn_quantize(o_.awq_clip ? awq_clip(W, H, sp, l.name) : W, sp, l.name);
+    } else if (m == "gptq" && o_.keep_sparsity && W.eq(0).any().item<bool>()) {
+      SparseGptOptions so;
+      so.mask = W.ne(0);
+      so.quant = &sp;
+      so.damp = o_.damp;
+      so.block_size = o_.block_size;
+      SparseGptResult r = sparsegpt_prune(W, H, so, l.name);
+      if (r.damp_retries)
+        z.warnings.push_back(l.name + ": Cholesky needed " + std::to_string(r.damp_retries) + " retries");
+      z.note = fmtd("%.1f%% zeros kept", 100.0 * (1.0 - so.mask.to(at::kDouble).mean().item<double>()));
+      z.wq = r.weight;
+      z.q = std::move(*r.quant);
+      return z;
     } else if (m == "gptq") {
       GptqOptions go;
       go.spec = sp, go.damp = o_.damp, go.act_order = o_.act_order, go.static_groups = o_.static_groups;
@@ -379,6 +393,8 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
     fail(kComp, "activation bits ", o.act_bits, " outside 2..8");
   if (o.method == "smoothquant" && !(o.smooth_alpha >= 0 && o.smooth_alpha <= 1))
     fail(kComp, "SmoothQuant alpha ", o.smooth_alpha, " outside [0, 1]");
+  if (o.keep_sparsity && o.method == "gptq" && o.act_order)
+    fail(kComp, "--keep-sparsity with gptq does not support --act-order");
   if (o.target_bpw > 0 && o.method == "smoothquant")
     fail(kComp, "--target-bpw (mixed precision) does not apply to smoothquant (W8A8)");
   const std::vector<const LayerInfo*> layers = select_layers(model, o);

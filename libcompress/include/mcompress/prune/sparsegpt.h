@@ -54,6 +54,10 @@ struct SparseGptOptions {
   double damp = 0.01;            // fraction of mean(diag H) added to the diagonal
   int max_damp_retries = 3;      // attempts with 10x, 100x, ... the damping when a Cholesky fails
   const QuantSpec* quant = nullptr;  // joint pruning + quantization of the survivors (see above)
+  // A fixed mask (bool [out, in], true = kept) instead of choosing one: the pruned entries are zeroed
+  // with the same error compensation. With quant this is GPTQ that keeps an existing sparsity pattern
+  // (prune, then quantize). sparsity and prune_n/prune_m are then ignored.
+  at::Tensor mask;
 };
 
 struct SparseGptResult {
