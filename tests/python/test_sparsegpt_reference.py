@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import catch2_binary, read_safetensors, write_safetensors
-from test_gptq_reference import Grid  # mcompress's grid (rtn.h) in torch, as GPTQ's comparison uses it
+# mcompress's grid (rtn.h) in torch and the correlated, outlier-heavy test problem, as the GPTQ comparison uses them
+from test_gptq_reference import Grid, layer_error, make_problem
 
 # Ours vs the reference: the same algorithm in another float32 summation order (H from another GEMM,
 # the lazy update in row loops), plus one extra pruned weight per block of 128 x 256 in the
@@ -104,24 +105,6 @@ def fasterprune_mask(ref_w, W, bits):
     """The reference's mask from its output: zeros (a survivor may also round to 0 when quantized, so
     with bits only an approximation, used for the printed mismatch)."""
     return ref_w != 0
-
-
-def make_problem(out=256, inn=512, n=2048, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # correlated channels (a random mixing plus a shared low-rank part) and heavy-tailed outlier channels
-    mix = torch.randn(inn, inn, generator=g) / math.sqrt(inn) + torch.eye(inn)
-    low = torch.randn(n, 8, generator=g) @ torch.randn(8, inn, generator=g)
-    X = torch.randn(n, inn, generator=g) @ mix + low
-    gain = torch.ones(inn)
-    gain[torch.randperm(inn, generator=g)[:inn // 50]] = 20.0
-    X *= gain
-    W = torch.randn(out, inn, generator=g) * 0.02
-    return W, X
-
-
-def layer_error(W, Q, X):
-    X = X.double()
-    return float(((X @ W.double().t() - X @ Q.double().t()) ** 2).sum())
 
 
 @pytest.fixture(scope="module")

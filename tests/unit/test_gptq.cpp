@@ -16,11 +16,16 @@
 #include "mcompress/quant/hessian.h"
 #include "mcompress/quant/packed.h"
 #include "mcompress/torch_bridge.h"
+#include "calib_problem.h"
 #include "test_utils.h"
 
 using namespace mc;
 
 namespace {
+
+using mctest::calib_inputs;
+using mctest::hessian_of;
+using mctest::randn;
 
 // Lazy blocks vs column by column: the same arithmetic summed in a different order (float32), so a
 // value lying within ~1e-6 of a rounding boundary can round the other way; the flipped code then
@@ -32,23 +37,6 @@ constexpr double kMaxCodeMismatch = 0.01;
 constexpr double kLossRelTol = 0.01;
 // Hessians compared across float32 summation orders (addmm in batches vs one matmul in double).
 constexpr double kHessianRelTol = 1e-5;
-
-at::Tensor randn(at::IntArrayRef shape, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randn(shape, gen, at::kFloat);
-}
-
-// Calibration inputs [n, in] with correlated channels and a few outlier channels (x10), where the
-// error feedback of GPTQ matters.
-at::Tensor calib_inputs(int64_t n, int64_t in, uint64_t seed) {
-  at::Tensor mix = randn({in, in}, seed + 1).div_(std::sqrt(double(in))).add_(at::eye(in));
-  at::Tensor x = randn({n, in}, seed).matmul(mix);
-  at::Tensor gain = at::ones({in});
-  for (int64_t c = 3; c < in; c += 37) gain[c] = 10.0;
-  return x.mul_(gain);
-}
-
-at::Tensor hessian_of(const at::Tensor& x) { return x.t().matmul(x).mul_(2.0 / double(x.size(0))); }
 
 GptqOptions opts(int bits, bool sym, int64_t gs, bool act = false, bool stat = false, int64_t bs = 128) {
   GptqOptions o;

@@ -17,11 +17,16 @@
 #include "mcompress/prune/sparsegpt.h"
 #include "mcompress/quant/hessian.h"
 #include "mcompress/torch_bridge.h"
+#include "calib_problem.h"
 #include "test_utils.h"
 
 using namespace mc;
 
 namespace {
+
+using mctest::calib_inputs;
+using mctest::hessian_of;
+using mctest::randn;
 
 // Lazy blocks + row loop vs the ATen column-by-column transcription: the same arithmetic in another
 // float32 summation order, so a score within rounding of its neighbour can swap the mask (and a code
@@ -29,22 +34,6 @@ namespace {
 // and losses equal to ~1e-6. Allowed: 1% of the mask and the loss within 1% (room for another BLAS).
 constexpr double kMaxMaskMismatch = 0.01;
 constexpr double kLossRelTol = 0.01;
-
-at::Tensor randn(at::IntArrayRef shape, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randn(shape, gen, at::kFloat);
-}
-
-// Calibration inputs [n, in] with correlated channels and a few outlier channels (x10).
-at::Tensor calib_inputs(int64_t n, int64_t in, uint64_t seed) {
-  at::Tensor mix = randn({in, in}, seed + 1).div_(std::sqrt(double(in))).add_(at::eye(in));
-  at::Tensor x = randn({n, in}, seed).matmul(mix);
-  at::Tensor gain = at::ones({in});
-  for (int64_t c = 3; c < in; c += 37) gain[c] = 10.0;
-  return x.mul_(gain);
-}
-
-at::Tensor hessian_of(const at::Tensor& x) { return x.t().matmul(x).mul_(2.0 / double(x.size(0))); }
 
 double layer_error(const at::Tensor& W, const at::Tensor& Wp, const at::Tensor& H) {
   at::Tensor d = W.sub(Wp).to(at::kDouble);
