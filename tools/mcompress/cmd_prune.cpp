@@ -101,13 +101,18 @@ int run_structured(std::unique_ptr<mc::Model> model, const at::Tensor& calib_x, 
 
 int cmd_prune(const std::vector<std::string>& args) {
   po::options_description desc("prune options");
-  std::string model_path, out, eval_data, calib_data, tokenizer, arch, device, separator, targets, ignore, pattern,
-      storage, structured;
+  std::string model_path, out, targets, ignore, pattern, storage, structured;
+  RunDataOptions data;
+  std::string &eval_data = data.eval_data, &calib_data = data.calib_data, &tokenizer = data.tokenizer,
+              &arch = data.arch, &device = data.device, &separator = data.separator;
+  int64_t &window = data.window, &calib_samples = data.calib_samples, &calib_seqlen = data.calib_seqlen,
+          &max_docs = data.max_docs;
+  bool& truncate = data.truncate;
+  uint64_t& seed = data.seed;
   mc::PruneOptions o;
   int bits = 0;
-  int64_t group_size = 32, window = 128, calib_samples = 128, calib_seqlen = 128, max_docs = 0;
-  bool per_channel = false, asym = false, truncate = false;
-  uint64_t seed = 0;
+  int64_t group_size = 32;
+  bool per_channel = false, asym = false;
   desc.add_options()
       ("model", po::value<std::string>(&model_path)->required(), "model to prune (any format load_model reads)")
       ("output,o", po::value<std::string>(&out)->required(), "output directory: model.safetensors + report.{json,md}")
@@ -129,20 +134,9 @@ int cmd_prune(const std::vector<std::string>& args) {
        "sparse (bitmask or N:M indices + packed survivors) or dense")
       ("targets", po::value<std::string>(&targets), "comma-separated layer patterns (glob or re:REGEX)")
       ("ignore", po::value<std::string>(&ignore), "comma-separated layer patterns to leave alone")
-      ("calib", po::value<std::string>(&calib_data), "calibration data (default: the --eval data)")
-      ("calib-samples", po::value<int64_t>(&calib_samples)->default_value(128), "calibration sequences / examples")
-      ("calib-seqlen", po::value<int64_t>(&calib_seqlen)->default_value(128), "tokens per calibration sequence")
-      ("seed", po::value<uint64_t>(&seed)->default_value(0), "seed of the calibration sampling")
       ("true-sequential", po::bool_switch(&o.true_sequential), "prune q,k,v -> o -> gate,up -> down in turn")
-      ("damp", po::value<double>(&o.damp)->default_value(0.01), "sparsegpt: damping as a fraction of mean(diag H)")
-      ("eval", po::value<std::string>(&eval_data), "evaluation data (text, token file, MNIST directory, tensor file)")
-      ("tokenizer", po::value<std::string>(&tokenizer), "tokenizer (default: one beside the model)")
-      ("arch", po::value<std::string>(&arch), "classifier architecture YAML")
-      ("window", po::value<int64_t>(&window)->default_value(128), "evaluation window (tokens)")
-      ("truncate", po::bool_switch(&truncate), "score only each document's first window")
-      ("separator", po::value<std::string>(&separator)->default_value("<|endoftext|>"), "document separator")
-      ("max-docs", po::value<int64_t>(&max_docs)->default_value(0), "evaluate at most N documents (0 = all)")
-      ("device", po::value<std::string>(&device)->default_value("cpu"), "cpu or cuda");
+      ("damp", po::value<double>(&o.damp)->default_value(0.01), "sparsegpt: damping as a fraction of mean(diag H)");
+  add_run_data_options(desc, data, 128, "calibration sequences / examples");
   po::positional_options_description pos;
   pos.add("model", 1);
   po::variables_map vm;

@@ -39,13 +39,17 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 int cmd_quantize(const std::vector<std::string>& args) {
   po::options_description desc("quantize options");
-  std::string model_path, out, eval_data, calib_data, tokenizer, arch, device, separator, targets, ignore, cand;
+  std::string model_path, out, targets, ignore, cand;
+  RunDataOptions data;
+  std::string &eval_data = data.eval_data, &calib_data = data.calib_data, &tokenizer = data.tokenizer,
+              &arch = data.arch, &device = data.device, &separator = data.separator;
+  int64_t &window = data.window, &calib_samples = data.calib_samples, &calib_seqlen = data.calib_seqlen,
+          &max_docs = data.max_docs;
+  bool& truncate = data.truncate;
+  uint64_t& seed = data.seed;
   mc::PtqOptions po_;
   mc::QuantSpec& spec = po_.spec;
-  bool sym = false, asym = false, truncate = false, per_channel = false, per_tensor = false, no_clip = false,
-       simulate = false;
-  int64_t window = 128, calib_samples = 0, calib_seqlen = 128, max_docs = 0;
-  uint64_t seed = 0;
+  bool sym = false, asym = false, per_channel = false, per_tensor = false, no_clip = false, simulate = false;
   desc.add_options()
       ("model", po::value<std::string>(&model_path)->required(), "model to quantize (any format load_model reads)")
       ("output,o", po::value<std::string>(&out)->required(), "output directory: model.safetensors + report.{json,md}")
@@ -65,12 +69,6 @@ int cmd_quantize(const std::vector<std::string>& args) {
       ("quantize-embeddings", po::bool_switch(&po_.embeddings), "also quantize the token embedding (RTN)")
       ("quantize-classifier", po::bool_switch(&po_.classifier), "also quantize the output classifier (RTN)")
       ("quantize-conv", po::bool_switch(&po_.conv), "also quantize Conv2d kernels (as [out, in*kh*kw] matrices)")
-      ("eval", po::value<std::string>(&eval_data), "evaluation data (text, token file, MNIST directory, tensor file)")
-      ("calib", po::value<std::string>(&calib_data), "calibration data (default: the --eval data)")
-      ("calib-samples", po::value<int64_t>(&calib_samples)->default_value(0),
-       "calibration sequences / examples (default: 128; 8 for rtn's per-layer errors)")
-      ("calib-seqlen", po::value<int64_t>(&calib_seqlen)->default_value(128), "tokens per calibration sequence")
-      ("seed", po::value<uint64_t>(&seed)->default_value(0), "seed of the calibration sampling")
       ("true-sequential", po::bool_switch(&po_.true_sequential),
        "inside a block, quantize q,k,v -> o -> gate,up -> down, each on inputs from the already quantized ones")
       ("fp64", po::bool_switch(&po_.fp64), "accumulate Hessians in float64")
@@ -85,14 +83,8 @@ int cmd_quantize(const std::vector<std::string>& args) {
       ("simulate-int8", po::bool_switch(&simulate), "smoothquant: evaluate with simulated (float) int8 matmuls only")
       ("target-bpw", po::value<double>(&po_.target_bpw)->default_value(0),
        "mixed precision: mean code bits per weight to meet (e.g. 3.5), bits chosen per layer by a sensitivity scan")
-      ("bits-candidates", po::value<std::string>(&cand)->default_value("3,4,8"), "mixed precision: bit widths to choose from")
-      ("tokenizer", po::value<std::string>(&tokenizer), "tokenizer (default: one beside the model)")
-      ("arch", po::value<std::string>(&arch), "classifier architecture YAML")
-      ("window", po::value<int64_t>(&window)->default_value(128), "evaluation window (tokens)")
-      ("truncate", po::bool_switch(&truncate), "score only each document's first window")
-      ("separator", po::value<std::string>(&separator)->default_value("<|endoftext|>"), "document separator")
-      ("max-docs", po::value<int64_t>(&max_docs)->default_value(0), "evaluate at most N documents (0 = all)")
-      ("device", po::value<std::string>(&device)->default_value("cpu"), "cpu or cuda");
+      ("bits-candidates", po::value<std::string>(&cand)->default_value("3,4,8"), "mixed precision: bit widths to choose from");
+  add_run_data_options(desc, data, 0, "calibration sequences / examples (default: 128; 8 for rtn's per-layer errors)");
   po::positional_options_description pos;
   pos.add("model", 1);
   po::variables_map vm;

@@ -27,6 +27,8 @@
 
 namespace mcli {
 
+namespace po = boost::program_options;
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -270,6 +272,24 @@ std::function<void(const std::string&, const mc::LayerInfo&, int64_t, int64_t)> 
 
 void end_progress(bool quiet) {
   if (!quiet && ::isatty(1)) std::printf("\r%-100s\r", "");
+}
+
+
+void add_run_data_options(po::options_description& desc, RunDataOptions& r, int64_t default_calib_samples,
+                          const char* calib_samples_help) {
+  desc.add_options()
+      ("eval", po::value<std::string>(&r.eval_data), "evaluation data (text, token file, MNIST directory, tensor file)")
+      ("calib", po::value<std::string>(&r.calib_data), "calibration data (default: the --eval data)")
+      ("calib-samples", po::value<int64_t>(&r.calib_samples)->default_value(default_calib_samples), calib_samples_help)
+      ("calib-seqlen", po::value<int64_t>(&r.calib_seqlen)->default_value(128), "tokens per calibration sequence")
+      ("seed", po::value<uint64_t>(&r.seed)->default_value(0), "seed of the calibration sampling")
+      ("tokenizer", po::value<std::string>(&r.tokenizer), "tokenizer (default: one beside the model)")
+      ("arch", po::value<std::string>(&r.arch), "classifier architecture YAML")
+      ("window", po::value<int64_t>(&r.window)->default_value(128), "evaluation window (tokens)")
+      ("truncate", po::bool_switch(&r.truncate), "score only each document's first window")
+      ("separator", po::value<std::string>(&r.separator)->default_value("<|endoftext|>"), "document separator")
+      ("max-docs", po::value<int64_t>(&r.max_docs)->default_value(0), "evaluate at most N documents (0 = all)")
+      ("device", po::value<std::string>(&r.device)->default_value("cpu"), "cpu or cuda");
 }
 
 }  // namespace mcli

@@ -1,6 +1,7 @@
 // Helpers shared by the subcommands that load models: the tokenizer beside a model, parameter counts.
 #pragma once
 #include <cstdint>
+#include <boost/program_options/options_description.hpp>
 #include <functional>
 #include <string>
 #include <vector>
@@ -51,6 +52,17 @@ at::Tensor calibration_inputs(const EvalData& cd, int64_t samples, int64_t seqle
 // Evaluates `model` (against `reference` when given) into the baseline or compressed column of `rows`.
 void evaluate_into(mc::Model& model, mc::Model* reference, const EvalData& ed, const mc::LmEvalOptions& lo,
                    bool compressed, std::vector<mc::MetricRow>& rows, std::string& protocol);
+
+// The data options quantize and prune share: evaluation and calibration data, tokenizer,
+// classifier architecture, evaluation protocol, device.
+struct RunDataOptions {
+  std::string eval_data, calib_data, tokenizer, arch, device, separator;
+  int64_t window = 128, calib_samples = 0, calib_seqlen = 128, max_docs = 0;
+  bool truncate = false;
+  uint64_t seed = 0;
+};
+void add_run_data_options(boost::program_options::options_description& desc, RunDataOptions& r,
+                          int64_t default_calib_samples, const char* calib_samples_help);
 
 // "a, b,c" -> {"a", "b", "c"} (spaces dropped, empty items skipped).
 std::vector<std::string> split_list(const std::string& s);
