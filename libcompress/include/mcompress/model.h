@@ -44,7 +44,15 @@ struct ScaleGroup {
   std::string prev;                 // checkpoint key: norm weight (1-D) or linear weight (2-D)
   std::string prev_bias;            // bias of a linear prev ("" when none)
   bool prev_is_norm = false;
-  std::vector<std::string> layers;  // layer names reading prev's output, all with in_features == C
+  std::vector<std::string> layers;  // layer names reading prev's output
+  // The layers' input channels are prev's channels repeated: with grouped KV heads, o reads every
+  // value head `repeat` times (channel (h, d) of o's input is channel (h / repeat, d) of v's output,
+  // head_dim = `width`). 1: one to one (in_features == C).
+  int64_t repeat = 1, width = 0;
+  // s [C] -> the scale of each of the layers' input channels.
+  at::Tensor expand(const at::Tensor& s) const;
+  // Statistics per layer input channel [C * repeat] -> per prev channel [C] (mean over the repeats).
+  at::Tensor reduce(const at::Tensor& per_input) const;
 };
 
 // Called on every use of a layer with its input (as the matmul sees it: [..., in_features]) and output.

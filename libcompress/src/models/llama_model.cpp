@@ -132,9 +132,10 @@ std::vector<ScaleGroup> LlamaModel::scale_groups(int block) const {
   auto L = [&](BlockSlot s) -> const LayerInfo& { return layers_[ids[s]]; };
   std::vector<ScaleGroup> g;
   g.push_back({L(kAttnNorm).weight, "", true, {L(kWq).name, L(kWk).name, L(kWv).name}});
-  // o's input channel (head h, d) is v's channel (h, d) mixed over positions: with as many KV heads
-  // as query heads the channels match one to one.
-  if (cfg_.n_kv_heads == cfg_.n_heads) g.push_back({L(kWv).weight, L(kWv).bias, false, {L(kWo).name}});
+  // o's input channel (head h, d) is v's channel (h / (n_heads / n_kv_heads), d) mixed over positions.
+  ScaleGroup vo{L(kWv).weight, L(kWv).bias, false, {L(kWo).name}};
+  vo.repeat = cfg_.n_heads / cfg_.n_kv_heads, vo.width = cfg_.head_dim;
+  g.push_back(vo);
   g.push_back({L(kFfnNorm).weight, "", true, {L(kW1).name, L(kW3).name}});
   // down's input is silu(gate) * up: scaling up's output channels scales it.
   g.push_back({L(kW3).weight, "", false, {L(kW2).name}});

@@ -138,6 +138,16 @@ at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x) {
   return y;
 }
 
+at::Tensor ScaleGroup::expand(const at::Tensor& s) const {
+  if (repeat == 1) return s;
+  return s.reshape({-1, 1, width}).expand({s.numel() / width, repeat, width}).reshape({-1});
+}
+
+at::Tensor ScaleGroup::reduce(const at::Tensor& x) const {
+  if (repeat == 1) return x;
+  return x.reshape({-1, repeat, width}).mean(1).reshape({-1});
+}
+
 void Model::apply_scale_group(const ScaleGroup& g, const at::Tensor& s_in) {
   const at::Tensor s = s_in.to(at::kFloat).to(device_);
   const at::Tensor& prev = param(g.prev);
@@ -150,13 +160,14 @@ void Model::apply_scale_group(const ScaleGroup& g, const at::Tensor& s_in) {
   else
     set_param(g.prev, prev.div(s.unsqueeze(1)));
   if (!g.prev_bias.empty()) set_param(g.prev_bias, param(g.prev_bias).div(s));
+  const at::Tensor se = g.expand(s);
   for (const auto& name : g.layers) {
     const LayerInfo& l = layer(name);
     const at::Tensor& w = param(l.weight);
-    if (w.dim() != 2 || w.size(1) != s.size(0))
+    if (w.dim() != 2 || w.size(1) != se.size(0))
       fail("model", "scale group of '", g.prev, "': layer ", name, " has ", w.dim() == 2 ? w.size(1) : -1,
-           " input columns, expected ", s.size(0));
-    set_param(l.weight, w.mul(s));
+           " input columns, expected ", se.size(0));
+    set_param(l.weight, w.mul(se));
   }
 }
 

@@ -150,10 +150,10 @@ class Runner {
         if (o_.method == "smoothquant" && !g.prev_is_norm) continue;
         const HessianAccumulator& st = *stats.at(consumers[0]->name);
         std::string note;
-        at::Tensor s = o_.method == "awq" ? awq_search(consumers, st, note) : smooth_scales(consumers, st, note);
+        at::Tensor s = o_.method == "awq" ? awq_search(g, consumers, st, note) : smooth_scales(consumers, st, note);
         if (!s.defined()) continue;
         folds.emplace_back(g, s);
-        for (const LayerInfo* c : consumers) scale_in[c->name] = s, group_note[c->name] = note;
+        for (const LayerInfo* c : consumers) scale_in[c->name] = g.expand(s), group_note[c->name] = note;
       }
       for (const auto& [g, s] : folds) m_.apply_scale_group(g, s);
     }
@@ -254,9 +254,10 @@ class Runner {
   }
 
   // AWQ: s = mean|x|^α (normalised), α minimising Σ_c tr(D H Dᵀ) with D = W - Q(W s)/s.
-  at::Tensor awq_search(const std::vector<const LayerInfo*>& consumers, const HessianAccumulator& st,
-                        std::string& note) {
-    const at::Tensor xm = st.mean_abs().to(at::kFloat).to(m_.device());
+  // The returned s is per prev channel; the consumers read g.expand(s).
+  at::Tensor awq_search(const ScaleGroup& g, const std::vector<const LayerInfo*>& consumers,
+                        const HessianAccumulator& st, std::string& note) {
+    const at::Tensor xm = g.reduce(st.mean_abs().to(at::kFloat).to(m_.device()));
     if (!(xm.max().item<double>() > 0)) return {};
     const at::Tensor H = st.hessian().to(at::kFloat);
     std::vector<at::Tensor> Ws;
@@ -268,10 +269,11 @@ class Runner {
       const double alpha = 0.05 * i;
       at::Tensor s = xm.pow(alpha).clamp_min_(1e-4);
       s.div_(std::sqrt(s.max().item<double>() * s.min().item<double>()));
+      const at::Tensor se = g.expand(s);
       double err = 0;
       for (size_t c = 0; c < consumers.size(); ++c) {
         const QuantSpec& sp = spec_of.at(consumers[c]->name);
-        at::Tensor Q = rtn_quantize(Ws[c] * s, sp, consumers[c]->name).dequantize().div_(s);
+        at::Tensor Q = rtn_quantize(Ws[c] * se, sp, consumers[c]->name).dequantize().div_(se);
         err += tr_dhd(Ws[c] - Q, H);
       }
       if (err < best) best = err, best_s = s, best_i = i;

@@ -59,7 +59,8 @@ class LlamaModel : public Model {
   at::Tensor forward_cached(const at::Tensor& tokens, KVCache& cache) override;
   std::map<std::string, std::string> config_metadata() const override;
   void to(c10::Device device) override;
-  // attention_norm -> wq, wk, wv; wv -> wo (only without grouped KV heads); ffn_norm -> w1, w3; w3 -> w2.
+  // attention_norm -> wq, wk, wv; wv -> wo (each value head repeated for its query heads); ffn_norm -> w1,
+  // w3; w3 -> w2.
   std::vector<ScaleGroup> scale_groups(int block) const override;
 
  private:
