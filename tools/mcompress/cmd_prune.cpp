@@ -284,7 +284,7 @@ int cmd_prune(const std::vector<std::string>& args) {
                              fmt("%.2f", dense_bits) + " dense: the mask or indices eat most of the saving (2:4 or "
                              "a larger sparsity saves more)");
   }
-  rep.settings["speed"] = "sparse weights run as dense matrices here (no sparse kernels): smaller files, same speed";
+  rep.settings["sparse kernels"] = "none: sparse weights run as dense matrices (smaller files, same speed)";
   if (storage == "dense" && !o.quant)
     rep.warnings.push_back("--storage dense keeps every zero: the file is as large as the input and no faster");
   model.reset();
