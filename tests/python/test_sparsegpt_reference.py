@@ -15,7 +15,7 @@ import torch
 
 from conftest import catch2_binary, read_safetensors, write_safetensors
 # mcompress's grid (rtn.h) in torch and the correlated, outlier-heavy test problem, as the GPTQ comparison uses them
-from test_gptq_reference import Grid, layer_error, make_problem
+from test_gptq_reference import Grid, add_batches, layer_error, make_problem  # add_batches: SparseGPT.add_batch is the same running average
 
 # Ours vs the reference: the same algorithm in another float32 summation order (H from another GEMM,
 # the lazy update in row loops), plus one extra pruned weight per block of 128 x 256 in the
@@ -27,19 +27,6 @@ MAGNITUDE_FACTOR = 0.7
 
 
 # --- the authors' algorithm ----------------------------------------------------------------------
-def add_batches(X, batch):
-    """SparseGPT.add_batch's running average over row batches: H = 2/n Σ x xᵀ."""
-    H, n = torch.zeros(X.shape[1], X.shape[1]), 0
-    for b in range(0, X.shape[0], batch):
-        inp = X[b:b + batch].t()
-        tmp = inp.shape[1]
-        H *= n / (n + tmp)
-        n += tmp
-        inp = math.sqrt(2 / n) * inp
-        H += inp.matmul(inp.t())
-    return H
-
-
 def fasterprune(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=.01, quantizer=None):
     W, H = W.clone().float(), H.clone()
     if quantizer is not None:  # per channel, fitted on the whole W (the reference's find_params)

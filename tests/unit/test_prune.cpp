@@ -10,6 +10,7 @@
 #include "mcompress/error.h"
 #include "mcompress/model.h"
 #include "mcompress/prune/prune.h"
+#include "calib_problem.h"
 #include "test_utils.h"
 #include "tiny_llama.h"
 
@@ -17,14 +18,10 @@ using namespace mc;
 
 namespace {
 
-at::Tensor randn(at::IntArrayRef shape, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randn(shape, gen, at::kFloat);
-}
+using mctest::randn;
 
 at::Tensor tokens(int64_t n, int64_t len, int64_t vocab, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randint(vocab, {n, len}, gen, at::kLong);
+  return mctest::random_tokens(n, len, vocab, seed);
 }
 
 // Every group of m consecutive columns of every row has at least n zeros.

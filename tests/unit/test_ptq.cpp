@@ -17,6 +17,7 @@
 #include "mcompress/quant/packed.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/torch_bridge.h"
+#include "calib_problem.h"
 #include "test_utils.h"
 #include "tiny_llama.h"
 
@@ -24,14 +25,10 @@ using namespace mc;
 
 namespace {
 
-at::Tensor randn(at::IntArrayRef shape, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randn(shape, gen, at::kFloat);
-}
+using mctest::randn;
 
 at::Tensor tokens(int64_t n, int64_t len, int64_t vocab, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randint(vocab, {n, len}, gen, at::kLong);
+  return mctest::random_tokens(n, len, vocab, seed);
 }
 
 std::vector<std::string> names_of(const std::vector<const LayerInfo*>& ls) {

@@ -2,6 +2,7 @@
 // with itself under transformations, or passes against each other).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <map>
 #include <memory>
@@ -16,6 +17,12 @@ struct TinyLlamaShape {
   int64_t dim = 16, hidden = 32, layers = 2, heads = 2, kv_heads = 1, vocab = 20, seq = 64;
   bool tied = true;
 };
+
+// Seeded random token ids [n, len] below vocab.
+inline at::Tensor random_tokens(int64_t n, int64_t len, int64_t vocab, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randint(vocab, {n, len}, gen, at::kLong);
+}
 
 inline std::unique_ptr<mc::LlamaModel> tiny_llama(uint64_t seed, const TinyLlamaShape& s = {}) {
   mc::LlamaConfig c;

@@ -231,16 +231,10 @@ SparseGptResult sparsegpt_prune(const at::Tensor& W, const at::Tensor& H, const 
       Block b{w1.data_ptr<float>(), err1.data_ptr<float>(), Wc.data_ptr<float>(), keep.data_ptr<uint8_t>(),
               o.quant ? codes.data_ptr<uint8_t>() : nullptr, hp, in, count, i1, s0, s1,
               nm ? o.prune_n : 0, nm ? o.prune_m : 0, o.quant ? float((1 << o.quant->bits) - 1) : 0.f};
-      auto run = [&](int64_t t0, int64_t t1) {
+      run_row_tasks(tasks, workers, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t)
           losses[size_t(t)] += prune_rows(b, grids, t * kRowsPerTask, std::min(out, (t + 1) * kRowsPerTask));
-      };
-      // plain threads, not at::parallel_for: see gptq.cpp (OpenMP spin-waits steal the GEMM's cores)
-      std::vector<std::thread> pool;
-      const int64_t per = (tasks + workers - 1) / workers;
-      for (int64_t t0 = per; t0 < tasks; t0 += per) pool.emplace_back(run, t0, std::min(tasks, t0 + per));
-      run(0, std::min(tasks, per));
-      for (std::thread& th : pool) th.join();
+      });
       s0 = s1;
     }
     if (i2 < in) Wc.narrow(1, i2, in - i2).addmm_(err1, Hinv.narrow(0, i1, count).narrow(1, i2, in - i2), 1, -1);

@@ -1,6 +1,9 @@
 // GPTQ preparation and result assembly shared by the fast path and the reference (gptq_prep.h).
 #include "quant/gptq_prep.h"
 
+#include <thread>
+#include <vector>
+
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -177,6 +180,14 @@ GptqResult finish(const Prep& p, const GptqOptions& o, const at::Tensor& codes_p
   r.damp_retries = p.retries;
   r.dead_columns = p.dead;
   return r;
+}
+
+void run_row_tasks(int64_t tasks, int64_t workers, const std::function<void(int64_t, int64_t)>& fn) {
+  std::vector<std::thread> pool;
+  const int64_t per = (tasks + std::max<int64_t>(1, workers) - 1) / std::max<int64_t>(1, workers);
+  for (int64_t t0 = per; t0 < tasks; t0 += per) pool.emplace_back(fn, t0, std::min(tasks, t0 + per));
+  fn(0, std::min(tasks, per));
+  for (std::thread& th : pool) th.join();
 }
 
 }  // namespace gptq_detail
