@@ -28,9 +28,6 @@ using BlockStats = std::map<std::string, const HessianAccumulator*>;
 // outputs are computed afterwards, from what it leaves.
 using BlockCompressor =
     std::function<void(int block, const std::vector<const LayerInfo*>& layers, const BlockStats& stats)>;
-// Returns the weight to install for `layer` (same shape as `weight`), given its input statistics.
-using LayerCompressor =
-    std::function<at::Tensor(const LayerInfo& layer, const at::Tensor& weight, const HessianAccumulator& stats)>;
 
 struct SequentialOptions {
   int64_t batch = 8;             // calibration sequences per forward pass
@@ -38,8 +35,6 @@ struct SequentialOptions {
   bool true_sequential = false;  // compress a block's layers group by group (see above)
   // Called once a block's outputs for the next block are computed (free what the block no longer needs).
   std::function<void(int block)> after_block;
-  // compress_block_sequential only: called before each target layer is compressed (layer, index from 1, total).
-  std::function<void(const LayerInfo& layer, int64_t i, int64_t n)> progress;
 };
 
 // inputs: the calibration set as the model's forward takes it ([N, L] int64 tokens, or [N, ...]
@@ -47,8 +42,5 @@ struct SequentialOptions {
 // Throws InputError when a target layer receives no input (never reached) or a non-finite one.
 void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std::string>& targets,
                      const BlockCompressor& compress, const SequentialOptions& opts = {});
-// The same, one layer at a time.
-void compress_block_sequential(Model& model, const at::Tensor& inputs, const std::set<std::string>& targets,
-                               const LayerCompressor& compress, const SequentialOptions& opts = {});
 
 }  // namespace mc

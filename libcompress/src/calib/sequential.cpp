@@ -119,20 +119,4 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
   }
 }
 
-void compress_block_sequential(Model& model, const at::Tensor& inputs, const std::set<std::string>& targets,
-                               const LayerCompressor& compress, const SequentialOptions& o) {
-  int64_t total = 0, done = 0;
-  for (const auto& l : model.layers())
-    if (l.block >= 0 && targets.count(l.name)) ++total;
-  compress_blocks(model, inputs, targets,
-      [&](int, const std::vector<const LayerInfo*>& layers, const BlockStats& stats) {
-        for (const LayerInfo* l : layers) {
-          if (o.progress) o.progress(*l, ++done, total);
-          const at::Tensor& w = model.param(l->weight);
-          model.set_param(l->weight, compress(*l, w, *stats.at(l->name)));
-        }
-      },
-      o);
-}
-
 }  // namespace mc
