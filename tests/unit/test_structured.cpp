@@ -192,3 +192,76 @@ TEST_CASE("structured: bad options are input errors", "[structured]") {
   CHECK(p.heads == 0.25);
   CHECK(p.blocks == 2);
 }
+
+TEST_CASE("structured: every=2 keeps blocks 0, 2, 4 of 5 (layer-dropping student)", "[structured]") {
+  auto m = mctest::tiny_llama(7, {16, 32, 5, 4, 2});
+  const at::Tensor x = tokens(2, 12, 20, 15);
+  StructuredOptions o = parse_structured_options("every=2");
+  CHECK(o.keep_every == 2);
+  CHECK(describe(o) == "ffn 0%, heads 0%, every 2nd block kept");
+  StructuredResult r = prune_structured(*m, at::Tensor(), o);  // nothing ranked: no calibration needed
+  CHECK(r.config.n_layers == 3);
+  LlamaConfig want_config = m->config();
+  want_config.n_layers = 3;
+  CHECK(r.config.json() == want_config.json());
+  REQUIRE(r.removed.size() == 2);
+  CHECK(r.removed[0].find("block 1 ") == 0);
+  CHECK(r.removed[1].find("block 3 ") == 0);
+  CHECK(r.settings.at("blocks") == "5 -> 3 (every 2nd kept: 0,2,4)");
+  CHECK(r.weights.count(name(*m, "wq", 3)) == 0);
+  for (const char* role : {"attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3"})
+    for (int64_t k = 0; k < 3; ++k) CHECK(at::equal(r.weights.at(name(*m, role, k)), m->param(name(*m, role, 2 * k))));
+  CHECK(at::equal(r.weights.at(name(*m, "embed")), m->param(name(*m, "embed"))));
+  CHECK(at::equal(r.weights.at(name(*m, "final_norm")), m->param(name(*m, "final_norm"))));
+  auto p = make_structured_model(r);
+  CHECK(p->num_blocks() == 3);
+  // Oracle: the original model run through blocks 0, 2, 4 only.
+  at::Tensor h = m->embed(x);
+  for (int k : {0, 2, 4}) h = m->run_block(k, h);
+  const at::Tensor want = m->head(h);
+  CHECK(max_diff(p->forward(x), want) == 0.0);
+  KVCache cache;
+  CHECK(max_diff(p->forward_cached(x, cache), want) < kReorderTol);
+}
+
+TEST_CASE("structured: every combines with ffn and heads; every=1 keeps all, every=n keeps block 0",
+          "[structured]") {
+  auto m = mctest::tiny_llama(8, {16, 32, 5, 4, 2});
+  const at::Tensor calib = tokens(3, 16, 20, 16);
+  StructuredOptions o = parse_structured_options("every=3,ffn=0.25,heads=0.5");
+  StructuredResult r = prune_structured(*m, calib, o);
+  CHECK(r.config.n_layers == 2);  // blocks 0 and 3
+  CHECK(r.config.hidden_dim == 24);
+  CHECK(r.config.n_kv_heads == 1);
+  CHECK(r.config.n_heads == 2);
+  CHECK(r.removed.size() == 3 + 2 + 2);  // blocks 1, 2, 4; FFN and KV groups of the 2 kept blocks
+  CHECK(r.removed[0].find("block 1 ") == 0);
+  CHECK(r.weights.at(name(*m, "w2", 1)).sizes() == at::IntArrayRef({16, 24}));
+  auto p = make_structured_model(r);
+  CHECK(at::isfinite(p->forward(calib)).all().item<bool>());
+
+  o = parse_structured_options("every=1");
+  r = prune_structured(*m, at::Tensor(), o);
+  CHECK(r.config.n_layers == 5);
+  CHECK(r.removed.empty());
+  CHECK(r.params_after == r.params_before);
+  o.keep_every = 5;
+  r = prune_structured(*m, at::Tensor(), o);
+  CHECK(r.config.n_layers == 1);
+  CHECK(r.removed.size() == 4);
+
+  o = {}, o.keep_every = 6;
+  check_error(*m, calib, o, "every 6 is outside [1, 5]");
+  o.keep_every = -1;
+  check_error(*m, calib, o, "outside [1, 5]");
+  o = {}, o.keep_every = 2, o.blocks = 1;
+  check_error(*m, calib, o, "excludes blocks");
+  CHECK_THROWS_AS(parse_structured_options("every=2,blocks=1"), InputError);
+  CHECK_THROWS_AS(parse_structured_options("every=x"), InputError);
+  try {
+    parse_structured_options("layers=2");
+    FAIL("no error");
+  } catch (const InputError& e) {
+    CHECK(std::string(e.what()).find("every=K") != std::string::npos);
+  }
+}

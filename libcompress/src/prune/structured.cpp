@@ -25,6 +25,13 @@ std::string pct(double f) {
   return os.str();
 }
 
+// 1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st, ...
+std::string ordinal(int64_t k) {
+  const int64_t t = k % 100, u = k % 10;
+  const char* suf = (t >= 11 && t <= 13) ? "th" : u == 1 ? "st" : u == 2 ? "nd" : u == 3 ? "rd" : "th";
+  return std::to_string(k) + suf;
+}
+
 std::string join(const std::vector<int64_t>& v) {
   std::string s;
   for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
@@ -120,19 +127,24 @@ StructuredOptions parse_structured_options(const std::string& spec) {
       if (key == "ffn") o.ffn = std::stod(val, &used);
       else if (key == "heads") o.heads = std::stod(val, &used);
       else if (key == "blocks") o.blocks = std::stoi(val, &used);
+      else if (key == "every") o.keep_every = std::stoi(val, &used);
       else if (key == "batch") o.batch = std::stoll(val, &used);
-      else fail(kC, "unknown item '", item, "' in '", spec, "' (allowed: ffn=F, heads=F, blocks=N, batch=N)");
+      else fail(kC, "unknown item '", item, "' in '", spec, "' (allowed: ffn=F, heads=F, blocks=N, every=K, batch=N)");
     } catch (const std::logic_error&) {
       used = 0;
     }
     if (used == 0 || used != val.size())
-      fail(kC, "bad value in '", item, "' of '", spec, "' (e.g. ffn=0.25,heads=0.25,blocks=1)");
+      fail(kC, "bad value in '", item, "' of '", spec, "' (e.g. ffn=0.25,heads=0.25,blocks=1 or every=2)");
   }
+  if (o.blocks != 0 && o.keep_every != 0)
+    fail(kC, "'", spec, "': every=K (keep every K-th block) excludes blocks=N (remove N blocks by influence)");
   return o;
 }
 
 std::string describe(const StructuredOptions& o) {
-  return "ffn " + pct(o.ffn) + ", heads " + pct(o.heads) + ", blocks " + std::to_string(o.blocks);
+  std::string s = "ffn " + pct(o.ffn) + ", heads " + pct(o.heads) + ", ";
+  if (o.keep_every > 0) return s + "every " + ordinal(o.keep_every) + " block kept";
+  return s + "blocks " + std::to_string(o.blocks);
 }
 
 void check_structured(const Model& model, const StructuredOptions& o) {
@@ -144,6 +156,11 @@ void check_structured(const Model& model, const StructuredOptions& o) {
   if (!(o.heads >= 0 && o.heads < 1)) fail(kC, "heads fraction ", o.heads, " is outside [0, 1)");
   if (o.blocks < 0 || o.blocks >= n)
     fail(kC, "blocks ", o.blocks, " is outside [0, ", n, ") (the model has ", n, " blocks; one must remain)");
+  if (o.keep_every != 0 && o.blocks != 0)
+    fail(kC, "every ", o.keep_every, " (keep every K-th block) excludes blocks ", o.blocks,
+         " (remove N blocks by influence)");
+  if (o.keep_every < 0 || o.keep_every > n)
+    fail(kC, "every ", o.keep_every, " is outside [1, ", n, "] (the model has ", n, " blocks; every=1 keeps all)");
   if (o.batch < 1) fail(kC, "batch ", o.batch, " must be >= 1");
   const bool gqa = HKV < H;
   const int64_t units = gqa ? HKV : H;
@@ -170,7 +187,7 @@ StructuredResult prune_structured(Model& model, const at::Tensor& calib, const S
   r.config.hidden_dim = keep_ffn;
   r.config.n_kv_heads = keep_units;
   r.config.n_heads = gqa ? keep_units * rep : keep_units;
-  r.config.n_layers = n - o.blocks;
+  r.config.n_layers = o.keep_every > 0 ? (n - 1) / o.keep_every + 1 : n - o.blocks;
   r.params_before = count_params(model.params());
 
   Activations act;
@@ -193,6 +210,12 @@ StructuredResult prune_structured(Model& model, const at::Tensor& calib, const S
     for (int i = 0; i < o.blocks; ++i) dropped.insert(order[i]);
     for (int64_t k : dropped)
       r.removed.push_back("block " + std::to_string(k) + " (influence " + std::to_string(r.block_influence[k]) + ")");
+  } else if (o.keep_every > 1) {  // blocks 0, k, 2k, ... stay; no ranking
+    for (int64_t k = 0; k < n; ++k)
+      if (k % o.keep_every != 0) {
+        dropped.insert(k);
+        r.removed.push_back("block " + std::to_string(k) + " (every " + ordinal(o.keep_every) + " block kept)");
+      }
   }
   for (int64_t k = 0; k < n; ++k)
     if (!dropped.count(k)) kept_blocks.push_back(k);
@@ -260,6 +283,7 @@ StructuredResult prune_structured(Model& model, const at::Tensor& calib, const S
   r.settings["heads per block"] = std::to_string(H) + " -> " + std::to_string(r.config.n_heads) + " (kv heads " +
                                   std::to_string(HKV) + " -> " + std::to_string(r.config.n_kv_heads) + ")";
   r.settings["blocks"] = std::to_string(n) + " -> " + std::to_string(r.config.n_layers);
+  if (o.keep_every > 0) r.settings["blocks"] += " (every " + ordinal(o.keep_every) + " kept: " + join(kept_blocks) + ")";
   r.settings["parameters"] = std::to_string(r.params_before) + " -> " + std::to_string(r.params_after) + " (" +
                              pct(double(r.params_after) / double(r.params_before)) + ")";
   if (need_calib) {

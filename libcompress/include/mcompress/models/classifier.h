@@ -31,6 +31,7 @@ class ClassifierModel : public Model {
   bool is_language_model() const override { return false; }
   const Shape& input_shape() const { return input_shape_; }
   int64_t num_classes() const { return num_classes_; }
+  const std::string& yaml() const { return yaml_; }  // the architecture YAML as given
 
   at::Tensor forward(const at::Tensor& input) override;
   at::Tensor embed(const at::Tensor& input) override;
