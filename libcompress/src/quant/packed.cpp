@@ -232,25 +232,43 @@ void reject_stray_parts(const CheckpointReader& reader, const std::string& key, 
            e.sparse ? e.sparse->describe() : std::string("dense"), ") does not use");
 }
 
-HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
-  at::Tensor w;
+// Loads and checks one entry's parts: the grid and codes, or the float16 values; the mask when sparse.
+PackedEntryParts load_entry(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
+  PackedEntryParts p;
+  p.sparse = e.sparse;
+  p.weight_shape = e.weight_shape.empty() ? std::vector<int64_t>{e.out, e.in} : e.weight_shape;
   if (!e.sparse) {
     QuantResult q = load_grid(reader, key, e);
     HostTensor qw = load_part(reader, key, key + ".qweight", DType::U8, {e.out, packed_row_bytes(e.in, e.spec.bits)});
     q.codes = unpack_codes(qw.data, e.out, e.in, e.spec.bits);
+    q.weight_shape = e.weight_shape;
     reject_stray_parts(reader, key, e);
-    w = q.dequantize();
+    p.quant = std::move(q);
   } else {
-    SparseParts p = decode_sparse_parts(reader, key, e.out, e.in, *e.sparse, e.kept, e.quantized ? e.spec.bits : 0);
+    SparseParts sp = decode_sparse_parts(reader, key, e.out, e.in, *e.sparse, e.kept, e.quantized ? e.spec.bits : 0);
+    p.mask = sp.mask;
     if (e.quantized) {
       QuantResult q = load_grid(reader, key, e);
-      q.codes = p.stored;
-      w = at::where(p.mask, q.dequantize(), at::zeros({}, at::kFloat));
+      q.codes = sp.stored;
+      q.weight_shape = e.weight_shape;
+      p.quant = std::move(q);
     } else {
-      w = p.stored;
+      p.values = sp.stored;
     }
     reject_stray_parts(reader, key, e);
   }
+  return p;
+}
+
+HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
+  const PackedEntryParts p = load_entry(reader, key, e);
+  at::Tensor w;
+  if (!p.quant)
+    w = p.values;
+  else if (!p.sparse)
+    w = p.quant->dequantize();
+  else
+    w = at::where(p.mask, p.quant->dequantize(), at::zeros({}, at::kFloat));
   if (!e.weight_shape.empty()) w = w.reshape(e.weight_shape);
   return from_torch(key, w);
 }
@@ -368,6 +386,15 @@ std::vector<HostTensor> read_packed_checkpoint(const CheckpointReader& reader) {
   }
   for (const auto& [key, e] : entries)
     if (!done.count(key)) fail(kComp, reader.path(), ": packed tensor '", key, "' lacks '", primary_part(key, e), "'");
+  return out;
+}
+
+std::map<std::string, PackedEntryParts> read_packed_entries(const CheckpointReader& reader) {
+  std::map<std::string, PackedEntryParts> out;
+  for (const auto& [key, e] : parse_description(reader)) {
+    if (reader.contains(key)) fail(kComp, reader.path(), ": '", key, "' is stored both dense and packed");
+    out.emplace(key, load_entry(reader, key, e));
+  }
   return out;
 }
 

@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -79,5 +80,18 @@ bool is_packed_checkpoint(const CheckpointReader& reader);
 // made dense again (their stored entries in place, 0 elsewhere; float16 values widened), in file order.
 // Throws InputError naming the file and tensor for a malformed description or missing parts.
 std::vector<HostTensor> read_packed_checkpoint(const CheckpointReader& reader);
+
+// One packed entry as stored, not dequantized (recovery fine-tuning on the fixed grid: quant/fake_quant.h).
+struct PackedEntryParts {
+  std::optional<QuantResult> quant;    // spec, codes (0 at unstored places), scales, zeros, g_idx, weight_shape
+                                       // (empty when [out, in]); empty: a sparse entry of float16 values
+  std::optional<SparseLayout> sparse;  // empty: dense
+  at::Tensor mask;                     // sparse: bool [out, in], true = stored; else undefined
+  at::Tensor values;                   // float16 values: float32 [out, in], 0 where not stored; else undefined
+  std::vector<int64_t> weight_shape;   // the parameter's shape: [out, in] or the conv kernel's
+};
+// Every packed entry of a packed checkpoint by key, checked as read_packed_checkpoint checks it
+// (InputError naming the file and tensor).
+std::map<std::string, PackedEntryParts> read_packed_entries(const CheckpointReader& reader);
 
 }  // namespace mc
