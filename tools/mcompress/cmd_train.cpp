@@ -1,7 +1,6 @@
 // mcompress train --data TRAIN.txt --tokenizer TOK [--valid VALID.txt] [model shape] [schedule] -o OUT
 // Trains a LLaMA-architecture language model from scratch (the demo's default model).
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <chrono>
 #include <cstdio>
@@ -10,9 +9,10 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "model_files.h"
 #include "mcompress/datasets.h"
 #include "mcompress/error.h"
-#include "mcompress/io/llama2c.h"
+#include "mcompress/models/llama.h"
 #include "mcompress/model.h"
 #include "mcompress/tokenizer.h"
 #include "mcompress/torch_bridge.h"
@@ -21,49 +21,6 @@
 namespace mcli {
 
 namespace {
-
-std::vector<int32_t> token_stream(const std::string& path, const mc::Tokenizer& tok) {
-  std::vector<int32_t> out;
-  for (const auto& doc : mc::read_documents(path)) {
-    out.push_back(tok.bos_id());
-    auto ids = tok.encode(doc);
-    out.insert(out.end(), ids.begin(), ids.end());
-  }
-  return out;
-}
-
-// Random initial weights under llama2.c's names (GPT-2 style init: N(0, 0.02), residual
-// projections scaled by 1/sqrt(2 * layers), norms at 1), written as a llama2.c v1 checkpoint.
-void write_initial_model(const std::string& path, const mc::Llama2cConfig& c, uint64_t seed) {
-  at::Generator gen = at::detail::createCPUGenerator(seed);
-  const int64_t kv_dim = int64_t(c.dim) * c.n_kv_heads / c.n_heads;
-  const double std0 = 0.02, std_res = 0.02 / std::sqrt(2.0 * c.n_layers);
-  std::vector<mc::HostTensor> ts;
-  auto normal = [&](const std::string& name, std::vector<int64_t> shape, double sd) {
-    ts.push_back(mc::from_torch(name, at::normal(0.0, sd, shape, gen)));
-  };
-  auto ones = [&](const std::string& name, int64_t n) { ts.push_back(mc::from_torch(name, at::ones({n}))); };
-  normal("tok_embeddings.weight", {c.vocab_size, c.dim}, std0);
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = "layers." + std::to_string(l) + ".";
-    ones(p + "attention_norm.weight", c.dim);
-    normal(p + "attention.wq.weight", {c.dim, c.dim}, std0);
-    normal(p + "attention.wk.weight", {kv_dim, c.dim}, std0);
-    normal(p + "attention.wv.weight", {kv_dim, c.dim}, std0);
-    normal(p + "attention.wo.weight", {c.dim, c.dim}, std_res);
-    ones(p + "ffn_norm.weight", c.dim);
-    normal(p + "feed_forward.w1.weight", {c.hidden_dim, c.dim}, std0);
-    normal(p + "feed_forward.w2.weight", {c.dim, c.hidden_dim}, std_res);
-    normal(p + "feed_forward.w3.weight", {c.hidden_dim, c.dim}, std0);
-  }
-  ones("norm.weight", c.dim);
-  std::map<std::string, std::string> meta = {
-      {"dim", std::to_string(c.dim)},           {"hidden_dim", std::to_string(c.hidden_dim)},
-      {"n_layers", std::to_string(c.n_layers)}, {"n_heads", std::to_string(c.n_heads)},
-      {"n_kv_heads", std::to_string(c.n_kv_heads)}, {"vocab_size", std::to_string(c.vocab_size)},
-      {"seq_len", std::to_string(c.seq_len)},   {"shared_classifier", "1"}};
-  mc::write_llama2c(path, ts, meta, 1);
-}
 
 std::string eta(double s) {
   char b[32];
@@ -77,20 +34,19 @@ std::string eta(double s) {
 int cmd_train(const std::vector<std::string>& args) {
   po::options_description desc("train options");
   std::string data, valid, tokenizer, out, device;
-  mc::Llama2cConfig c;
-  c.dim = 128, c.n_layers = 4, c.n_heads = 4, c.n_kv_heads = 4, c.seq_len = 256, c.hidden_dim = 0;
+  mc::LlamaConfig c;  // llama2.c names and RoPE layout, tied classifier
   mc::TrainOptions o;
   desc.add_options()
       ("data", po::value<std::string>(&data)->required(), "training text (documents separated by <|endoftext|>)")
       ("valid", po::value<std::string>(&valid), "held-out text evaluated every --eval-every steps")
       ("tokenizer", po::value<std::string>(&tokenizer)->required(), "tokenizer.bin or tokenizer.json")
       ("output,o", po::value<std::string>(&out)->required(), "output checkpoint (.bin llama2.c, .safetensors, ...)")
-      ("dim", po::value<int32_t>(&c.dim)->default_value(128), "model width")
-      ("layers", po::value<int32_t>(&c.n_layers)->default_value(4), "transformer blocks")
-      ("heads", po::value<int32_t>(&c.n_heads)->default_value(4), "attention heads")
-      ("kv-heads", po::value<int32_t>(&c.n_kv_heads)->default_value(4), "key/value heads (grouped-query attention)")
-      ("hidden", po::value<int32_t>(&c.hidden_dim)->default_value(0), "SwiGLU width (0: llama's 2/3 * 4 * dim, multiple of 32)")
-      ("context", po::value<int32_t>(&c.seq_len)->default_value(256), "maximum sequence length of the model")
+      ("dim", po::value<int64_t>(&c.dim)->default_value(128), "model width")
+      ("layers", po::value<int64_t>(&c.n_layers)->default_value(4), "transformer blocks")
+      ("heads", po::value<int64_t>(&c.n_heads)->default_value(4), "attention heads")
+      ("kv-heads", po::value<int64_t>(&c.n_kv_heads)->default_value(4), "key/value heads (grouped-query attention)")
+      ("hidden", po::value<int64_t>(&c.hidden_dim)->default_value(0), "SwiGLU width (0: llama's 2/3 * 4 * dim, multiple of 32)")
+      ("context", po::value<int64_t>(&c.max_seq_len)->default_value(256), "maximum sequence length of the model")
       ("steps", po::value<int64_t>(&o.steps)->default_value(1000), "optimizer steps")
       ("batch", po::value<int64_t>(&o.batch)->default_value(16), "sequences per step")
       ("accumulate", po::value<int64_t>(&o.accumulate)->default_value(1), "micro-batches per step")
@@ -111,26 +67,23 @@ int cmd_train(const std::vector<std::string>& args) {
   if (!parse_command_line("train", "--data TEXT --tokenizer TOK -o OUT [options]", args, desc, pos, vm, common))
     return 0;
   if (c.hidden_dim == 0) c.hidden_dim = (2 * 4 * c.dim / 3 + 31) / 32 * 32;
-  if (o.seq_len > c.seq_len) mc::fail("train", "--seq-len ", o.seq_len, " exceeds --context ", c.seq_len);
+  if (o.seq_len > c.max_seq_len) mc::fail("train", "--seq-len ", o.seq_len, " exceeds --context ", c.max_seq_len);
+  if (c.n_heads <= 0 || c.dim % c.n_heads != 0) mc::fail("train", "--heads ", c.n_heads, " must divide --dim ", c.dim);
+  c.head_dim = c.dim / c.n_heads;
+  mc::validate(o);
 
   auto tok = mc::load_tokenizer(tokenizer);
   c.vocab_size = tok->vocab_size();
-  const auto train_tokens = token_stream(data, *tok);
-  const auto valid_tokens = valid.empty() ? std::vector<int32_t>{} : token_stream(valid, *tok);
+  c.validate();
+  const auto train_tokens = text_token_stream(data, *tok);
+  const auto valid_tokens = valid.empty() ? std::vector<int32_t>{} : text_token_stream(valid, *tok);
   o.checkpoint_path = out + ".train-state";
 
-  const std::string init = out + ".init-" + std::to_string(::getpid()) + ".bin";
-  write_initial_model(init, c, o.seed);
-  mc::LoadOptions lo;
-  lo.device = device;
-  std::unique_ptr<mc::Model> model;
-  try {
-    model = mc::load_model(init, lo);
-  } catch (...) {
-    std::filesystem::remove(init);
-    throw;
-  }
-  std::filesystem::remove(init);  // the mapping stays valid until the model is gone
+  std::map<std::string, mc::HostTensor> init;
+  for (const auto& [k, t] : mc::init_llama_weights(c, o.seed)) init[k] = mc::from_torch(k, t);
+  std::unique_ptr<mc::Model> model = std::make_unique<mc::LlamaModel>(c, init);
+  init.clear();
+  if (device != "cpu") model->to(c10::Device(device));
   if (!common.quiet)
     std::cout << "training " << c.n_layers << " blocks x dim " << c.dim << " (hidden " << c.hidden_dim << ", "
               << c.n_heads << " heads, " << c.n_kv_heads << " kv heads, vocab " << c.vocab_size << ") on "
@@ -143,7 +96,7 @@ int cmd_train(const std::vector<std::string>& args) {
     if (!tty && !report) return;
     char line[256];
     std::snprintf(line, sizeof line, "step %5lld/%lld  loss %.4f  lr %.2e  %6.0f tok/s  ETA %s",
-                  static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.lr, p.tokens_per_s,
+                  static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.lr, p.items_per_s,
                   eta(p.eta_s).c_str());
     std::string s = line;
     if (p.valid_loss >= 0) {
@@ -156,7 +109,7 @@ int cmd_train(const std::vector<std::string>& args) {
   mc::TrainResult r = mc::train_language_model(*model, train_tokens, valid_tokens, o, progress);
   mc::save_model(*model, out);
   if (!common.quiet) {
-    std::printf("trained in %.1f s (%.0f tokens/s): train loss %.4f", r.seconds, r.tokens_per_s, r.train_loss);
+    std::printf("trained in %.1f s (%.0f tokens/s): train loss %.4f", r.seconds, r.items_per_s, r.train_loss);
     if (r.valid_loss >= 0) std::printf(", held-out loss %.4f nats/token", r.valid_loss);
     std::printf("\nwrote %s\n", out.c_str());
   }

@@ -207,8 +207,9 @@ void evaluate_into(mc::Model& model, mc::Model* reference, const EvalData& ed, c
 }
 
 
-void print_summary(const mc::Report& rep, bool labeled, const std::string& out, const char* bits_label) {
-  std::printf("\n%-40s %12s %12s %10s\n", "", "baseline", "compressed", "change");
+void print_summary(const mc::Report& rep, bool labeled, const std::string& out, const char* bits_label,
+                   const char* baseline_label, const char* compressed_label) {
+  std::printf("\n%-40s %12s %12s %10s\n", "", baseline_label, compressed_label, "change");
   auto val = [](const mc::MetricRow& m, const std::optional<double>& v) {
     if (!v) return std::string("");
     return m.percent ? fmt("%.2f%%", 100 * *v) : fmt(("%." + std::to_string(m.decimals) + "f").c_str(), *v);
@@ -227,11 +228,22 @@ void print_summary(const mc::Report& rep, bool labeled, const std::string& out, 
   if (qn > 0) std::printf("%-40s %12s %12s\n", bits_label, "32", fmt("%.3f", qbits / qn).c_str());
   if (auto r = rep.retention())
     std::printf("\nretention %.2f%% (%s)\n", 100 * *r,
-                labeled ? "compressed / baseline top-1" : "baseline / compressed perplexity");
+                labeled ? (std::string(compressed_label) + " / " + baseline_label + " top-1").c_str()
+                        : (std::string(baseline_label) + " / " + compressed_label + " perplexity").c_str());
   for (const auto& w : rep.warnings) std::printf("warning: %s\n", w.c_str());
   std::printf("report: %s/report.md\n", out.c_str());
 }
 
+
+std::vector<int32_t> text_token_stream(const std::string& path, const mc::Tokenizer& tok) {
+  std::vector<int32_t> out;
+  for (const auto& doc : mc::read_documents(path)) {
+    out.push_back(tok.bos_id());
+    auto ids = tok.encode(doc);
+    out.insert(out.end(), ids.begin(), ids.end());
+  }
+  return out;
+}
 
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> v;

@@ -14,6 +14,7 @@
 
 namespace mc {
 class Model;
+class Tokenizer;
 struct LayerInfo;
 }
 
@@ -64,6 +65,9 @@ struct RunDataOptions {
 void add_run_data_options(boost::program_options::options_description& desc, RunDataOptions& r,
                           int64_t default_calib_samples, const char* calib_samples_help);
 
+// A text file's documents as one token stream: BOS + tokens of each document, concatenated.
+std::vector<int32_t> text_token_stream(const std::string& path, const mc::Tokenizer& tok);
+
 // "a, b,c" -> {"a", "b", "c"} (spaces dropped, empty items skipped).
 std::vector<std::string> split_list(const std::string& s);
 // Progress of a pass over layers: on a terminal one line rewritten in place ("gptq quantize layer
@@ -76,6 +80,7 @@ void end_progress(bool quiet);
 
 // The baseline/compressed table, file sizes, stored bits per weight of the report's layers, retention,
 // warnings and where the report is.
-void print_summary(const mc::Report& rep, bool labeled, const std::string& out, const char* bits_label);
+void print_summary(const mc::Report& rep, bool labeled, const std::string& out, const char* bits_label,
+                   const char* baseline_label = "baseline", const char* compressed_label = "compressed");
 
 }  // namespace mcli

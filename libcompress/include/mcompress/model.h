@@ -116,6 +116,16 @@ class Model {
   int add_hook(LayerHook hook);
   void remove_hook(int id);
 
+  // Training: makes `value` the parameter itself (no copy, no detach; it may carry an autograd graph,
+  // e.g. a fake-quantized view of a latent weight), keeping tied parameters tied. Same shape required.
+  void bind_param(const std::string& key, const at::Tensor& value);
+  // Attention maps (distillation): when set, models with attention call it from every block with the
+  // attention probabilities [B, heads, T_query, T_key] (after the causal mask and softmax), as part of
+  // the autograd graph. Empty function: off.
+  using AttentionObserver = std::function<void(int block, const at::Tensor& probs)>;
+  void set_attention_observer(AttentionObserver f) { attention_observer_ = std::move(f); }
+  virtual bool has_attention() const { return false; }
+
   // LM: int64 tokens [B, T] -> logits [B, T, vocab]. Classifier: inputs [B, ...] -> logits [B, classes].
   virtual at::Tensor forward(const at::Tensor& input) = 0;
   // Block-wise execution: forward(x) == head(run_block(n-1, ... run_block(0, embed(x)))).
@@ -153,6 +163,7 @@ class Model {
   std::map<std::string, Int8Weight> int8_weights_;  // by layer name
   bool int8_kernel_ = true;
   bool low_memory_ = false;
+  AttentionObserver attention_observer_;
   c10::Device device_ = c10::Device(c10::kCPU);
 };
 

@@ -1,5 +1,9 @@
 // LlamaConfig: validation, JSON round trip (checkpoint metadata), Hugging Face config.json, and the
 // parameter names of the two naming schemes.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -168,6 +172,41 @@ std::string llama_param_name(LlamaNames names, const std::string& role, int64_t 
   auto it = table.find(role);
   if (it == table.end()) fail<Error>("llama", "unknown parameter role '", role, "'");
   return p + (hf ? it->second.second : it->second.first);
+}
+
+std::map<std::string, at::Tensor> init_llama_weights(const LlamaConfig& c, uint64_t seed) {
+  c.validate();
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+  const double std0 = 0.02, std_res = 0.02 / std::sqrt(2.0 * double(c.n_layers));
+  std::map<std::string, at::Tensor> w;
+  auto normal = [&](const std::string& role, int64_t l, std::vector<int64_t> shape, double sd) {
+    w[llama_param_name(c.names, role, l)] = at::normal(0.0, sd, shape, gen);
+  };
+  auto fill = [&](const std::string& role, int64_t l, int64_t n, double v) {
+    w[llama_param_name(c.names, role, l)] = at::full({n}, v, at::kFloat);
+  };
+  normal("embed", -1, {c.vocab_size, c.dim}, std0);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    fill("attn_norm", l, c.dim, 1.0);
+    normal("wq", l, {q_dim, c.dim}, std0);
+    normal("wk", l, {kv_dim, c.dim}, std0);
+    normal("wv", l, {kv_dim, c.dim}, std0);
+    normal("wo", l, {c.dim, q_dim}, std_res);
+    fill("ffn_norm", l, c.dim, 1.0);
+    normal("w1", l, {c.hidden_dim, c.dim}, std0);
+    normal("w2", l, {c.dim, c.hidden_dim}, std_res);
+    normal("w3", l, {c.hidden_dim, c.dim}, std0);
+    if (c.qkv_bias) {
+      fill("bq", l, q_dim, 0.0);
+      fill("bk", l, kv_dim, 0.0);
+      fill("bv", l, kv_dim, 0.0);
+    }
+    if (c.o_bias) fill("bo", l, c.dim, 0.0);
+  }
+  fill("final_norm", -1, c.dim, 1.0);
+  if (!c.tied) normal("output", -1, {c.vocab_size, c.dim}, std0);
+  return w;
 }
 
 }  // namespace mc

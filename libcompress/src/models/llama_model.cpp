@@ -213,7 +213,9 @@ at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int
   at::Tensor masked = kpos > qpos;
   if (cfg_.sliding_window > 0) masked = masked.logical_or(qpos - kpos >= cfg_.sliding_window);
   scores.masked_fill_(masked, -std::numeric_limits<float>::infinity());
-  at::Tensor out = at::matmul(at::softmax(scores, -1), v.unsqueeze(2));  // [B, HKV, rep, T, hd]
+  at::Tensor probs = at::softmax(scores, -1);  // [B, HKV, rep, T, S]
+  if (attention_observer_) attention_observer_(k, probs.reshape({B, H, T, S}));
+  at::Tensor out = at::matmul(probs, v.unsqueeze(2));  // [B, HKV, rep, T, hd]
   out = out.reshape({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
   return apply_linear(layers_[ids[kWo]], out);
 }

@@ -73,6 +73,19 @@ void Model::set_param(const std::string& key, const at::Tensor& value) {
   }
 }
 
+void Model::bind_param(const std::string& key, const at::Tensor& value) {
+  auto it = params_.find(key);
+  if (it == params_.end()) fail("model", arch(), " model has no parameter '", key, "'");
+  if (!value.sizes().equals(it->second.sizes()))
+    fail("model", "bind_param '", key, "': shape ", shape_str(Shape(value.sizes().begin(), value.sizes().end())),
+         " differs from the parameter's ", shape_str(Shape(it->second.sizes().begin(), it->second.sizes().end())));
+  it->second = value;
+  for (const auto& [a, b] : tied_) {
+    if (a == key) params_[b] = value;
+    if (b == key) params_[a] = value;
+  }
+}
+
 void Model::release_param(const std::string& key) {
   auto it = params_.find(key);
   if (it == params_.end()) fail("model", arch(), " model has no parameter '", key, "'");

@@ -40,6 +40,10 @@ struct LlamaConfig {
 // wo, w1 (gate), w2 (down), w3 (up), bq, bk, bv, bo; block is the layer index (ignored for the global ones).
 std::string llama_param_name(LlamaNames names, const std::string& role, int64_t block = -1);
 
+// Random initial weights for `cfg` by checkpoint name (GPT-2 style: N(0, 0.02), the residual projections
+// wo and w2 N(0, 0.02 / sqrt(2 * n_layers)), norms 1, biases 0), drawn in a fixed order from `seed`.
+std::map<std::string, at::Tensor> init_llama_weights(const LlamaConfig& cfg, uint64_t seed);
+
 class LlamaModel : public Model {
  public:
   // `weights` by checkpoint name (zero-copy views where possible). Checks names and shapes against the
@@ -49,6 +53,7 @@ class LlamaModel : public Model {
   const LlamaConfig& config() const { return cfg_; }
   std::string arch() const override { return "llama"; }
   bool is_language_model() const override { return true; }
+  bool has_attention() const override { return true; }
   int64_t vocab_size() const override { return cfg_.vocab_size; }
   int64_t max_seq_len() const override { return cfg_.max_seq_len; }
 
