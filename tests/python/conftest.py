@@ -95,3 +95,27 @@ def write_safetensors(path, tensors, metadata=None):
     h += b" " * ((8 - len(h) % 8) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def train_tiny_lm(d, vocab=None, stories=400):
+    """A small language model trained by `mcompress train` on make_corpus's generated stories:
+    returns (directory with corpus/, path of model.bin with its tokenizer beside it)."""
+    binary = mcompress_bin()
+    if not os.path.exists(binary):
+        pytest.skip("mcompress not built")
+    corpus = os.path.join(os.path.dirname(binary), "..", "..", "data", "make_corpus")
+    extra = ["--vocab", str(vocab)] if vocab else []
+    subprocess.run([corpus, d / "corpus", "--stories", str(stories), *extra], check=True, capture_output=True)
+    model = d / "model" / "model.bin"
+    model.parent.mkdir()
+    (d / "model" / "tokenizer.bin").write_bytes((d / "corpus" / "tokenizer.bin").read_bytes())
+    subprocess.run([binary, "train", "--data", d / "corpus" / "train.txt", "--tokenizer", d / "corpus" / "tokenizer.bin",
+                    "--dim", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--hidden", "80",
+                    "--steps", "20", "--batch", "4", "--seq-len", "32", "--warmup", "5", "-o", model, "-q"],
+                   check=True, capture_output=True)
+    return d, model
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    return train_tiny_lm(tmp_path_factory.mktemp("lm"))

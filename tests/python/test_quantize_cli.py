@@ -12,24 +12,6 @@ import pytest
 from conftest import mcompress_bin, read_safetensors
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lm")
-    binary = mcompress_bin()
-    if not os.path.exists(binary):
-        pytest.skip("mcompress not built")
-    corpus = os.path.join(os.path.dirname(binary), "..", "..", "data", "make_corpus")
-    subprocess.run([corpus, d / "corpus", "--stories", "400"], check=True, capture_output=True)
-    model = d / "model" / "model.bin"
-    model.parent.mkdir()
-    (d / "model" / "tokenizer.bin").write_bytes((d / "corpus" / "tokenizer.bin").read_bytes())
-    subprocess.run([binary, "train", "--data", d / "corpus" / "train.txt", "--tokenizer", d / "corpus" / "tokenizer.bin",
-                    "--dim", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--hidden", "80",
-                    "--steps", "20", "--batch", "4", "--seq-len", "32", "--warmup", "5", "-o", model, "-q"],
-                   check=True, capture_output=True)
-    return d, model
-
-
 def test_quantize_writes_packed_file_and_report(mc, tiny_lm):
     d, model = tiny_lm
     out = d / "w4"
