@@ -73,13 +73,16 @@ def test_student_pruned_from_the_teacher(mc, tiny_lm):
     assert "every 2nd block kept" in report(out)["settings"]["student"]
 
 
-@pytest.mark.parametrize("kind", ["gptq3", "sparse24"])
+@pytest.mark.parametrize("kind", ["gptq3", "sparse24", "w8a8"])
 def test_recovery_keeps_grids_and_masks(mc, tiny_lm, kind):
     d, teacher = tiny_lm
     comp = d / f"comp-{kind}"
     if kind == "gptq3":
         mc("quantize", teacher, "--method", "gptq", "--bits", "3", "--group-size", "16",
            "--calib", d / "corpus" / "train.txt", "--calib-samples", "8", "--calib-seqlen", "32", "-o", comp, "-q")
+    elif kind == "w8a8":
+        mc("quantize", teacher, "--method", "smoothquant", "--calib", d / "corpus" / "train.txt",
+           "--calib-samples", "8", "--calib-seqlen", "32", "-o", comp, "-q")
     else:
         mc("prune", teacher, "--method", "sparsegpt", "--pattern", "2:4", "--bits", "4", "--group-size", "16",
            "--calib", d / "corpus" / "train.txt", "--calib-samples", "8", "--calib-seqlen", "32", "-o", comp, "-q")
@@ -91,6 +94,7 @@ def test_recovery_keeps_grids_and_masks(mc, tiny_lm, kind):
     d_in = json.loads(m_in["mcompress.quantization"])["tensors"]
     d_out = json.loads(m_out["mcompress.quantization"])["tensors"]
     assert d_in == d_out  # same entries, bits, groups, layouts
+    assert m_in.get("mcompress.activations") == m_out.get("mcompress.activations")  # W8A8 stays W8A8
     changed = 0
     for key in d_in:
         # Grids are frozen: scales (and zeros) byte for byte; N:M positions too.

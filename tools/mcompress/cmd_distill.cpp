@@ -147,8 +147,8 @@ int cmd_distill(const std::vector<std::string>& args) {
       ("seed", po::value<uint64_t>(&o.seed)->default_value(1), "seed of init, sampling and data order")
       ("calib-samples", po::value<int64_t>(&calib_samples)->default_value(64), "--student-init: sequences/examples ranking what is pruned")
       ("tokenizer", po::value<std::string>(&tokenizer), "tokenizer (default: the one beside the teacher)")
-      ("tokens-u16", po::bool_switch(&tokens_u16), "token files hold uint16 ids")
-      ("tokens-u32", po::bool_switch(&tokens_u32), "token files hold uint32 ids")
+      ("tokens-u16", po::bool_switch(&tokens_u16), "--data is a token file of uint16 ids (else by extension .u16/.u32)")
+      ("tokens-u32", po::bool_switch(&tokens_u32), "--data is a token file of uint32 ids")
       ("arch", po::value<std::string>(&arch), "classifier architecture YAML of the teacher")
       ("window", po::value<int64_t>(&window)->default_value(128), "report: tokens per evaluation window")
       ("truncate", po::bool_switch(&truncate), "report: score only each document's first window")
@@ -207,6 +207,7 @@ int cmd_distill(const std::vector<std::string>& args) {
   const bool have_eval = !eval_data.empty();
   if (have_eval) {
     dopt.data = eval_data;
+    dopt.tokens_u16 = dopt.tokens_u32 = false;  // those name --data's width; token files say it by extension
     eval_ed = load_eval_data(*teacher, teacher_path, dopt);
     slice(eval_ed, eval_range, "--eval-range");
   }
@@ -276,6 +277,7 @@ int cmd_distill(const std::vector<std::string>& args) {
   mc::DistillOptions dopts;
   std::string student_desc;
   bool packed_student = false;
+  std::map<std::string, std::string> student_extra_meta;
   if (!student_config.empty()) {
     student = mc::student_from_config(*teacher, student_config, o.seed);
     student_desc = "from config " + student_config + " (random init, seed " + std::to_string(o.seed) + ")";
@@ -314,6 +316,8 @@ int cmd_distill(const std::vector<std::string>& args) {
     }
     auto reader = mc::open_checkpoint(student_path);
     dopts.frozen = mc::read_frozen_grids(*reader);
+    auto act = reader->metadata().find(mc::kActivationMetadataKey);  // W8A8: activations stay quantized
+    if (act != reader->metadata().end()) student_extra_meta[act->first] = act->second;
     packed_student = !dopts.frozen.empty();
     for (auto& [k, g] : dopts.frozen) g.to(student->device());
     int64_t nq = 0, ns = 0;
@@ -444,9 +448,11 @@ int cmd_distill(const std::vector<std::string>& args) {
     for (const auto& [k, v] : student->params())
       if (!dopts.frozen.count(k)) writer.add_dense(k, v);
     for (const auto& [k, g] : dopts.frozen) mc::add_like(writer, student->param(k), g);
-    writer.finish(student->config_metadata());
+    auto meta = student->config_metadata();
+    meta.insert(student_extra_meta.begin(), student_extra_meta.end());
+    writer.finish(meta);
   } else {
-    mc::save_model(*student, out_model);
+    mc::save_model(*student, out_model, student_extra_meta);
   }
   rep.output = out_model;
   rep.steps.push_back({"write student", since(t)});

@@ -80,6 +80,8 @@ void Model::bind_param(const std::string& key, const at::Tensor& value) {
     fail("model", "bind_param '", key, "': shape ", shape_str(Shape(value.sizes().begin(), value.sizes().end())),
          " differs from the parameter's ", shape_str(Shape(it->second.sizes().begin(), it->second.sizes().end())));
   it->second = value;
+  for (auto w = int8_weights_.begin(); w != int8_weights_.end();)  // the int8 codes no longer match
+    w = layer(w->first).weight == key ? int8_weights_.erase(w) : std::next(w);
   for (const auto& [a, b] : tied_) {
     if (a == key) params_[b] = value;
     if (b == key) params_[a] = value;
@@ -139,9 +141,10 @@ at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x) {
       // Per-token symmetric fake quantization of the input, then the float matmul.
       const double qmax = double((1 << (layer.act_bits - 1)) - 1);
       at::Tensor xf = x.to(at::kFloat);
-      at::Tensor s = xf.abs().amax(-1, true).div_(qmax);
+      at::Tensor s = xf.detach().abs().amax(-1, true).div_(qmax);
       s.masked_fill_(s.eq(0), 1.0);
-      at::Tensor xq = xf.div(s).round_().clamp_(-qmax, qmax).mul_(s).to(x.scalar_type());
+      at::Tensor xq = xf.detach().div(s).round_().clamp_(-qmax, qmax).mul_(s).to(x.scalar_type());
+      if (x.requires_grad()) xq = xq - (x.detach() - x);  // training: straight-through gradient
       y = bias.defined() ? at::linear(xq, w, bias) : at::linear(xq, w);
     }
   } else {
