@@ -4,8 +4,9 @@
 #     LLaMA-architecture model trained on it by `mcompress train` (cached in out/demo after the first run);
 #  2. INT4 (groups of 32, symmetric fp16 scales) round-to-nearest quantization of it with evaluation
 #     before/after and a report;
-#  3. when ../shared/data is there, the same for the real stories260K model (INT8 g64 and INT4 g32) and
-#     INT8 per-channel for the MNIST MLP.
+#  3. when ../shared/data is there, the same for the real stories260K model (INT8 g64 and INT4 g32, calibrated
+#     INT3, W8A8, SparseGPT + recovery fine-tuning by distillation) and for the MNIST MLP (INT8 per channel,
+#     a distilled 784-100-10 student).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
@@ -60,10 +61,20 @@ if [[ -f "$SHARED/stories260K/stories260K.bin" ]]; then
   echo "-- SparseGPT 50% unstructured, survivors INT4 g32 in the same pass (sparse packed file) --"
   "$MC" prune "$SHARED/stories260K/stories260K.bin" --method sparsegpt --sparsity 0.5 --bits 4 --group-size 32 \
     --calib "$SHARED/tinyshakespeare/input.txt" "${EVAL[@]}" -o "$OUT/stories260K-sparse50-w4"
+  echo "-- recovery fine-tuning of that model: distilled from the float model on 1000 stories sampled from it, --"
+  echo "-- its masks and INT4 grids kept (--resume: a second demo run reuses the finished training) --"
+  "$MC" distill --teacher "$SHARED/stories260K/stories260K.bin" --student "$OUT/stories260K-sparse50-w4/model.safetensors" \
+    --generate 1000 --gen-length 129 --loss kl=1,T=1 --lr 5e-4 --steps 200 --batch 16 --seq-len 128 --eval-every 100 \
+    "${EVAL[@]}" --resume -o "$OUT/stories260K-sparse50-w4-recovered"
   echo
   echo "== 4. the MNIST MLP (published: 98.31% top-1), INT8 per output channel =="
   "$MC" quantize "$SHARED/mnist/mnist_mlp.state_dict" --arch data/mnist_mlp.yaml --bits 8 --per-channel \
     --eval "$SHARED/mnist" -o "$OUT/mnist-w8"
+  echo "-- a 784-100-10 student (the teacher's 100 most important hidden channels, then distilled on test --"
+  echo "-- images 0..7999 and mixups of them; evaluated on 8000..9999) --"
+  "$MC" distill --teacher "$SHARED/mnist/mnist_mlp.state_dict" --arch data/mnist_mlp.yaml --student-init prune:hidden=100 \
+    --data "$SHARED/mnist" --data-range 0:8000 --generate 16000 --eval "$SHARED/mnist" --eval-range 8000:10000 \
+    --loss kl=1,T=300 --lr 1e-3 --steps 1500 --batch 128 --eval-every 500 --resume -o "$OUT/mnist-student"
 else
   echo "(skipped the real models: $SHARED not found)"
 fi

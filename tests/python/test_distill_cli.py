@@ -198,3 +198,34 @@ def test_mnist_student_from_the_real_teacher(mc, tmp_path):
     # 400 steps already beat the pruned init by far (the closing note's figure uses 3000 steps).
     assert metric(rep, "top-1 accuracy", "compressed") > 0.95
     assert metric(rep, "top-1 accuracy (student before training)", "compressed") < 0.9
+
+
+def test_interrupt_saves_state_and_resume_finishes(tiny_lm, student_yaml):
+    import signal
+    import subprocess
+
+    from conftest import mcompress_bin
+    d, teacher = tiny_lm
+    out = d / "interrupted"
+    args = [mcompress_bin(), "distill", "--teacher", teacher, "--student-config", student_yaml,
+            "--data", d / "corpus" / "train.txt", "--steps", "100000", "--batch", "2", "--seq-len", "16",
+            "--eval-every", "0", "-o", out]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:  # progress lines start once training runs (the handler is installed then)
+        if line.startswith("step"):
+            break
+    p.send_signal(signal.SIGINT)
+    rest, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (rest, err)
+    assert "continue with the same command and --resume" in rest
+    assert (out / "train-state.safetensors").exists() and not (out / "model.safetensors").exists()
+    # The same command with --resume picks it up: progress lines come every 50 steps, the first run stopped
+    # at step 50 or later, so a resumed run's first line is step 100 or later (a fresh one's would be 50).
+    p = subprocess.Popen(args + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith("step"):
+            assert int(line.split()[1].split("/")[0]) >= 100, line
+            break
+    p.send_signal(signal.SIGINT)
+    rest, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
