@@ -37,9 +37,40 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 }  // namespace
 
+// "PATTERN:bits=8,group-size=0,asym" -> an override of `base` for the layers PATTERN matches (the
+// last ':' ends the pattern, so "re:..." patterns work).
+static mc::PtqOptions::Override parse_override(const std::string& text, const mc::QuantSpec& base) {
+  const size_t c = text.rfind(':');
+  if (c == std::string::npos || c == 0 || (text.rfind("re:", 0) == 0 && c == 2))
+    mc::fail("quantize", "--override '", text, "' is not PATTERN:SETTINGS (e.g. 'layers.0.*:bits=8')");
+  mc::PtqOptions::Override ov;
+  ov.patterns = {text.substr(0, c)};
+  ov.spec = base;
+  for (const auto& item : split_list(text.substr(c + 1))) {
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq), val = eq == std::string::npos ? "" : item.substr(eq + 1);
+    try {
+      if (key == "bits") ov.spec.bits = std::stoi(val);
+      else if (key == "group-size" || key == "group_size") ov.spec.group_size = std::stoll(val);
+      else if (key == "per-channel" && val.empty()) ov.spec.group_size = 0;
+      else if (key == "per-tensor" && val.empty()) ov.spec.group_size = -1;
+      else if (key == "sym" && val.empty()) ov.spec.symmetric = true;
+      else if (key == "asym" && val.empty()) ov.spec.symmetric = false;
+      else if (key == "mse-clip" && val.empty()) ov.spec.mse_clip = true;
+      else throw std::invalid_argument("key");
+    } catch (const std::exception&) {
+      mc::fail("quantize", "--override '", text, "': bad setting '", item,
+               "' (allowed: bits=N, group-size=G, per-channel, per-tensor, sym, asym, mse-clip)");
+    }
+  }
+  ov.spec.validate("override " + ov.patterns[0], 1 << 30);
+  return ov;
+}
+
 int cmd_quantize(const std::vector<std::string>& args) {
   po::options_description desc("quantize options");
   std::string model_path, out, targets, ignore, cand;
+  std::vector<std::string> overrides;
   RunDataOptions data;
   std::string &eval_data = data.eval_data, &calib_data = data.calib_data, &tokenizer = data.tokenizer,
               &arch = data.arch, &device = data.device, &separator = data.separator;
@@ -83,7 +114,9 @@ int cmd_quantize(const std::vector<std::string>& args) {
       ("simulate-int8", po::bool_switch(&simulate), "smoothquant: evaluate with simulated (float) int8 matmuls only")
       ("target-bpw", po::value<double>(&po_.target_bpw)->default_value(0),
        "mixed precision: mean code bits per weight to meet (e.g. 3.5), bits chosen per layer by a sensitivity scan")
-      ("bits-candidates", po::value<std::string>(&cand)->default_value("3,4,8"), "mixed precision: bit widths to choose from");
+      ("bits-candidates", po::value<std::string>(&cand)->default_value("3,4,8"), "mixed precision: bit widths to choose from")
+      ("override", po::value<std::vector<std::string>>(&overrides)->composing(),
+       "per-layer grid, repeatable: PATTERN:bits=8,group-size=64|per-channel,sym|asym (first match wins)");
   add_run_data_options(desc, data, 0, "calibration sequences / examples (default: 128; 8 for rtn's per-layer errors)");
   po::positional_options_description pos;
   pos.add("model", 1);
@@ -114,6 +147,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
   spec.symmetric = !asym;
   spec.validate("(all layers)", 1 << 30);  // bits and group size, before any work
   if (po_.target_bpw < 0) mc::fail("quantize", "--target-bpw must be > 0");
+  for (const auto& ov : overrides) po_.overrides.push_back(parse_override(ov, spec));
   po_.awq_clip = !no_clip;
   po_.targets = split_list(targets), po_.ignore = split_list(ignore);
   po_.candidate_bits.clear();

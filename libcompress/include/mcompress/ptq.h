@@ -50,6 +50,13 @@ struct PtqOptions {
   // at least one layer. `ignore`: patterns removed from the selection.
   std::vector<std::string> targets, ignore;
   bool embeddings = false, classifier = false, conv = false;  // add these layers to the default selection
+  // Per-layer grids: the first override whose patterns (as targets) match a selected layer gives its
+  // grid instead of `spec` (e.g. the first block at 8 bits). Each pattern must match a selected layer.
+  struct Override {
+    std::vector<std::string> patterns;
+    QuantSpec spec;
+  };
+  std::vector<Override> overrides;
   // Calibration engine.
   int64_t batch = 8;
   bool fp64 = false;

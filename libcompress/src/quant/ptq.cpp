@@ -53,6 +53,13 @@ bool any_match(const std::vector<std::string>& pats, const std::string& name) {
   return false;
 }
 
+// The grid of a layer: the first override matching it, else the default.
+const QuantSpec& spec_for(const PtqOptions& o, const std::string& name) {
+  for (const auto& ov : o.overrides)
+    if (any_match(ov.patterns, name)) return ov.spec;
+  return o.spec;
+}
+
 bool quantizable(const Model& m, const LayerInfo& l) {
   if (l.kind == LayerKind::Norm) return false;
   const int64_t dims = m.param(l.weight).dim();
@@ -332,10 +339,16 @@ std::vector<const LayerInfo*> select_layers(const Model& model, const PtqOptions
     else
       take = take || any_match(o.targets, l.name);
     if (!take || any_match(o.ignore, l.name) || !keys.insert(l.weight).second) continue;
-    o.spec.validate(l.name, l.in_features);
+    spec_for(o, l.name).validate(l.name, l.in_features);
     out.push_back(&l);
   }
   if (out.empty()) fail(kComp, model.arch(), " model: no layer selected for quantization");
+  for (const auto& ov : o.overrides)
+    for (const auto& p : ov.patterns) {
+      bool hit = false;
+      for (const LayerInfo* l : out) hit = hit || any_match({p}, l->name);
+      if (!hit) fail(kComp, "override pattern '", p, "' matches no selected layer");
+    }
   return out;
 }
 
@@ -410,7 +423,7 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   std::set<std::string> in_blocks;
   std::vector<const LayerInfo*> outside;
   for (const LayerInfo* l : layers) {
-    run.spec_of[l->name] = o.spec;
+    run.spec_of[l->name] = spec_for(o, l->name);
     if (l->block >= 0 && calibrated)
       in_blocks.insert(l->name);
     else
@@ -486,17 +499,18 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   for (const LayerInfo* l : outside) {
     const at::Tensor w_full = model.param(l->weight);
     const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
-    QuantResult q = rtn_quantize(W, o.spec, l->name);
+    const QuantSpec& sp = run.spec_of.at(l->name);
+    QuantResult q = rtn_quantize(W, sp, l->name);
     if (w_full.dim() != 2) q.weight_shape = w_full.sizes().vec();
     LayerRow row;
     row.name = l->name;
     row.shape = shape_str(w_full.sizes().vec());
-    row.scheme = "rtn " + o.spec.describe();
+    row.scheme = "rtn " + sp.describe();
     row.params = W.numel();
     if (o.method != "rtn") row.note = "outside the blocks: plain RTN";
-    if (o.spec.group_size > 0 && W.size(1) % o.spec.group_size)
+    if (sp.group_size > 0 && W.size(1) % sp.group_size)
       row.note += (row.note.empty() ? "" : "; ") + std::string("last group of ") +
-                  std::to_string(W.size(1) % o.spec.group_size) + " columns";
+                  std::to_string(W.size(1) % sp.group_size) + " columns";
     res.layers.push_back(row);
     model.set_param(l->weight, q.dequantize().reshape(w_full.sizes()));
     res.quantized.emplace(l->weight, std::move(q));
