@@ -23,6 +23,7 @@ const std::vector<Command>& commands() {
       {"quantize", "quantize a model's weights (RTN, imatrix, GPTQ, AWQ, SmoothQuant W8A8) and report the accuracy kept", cmd_quantize},
       {"prune", "prune a model's weights (magnitude, Wanda, SparseGPT; unstructured or N:M) and report the accuracy kept", cmd_prune},
       {"train", "train a small LLaMA-architecture model from scratch", cmd_train},
+      {"run", "run a recipe (recipes/*.yaml): stages of quantize / prune / distill, a combined report, an accuracy gate", cmd_run},
       {"distill", "train a student from a teacher, or fine-tune a compressed model to recover accuracy", cmd_distill},
   };
   return cmds;

@@ -1,0 +1,101 @@
+"""mcompress run: recipes end to end on a small trained model - stage outputs, the recipe saved beside the
+result, reuse of finished stages, the accuracy gate (exit 3, FAILED in the report), the dry-run plan,
+and bad recipes (exit 2, one line, no output)."""
+import json
+import os
+
+import pytest
+
+from conftest import read_safetensors
+
+RECIPES = os.path.join(os.path.dirname(__file__), "..", "..", "recipes")
+
+
+def test_demo_recipe_writes_model_recipe_report_and_reuses_stages(mc, tiny_lm, tmp_path):
+    d, model = tiny_lm
+    out = tmp_path / "demo"
+    args = ["run", os.path.join(RECIPES, "demo.yaml"), "--model", model, "--eval", d / "corpus" / "valid.txt",
+            "-o", out, "-q"]
+    p = mc(*args, check=False)
+    assert p.returncode in (0, 3), p.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert (out / "recipe.yaml").read_text() == open(os.path.join(RECIPES, "demo.yaml")).read()
+    assert (out / "model.safetensors").read_bytes() == (out / "stages" / "1-quantize" / "model.safetensors").read_bytes()
+    gate = rep["settings"]["accuracy gate"]
+    assert gate.startswith("PASSED" if p.returncode == 0 else "FAILED")
+    t, meta = read_safetensors(out / "model.safetensors")
+    assert json.loads(meta["mcompress.quantization"])["tensors"]  # packed
+    before = (out / "model.safetensors").read_bytes()
+    p2 = mc(*args, check=False)
+    assert p2.returncode == p.returncode
+    assert "every stage reused" in json.loads((out / "report.json").read_text())["settings"]["wall time"]
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_two_stage_recipe_and_gate_failure(mc, tiny_lm, tmp_path):
+    d, model = tiny_lm
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("""name: strict
+description: 2:4 then int3, with a gate no such model passes
+seed: 0
+stages:
+  - prune: {method: sparsegpt, pattern: "2:4", calib-samples: 8, calib-seqlen: 32}
+  - quantize:
+      method: gptq
+      bits: 3
+      group-size: 16
+      keep-sparsity: true
+      calib-samples: 8
+      calib-seqlen: 32
+      overrides: [{match: "layers.0.*", bits: 8}]
+gate: {metric: bits per byte, max-relative-drop: 0.001}
+""")
+    out = tmp_path / "strict"
+    p = mc("run", recipe, "--model", model, "--calib", d / "corpus" / "train.txt", "--eval", d / "corpus" / "valid.txt",
+           "-o", out, "-q", check=False)
+    rep = json.loads((out / "report.json").read_text())
+    bpb = [m for m in rep["metrics"] if m["name"] == "bits per byte"][0]
+    missed = bpb["compressed"] > bpb["baseline"] * 1.001  # a 20-step model can even improve by chance
+    assert p.returncode == (3 if missed else 0), p.stderr
+    assert rep["settings"]["accuracy gate"].startswith("FAILED: bits per byte" if missed else "PASSED: bits per byte")
+    if missed:
+        assert "accuracy gate FAILED" in p.stderr and "missed by" in rep["settings"]["accuracy gate"]
+        assert "FAILED" in (out / "report.md").read_text()
+    # A gate on a metric the run cannot measure fails too (stages are reused: only the gate is new).
+    recipe.write_text(recipe.read_text().replace("metric: bits per byte", "metric: top-1 accuracy"))
+    p = mc("run", recipe, "--model", model, "--calib", d / "corpus" / "train.txt", "--eval", d / "corpus" / "valid.txt",
+           "-o", out, "-q", check=False)
+    assert p.returncode == 3 and "'top-1 accuracy' was not measured" in p.stderr, p.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert "every stage reused" in rep["settings"]["wall time"]
+    schemes = {l["name"]: l["scheme"] for l in rep["layers"]}
+    assert "int8" in schemes["layers.0.attention.wq"] and "int3" in schemes["layers.1.attention.wq"]
+    assert [s["name"].split(":")[0] for s in rep["steps"]] == ["stage 1", "stage 2"]
+    # The final model keeps the zeros of stage 1 (stored sparse) with stage 2's int3 codes.
+    t, meta = read_safetensors(out / "model.safetensors")
+    desc = json.loads(meta["mcompress.quantization"])["tensors"]
+    assert desc["layers.1.attention.wq.weight"]["sparse"]["layout"] in ("n:m", "bitmask")  # the cheaper one
+    assert desc["layers.1.attention.wq.weight"]["bits"] == 3
+
+
+def test_dry_run_prints_the_plan_without_output(mc, tiny_lm, tmp_path):
+    d, model = tiny_lm
+    p = mc("run", os.path.join(RECIPES, "sparse-2of4-w4.yaml"), "--model", model, "--dry-run", "-o", tmp_path / "x")
+    assert "pruned 2:4 sparsegpt; int4 g32 gptq" in p.stdout
+    assert "estimated size" in p.stdout
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_recipes_exit_2(mc, tiny_lm, tmp_path):
+    d, model = tiny_lm
+    for text, msg in [("stages:\n  - compress: {}\n", "unknown pass 'compress'"),
+                      ("stages:\n  - quantize: {bits: 4, colour: red}\n", "colour"),
+                      ("stages:\n  - quantize: {method: rtn, bits: 4, targets: [nothing.*]}\n", "matches no")]:
+        recipe = tmp_path / "bad.yaml"
+        recipe.write_text(text)
+        out = tmp_path / "bad-out"
+        p = mc("run", recipe, "--model", model, "-o", out, check=False)
+        assert p.returncode == 2, (text, p.stderr)
+        assert msg in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
+        assert not out.exists()
