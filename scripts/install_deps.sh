@@ -10,6 +10,8 @@ PKGS=(
   catch2 pybind11-dev python3-dev python3-numpy python3-torch python3-h5py python3-pytest
   libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev zlib1g-dev
   clang libclang-rt-14-dev
+  chromium  # tests/python/test_report_html.py renders report.html headless
+  slurm-wlm munge  # scripts/slurm_local.sh: a single-node Slurm cluster for tests/python/test_slurm_local.py
 )
 if [[ "${MCOMPRESS_EXTRA_PKGS:-}" != "" ]]; then read -r -a extra <<<"$MCOMPRESS_EXTRA_PKGS"; PKGS+=("${extra[@]}"); fi
 

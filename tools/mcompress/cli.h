@@ -44,5 +44,6 @@ int cmd_quantize(const std::vector<std::string>& args);
 int cmd_prune(const std::vector<std::string>& args);
 int cmd_distill(const std::vector<std::string>& args);
 int cmd_run(const std::vector<std::string>& args);
+int cmd_sweep(const std::vector<std::string>& args);
 
 }  // namespace mcli

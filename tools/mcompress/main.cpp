@@ -24,6 +24,7 @@ const std::vector<Command>& commands() {
       {"prune", "prune a model's weights (magnitude, Wanda, SparseGPT; unstructured or N:M) and report the accuracy kept", cmd_prune},
       {"train", "train a small LLaMA-architecture model from scratch", cmd_train},
       {"run", "run a recipe (recipes/*.yaml): stages of quantize / prune / distill, a combined report, an accuracy gate", cmd_run},
+      {"sweep", "expand a grid of models x recipes x parameters into jobs; run them locally (--jobs N) or on Slurm", cmd_sweep},
       {"distill", "train a student from a teacher, or fine-tune a compressed model to recover accuracy", cmd_distill},
   };
   return cmds;
