@@ -99,3 +99,15 @@ def test_bad_recipes_exit_2(mc, tiny_lm, tmp_path):
         assert msg in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1
         assert not out.exists()
+
+
+@pytest.mark.parametrize("recipe", ["sparse-2of4-w4.yaml", "w4-awq.yaml", "w8a8-smoothquant.yaml"])
+def test_same_recipe_inputs_and_seed_give_identical_bytes_at_1_and_2_threads(mc, tiny_lm, tmp_path, recipe):
+    d, model = tiny_lm
+    outs = []
+    for threads in (1, 2):
+        out = tmp_path / f"t{threads}"
+        mc("run", os.path.join(RECIPES, recipe), "--model", model, "--calib", d / "corpus" / "train.txt",
+           "--threads", threads, "-o", out, "-q", check=False)
+        outs.append((out / "model.safetensors").read_bytes())
+    assert outs[0] == outs[1]
