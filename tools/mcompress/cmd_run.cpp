@@ -77,7 +77,13 @@ void print_plan(const mc::Recipe& r, const std::string& model_path) {
     const bool matrix = t.shape.size() == 2 && t.name.size() > 7 && t.name.substr(t.name.size() - 7) == ".weight" &&
                         t.name.find("embed") == std::string::npos && t.name != "output.weight" &&
                         t.name != "lm_head.weight";
-    if (matrix) rows.push_back({t.name.substr(0, t.name.size() - 7), n, double(t.nbytes) * 8 / double(n)});
+    if (matrix) {
+      Row row;
+      row.name = t.name.substr(0, t.name.size() - 7);
+      row.params = n;
+      row.value_bits = double(t.nbytes) * 8 / double(n);
+      rows.push_back(row);
+    }
   }
   auto match = [](const std::vector<std::string>& pats, const std::string& name) {
     for (const auto& p : pats) {

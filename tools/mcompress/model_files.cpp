@@ -231,7 +231,7 @@ void print_summary(const mc::Report& rep, bool labeled, const std::string& out, 
                 labeled ? (std::string(compressed_label) + " / " + baseline_label + " top-1").c_str()
                         : (std::string(baseline_label) + " / " + compressed_label + " perplexity").c_str());
   for (const auto& w : rep.warnings) std::printf("warning: %s\n", w.c_str());
-  std::printf("report: %s/report.md\n", out.c_str());
+  std::printf("report: %s/report.md (also report.html, report.json)\n", out.c_str());
 }
 
 

@@ -1,5 +1,6 @@
-// Compression reports written beside every compressed model: report.json (machine-readable) and
-// report.md (for people). Retention is defined per metric and stated in the report:
+// Compression reports written beside every compressed model: report.json (machine-readable),
+// report.md and report.html (for people; the HTML is self-contained: inline CSS and SVG, no scripts,
+// nothing loaded from anywhere). Retention is defined per metric and stated in the report:
 //   higher-is-better metrics (accuracy): compressed / baseline
 //   lower-is-better metrics (perplexity): baseline / compressed
 #pragma once
@@ -48,13 +49,20 @@ struct Report {
   std::vector<std::string> warnings;
   std::string command_line;
   std::string seed;
+  std::string created;                  // "2024-05-01 12:00:00 UTC"; empty: to_json/to_markdown use now,
+                                        // to_html shows no date (write_report fills it once for all three)
 
   std::optional<double> retention() const;  // of the primary metric
   std::string to_json() const;
   std::string to_markdown() const;
+  // One self-contained page: summary cards, metrics, a per-layer SVG chart (relative output error and
+  // stored bits per weight), layers, steps, settings, warnings. Deterministic: the same Report gives
+  // the same bytes.
+  std::string to_html() const;
 };
 
-// Writes DIR/report.json and DIR/report.md (atomically).
+// Writes DIR/report.json, DIR/report.md and DIR/report.html (each atomically), all with the same
+// "created" time.
 void write_report(const Report& r, const std::string& dir);
 // "mcompress 0.1.0, LibTorch 1.13.1, GCC 12.2.0"
 std::string versions_string();

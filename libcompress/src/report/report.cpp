@@ -11,10 +11,11 @@
 #include <sstream>
 
 #include "mcompress/atomic_file.h"
+#include "report_format.h"
 
 namespace mc {
 
-namespace {
+namespace report_detail {
 
 std::string fmt_value(double v, const MetricRow& m) {
   char buf[64];
@@ -34,6 +35,20 @@ std::string human(uint64_t n) {
   std::snprintf(buf, sizeof buf, i ? "%.2f %s" : "%.0f %s", v, u[i]);
   return buf;
 }
+
+std::string change_percent(const MetricRow& m) {
+  if (!m.baseline || !m.compressed || *m.baseline == 0) return "";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%+.2f%%", 100.0 * (*m.compressed - *m.baseline) / std::fabs(*m.baseline));
+  return buf;
+}
+
+}  // namespace report_detail
+
+namespace {
+
+using report_detail::fmt_value;
+using report_detail::human;
 
 std::string utc_now() {
   std::time_t t = std::time(nullptr);
@@ -112,7 +127,7 @@ std::string Report::to_json() const {
   j["command_line"] = command_line;
   j["seed"] = seed;
   j["versions"] = versions_string();
-  j["created"] = utc_now();
+  j["created"] = created.empty() ? utc_now() : created;
   return j.dump(2) + "\n";
 }
 
@@ -146,13 +161,7 @@ std::string Report::to_markdown() const {
   for (const auto& m : metrics) {
     md << "| " << m.name << (m.higher_is_better ? " (higher is better)" : " (lower is better)") << " | "
        << (m.baseline ? fmt_value(*m.baseline, m) : "") << " | " << (m.compressed ? fmt_value(*m.compressed, m) : "")
-       << " | ";
-    if (m.baseline && m.compressed && *m.baseline != 0) {
-      char buf[32];
-      std::snprintf(buf, sizeof buf, "%+.2f%%", 100.0 * (*m.compressed - *m.baseline) / std::fabs(*m.baseline));
-      md << buf;
-    }
-    md << " |\n";
+       << " | " << report_detail::change_percent(m) << " |\n";
   }
   if (size_before || size_after)
     md << "| file size | " << human(size_before) << " | " << human(size_after) << " | " << [&] {
@@ -187,14 +196,17 @@ std::string Report::to_markdown() const {
     }
   }
   md << "\n## Run\n\n- command: `" << command_line << "`\n- seed: " << (seed.empty() ? "-" : seed)
-     << "\n- versions: " << versions_string() << "\n- created: " << utc_now() << "\n";
+     << "\n- versions: " << versions_string() << "\n- created: " << (created.empty() ? utc_now() : created) << "\n";
   return md.str();
 }
 
 void write_report(const Report& r, const std::string& dir) {
+  Report stamped = r;  // one "created" time for all three files
+  if (stamped.created.empty()) stamped.created = utc_now();
   std::filesystem::create_directories(dir);
-  write_text(dir + "/report.json", r.to_json());
-  write_text(dir + "/report.md", r.to_markdown());
+  write_text(dir + "/report.json", stamped.to_json());
+  write_text(dir + "/report.md", stamped.to_markdown());
+  write_text(dir + "/report.html", stamped.to_html());
 }
 
 }  // namespace mc
