@@ -111,3 +111,19 @@ def test_same_recipe_inputs_and_seed_give_identical_bytes_at_1_and_2_threads(mc,
            "--threads", threads, "-o", out, "-q", check=False)
         outs.append((out / "model.safetensors").read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_log_json_prints_only_json_lines(mc, tiny_lm, tmp_path):
+    d, model = tiny_lm
+    p = mc("run", os.path.join(RECIPES, "w4-awq.yaml"), "--model", model, "--calib", d / "corpus" / "train.txt",
+           "-o", tmp_path / "lj", "--log-json", check=False)
+    events = [json.loads(line) for line in p.stdout.splitlines()]  # every line parses
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and events[-1]["exit"] == p.returncode == 0
+    prog = [e for e in events if e["event"] == "progress"]
+    assert prog and prog[-1]["i"] == prog[-1]["n"] and prog[-1]["method"] == "awq"
+    bad = mc("run", os.path.join(RECIPES, "w4-awq.yaml"), "--model", tmp_path / "missing.bin", "-o", tmp_path / "x",
+             "--log-json", check=False)
+    assert bad.returncode == 2
+    assert json.loads(bad.stdout.splitlines()[-1]) == {"event": "error", "exit": 2,
+                                                       "message": json.loads(bad.stdout.splitlines()[-1])["message"]}

@@ -22,7 +22,12 @@ struct CommonOptions {
   int threads = 0;
   bool help = false;
   bool quiet = false;
+  bool log_json = false;  // progress and results as JSON lines on stdout (implies quiet for the text)
 };
+// --log-json was given: long steps report through log_event instead of text.
+bool log_json();
+// One JSON object per line on stdout: {"event": EVENT, ...fields} (fields: a JSON object's text, "" for none).
+void log_event(const std::string& event, const std::string& fields_json = "");
 void add_common_options(po::options_description& desc, CommonOptions& common);
 
 // Parses args (after the subcommand name) into vm. Unknown options / bad values throw InputError.

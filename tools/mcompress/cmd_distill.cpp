@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include <nlohmann/json.hpp>
 #include "model_files.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/distill.h"
@@ -243,6 +244,7 @@ int cmd_distill(const std::vector<std::string>& args) {
         so.stop_ids.push_back(so.start_id);  // llama2.c stories: BOS starts the next story
         const bool tty = ::isatty(STDOUT_FILENO);
         auto seqs = mc::sample_sequences(*teacher, so, [&](int64_t done, int64_t total) {
+          if (log_json()) log_event("generate", nlohmann::json({{"done", done}, {"total", total}}).dump());
           if (common.quiet) return;
           const double s = since(t);
           std::string line = "generating " + std::to_string(done) + "/" + std::to_string(total) +
@@ -405,6 +407,14 @@ int cmd_distill(const std::vector<std::string>& args) {
   // ---- training ----
   const bool tty = ::isatty(STDOUT_FILENO);
   auto progress = [&](const mc::TrainProgress& p) {
+    if (log_json()) {
+      nlohmann::json j = {{"step", p.step}, {"steps", p.steps}, {"loss", p.loss}, {"lr", p.lr},
+                          {"items_per_s", p.items_per_s}, {"unit", p.unit}, {"eta_s", p.eta_s}};
+      for (const auto& [name, v] : p.parts) j["parts"][name] = v;
+      if (p.valid_loss >= 0) j["held_out_loss"] = p.valid_loss;
+      log_event("train", j.dump());
+      return;
+    }
     if (common.quiet) return;
     const bool report = p.valid_loss >= 0 || p.step == p.steps || p.step % 50 == 0;
     if (!tty && !report) return;

@@ -212,6 +212,8 @@ void run_local(const std::vector<const Job*>& pending, const fs::path& out, int 
     const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     put(out / "jobs" / it->second->name / "exit-code", std::to_string(rc) + "\n");
     ++done;
+    if (log_json())
+      log_event("job", json({{"job", it->second->name}, {"exit", rc}, {"done", done}, {"total", pending.size()}}).dump());
     if (!quiet) {
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::printf("[%zu/%zu] %s: %s  (%.0f s, ETA %.0f s)\n", done, pending.size(), it->second->name.c_str(),

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include <nlohmann/json.hpp>
 #include "model_files.h"
 #include "mcompress/datasets.h"
 #include "mcompress/error.h"
@@ -91,6 +92,14 @@ int cmd_train(const std::vector<std::string>& args) {
               << o.seq_len << " tokens" << std::endl;
   const bool tty = ::isatty(STDOUT_FILENO);
   auto progress = [&](const mc::TrainProgress& p) {
+    if (log_json()) {
+      nlohmann::json j = {{"step", p.step}, {"steps", p.steps}, {"loss", p.loss}, {"lr", p.lr},
+                          {"items_per_s", p.items_per_s}, {"unit", p.unit}, {"eta_s", p.eta_s}};
+      for (const auto& [name, v] : p.parts) j["parts"][name] = v;
+      if (p.valid_loss >= 0) j["held_out_loss"] = p.valid_loss;
+      log_event("train", j.dump());
+      return;
+    }
     if (common.quiet) return;
     const bool report = p.valid_loss >= 0 || p.step == p.steps || p.step % 50 == 0;
     if (!tty && !report) return;

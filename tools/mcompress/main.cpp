@@ -2,6 +2,7 @@
 // 0 ok, 1 internal error, 2 bad input or usage, 3 accuracy gate failed.
 #include <cstdio>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 #include <cstdlib>
 #include <string>
@@ -30,11 +31,24 @@ const std::vector<Command>& commands() {
   return cmds;
 }
 
+static bool g_log_json = false;
+
+bool log_json() { return g_log_json; }
+
+void log_event(const std::string& event, const std::string& fields) {
+  nlohmann::json j = fields.empty() ? nlohmann::json::object() : nlohmann::json::parse(fields);
+  nlohmann::json line = {{"event", event}};
+  line.update(j);
+  std::printf("%s\n", line.dump().c_str());
+  std::fflush(stdout);
+}
+
 void add_common_options(po::options_description& desc, CommonOptions& common) {
   desc.add_options()
       ("threads", po::value<int>(&common.threads)->default_value(0),
        "worker threads for LibTorch/BLAS (0 = all cores; LibTorch alone would use 1)")
       ("quiet,q", po::bool_switch(&common.quiet), "print only results and errors")
+      ("log-json", po::bool_switch(&common.log_json), "progress, results and errors as JSON lines on stdout (for batch jobs)")
       ("help,h", po::bool_switch(&common.help), "show this help");
 }
 
@@ -53,6 +67,11 @@ bool parse_command_line(const std::string& cmd, const std::string& usage, const 
     mc::fail("cli", "mcompress ", cmd, ": ", e.what(), " (usage: mcompress ", cmd, " ", usage, ")");
   }
   if (common.threads < 0) mc::fail("cli", "--threads must be >= 0 (0 = all cores), got ", common.threads);
+  if (common.log_json) {
+    g_log_json = true;
+    common.quiet = true;
+    log_event("start", nlohmann::json({{"command", cmd}, {"args", args}}).dump());
+  }
   mc::set_threads(common.threads);
   return true;
 }
@@ -126,14 +145,20 @@ int main(int argc, char** argv) {
   }
   try {
     for (const auto& c : mcli::commands()) {
-      if (args[0] == c.name) return c.run(std::vector<std::string>(args.begin() + 1, args.end()));
+      if (args[0] == c.name) {
+        const int rc = c.run(std::vector<std::string>(args.begin() + 1, args.end()));
+        if (mcli::log_json()) mcli::log_event("done", nlohmann::json({{"exit", rc}}).dump());
+        return rc;
+      }
     }
     mc::fail("cli", "unknown command '", args[0], "' (run 'mcompress --help' for the list)");
   } catch (const mc::GateError& e) {
     std::cerr << "mcompress: " << e.what() << "\n";
+    if (mcli::log_json()) mcli::log_event("error", nlohmann::json({{"exit", 3}, {"message", e.what()}}).dump());
     return 3;
   } catch (const mc::InputError& e) {
     std::cerr << "mcompress: error: " << e.what() << "\n";
+    if (mcli::log_json()) mcli::log_event("error", nlohmann::json({{"exit", 2}, {"message", e.what()}}).dump());
     return 2;
   } catch (const std::bad_alloc&) {
     std::cerr << "mcompress: error: out of memory\n";

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "cli.h"
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <filesystem>
@@ -268,10 +269,15 @@ std::function<void(const std::string&, const mc::LayerInfo&, int64_t, int64_t)> 
   auto st = std::make_shared<State>();
   const bool tty = ::isatty(1) != 0;
   return [=](const std::string& phase, const mc::LayerInfo& l, int64_t i, int64_t n) {
-    if (quiet) return;
+    if (quiet && !log_json()) return;
     if (phase != st->phase) st->phase = phase, st->start = std::chrono::steady_clock::now();
     const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - st->start).count();
     const double eta = i > 1 ? el / double(i - 1) * double(n - i + 1) : 0.0;
+    if (log_json()) {
+      log_event("progress", nlohmann::json({{"method", method}, {"phase", phase}, {"layer", l.name}, {"i", i}, {"n", n},
+                                            {"elapsed_s", el}, {"eta_s", eta}}).dump());
+      return;
+    }
     if (tty)
       std::printf("\r%s %s layer %lld/%lld %-32s %6.1f s, ETA %5.0f s", method.c_str(), phase.c_str(),
                   static_cast<long long>(i), static_cast<long long>(n), l.name.c_str(), el, eta);
