@@ -89,12 +89,6 @@ mc::DistillData to_distill_data(const EvalData& ed) {
   return d;
 }
 
-std::string eta(double s) {
-  char b[32];
-  if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
-  else std::snprintf(b, sizeof b, "%dm%02ds", int(s / 60), int(s) % 60);
-  return b;
-}
 
 uint64_t count_params(const mc::Model& m) { return count_parameters(m); }
 
@@ -248,7 +242,7 @@ int cmd_distill(const std::vector<std::string>& args) {
           if (common.quiet) return;
           const double s = since(t);
           std::string line = "generating " + std::to_string(done) + "/" + std::to_string(total) +
-                             " sequences from the teacher  ETA " + eta(s / done * (total - done));
+                             " sequences from the teacher  ETA " + eta_text(s / done * (total - done));
           if (tty) std::cout << "\r" << line << std::flush;
           else if (done == total || done % (so.batch * 8) == 0) std::cout << line << "\n" << std::flush;
         });
@@ -405,32 +399,8 @@ int cmd_distill(const std::vector<std::string>& args) {
   }
 
   // ---- training ----
-  const bool tty = ::isatty(STDOUT_FILENO);
-  auto progress = [&](const mc::TrainProgress& p) {
-    if (log_json()) {
-      nlohmann::json j = {{"step", p.step}, {"steps", p.steps}, {"loss", p.loss}, {"lr", p.lr},
-                          {"items_per_s", p.items_per_s}, {"unit", p.unit}, {"eta_s", p.eta_s}};
-      for (const auto& [name, v] : p.parts) j["parts"][name] = v;
-      if (p.valid_loss >= 0) j["held_out_loss"] = p.valid_loss;
-      log_event("train", j.dump());
-      return;
-    }
-    if (common.quiet) return;
-    const bool report = p.valid_loss >= 0 || p.step == p.steps || p.step % 50 == 0;
-    if (!tty && !report) return;
-    char line[320];
-    std::snprintf(line, sizeof line, "step %5lld/%lld  loss %.4f", static_cast<long long>(p.step),
-                  static_cast<long long>(p.steps), p.loss);
-    std::string s = line;
-    if (p.parts.size() > 1)
-      for (const auto& [name, v] : p.parts) s += " " + name + " " + fmt("%.3f", v);
-    std::snprintf(line, sizeof line, "  lr %.2e  %6.0f %s/s  ETA %s", p.lr, p.items_per_s, p.unit.c_str(),
-                  eta(p.eta_s).c_str());
-    s += line;
-    if (p.valid_loss >= 0) s += "  held-out " + fmt("%.4f", p.valid_loss);
-    if (tty) std::cout << "\r" << s << (report ? "\n" : "") << std::flush;
-    else std::cout << s << "\n" << std::flush;
-  };
+  auto progress = train_progress(common.quiet);
+
   g_interrupt.store(false);
   auto old_int = std::signal(SIGINT, on_signal);
   auto old_term = std::signal(SIGTERM, on_signal);

@@ -23,12 +23,6 @@ namespace mcli {
 
 namespace {
 
-std::string eta(double s) {
-  char b[32];
-  if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
-  else std::snprintf(b, sizeof b, "%dm%02ds", int(s / 60), int(s) % 60);
-  return b;
-}
 
 }  // namespace
 
@@ -90,31 +84,8 @@ int cmd_train(const std::vector<std::string>& args) {
               << c.n_heads << " heads, " << c.n_kv_heads << " kv heads, vocab " << c.vocab_size << ") on "
               << train_tokens.size() << " tokens for " << o.steps << " steps of " << o.batch * o.accumulate << "x"
               << o.seq_len << " tokens" << std::endl;
-  const bool tty = ::isatty(STDOUT_FILENO);
-  auto progress = [&](const mc::TrainProgress& p) {
-    if (log_json()) {
-      nlohmann::json j = {{"step", p.step}, {"steps", p.steps}, {"loss", p.loss}, {"lr", p.lr},
-                          {"items_per_s", p.items_per_s}, {"unit", p.unit}, {"eta_s", p.eta_s}};
-      for (const auto& [name, v] : p.parts) j["parts"][name] = v;
-      if (p.valid_loss >= 0) j["held_out_loss"] = p.valid_loss;
-      log_event("train", j.dump());
-      return;
-    }
-    if (common.quiet) return;
-    const bool report = p.valid_loss >= 0 || p.step == p.steps || p.step % 50 == 0;
-    if (!tty && !report) return;
-    char line[256];
-    std::snprintf(line, sizeof line, "step %5lld/%lld  loss %.4f  lr %.2e  %6.0f tok/s  ETA %s",
-                  static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.lr, p.items_per_s,
-                  eta(p.eta_s).c_str());
-    std::string s = line;
-    if (p.valid_loss >= 0) {
-      std::snprintf(line, sizeof line, "  valid %.4f", p.valid_loss);
-      s += line;
-    }
-    if (tty) std::cout << "\r" << s << (report ? "\n" : "") << std::flush;
-    else std::cout << s << "\n" << std::flush;
-  };
+  auto progress = train_progress(common.quiet);
+
   mc::TrainResult r = mc::train_language_model(*model, train_tokens, valid_tokens, o, progress);
   mc::save_model(*model, out);
   if (!common.quiet) {

@@ -25,6 +25,7 @@
 #include "mcompress/tensor.h"
 #include "mcompress/model.h"
 #include "mcompress/tokenizer.h"
+#include "mcompress/train.h"
 
 namespace mcli {
 
@@ -235,6 +236,38 @@ void print_summary(const mc::Report& rep, bool labeled, const std::string& out, 
   std::printf("report: %s/report.md (also report.html, report.json)\n", out.c_str());
 }
 
+
+std::string eta_text(double s) {
+  char b[32];
+  if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
+  else std::snprintf(b, sizeof b, "%dm%02ds", int(s / 60), int(s) % 60);
+  return b;
+}
+
+std::function<void(const mc::TrainProgress&)> train_progress(bool quiet) {
+  const bool tty = ::isatty(STDOUT_FILENO) != 0;
+  return [quiet, tty](const mc::TrainProgress& p) {
+    if (log_json()) {
+      nlohmann::json j = {{"step", p.step}, {"steps", p.steps}, {"loss", p.loss}, {"lr", p.lr},
+                          {"items_per_s", p.items_per_s}, {"unit", p.unit}, {"eta_s", p.eta_s}};
+      for (const auto& [name, v] : p.parts) j["parts"][name] = v;
+      if (p.valid_loss >= 0) j["held_out_loss"] = p.valid_loss;
+      log_event("train", j.dump());
+      return;
+    }
+    if (quiet) return;
+    const bool report = p.valid_loss >= 0 || p.step == p.steps || p.step % 50 == 0;
+    if (!tty && !report) return;
+    std::string s = "step " + fmt("%5.0f", double(p.step)) + "/" + std::to_string(p.steps) + "  loss " + fmt("%.4f", p.loss);
+    if (p.parts.size() > 1)
+      for (const auto& [name, v] : p.parts) s += " " + name + " " + fmt("%.3f", v);
+    s += "  lr " + fmt("%.2e", p.lr) + "  " + fmt("%6.0f", p.items_per_s) + " " + p.unit + "/s  ETA " + eta_text(p.eta_s);
+    if (p.valid_loss >= 0) s += "  held-out " + fmt("%.4f", p.valid_loss);
+    if (tty) std::printf("\r%s%s", s.c_str(), report ? "\n" : "");
+    else std::printf("%s\n", s.c_str());
+    std::fflush(stdout);
+  };
+}
 
 std::vector<int32_t> text_token_stream(const std::string& path, const mc::Tokenizer& tok) {
   std::vector<int32_t> out;

@@ -13,6 +13,7 @@
 #include "mcompress/report.h"
 
 namespace mc {
+struct TrainProgress;
 class Model;
 class Tokenizer;
 struct LayerInfo;
@@ -67,6 +68,13 @@ void add_run_data_options(boost::program_options::options_description& desc, Run
 
 // A text file's documents as one token stream: BOS + tokens of each document, concatenated.
 std::vector<int32_t> text_token_stream(const std::string& path, const mc::Tokenizer& tok);
+
+// "1m05s", "2h03m": a duration for ETAs.
+std::string eta_text(double seconds);
+// Progress of a training run (train, distill): --log-json events, else a line every 50 steps and on
+// evaluation steps (rewritten in place on a terminal) with the loss and its terms, lr, throughput, ETA
+// and the held-out loss. Nothing when quiet.
+std::function<void(const mc::TrainProgress&)> train_progress(bool quiet);
 
 // "a, b,c" -> {"a", "b", "c"} (spaces dropped, empty items skipped).
 std::vector<std::string> split_list(const std::string& s);
