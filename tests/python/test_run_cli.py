@@ -71,6 +71,8 @@ gate: {metric: bits per byte, max-relative-drop: 0.001}
     schemes = {l["name"]: l["scheme"] for l in rep["layers"]}
     assert "int8" in schemes["layers.0.attention.wq"] and "int3" in schemes["layers.1.attention.wq"]
     assert [s["name"].split(":")[0] for s in rep["steps"]] == ["stage 1", "stage 2"]
+    assert all(s["peak_rss_mib"] > 10 for s in rep["steps"])  # each pass's peak memory (VmHWM), MiB
+    assert "peak MiB" in (out / "report.html").read_text()
     # The final model keeps the zeros of stage 1 (stored sparse) with stage 2's int3 codes.
     t, meta = read_safetensors(out / "model.safetensors")
     desc = json.loads(meta["mcompress.quantization"])["tensors"]

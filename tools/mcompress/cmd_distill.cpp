@@ -189,7 +189,7 @@ int cmd_distill(const std::vector<std::string>& args) {
   lo.arch_file = arch;
   lo.device = device;
   auto teacher = mc::load_model(teacher_path, lo);
-  rep.steps.push_back({"load teacher", since(t)});
+  rep.steps.push_back({"load teacher", since(t), mc::take_peak_rss_mib()});
   const bool lm = teacher->is_language_model();
   EvalDataOptions dopt{data, tokenizer, "<|endoftext|>", tokens_u16, tokens_u32};
   EvalData train_ed, eval_ed;
@@ -257,7 +257,7 @@ int cmd_distill(const std::vector<std::string>& args) {
       generated = mc::mixup_inputs(train_data, generate, o.seed);
       gen_note = std::to_string(generate) + " mixup inputs of the training examples, labeled by the teacher only";
     }
-    rep.steps.push_back({"generate training data", since(t)});
+    rep.steps.push_back({"generate training data", since(t), mc::take_peak_rss_mib()});
   }
   mc::DistillData train_all = train_data;
   if (lm) {
@@ -327,7 +327,7 @@ int cmd_distill(const std::vector<std::string>& args) {
     }
   }
   if (student->device() != teacher->device()) student->to(teacher->device());
-  rep.steps.push_back({"build student", since(t)});
+  rep.steps.push_back({"build student", since(t), mc::take_peak_rss_mib()});
   if (!student_path.empty() && !packed_student) {
     // Dense compressed file: weights with exact zeros keep them (a bitmask frozen grid without quantization).
     for (const auto& L : student->layers()) {
@@ -384,7 +384,7 @@ int cmd_distill(const std::vector<std::string>& args) {
     evaluate_into(*teacher, nullptr, eval_ed, eo, false, rep.metrics, rep.eval_protocol);
     std::string proto;
     evaluate_into(*student, nullptr, eval_ed, eo, true, before_rows, proto);
-    rep.steps.push_back({"evaluate teacher and student before training", since(t)});
+    rep.steps.push_back({"evaluate teacher and student before training", since(t), mc::take_peak_rss_mib()});
   }
   const uint64_t tp = count_params(*teacher), sp = count_params(*student);
   if (!common.quiet) {
@@ -418,7 +418,7 @@ int cmd_distill(const std::vector<std::string>& args) {
                 static_cast<long long>(tr.steps), static_cast<long long>(o.steps), state_path.c_str());
     return 130;
   }
-  rep.steps.push_back({"train " + std::to_string(o.steps - tr.resumed_from) + " steps", since(t)});
+  rep.steps.push_back({"train " + std::to_string(o.steps - tr.resumed_from) + " steps", since(t), mc::take_peak_rss_mib()});
 
   // ---- write the student ----
   t = Clock::now();
@@ -435,7 +435,7 @@ int cmd_distill(const std::vector<std::string>& args) {
     mc::save_model(*student, out_model, student_extra_meta);
   }
   rep.output = out_model;
-  rep.steps.push_back({"write student", since(t)});
+  rep.steps.push_back({"write student", since(t), mc::take_peak_rss_mib()});
   rep.size_before = model_bytes(teacher_path);
   rep.size_after = fs::file_size(out_model);
 
@@ -469,7 +469,7 @@ int cmd_distill(const std::vector<std::string>& args) {
     slo.arch_file.clear();  // the student's file carries its own architecture
     auto reloaded = mc::load_model(out_model, slo);
     evaluate_into(*reloaded, teacher.get(), eval_ed, eo, true, rep.metrics, rep.eval_protocol);
-    rep.steps.push_back({"evaluate student (reloaded from the file)", since(t)});
+    rep.steps.push_back({"evaluate student (reloaded from the file)", since(t), mc::take_peak_rss_mib()});
     // Speed: the same evaluation alone (no reference model) for both, warm, one after the other.
     std::vector<mc::MetricRow> scratch;
     std::string proto;

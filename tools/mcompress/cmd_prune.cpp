@@ -62,7 +62,7 @@ int run_structured(std::unique_ptr<mc::Model> model, const at::Tensor& calib_x, 
   std::string removed;
   for (const auto& r : res.removed) removed += (removed.empty() ? "" : "; ") + r;
   rep.settings["removed"] = removed.empty() ? "nothing" : removed;
-  rep.steps.push_back({"structured prune", since(t)});
+  rep.steps.push_back({"structured prune", since(t), mc::take_peak_rss_mib()});
   auto pruned = mc::make_structured_model(res);
   pruned->to(model->device());
   {
@@ -77,7 +77,7 @@ int run_structured(std::unique_ptr<mc::Model> model, const at::Tensor& calib_x, 
   const std::string out_model = (fs::path(out) / "model.safetensors").string();
   mc::save_model(*pruned, out_model);
   rep.output = out_model;
-  rep.steps.push_back({"write", since(t)});
+  rep.steps.push_back({"write", since(t), mc::take_peak_rss_mib()});
   rep.size_before = model_bytes(model_path);
   rep.size_after = fs::file_size(out_model);
   model.reset(), pruned.reset();
@@ -86,7 +86,7 @@ int run_structured(std::unique_ptr<mc::Model> model, const at::Tensor& calib_x, 
     auto reloaded = mc::load_model(out_model, lo);
     auto baseline = mc::load_model(model_path, lo);
     evaluate_into(*reloaded, baseline.get(), ed, eo, true, rep.metrics, rep.eval_protocol);
-    rep.steps.push_back({"evaluate pruned (reloaded from the file)", since(t)});
+    rep.steps.push_back({"evaluate pruned (reloaded from the file)", since(t), mc::take_peak_rss_mib()});
   }
   mc::write_report(rep, out);
   if (!quiet) {
@@ -191,7 +191,7 @@ int cmd_prune(const std::vector<std::string>& args) {
   lo.arch_file = arch;
   lo.device = device;
   auto model = mc::load_model(model_path, lo);
-  rep.steps.push_back({"load model", since(t)});
+  rep.steps.push_back({"load model", since(t), mc::take_peak_rss_mib()});
   rep.title = fs::path(model_path).filename().string() + ": " + o.method + " " +
               (o.prune_n ? pattern : fmt("%.0f%%", 100 * o.sparsity)) + (o.quant ? " + " + o.quant->describe() : "");
 
@@ -207,7 +207,7 @@ int cmd_prune(const std::vector<std::string>& args) {
     t = Clock::now();
     ed = load_eval_data(*model, model_path, {eval_data, tokenizer, separator});
     evaluate_into(*model, nullptr, ed, eo, false, rep.metrics, rep.eval_protocol);
-    rep.steps.push_back({"evaluate baseline", since(t)});
+    rep.steps.push_back({"evaluate baseline", since(t), mc::take_peak_rss_mib()});
   }
   at::Tensor calib_x;
   if (have_eval || !calib_data.empty()) {
@@ -230,7 +230,7 @@ int cmd_prune(const std::vector<std::string>& args) {
   for (const auto& [k, v] : res.settings) rep.settings[k] = v;
   rep.layers = res.layers;
   rep.warnings = res.warnings;
-  rep.steps.push_back({"prune " + std::to_string(res.layers.size()) + " layers", since(t)});
+  rep.steps.push_back({"prune " + std::to_string(res.layers.size()) + " layers", since(t), mc::take_peak_rss_mib()});
 
   t = Clock::now();
   fs::create_directories(out);
@@ -254,7 +254,7 @@ int cmd_prune(const std::vector<std::string>& args) {
     writer.finish(model->config_metadata());
   }
   rep.output = out_model;
-  rep.steps.push_back({"write", since(t)});
+  rep.steps.push_back({"write", since(t), mc::take_peak_rss_mib()});
   rep.size_before = model_bytes(model_path);
   rep.size_after = fs::file_size(out_model);
   {
@@ -293,7 +293,7 @@ int cmd_prune(const std::vector<std::string>& args) {
     auto reloaded = mc::load_model(out_model, lo);
     auto baseline = mc::load_model(model_path, lo);
     evaluate_into(*reloaded, baseline.get(), ed, eo, true, rep.metrics, rep.eval_protocol);
-    rep.steps.push_back({"evaluate pruned (reloaded from the file)", since(t)});
+    rep.steps.push_back({"evaluate pruned (reloaded from the file)", since(t), mc::take_peak_rss_mib()});
   }
   mc::write_report(rep, out);
   if (!common.quiet) {

@@ -189,7 +189,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
   lo.device = device;
   lo.int8_kernel = !simulate;
   auto model = mc::load_model(model_path, lo);
-  rep.steps.push_back({"load model", since(t)});
+  rep.steps.push_back({"load model", since(t), mc::take_peak_rss_mib()});
   static const std::map<std::string, std::string> names = {
       {"rtn", "RTN"}, {"imatrix", "imatrix"}, {"gptq", "GPTQ"}, {"awq", "AWQ"}, {"smoothquant", "SmoothQuant"}};
   rep.title = fs::path(model_path).filename().string() + ": " + names.at(method) + " " + spec.describe() +
@@ -215,7 +215,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
     t = Clock::now();
     ed = load_eval_data(*model, model_path, {eval_data, tokenizer, separator});
     evaluate_into(*model, nullptr, ed, eo, false, rep.metrics, rep.eval_protocol);
-    rep.steps.push_back({"evaluate baseline", since(t)});
+    rep.steps.push_back({"evaluate baseline", since(t), mc::take_peak_rss_mib()});
   }
   if ((calibrated || po_.target_bpw > 0) && !have_eval && calib_data.empty())
     mc::fail("quantize", "--method ", method, po_.target_bpw > 0 ? " with --target-bpw" : "",
@@ -292,7 +292,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
   for (const auto& [k, v] : res.settings) rep.settings[k] = v;
   rep.layers = res.layers;
   for (const auto& w : res.warnings) rep.warnings.push_back(w);
-  rep.steps.push_back({"quantize " + std::to_string(res.layers.size()) + " layers (writing each block)", since(t)});
+  rep.steps.push_back({"quantize " + std::to_string(res.layers.size()) + " layers (writing each block)", since(t), mc::take_peak_rss_mib()});
 
   // The rest: layers quantized after the blocks, then dense parameters as they are.
   t = Clock::now();
@@ -314,7 +314,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
   writer.finish(meta);
   cleanup.armed = false;
   rep.output = out_model;
-  rep.steps.push_back({"write packed checkpoint", since(t)});
+  rep.steps.push_back({"write packed checkpoint", since(t), mc::take_peak_rss_mib()});
   rep.size_before = model_bytes(model_path);
   rep.size_after = fs::file_size(out_model);
   if (rep.size_after >= rep.size_before)
@@ -339,7 +339,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
     auto reloaded = mc::load_model(out_model, lo);
     auto baseline = mc::load_model(model_path, lo);
     evaluate_into(*reloaded, baseline.get(), ed, eo, true, rep.metrics, rep.eval_protocol);
-    rep.steps.push_back({"evaluate compressed (reloaded from the file)", since(t)});
+    rep.steps.push_back({"evaluate compressed (reloaded from the file)", since(t), mc::take_peak_rss_mib()});
     if (!res.act_bits.empty() && !simulate) {
       // The same W8A8 model with the int8 matmuls simulated in float: a check of the int8 kernel.
       t = Clock::now();
@@ -355,7 +355,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
           m.is_primary = false;
           rep.metrics.push_back(m);
         }
-      rep.steps.push_back({"evaluate compressed, int8 simulated", since(t)});
+      rep.steps.push_back({"evaluate compressed, int8 simulated", since(t), mc::take_peak_rss_mib()});
     }
   }
   mc::write_report(rep, out);

@@ -192,7 +192,7 @@ mc::Report report_from_json(const json& j) {
     row.note = l.value("note", "");
     r.layers.push_back(row);
   }
-  for (const auto& s : j["steps"]) r.steps.push_back({s["name"], s["seconds"]});
+  for (const auto& s : j["steps"]) r.steps.push_back({s["name"], s["seconds"], s.value("peak_rss_mib", 0.0)});
   for (const auto& w : j["warnings"]) r.warnings.push_back(w);
   for (auto it = j["settings"].begin(); it != j["settings"].end(); ++it) r.settings[it.key()] = it.value();
   r.eval_protocol = j.value("eval_protocol", "");
@@ -329,9 +329,9 @@ int cmd_run(const std::vector<std::string>& args) {
       if (!layers.count(l.name)) order.push_back(l.name);
       layers[l.name] = l;
     }
-    double secs = 0;
-    for (const auto& x : s.steps) secs += x.seconds;
-    rep.steps.push_back({"stage " + std::to_string(i + 1) + ": " + recipe.stages[i].pass + " (" + s.method + ")", secs});
+    double secs = 0, peak = 0;
+    for (const auto& x : s.steps) secs += x.seconds, peak = std::max(peak, x.peak_rss_mib);
+    rep.steps.push_back({"stage " + std::to_string(i + 1) + ": " + recipe.stages[i].pass + " (" + s.method + ")", secs, peak});
     for (const auto& w : s.warnings) rep.warnings.push_back("stage " + std::to_string(i + 1) + ": " + w);
     rep.settings["stage " + std::to_string(i + 1)] = recipe.stages[i].describe();
   }

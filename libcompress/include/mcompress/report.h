@@ -34,7 +34,12 @@ struct LayerRow {
 struct StepRow {
   std::string name;
   double seconds = 0;
+  double peak_rss_mib = 0;  // the process's peak resident memory during the step; 0 = not measured
 };
+
+// The process's peak resident set (VmHWM) since the previous call, in MiB, and resets it (Linux:
+// /proc/self/clear_refs), so consecutive calls give each step's own peak. 0 where unavailable.
+double take_peak_rss_mib();
 
 struct Report {
   std::string title;                    // "stories260K: RTN int4 sym g32"

@@ -1,3 +1,4 @@
+#include <fstream>
 #include "mcompress/report.h"
 
 #include <torch/version.h>
@@ -122,7 +123,11 @@ std::string Report::to_json() const {
     j["layers"].push_back(o);
   }
   j["steps"] = nlohmann::json::array();
-  for (const auto& s : steps) j["steps"].push_back({{"name", s.name}, {"seconds", s.seconds}});
+  for (const auto& s : steps) {
+    nlohmann::json o = {{"name", s.name}, {"seconds", s.seconds}};
+    if (s.peak_rss_mib > 0) o["peak_rss_mib"] = s.peak_rss_mib;
+    j["steps"].emplace_back(std::move(o));
+  }
   j["warnings"] = warnings;
   j["command_line"] = command_line;
   j["seed"] = seed;
@@ -188,11 +193,12 @@ std::string Report::to_markdown() const {
     }
   }
   if (!steps.empty()) {
-    md << "\n## Time\n\n| step | seconds |\n|---|---:|\n";
+    md << "\n## Time and memory\n\n| step | seconds | peak memory (MiB) |\n|---|---:|---:|\n";
     for (const auto& s : steps) {
-      char b[32];
+      char b[32], m[32] = "";
       std::snprintf(b, sizeof b, "%.2f", s.seconds);
-      md << "| " << s.name << " | " << b << " |\n";
+      if (s.peak_rss_mib > 0) std::snprintf(m, sizeof m, "%.0f", s.peak_rss_mib);
+      md << "| " << s.name << " | " << b << " | " << m << " |\n";
     }
   }
   md << "\n## Run\n\n- command: `" << command_line << "`\n- seed: " << (seed.empty() ? "-" : seed)
@@ -207,6 +213,17 @@ void write_report(const Report& r, const std::string& dir) {
   write_text(dir + "/report.json", stamped.to_json());
   write_text(dir + "/report.md", stamped.to_markdown());
   write_text(dir + "/report.html", stamped.to_html());
+}
+
+double take_peak_rss_mib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  double kib = 0;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) kib = std::strtod(line.c_str() + 6, nullptr);
+  std::ofstream reset("/proc/self/clear_refs");
+  if (reset) reset << "5";  // reset the peak to the current resident set
+  return kib / 1024.0;
 }
 
 }  // namespace mc

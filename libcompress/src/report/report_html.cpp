@@ -606,14 +606,16 @@ void steps_section(Html& h, const Report& r) {
   double total = 0, mx = 0;
   for (const auto& s : r.steps) total += s.seconds, mx = std::max(mx, s.seconds);
   h.open("section", {{"id", "time"}});
-  h.el("h2", "Time");
+  h.el("h2", "Time and memory");
   h.open("table").open("thead").open("tr");
-  h.el("th", "step").el("th", {{"class", "num"}}, "seconds").el("th", {{"class", "num"}}, "share").el("th", "");
+  h.el("th", "step").el("th", {{"class", "num"}}, "seconds").el("th", {{"class", "num"}}, "share");
+  h.el("th", {{"class", "num"}}, "peak MiB").el("th", "");
   h.close().close().open("tbody").nl();
   for (const auto& s : r.steps) {
     h.open("tr");
     h.el("td", s.name).el("td", {{"class", "num"}}, strf("%.2f", s.seconds));
     h.el("td", {{"class", "num"}}, total > 0 ? strf("%.1f%%", 100 * s.seconds / total) : "");
+    h.el("td", {{"class", "num"}}, s.peak_rss_mib > 0 ? strf("%.0f", s.peak_rss_mib) : "");
     h.open("td", {{"style", "width:40%"}}).open("span", {{"class", "track"}});
     h.open("span", {{"style", strf("width:%.1f%%", mx > 0 ? 100 * s.seconds / mx : 0.0)}}).close();
     h.close().close().close().nl();
@@ -622,6 +624,7 @@ void steps_section(Html& h, const Report& r) {
   h.el("td", "total")
       .el("td", {{"class", "num"}}, strf("%.2f", total))
       .el("td", {{"class", "num"}}, "100%")
+      .el("td", "")
       .el("td", "");
   h.close().close().close().close().nl();
 }
