@@ -12,22 +12,15 @@
 #include "mcompress/quant/fake_quant.h"
 #include "mcompress/quant/packed.h"
 #include "mcompress/torch_bridge.h"
+#include "quant_helpers.h"
 #include "test_utils.h"
 
 using namespace mc;
 
 namespace {
 
-at::Tensor weights(int64_t out, int64_t in, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randn({out, in}, gen, at::kFloat).mul_(0.05);
-}
-
-QuantSpec spec_of(int bits, bool sym, int64_t gs) {
-  QuantSpec s;
-  s.bits = bits, s.symmetric = sym, s.group_size = gs;
-  return s;
-}
+using mctest::spec_of;
+using mctest::weights;
 
 const SparseLayout kBitmask{0, 0}, k24{2, 4};
 

@@ -12,6 +12,7 @@
 #include "mcompress/quant/gptq.h"
 #include "mcompress/quant/packed.h"
 #include "mcompress/torch_bridge.h"
+#include "quant_helpers.h"
 #include "test_utils.h"
 
 using namespace mc;
@@ -36,16 +37,8 @@ at::Tensor random_codes(int64_t rows, int64_t cols, int bits, uint64_t seed) {
   return at::randint(0, 1 << bits, {rows, cols}, gen, at::kByte);
 }
 
-at::Tensor weights(int64_t out, int64_t in, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randn({out, in}, gen, at::kFloat).mul_(0.05);
-}
-
-QuantSpec spec_of(int bits, bool sym, int64_t gs) {
-  QuantSpec s;
-  s.bits = bits, s.symmetric = sym, s.group_size = gs;
-  return s;
-}
+using mctest::spec_of;
+using mctest::weights;
 
 std::vector<uint8_t> bytes_of(const std::initializer_list<int>& codes, int bits) {
   std::vector<uint8_t> c;

@@ -14,22 +14,15 @@
 #include "mcompress/prune/prune.h"
 #include "mcompress/quant/packed.h"
 #include "mcompress/torch_bridge.h"
+#include "quant_helpers.h"
 #include "test_utils.h"
 
 using namespace mc;
 
 namespace {
 
-at::Tensor weights(int64_t out, int64_t in, uint64_t seed) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randn({out, in}, gen, at::kFloat).mul_(0.05);
-}
-
-QuantSpec spec_of(int bits, bool sym, int64_t gs) {
-  QuantSpec s;
-  s.bits = bits, s.symmetric = sym, s.group_size = gs;
-  return s;
-}
+using mctest::spec_of;
+using mctest::weights;
 
 // A pruned weight: bitmask -> the smallest half of |w| over the layer zeroed; n:m -> nm_mask.
 at::Tensor pruned(int64_t out, int64_t in, const SparseLayout& l, uint64_t seed, double sparsity = 0.5) {

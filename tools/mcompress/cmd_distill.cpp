@@ -90,8 +90,6 @@ mc::DistillData to_distill_data(const EvalData& ed) {
 }
 
 
-uint64_t count_params(const mc::Model& m) { return count_parameters(m); }
-
 // The primary metric's value in rows (column: compressed or baseline).
 std::optional<double> primary(const std::vector<mc::MetricRow>& rows, bool compressed) {
   for (const auto& r : rows)
@@ -365,13 +363,8 @@ int cmd_distill(const std::vector<std::string>& args) {
   // ---- from here on the output directory is written ----
   fs::create_directories(out);
   if (generate > 0 && lm && !(o.resume && fs::exists(gen_path))) {
-    std::vector<uint32_t> u(generated.tokens.begin(), generated.tokens.end());
-    const std::string tmp = gen_path + ".tmp";
-    std::ofstream f(tmp, std::ios::binary);
-    f.write(reinterpret_cast<const char*>(u.data()), std::streamsize(u.size() * 4));
-    f.close();
-    if (!f) mc::fail<mc::Error>("distill", tmp, ": cannot write the generated tokens");
-    fs::rename(tmp, gen_path);
+    const std::vector<uint32_t> u(generated.tokens.begin(), generated.tokens.end());
+    write_file_atomic(gen_path, std::string(reinterpret_cast<const char*>(u.data()), u.size() * 4), "distill");
     gen_note += " (saved as " + gen_path + ")";
   }
 
@@ -386,7 +379,7 @@ int cmd_distill(const std::vector<std::string>& args) {
     evaluate_into(*student, nullptr, eval_ed, eo, true, before_rows, proto);
     rep.steps.push_back({"evaluate teacher and student before training", since(t), mc::take_peak_rss_mib()});
   }
-  const uint64_t tp = count_params(*teacher), sp = count_params(*student);
+  const uint64_t tp = count_parameters(*teacher), sp = count_parameters(*student);
   if (!common.quiet) {
     std::printf("teacher %s: %s parameters; student %s: %s parameters (%.1f%%)\n", teacher_path.c_str(),
                 with_commas(tp).c_str(), student_desc.c_str(), with_commas(sp).c_str(), 100.0 * double(sp) / double(tp));

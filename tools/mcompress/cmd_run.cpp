@@ -4,12 +4,9 @@
 // with the same arguments is reused, so an interrupted pipeline continues where it stopped (distill
 // stages resume their training state). Writes DIR/model.safetensors, DIR/recipe.yaml (the recipe as
 // used) and DIR/report.*; the accuracy gate, when missed, makes the report say FAILED and exits 3.
-#include <fnmatch.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <regex>
 #include <sstream>
 #include <cstdio>
 #include <filesystem>
@@ -19,10 +16,10 @@
 
 #include "cli.h"
 #include "model_files.h"
-#include "mcompress/atomic_file.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/dtype.h"
 #include "mcompress/error.h"
+#include "mcompress/ptq.h"
 #include "mcompress/recipe.h"
 #include "mcompress/report.h"
 
@@ -33,19 +30,6 @@ namespace mcli {
 namespace {
 
 using json = nlohmann::json;
-
-std::string read_text(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void write_text(const fs::path& p, const std::string& text) {
-  mc::AtomicFile f(p.string(), "run");
-  f.write(text.data(), text.size());
-  f.commit();
-}
 
 // The plan without loading weights: per stage, which of the checkpoint's matrices it touches and their
 // stored size before/after (quantize: bits + fp16 scales per group; prune: kept fraction; distill:
@@ -85,16 +69,6 @@ void print_plan(const mc::Recipe& r, const std::string& model_path) {
       rows.push_back(row);
     }
   }
-  auto match = [](const std::vector<std::string>& pats, const std::string& name) {
-    for (const auto& p : pats) {
-      if (p.rfind("re:", 0) == 0) {
-        if (std::regex_match(name, std::regex(p.substr(3)))) return true;
-      } else if (fnmatch(p.c_str(), name.c_str(), 0) == 0) {
-        return true;
-      }
-    }
-    return false;
-  };
   auto num = [](const std::string& v, double dflt) { return v.empty() ? dflt : std::stod(v); };
   for (size_t i = 0; i < r.stages.size(); ++i) {
     const auto& st = r.stages[i];
@@ -113,14 +87,14 @@ void print_plan(const mc::Recipe& r, const std::string& model_path) {
     }
     const auto targets = split_list(st.get("targets")), ignore = split_list(st.get("ignore"));
     for (auto& row : rows) {
-      if ((!targets.empty() && !match(targets, row.name)) || match(ignore, row.name)) continue;
+      if ((!targets.empty() && !mc::matches_any(targets, row.name)) || mc::matches_any(ignore, row.name)) continue;
       auto append = [&](const std::string& w) { row.what = row.what.empty() || row.what == "kept" ? w : row.what + "; " + w; };
       if (st.pass == "quantize") {
         double bits = num(st.get("bits"), st.get("method") == "smoothquant" ? 8 : 4);
         double group = st.has("per-channel") ? 0 : num(st.get("group-size"), st.get("method") == "smoothquant" ? 0 : 32);
         std::string extra;
         for (const auto& [k, v] : st.options)
-          if (k == "override" && match({v.substr(0, v.rfind(':'))}, row.name)) {
+          if (k == "override" && mc::matches_any({v.substr(0, v.rfind(':'))}, row.name)) {
             extra = " (override)";
             for (const auto& item : split_list(v.substr(v.rfind(':') + 1))) {
               if (item.rfind("bits=", 0) == 0) bits = std::stod(item.substr(5));
@@ -240,7 +214,7 @@ int cmd_run(const std::vector<std::string>& args) {
   const auto t0 = std::chrono::steady_clock::now();
   const bool created = !fs::exists(out);
   fs::create_directories(fs::path(out) / "stages");
-  write_text(fs::path(out) / "recipe.yaml", recipe.text);
+  write_file_atomic((fs::path(out) / "recipe.yaml").string(), recipe.text, "run");
   std::string input = model;
   bool chain_reused = true;
   std::vector<json> stage_reports;
@@ -275,7 +249,7 @@ int cmd_run(const std::vector<std::string>& args) {
     if (common.quiet) a.push_back("-q");
     const fs::path done = dir / "stage.json";
     const bool reuse = chain_reused && fs::exists(done) && fs::exists(dir / "model.safetensors") &&
-                       json::parse(read_text(done)) == stage_id;
+                       json::parse(read_file_text(done.string())) == stage_id;
     if (!common.quiet)
       std::printf("\n== stage %zu/%zu: %s%s ==\n", i + 1, recipe.stages.size(), st.describe().c_str(),
                   reuse ? " (done by an earlier run: reused)" : "");
@@ -295,10 +269,10 @@ int cmd_run(const std::vector<std::string>& args) {
         throw;
       }
       if (rc != 0) return rc;  // interrupted (130) or failed: what is done stays for the next run
-      write_text(done, stage_id.dump(2));
+      write_file_atomic(done.string(), stage_id.dump(2), "run");
     }
     input = (dir / "model.safetensors").string();
-    stage_reports.push_back(json::parse(read_text(dir / "report.json")));
+    stage_reports.push_back(json::parse(read_file_text((dir / "report.json").string())));
   }
 
   // The combined report: the first stage's baseline against the last stage's result.

@@ -27,7 +27,7 @@
 #include <thread>
 
 #include "cli.h"
-#include "mcompress/atomic_file.h"
+#include "model_files.h"
 #include "mcompress/error.h"
 #include "mcompress/recipe.h"
 
@@ -46,19 +46,6 @@ struct Job {
   std::string recipe_text;  // the job's recipe (the base with the parameters applied)
   std::vector<std::string> argv;  // mcompress run ... (without the binary)
 };
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void put(const fs::path& p, const std::string& text) {
-  mc::AtomicFile f(p.string(), kC);
-  f.write(text.data(), text.size());
-  f.commit();
-}
 
 std::string safe(std::string s) {
   for (char& c : s)
@@ -210,7 +197,7 @@ void run_local(const std::vector<const Job*>& pending, const fs::path& out, int 
     auto it = running.find(pid);
     if (it == running.end()) continue;
     const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    put(out / "jobs" / it->second->name / "exit-code", std::to_string(rc) + "\n");
+    write_file_atomic((out / "jobs" / it->second->name / "exit-code").string(), std::to_string(rc) + "\n", kC);
     ++done;
     if (log_json())
       log_event("job", json({{"job", it->second->name}, {"exit", rc}, {"done", done}, {"total", pending.size()}}).dump());
@@ -249,7 +236,7 @@ void run_slurm(const std::vector<const Job*>& pending, const fs::path& out, cons
     cmd += " > " + shell_quote((dir / "log.txt").string()) + " 2>&1; echo $? > " + shell_quote((dir / "exit-code").string());
     lines += cmd + "\n";
   }
-  put(out / "slurm-jobs.txt", lines);
+  write_file_atomic((out / "slurm-jobs.txt").string(), lines, kC);
   std::string script = "#!/bin/bash\n#SBATCH --job-name=mcompress-sweep\n";
   script += "#SBATCH --array=0-" + std::to_string(pending.size() - 1) + "\n";
   script += "#SBATCH --cpus-per-task=" + std::to_string(threads) + "\n";
@@ -259,7 +246,7 @@ void run_slurm(const std::vector<const Job*>& pending, const fs::path& out, cons
   if (!mem.empty()) script += "#SBATCH --mem=" + mem + "\n";
   script += "set -u\nline=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" " + shell_quote(fs::absolute(out / "slurm-jobs.txt").string()) +
             ")\nexec bash -c \"$line\"\n";
-  put(out / "sweep.sbatch", script);
+  write_file_atomic((out / "sweep.sbatch").string(), script, kC);
   int rc = 0;
   std::string id = run_capture("sbatch --parsable " + shell_quote(fs::absolute(out / "sweep.sbatch").string()) + " 2>&1", &rc);
   id.erase(id.find_last_not_of(" \n\r") + 1);
@@ -389,7 +376,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
     const fs::path dir = fs::path(out) / "jobs" / j.name;
     fs::create_directories(dir);
     const fs::path rin = dir / "recipe.in.yaml";
-    if (!fs::exists(rin) || slurp(rin) != j.recipe_text) put(rin, j.recipe_text);
+    if (!fs::exists(rin) || read_file_text(rin.string()) != j.recipe_text) write_file_atomic(rin.string(), j.recipe_text, kC);
     if (!job_done(out, j)) pending.push_back(&j);
   }
   const std::string name = y["name"] ? y["name"].as<std::string>() : fs::path(sweep_path).stem().string();
@@ -412,9 +399,9 @@ int cmd_sweep(const std::vector<std::string>& args) {
     r.job = j.name, r.model = j.model_name, r.recipe = j.recipe_name;
     for (const auto& [k, v] : j.params) r.params += (r.params.empty() ? "" : ", ") + k + "=" + v;
     const fs::path dir = fs::path(out) / "jobs" / j.name;
-    if (fs::exists(dir / "exit-code")) r.rc = std::stoi(slurp(dir / "exit-code"));
+    if (fs::exists(dir / "exit-code")) r.rc = std::stoi(read_file_text((dir / "exit-code").string()));
     if (fs::exists(dir / "out" / "report.json")) {
-      const json rep = json::parse(slurp(dir / "out" / "report.json"));
+      const json rep = json::parse(read_file_text((dir / "out" / "report.json").string()));
       r.size = rep.value("size_after_bytes", 0.0), r.size_before = rep.value("size_before_bytes", 0.0);
       double bits = 0, n = 0;
       for (const auto& l : rep["layers"]) bits += l["bits_per_weight"].get<double>() * l["params"].get<double>(), n += l["params"].get<double>();
@@ -440,7 +427,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
                              {"metric", r.metric_name}, {"value", std::isfinite(r.metric) ? json(r.metric) : json()},
                              {"baseline", std::isfinite(r.baseline) ? json(r.baseline) : json()},
                              {"gate", r.gate}, {"seconds", r.seconds}});
-  put(fs::path(out) / "sweep.json", js.dump(2) + "\n");
+  write_file_atomic((fs::path(out) / "sweep.json").string(), js.dump(2) + "\n", kC);
   std::ostringstream md;
   md << "# Sweep " << name << "\n\n" << jobs.size() << " jobs, backend " << backend << ", wall time "
      << fmt("%.1f", wall) << " s for the " << pending.size() << " run now.\n\n"
@@ -450,7 +437,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
        << " | " << fmt("%.3f", r.bpw) << " | " << (std::isfinite(r.metric) ? fmt("%.4f", r.metric) : "") << " | "
        << (std::isfinite(r.baseline) ? fmt("%.4f", r.baseline) : "") << " | " << r.gate << " | " << r.rc << " | "
        << fmt("%.1f", r.seconds) << " |\n";
-  put(fs::path(out) / "sweep.md", md.str());
+  write_file_atomic((fs::path(out) / "sweep.md").string(), md.str(), kC);
   std::ostringstream html;
   html << "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>sweep " << esc(name)
        << "</title><style>body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;font-size:13px}"
@@ -463,7 +450,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
          << "</td><td>" << (std::isfinite(r.metric) ? fmt("%.4f", r.metric) : "") << "</td><td>" << esc(r.gate) << "</td><td>"
          << r.rc << "</td></tr>";
   html << "</table></body></html>\n";
-  put(fs::path(out) / "sweep.html", html.str());
+  write_file_atomic((fs::path(out) / "sweep.html").string(), html.str(), kC);
   if (!common.quiet)
     std::printf("sweep %s: %zu jobs, %d failed, %.1f s; %s/sweep.md, sweep.html\n", name.c_str(), jobs.size(), failed, wall,
                 out.c_str());

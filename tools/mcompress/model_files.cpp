@@ -20,6 +20,8 @@
 
 #include <ATen/ATen.h>
 
+#include "mcompress/atomic_file.h"
+#include <sstream>
 #include "mcompress/error.h"
 #include "mcompress/rng.h"
 #include "mcompress/tensor.h"
@@ -81,13 +83,7 @@ std::string find_tokenizer(const std::string& model_path) {
   return found.empty() ? "" : found.front();
 }
 
-uint64_t count_parameters(const mc::Model& model) {
-  std::set<const void*> seen;
-  uint64_t n = 0;
-  for (const auto& [key, t] : model.params())
-    if (seen.insert(t.data_ptr()).second) n += uint64_t(t.numel());
-  return n;
-}
+uint64_t count_parameters(const mc::Model& model) { return uint64_t(mc::count_distinct_parameters(model.params())); }
 
 uint64_t model_bytes(const std::string& model_path) {
   if (!fs::is_directory(model_path)) return fs::file_size(model_path);
@@ -236,6 +232,19 @@ void print_summary(const mc::Report& rep, bool labeled, const std::string& out, 
   std::printf("report: %s/report.md (also report.html, report.json)\n", out.c_str());
 }
 
+
+std::string read_file_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes, const char* component) {
+  mc::AtomicFile f(path, component);
+  f.write(bytes.data(), bytes.size());
+  f.commit();
+}
 
 std::string eta_text(double s) {
   char b[32];

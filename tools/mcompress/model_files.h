@@ -69,6 +69,11 @@ void add_run_data_options(boost::program_options::options_description& desc, Run
 // A text file's documents as one token stream: BOS + tokens of each document, concatenated.
 std::vector<int32_t> text_token_stream(const std::string& path, const mc::Tokenizer& tok);
 
+// A whole file as bytes ("" when it cannot be read), and a file written atomically (AtomicFile:
+// a temp file renamed into place; InputError naming `component` and the path when it cannot be).
+std::string read_file_text(const std::string& path);
+void write_file_atomic(const std::string& path, const std::string& bytes, const char* component);
+
 // "1m05s", "2h03m": a duration for ETAs.
 std::string eta_text(double seconds);
 // Progress of a training run (train, distill): --log-json events, else a line every 50 steps and on

@@ -167,6 +167,9 @@ class Model {
   c10::Device device_ = c10::Device(c10::kCPU);
 };
 
+// Parameters counted once per distinct tensor (a tied classifier once); undefined entries skipped.
+int64_t count_distinct_parameters(const std::map<std::string, at::Tensor>& params);
+
 struct LoadOptions {
   std::string arch_file;           // classifier architecture YAML (when the checkpoint has none inside)
   std::string device = "cpu";      // "cpu" or "cuda" (when the LibTorch build has it)

@@ -97,6 +97,10 @@ struct PtqResult {
 // for a pattern that matches nothing or an empty selection.
 std::vector<const LayerInfo*> select_layers(const Model& model, const PtqOptions& o);
 
+// Whether a layer name matches one of the patterns as targets/ignore match them: fnmatch globs ("*"
+// crosses dots) or "re:REGEX" (the whole name). InputError for an invalid regular expression.
+bool matches_any(const std::vector<std::string>& patterns, const std::string& name);
+
 // Quantizes `model` in place (its weights become the dequantized values; smoothquant also sets the
 // input quantization) and returns the codes. calib: the calibration set as the model's forward takes it
 // (undefined: only rtn without per-layer errors). Throws InputError for bad options or data.

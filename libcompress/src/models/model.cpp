@@ -1,4 +1,5 @@
 // Model base: layers, parameters by checkpoint name, hooks, device moves.
+#include <set>
 #include "mcompress/model.h"
 
 #include <ATen/ATen.h>
@@ -38,6 +39,14 @@ void page_out(const at::Tensor& t) {
 }
 
 }  // namespace
+
+int64_t count_distinct_parameters(const std::map<std::string, at::Tensor>& params) {
+  std::set<const void*> seen;
+  int64_t n = 0;
+  for (const auto& [k, t] : params)
+    if (t.defined() && seen.insert(t.data_ptr()).second) n += t.numel();
+  return n;
+}
 
 const LayerInfo& Model::layer(const std::string& name) const {
   auto it = layer_index_.find(name);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "mcompress/error.h"
+#include "mcompress/model.h"
 #include "mcompress/models/classifier.h"
 #include "mcompress/prune/structured.h"
 #include "mcompress/torch_bridge.h"
@@ -53,13 +54,6 @@ at::Tensor top_indices(const at::Tensor& score, int64_t keep) {
   return std::get<0>(at::sort(order.narrow(0, 0, keep)));
 }
 
-int64_t count_params(const std::map<std::string, at::Tensor>& params) {
-  std::set<const void*> seen;
-  int64_t n = 0;
-  for (const auto& [k, t] : params)
-    if (t.defined() && seen.insert(t.data_ptr()).second) n += t.numel();
-  return n;
-}
 
 std::string entry_type(const YAML::Node& n) {
   if (n.IsScalar()) return n.as<std::string>();
@@ -182,7 +176,7 @@ ClassifierPruneResult prune_classifier_channels(ClassifierModel& model, const at
                                                 const ClassifierPruneOptions& o) {
   const std::vector<Hidden> plan = make_plan(model, o);
   ClassifierPruneResult r;
-  r.params_before = count_params(model.params());
+  r.params_before = count_distinct_parameters(model.params());
   bool any = false;
   std::map<std::string, at::Tensor> sq;  // next layer -> Σ a² per input column (float64)
   for (const Hidden& h : plan)
@@ -241,7 +235,7 @@ ClassifierPruneResult prune_classifier_channels(ClassifierModel& model, const at
   em << root;
   if (!em.good()) fail<Error>(kC, "could not write the pruned architecture YAML: ", em.GetLastError());
   r.yaml = std::string(em.c_str()) + "\n";
-  r.params_after = count_params(r.weights);
+  r.params_after = count_distinct_parameters(r.weights);
 
   r.settings["prune"] = describe(o);
   r.settings["parameters"] = std::to_string(r.params_before) + " -> " + std::to_string(r.params_after) + " (" +

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "mcompress/error.h"
+#include "mcompress/model.h"
 #include "mcompress/torch_bridge.h"
 
 namespace mc {
@@ -104,13 +105,6 @@ Activations collect(LlamaModel& m, const at::Tensor& calib, int64_t batch) {
   return a;
 }
 
-int64_t count_params(const std::map<std::string, at::Tensor>& params) {
-  std::set<const void*> seen;
-  int64_t n = 0;
-  for (const auto& [k, t] : params)
-    if (t.defined() && seen.insert(t.data_ptr()).second) n += t.numel();
-  return n;
-}
 
 }  // namespace
 
@@ -188,7 +182,7 @@ StructuredResult prune_structured(Model& model, const at::Tensor& calib, const S
   r.config.n_kv_heads = keep_units;
   r.config.n_heads = gqa ? keep_units * rep : keep_units;
   r.config.n_layers = o.keep_every > 0 ? (n - 1) / o.keep_every + 1 : n - o.blocks;
-  r.params_before = count_params(model.params());
+  r.params_before = count_distinct_parameters(model.params());
 
   Activations act;
   if (need_calib) {
@@ -276,7 +270,7 @@ StructuredResult prune_structured(Model& model, const at::Tensor& calib, const S
     if (c.qkv_bias) put("bq", bq), put("bk", bk), put("bv", bv);
     if (c.o_bias) put("bo", P("bo", k));
   }
-  r.params_after = count_params(r.weights);
+  r.params_after = count_distinct_parameters(r.weights);
 
   r.settings["structured"] = describe(o);
   r.settings["ffn channels per block"] = std::to_string(F) + " -> " + std::to_string(keep_ffn);

@@ -47,16 +47,20 @@ bool matches(const std::string& pat, const std::string& name) {
   return fnmatch(pat.c_str(), name.c_str(), 0) == 0;
 }
 
-bool any_match(const std::vector<std::string>& pats, const std::string& name) {
+}  // namespace
+
+bool matches_any(const std::vector<std::string>& pats, const std::string& name) {
   for (const auto& p : pats)
     if (matches(p, name)) return true;
   return false;
 }
 
+namespace {
+
 // The grid of a layer: the first override matching it, else the default.
 const QuantSpec& spec_for(const PtqOptions& o, const std::string& name) {
   for (const auto& ov : o.overrides)
-    if (any_match(ov.patterns, name)) return ov.spec;
+    if (matches_any(ov.patterns, name)) return ov.spec;
   return o.spec;
 }
 
@@ -337,8 +341,8 @@ std::vector<const LayerInfo*> select_layers(const Model& model, const PtqOptions
     if (o.targets.empty())
       take = take || (l.kind == LayerKind::Linear && !l.is_classifier);
     else
-      take = take || any_match(o.targets, l.name);
-    if (!take || any_match(o.ignore, l.name) || !keys.insert(l.weight).second) continue;
+      take = take || matches_any(o.targets, l.name);
+    if (!take || matches_any(o.ignore, l.name) || !keys.insert(l.weight).second) continue;
     spec_for(o, l.name).validate(l.name, l.in_features);
     out.push_back(&l);
   }
@@ -346,7 +350,7 @@ std::vector<const LayerInfo*> select_layers(const Model& model, const PtqOptions
   for (const auto& ov : o.overrides)
     for (const auto& p : ov.patterns) {
       bool hit = false;
-      for (const LayerInfo* l : out) hit = hit || any_match({p}, l->name);
+      for (const LayerInfo* l : out) hit = hit || matches_any({p}, l->name);
       if (!hit) fail(kComp, "override pattern '", p, "' matches no selected layer");
     }
   return out;
