@@ -261,3 +261,14 @@ TEST_CASE("report html: write_report writes report.html with the same created ti
   for (const auto& e : std::filesystem::directory_iterator(dir.path)) ++files, (void)e;
   CHECK(files == 3);
 }
+
+TEST_CASE("a report read back from its json writes the same json", "[report]") {
+  mc::Report r = sample(5);
+  r.created = "2026-11-24T00:00:00Z";
+  r.steps.push_back({"peak step", 1.5, 123.0});
+  const std::string j = r.to_json();
+  const mc::Report back = mc::report_from_json(j, "report.json");
+  CHECK(back.to_json() == j);
+  CHECK(back.to_markdown() == r.to_markdown());  // decimals and percent formatting survive the round trip
+  CHECK_THROWS_WITH(mc::report_from_json("{\"metrics\": [{}]}", "x/report.json"), Catch::Contains("x/report.json: not a report.json"));
+}

@@ -140,38 +140,6 @@ void print_plan(const mc::Recipe& r, const std::string& model_path) {
   }
 }
 
-mc::Report report_from_json(const json& j) {
-  mc::Report r;
-  r.title = j.value("title", "");
-  r.method = j.value("method", "");
-  for (const auto& m : j["metrics"]) {
-    mc::MetricRow row;
-    row.name = m["name"];
-    if (!m["baseline"].is_null()) row.baseline = m["baseline"].get<double>();
-    if (!m["compressed"].is_null()) row.compressed = m["compressed"].get<double>();
-    row.higher_is_better = m.value("higher_is_better", false);
-    row.is_primary = m.value("primary", false);
-    row.percent = row.name.find("accuracy") != std::string::npos || row.name.find("same top-1") != std::string::npos;
-    row.decimals = row.name == "perplexity" ? 3 : row.name.find("KL") != std::string::npos ? 5 : 4;
-    r.metrics.push_back(row);
-  }
-  for (const auto& l : j["layers"]) {
-    mc::LayerRow row;
-    row.name = l["name"];
-    row.shape = l.value("shape", "");
-    row.scheme = l.value("scheme", "");
-    row.params = l.value("params", int64_t(0));
-    row.bits_per_weight = l.value("bits_per_weight", 32.0);
-    if (l.contains("rel_output_error") && !l["rel_output_error"].is_null()) row.rel_output_error = l["rel_output_error"].get<double>();
-    row.note = l.value("note", "");
-    r.layers.push_back(row);
-  }
-  for (const auto& s : j["steps"]) r.steps.push_back({s["name"], s["seconds"], s.value("peak_rss_mib", 0.0)});
-  for (const auto& w : j["warnings"]) r.warnings.push_back(w);
-  for (auto it = j["settings"].begin(); it != j["settings"].end(); ++it) r.settings[it.key()] = it.value();
-  r.eval_protocol = j.value("eval_protocol", "");
-  return r;
-}
 
 }  // namespace
 
@@ -217,7 +185,7 @@ int cmd_run(const std::vector<std::string>& args) {
   write_file_atomic((fs::path(out) / "recipe.yaml").string(), recipe.text, "run");
   std::string input = model;
   bool chain_reused = true;
-  std::vector<json> stage_reports;
+  std::vector<mc::Report> stage_reports;
   mc::Report rep;
   for (size_t i = 0; i < recipe.stages.size(); ++i) {
     const auto& st = recipe.stages[i];
@@ -272,14 +240,12 @@ int cmd_run(const std::vector<std::string>& args) {
       write_file_atomic(done.string(), stage_id.dump(2), "run");
     }
     input = (dir / "model.safetensors").string();
-    stage_reports.push_back(json::parse(read_file_text((dir / "report.json").string())));
+    stage_reports.push_back(mc::report_from_json(read_file_text((dir / "report.json").string()), (dir / "report.json").string()));
   }
 
   // The combined report: the first stage's baseline against the last stage's result.
-  const json& first = stage_reports.front();
-  const json& last = stage_reports.back();
-  rep = report_from_json(last);
-  const mc::Report base = report_from_json(first);
+  rep = stage_reports.back();
+  const mc::Report& base = stage_reports.front();
   for (auto& m : rep.metrics)
     for (const auto& b : base.metrics)
       if (b.name == m.name) m.baseline = b.baseline;
@@ -298,7 +264,7 @@ int cmd_run(const std::vector<std::string>& args) {
   rep.warnings.clear();
   rep.settings.clear();
   for (size_t i = 0; i < stage_reports.size(); ++i) {
-    const mc::Report s = report_from_json(stage_reports[i]);
+    const mc::Report& s = stage_reports[i];
     for (const auto& l : s.layers) {
       if (!layers.count(l.name)) order.push_back(l.name);
       layers[l.name] = l;

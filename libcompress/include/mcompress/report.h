@@ -66,6 +66,9 @@ struct Report {
   std::string to_html() const;
 };
 
+// A report read back from what to_json wrote (where: its path, for the InputError on a malformed one).
+Report report_from_json(const std::string& json_text, const std::string& where);
+
 // Writes DIR/report.json, DIR/report.md and DIR/report.html (each atomically), all with the same
 // "created" time.
 void write_report(const Report& r, const std::string& dir);

@@ -1,5 +1,6 @@
 #include <fstream>
 #include "mcompress/report.h"
+#include "mcompress/error.h"
 
 #include <torch/version.h>
 
@@ -103,6 +104,8 @@ std::string Report::to_json() const {
     o["compressed"] = m.compressed ? nlohmann::json(*m.compressed) : nlohmann::json(nullptr);
     o["higher_is_better"] = m.higher_is_better;
     o["primary"] = m.is_primary;
+    o["decimals"] = m.decimals;
+    o["percent"] = m.percent;
     j["metrics"].push_back(o);
   }
   auto r = retention();
@@ -224,6 +227,53 @@ double take_peak_rss_mib() {
   std::ofstream reset("/proc/self/clear_refs");
   if (reset) reset << "5";  // reset the peak to the current resident set
   return kib / 1024.0;
+}
+
+Report report_from_json(const std::string& text, const std::string& where) {
+  Report r;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text);
+    r.title = j.value("title", "");
+    r.model = j.value("model", "");
+    r.output = j.value("output", "");
+    r.method = j.value("method", "");
+    r.eval_protocol = j.value("eval_protocol", "");
+    r.command_line = j.value("command_line", "");
+    r.seed = j.value("seed", "");
+    r.created = j.value("created", "");
+    r.size_before = j.value("size_before_bytes", uint64_t(0));
+    r.size_after = j.value("size_after_bytes", uint64_t(0));
+    if (j.contains("settings")) r.settings = j["settings"].get<std::map<std::string, std::string>>();
+    for (const auto& m : j.value("metrics", nlohmann::json::array())) {
+      MetricRow row;
+      row.name = m.at("name");
+      if (!m["baseline"].is_null()) row.baseline = m["baseline"].get<double>();
+      if (!m["compressed"].is_null()) row.compressed = m["compressed"].get<double>();
+      row.higher_is_better = m.value("higher_is_better", false);
+      row.is_primary = m.value("primary", false);
+      row.decimals = m.value("decimals", 4);
+      row.percent = m.value("percent", false);
+      r.metrics.push_back(row);
+    }
+    for (const auto& l : j.value("layers", nlohmann::json::array())) {
+      LayerRow row;
+      row.name = l.at("name");
+      row.shape = l.value("shape", "");
+      row.scheme = l.value("scheme", "");
+      row.params = l.value("params", int64_t(0));
+      row.bits_per_weight = l.value("bits_per_weight", 32.0);
+      if (l.contains("rel_output_error") && !l["rel_output_error"].is_null())
+        row.rel_output_error = l["rel_output_error"].get<double>();
+      row.note = l.value("note", "");
+      r.layers.push_back(row);
+    }
+    for (const auto& st : j.value("steps", nlohmann::json::array()))
+      r.steps.push_back({st.at("name"), st.at("seconds"), st.value("peak_rss_mib", 0.0)});
+    r.warnings = j.value("warnings", std::vector<std::string>{});
+  } catch (const nlohmann::json::exception& e) {
+    fail("report", where, ": not a report.json: ", e.what());
+  }
+  return r;
 }
 
 }  // namespace mc
