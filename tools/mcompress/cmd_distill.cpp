@@ -90,13 +90,14 @@ mc::DistillData to_distill_data(const EvalData& ed) {
 }
 
 
-// The primary metric's value in rows (column: compressed or baseline).
-std::optional<double> primary(const std::vector<mc::MetricRow>& rows, bool compressed) {
+// The metric distillation reports on: bits per byte for language models (when token bytes are known),
+// else the report's primary metric (top-1 accuracy for classifiers).
+std::optional<double> headline(const std::vector<mc::MetricRow>& rows, bool compressed) {
+  const mc::MetricRow* pick = nullptr;
   for (const auto& r : rows)
-    if (r.name == "bits per byte" || (r.is_primary && r.name != "perplexity")) return compressed ? r.compressed : r.baseline;
-  for (const auto& r : rows)
-    if (r.is_primary) return compressed ? r.compressed : r.baseline;
-  return std::nullopt;
+    if (r.name == "bits per byte" || (!pick && r.is_primary)) pick = &r;
+  if (!pick) return std::nullopt;
+  return compressed ? pick->compressed : pick->baseline;
 }
 
 }  // namespace
@@ -384,8 +385,8 @@ int cmd_distill(const std::vector<std::string>& args) {
     std::printf("teacher %s: %s parameters; student %s: %s parameters (%.1f%%)\n", teacher_path.c_str(),
                 with_commas(tp).c_str(), student_desc.c_str(), with_commas(sp).c_str(), 100.0 * double(sp) / double(tp));
     if (!gen_note.empty()) std::printf("training data: %s\n", gen_note.c_str());
-    if (auto b = primary(before_rows, true); b && have_eval)
-      std::printf("before training: student %.4f, teacher %.4f (%s)\n", *b, *primary(rep.metrics, false),
+    if (auto b = headline(before_rows, true); b && have_eval)
+      std::printf("before training: student %.4f, teacher %.4f (%s)\n", *b, *headline(rep.metrics, false),
                   lm ? "bits per byte" : "top-1");
     std::printf("loss %s, %lld steps x %lld %s\n", loss.describe().c_str(), static_cast<long long>(o.steps),
                 static_cast<long long>(o.batch * o.accumulate), lm ? ("sequences of " + std::to_string(o.seq_len) + " tokens").c_str() : "examples");
@@ -484,7 +485,7 @@ int cmd_distill(const std::vector<std::string>& args) {
         if (m.name == r.name) row.baseline = m.baseline;
       rep.metrics.push_back(row);
     }
-    auto b = primary(before_rows, true), a = primary(rep.metrics, true), tv = primary(rep.metrics, false);
+    auto b = headline(before_rows, true), a = headline(rep.metrics, true), tv = headline(rep.metrics, false);
     if (a && b && tv && std::fabs(*b - *tv) > 1e-12)
       rep.settings["gap to the teacher closed"] = fmt("%.1f%%", 100.0 * (*b - *a) / (*b - *tv)) + " (" +
                                                    fmt("%.4f", *b) + " -> " + fmt("%.4f", *a) + ", teacher " +

@@ -145,8 +145,10 @@ std::vector<Job> expand(const YAML::Node& y, const std::string& where, const fs:
         const fs::path dir = out / "jobs" / j.name;
         j.argv = {"run", (dir / "recipe.in.yaml").string(), "--model", fs::absolute(mpath).string(), "-o",
                   (dir / "out").string(), "--threads", std::to_string(threads), "-q"};
-        for (const char* k : {"calib", "eval", "tokenizer", "arch", "window", "max-docs"})
-          if (data.count(k)) j.argv.insert(j.argv.end(), {std::string("--") + k, fs::path(data[k]).is_absolute() || std::string(k) == "window" || std::string(k) == "max-docs" ? data[k] : fs::absolute(resolve(data[k])).string()});
+        for (const char* k : {"calib", "eval", "tokenizer", "arch"})  // files: absolute, jobs may run elsewhere
+          if (data.count(k)) j.argv.insert(j.argv.end(), {std::string("--") + k, fs::absolute(resolve(data[k])).string()});
+        for (const char* k : {"window", "max-docs"})
+          if (data.count(k)) j.argv.insert(j.argv.end(), {std::string("--") + k, data[k]});
         if (data.count("truncate") && data["truncate"] == "true") j.argv.push_back("--truncate");
         jobs.push_back(j);
         size_t g = 0;
