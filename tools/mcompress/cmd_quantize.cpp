@@ -17,6 +17,7 @@
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
 #include "mcompress/eval.h"
+#include "mcompress/journal.h"
 #include "mcompress/model.h"
 #include "mcompress/ptq.h"
 #include "mcompress/quant/packed.h"
@@ -247,6 +248,16 @@ int cmd_quantize(const std::vector<std::string>& args) {
     }
   } cleanup{out, created_dir};
   const std::string out_model = (fs::path(out) / "model.safetensors").string();
+  // Resume: each finished block goes to OUT/.resume; a rerun after an interruption restores them.
+  remove_stale_temp_files(out);
+  mc::BlockJournal journal((fs::path(out) / ".resume").string(),
+                           run_identity("quantize", args, {model_path, calib_data, eval_data, tokenizer, arch}));
+  if (journal.resumed() && log_json())
+    log_event("resume", "{\"finished\": \"" + journal.summary() + "\", \"journal\": \"" + journal.dir() + "\"}");
+  else if (journal.resumed() && !common.quiet)
+    std::printf("resuming an interrupted run: %s finished, read from %s\n", journal.summary().c_str(),
+                journal.dir().c_str());
+  po_.journal = &journal;
   mc::PackedCheckpointWriter writer(out_model);
   std::set<std::string> written;
   model->set_low_memory(true);
@@ -359,6 +370,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
     }
   }
   mc::write_report(rep, out);
+  journal.remove();
 
   if (!common.quiet) print_summary(rep, ed.labeled, out, "bits per quantized weight");
   return 0;

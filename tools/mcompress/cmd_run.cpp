@@ -224,7 +224,9 @@ int cmd_run(const std::vector<std::string>& args) {
     std::fflush(stdout);
     if (!reuse) {
       chain_reused = false;
-      if (fs::exists(dir) && !(st.pass == "distill" && fs::exists(dir / "train-state.safetensors"))) fs::remove_all(dir);
+      // An interrupted stage keeps what it saved: distill's training state, quantize/prune's block journal.
+      const bool saved = fs::exists(dir / ".resume") || (st.pass == "distill" && fs::exists(dir / "train-state.safetensors"));
+      if (fs::exists(dir) && !saved) fs::remove_all(dir);
       if (st.pass == "distill" && fs::exists(dir / "train-state.safetensors")) a.push_back("--resume");
       a.insert(a.end(), {"-o", dir.string()});
       int rc = 0;

@@ -352,4 +352,46 @@ void add_run_data_options(po::options_description& desc, RunDataOptions& r, int6
       ("device", po::value<std::string>(&r.device)->default_value("cpu"), "cpu or cuda");
 }
 
+std::string run_identity(const std::string& command, const std::vector<std::string>& args,
+                         const std::vector<std::string>& input_files) {
+  std::string id = "{\"command\": \"" + command + "\", \"args\": [";
+  bool first = true;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-q" || a == "--quiet" || a == "--log-json" || a.rfind("--threads=", 0) == 0) continue;
+    if (a == "--threads") {
+      ++i;
+      continue;
+    }
+    std::string esc;
+    for (char c : a) esc += c == '"' || c == '\\' ? std::string("\\") + c : std::string(1, c);
+    id += (first ? "\"" : ", \"") + esc + "\"";
+    first = false;
+  }
+  id += "], \"inputs\": {";
+  first = true;
+  for (const auto& f : input_files) {
+    std::error_code ec;
+    if (f.empty() || !std::filesystem::exists(f, ec)) continue;
+    const auto size = std::filesystem::is_regular_file(f, ec) ? std::filesystem::file_size(f, ec) : 0;
+    const auto mtime = std::filesystem::last_write_time(f, ec).time_since_epoch().count();
+    id += (first ? "\"" : ", \"") + f + "\": [" + std::to_string(size) + ", " + std::to_string(mtime) + "]";
+    first = false;
+  }
+  return id + "}}";
+}
+
+void remove_stale_temp_files(const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const size_t t = name.rfind(".tmp-");
+    if (t == std::string::npos) continue;
+    const std::string pid = name.substr(t + 5);
+    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (!std::filesystem::exists("/proc/" + pid, ec)) std::filesystem::remove(e.path(), ec);
+  }
+}
+
 }  // namespace mcli

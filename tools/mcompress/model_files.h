@@ -74,6 +74,14 @@ std::vector<int32_t> text_token_stream(const std::string& path, const mc::Tokeni
 std::string read_file_text(const std::string& path);
 void write_file_atomic(const std::string& path, const std::string& bytes, const char* component);
 
+// What a quantize/prune run computes, for its resume journal (journal.h): the subcommand, its
+// arguments without those that only change how it runs or prints (-q, --log-json, --threads), and
+// the size and modification time of each input file (model, data) so edited inputs start afresh.
+std::string run_identity(const std::string& command, const std::vector<std::string>& args,
+                         const std::vector<std::string>& input_files);
+// Removes "<name>.tmp-<pid>" files in dir whose process is gone (a killed run's unfinished outputs).
+void remove_stale_temp_files(const std::string& dir);
+
 // "1m05s", "2h03m": a duration for ETAs.
 std::string eta_text(double seconds);
 // Progress of a training run (train, distill): --log-json events, else a line every 50 steps and on

@@ -33,8 +33,13 @@ struct SequentialOptions {
   int64_t batch = 8;             // calibration sequences per forward pass
   bool fp64 = false;             // accumulate Hessians in float64
   bool true_sequential = false;  // compress a block's layers group by group (see above)
-  // Called once a block's outputs for the next block are computed (free what the block no longer needs).
-  std::function<void(int block)> after_block;
+  // Called once a block's outputs for the next block are computed, with those outputs (free what the
+  // block no longer needs; a journal saves them).
+  std::function<void(int block, const std::vector<at::Tensor>& hidden)> after_block;
+  // Resume (journal.h): start at this block with its input hidden states (one tensor per batch, as
+  // after_block received them) instead of embedding the inputs and running blocks 0..start_block-1.
+  int start_block = 0;
+  std::vector<at::Tensor> start_hidden;
 };
 
 // inputs: the calibration set as the model's forward takes it ([N, L] int64 tokens, or [N, ...]

@@ -38,6 +38,7 @@ namespace mc {
 
 class Model;
 struct LayerInfo;
+class BlockJournal;
 
 struct PtqResult;
 
@@ -80,6 +81,10 @@ struct PtqOptions {
   std::vector<int> candidate_bits = {3, 4, 8};
   // Progress: called before each layer of each phase ("scan", "quantize") with its index from 1.
   std::function<void(const std::string& phase, const LayerInfo& layer, int64_t i, int64_t n)> progress;
+  // Resume (journal.h): each finished block (and each block of the mixed-precision scan) is saved in
+  // the journal; blocks an earlier run with the same journal identity finished are restored instead of
+  // computed (and passed to after_block in order), so the result is the same as an uninterrupted run.
+  BlockJournal* journal = nullptr;
   // Called after each block is finished, with the result so far (its quantized weights are in it: a
   // caller may write them out, erase them and release the model's copies, see Model::release_param).
   std::function<void(int block, PtqResult& partial)> after_block;

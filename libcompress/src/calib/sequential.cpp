@@ -67,10 +67,17 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
   const int64_t n = inputs.size(0), batch = std::max<int64_t>(1, o.batch);
 
   std::vector<at::Tensor> hidden;
-  for (int64_t b = 0; b < n; b += batch)
-    hidden.push_back(model.embed(inputs.narrow(0, b, std::min(batch, n - b)).to(model.device())));
+  if (o.start_block > 0) {
+    if (o.start_hidden.size() != static_cast<size_t>((n + batch - 1) / batch))
+      fail("calib", "resume: ", o.start_hidden.size(), " saved batches of hidden states, the calibration set makes ",
+           (n + batch - 1) / batch);
+    hidden = o.start_hidden;
+  } else {
+    for (int64_t b = 0; b < n; b += batch)
+      hidden.push_back(model.embed(inputs.narrow(0, b, std::min(batch, n - b)).to(model.device())));
+  }
 
-  for (int k = 0; k < model.num_blocks(); ++k) {
+  for (int k = o.start_block; k < model.num_blocks(); ++k) {
     std::vector<const LayerInfo*> layers;
     for (const auto& l : model.layers())
       if (l.block == k && targets.count(l.name)) layers.push_back(&l);
@@ -114,7 +121,7 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
         fail("calib", "block ", k, " produced NaN or Inf on the calibration data",
              layers.empty() ? "" : " after compression");
     }
-    if (o.after_block) o.after_block(k);
+    if (o.after_block) o.after_block(k, hidden);
     ::malloc_trim(0);  // the block's large temporaries go back to the OS: memory stays flat across blocks
   }
 }

@@ -9,6 +9,7 @@
 
 #include "mcompress/calib.h"
 #include "mcompress/error.h"
+#include "mcompress/journal.h"
 #include "mcompress/model.h"
 #include "mcompress/prune/sparsegpt.h"
 #include "mcompress/ptq.h"
@@ -126,6 +127,20 @@ PruneResult prune_model(Model& model, const at::Tensor& calib, const PruneOption
   // owl_threshold x their layer's mean.
   if (o.distribution == "owl" && !in_blocks.empty()) {
     std::map<int, std::pair<double, double>> outliers;  // block -> (count above, count)
+    SequentialOptions scan_so = so;
+    if (o.journal) {  // an interrupted scan goes on after its finished blocks
+      scan_so.start_block = o.journal->finished("owl");
+      for (int k = 0; k < scan_so.start_block; ++k) {
+        const auto rec = o.journal->load("owl", k).record;
+        if (rec.numbers.count("count")) outliers[k] = {rec.numbers.at("above"), rec.numbers.at("count")};
+      }
+      if (scan_so.start_block > 0) scan_so.start_hidden = o.journal->hidden("owl", model.device());
+      scan_so.after_block = [&](int k, const std::vector<at::Tensor>& hidden) {
+        BlockJournal::Record rec;
+        if (outliers.count(k)) rec.numbers = {{"above", outliers[k].first}, {"count", outliers[k].second}};
+        o.journal->save("owl", k, {}, rec, hidden);
+      };
+    }
     compress_blocks(model, calib, in_blocks,
         [&](int k, const std::vector<const LayerInfo*>& ls, const BlockStats& st) {
           for (const LayerInfo* l : ls) {
@@ -136,7 +151,7 @@ PruneResult prune_model(Model& model, const at::Tensor& calib, const PruneOption
             outliers[k].second += double(s.numel());
           }
         },
-        so);
+        scan_so);
     std::vector<double> ratio;
     std::vector<int> blocks;
     for (auto& [k, c] : outliers) blocks.push_back(k), ratio.push_back(c.first / c.second);
@@ -211,12 +226,49 @@ PruneResult prune_model(Model& model, const at::Tensor& calib, const PruneOption
     finish_layer(l, W, Wp, std::move(q), H, "");
   };
 
-  if (!in_blocks.empty())
+  if (!in_blocks.empty()) {
+    if (o.journal) {
+      // Blocks an interrupted run finished come back from the journal (weights, rows, warnings); the
+      // run goes on with the next block on the hidden states saved after them.
+      so.start_block = o.journal->finished("prune");
+      for (int k = 0; k < so.start_block; ++k) {
+        BlockJournal::Entry e = o.journal->load("prune", k);
+        for (const auto& l : model.layers()) {
+          auto w = e.tensors.find(l.weight);
+          if (l.block != k || w == e.tensors.end() || res.pruned.count(l.weight)) continue;
+          std::optional<QuantResult> q;
+          if (e.tensors.count(l.weight + ".grid")) q = journal_get_quant(e.tensors, l.weight);
+          zeros += w->second.eq(0).sum().item<double>(), count += double(w->second.numel());
+          model.set_param(l.weight, w->second.reshape(model.param(l.weight).sizes()));
+          res.pruned[l.weight] = {w->second, std::move(q)};
+          ++done;
+        }
+        for (auto& r : e.record.rows) res.layers.push_back(std::move(r));
+        for (auto& x : e.record.warnings) res.warnings.push_back(std::move(x));
+      }
+      if (so.start_block > 0) so.start_hidden = o.journal->hidden("prune", model.device());
+      size_t rows = res.layers.size(), warnings = res.warnings.size();
+      so.after_block = [&](int k, const std::vector<at::Tensor>& hidden) {
+        BlockJournal::Record rec;
+        rec.rows.assign(res.layers.begin() + static_cast<std::ptrdiff_t>(rows), res.layers.end());
+        rec.warnings.assign(res.warnings.begin() + static_cast<std::ptrdiff_t>(warnings), res.warnings.end());
+        std::map<std::string, at::Tensor> tensors;
+        for (const auto& l : model.layers()) {
+          auto p = res.pruned.find(l.weight);
+          if (l.block != k || p == res.pruned.end() || tensors.count(l.weight)) continue;
+          tensors[l.weight] = p->second.weight;
+          if (p->second.quant) journal_put_quant(tensors, l.weight, *p->second.quant);
+        }
+        o.journal->save("prune", k, tensors, rec, hidden);
+        rows = res.layers.size(), warnings = res.warnings.size();
+      };
+    }
     compress_blocks(model, calib, in_blocks,
         [&](int, const std::vector<const LayerInfo*>& ls, const BlockStats& st) {
           for (const LayerInfo* l : ls) prune_one(*l, st.at(l->name));
         },
         so);
+  }
   for (const LayerInfo* l : outside) prune_one(*l, nullptr);
   res.sparsity = count > 0 ? zeros / count : 0.0;
   std::map<std::string, size_t> order;

@@ -19,6 +19,7 @@
 #include "mcompress/quant/hessian.h"
 #include "mcompress/quant/imatrix.h"
 #include "mcompress/tensor.h"
+#include "ptq_journal.h"
 
 namespace mc {
 
@@ -197,11 +198,8 @@ class Runner {
       for (auto& w : z.warnings) r_.warnings.push_back(std::move(w));
       m_.set_param(l->weight, z.wq.reshape(w_full.sizes()));
       if (o_.method == "smoothquant" && l->kind == LayerKind::Linear) {
-        m_.set_input_quant(l->name, o_.act_bits);
+        use_w8a8(m_, l->name, z.q, o_.act_bits);
         r_.act_bits[l->name] = o_.act_bits;
-        const QuantSpec& sp = z.q.spec;
-        if (o_.act_bits == 8 && sp.bits == 8 && sp.symmetric && sp.group_size == 0)
-          m_.set_int8_weight(l->name, z.q.scales.reshape({-1}));
       }
       if (w_full.dim() != 2) z.q.weight_shape = w_full.sizes().vec();
       r_.quantized.emplace(l->weight, std::move(z.q));
@@ -452,6 +450,25 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
     for (const auto& n : in_blocks) errors[n].assign(bits.size(), 0.0);
     run.scan = &errors;
     run.total = static_cast<int64_t>(in_blocks.size() * bits.size());
+    SequentialOptions scan_so = so;
+    if (o.journal) {
+      // Finished blocks of an interrupted scan: their errors from the journal, the scan goes on after them.
+      scan_so.start_block = o.journal->finished("scan");
+      for (int k = 0; k < scan_so.start_block; ++k)
+        for (const auto& [key, v] : o.journal->load("scan", k).record.numbers) {
+          const size_t hash = key.rfind('#');
+          errors.at(key.substr(0, hash))[std::stoul(key.substr(hash + 1))] = v;
+          ++run.done;
+        }
+      if (scan_so.start_block > 0) scan_so.start_hidden = o.journal->hidden("scan", model.device());
+      scan_so.after_block = [&](int k, const std::vector<at::Tensor>& hidden) {
+        BlockJournal::Record rec;
+        for (const auto& l : model.layers())
+          if (l.block == k && errors.count(l.name))
+            for (size_t c = 0; c < bits.size(); ++c) rec.numbers[l.name + "#" + std::to_string(c)] = errors[l.name][c];
+        o.journal->save("scan", k, {}, rec, hidden);
+      };
+    }
     compress_blocks(model, calib, in_blocks,
         [&](int k, const std::vector<const LayerInfo*>& ls, const BlockStats& st) {
           std::map<std::string, at::Tensor> saved;
@@ -464,7 +481,7 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
               if (!model.param(key).is_same(t)) model.set_param(key, t);
           }
         },
-        so);
+        scan_so);
     run.scan = nullptr;
     std::vector<std::vector<double>> errs;
     std::vector<int64_t> params;
@@ -494,7 +511,23 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   }
 
   if (!in_blocks.empty()) {
-    if (o.after_block) so.after_block = [&](int k) { o.after_block(k, res); };
+    PtqBlockSaver saver(model);
+    if (o.journal) {
+      // Blocks finished by an interrupted run: back into the model and the result, handed to the
+      // caller in the same order as when they were computed.
+      so.start_block = o.journal->finished("quantize");
+      for (int k = 0; k < so.start_block; ++k) {
+        run.done += restore_ptq_block(*o.journal, k, model, res);
+        if (o.after_block) o.after_block(k, res);
+      }
+      if (so.start_block > 0) so.start_hidden = o.journal->hidden("quantize", model.device());
+      saver.snapshot(res);
+    }
+    so.after_block = [&](int k, const std::vector<at::Tensor>& hidden) {
+      if (o.journal) saver.save(*o.journal, k, res, hidden);
+      if (o.after_block) o.after_block(k, res);
+      if (o.journal) saver.snapshot(res);
+    };
     compress_blocks(model, calib, in_blocks,
                     [&](int k, const std::vector<const LayerInfo*>& ls, const BlockStats& st) { run.block(k, ls, st); },
                     so);

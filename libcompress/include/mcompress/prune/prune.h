@@ -27,6 +27,7 @@ namespace mc {
 
 class Model;
 struct LayerInfo;
+class BlockJournal;
 
 struct PruneOptions {
   std::string method = "sparsegpt";  // magnitude | wanda | sparsegpt
@@ -40,6 +41,8 @@ struct PruneOptions {
   bool fp64 = false, true_sequential = false;
   double damp = 0.01;
   std::function<void(const std::string& phase, const LayerInfo& layer, int64_t i, int64_t n)> progress;
+  // Resume (journal.h): finished blocks are saved, and restored instead of computed on a rerun.
+  BlockJournal* journal = nullptr;
 };
 
 struct PrunedLayer {

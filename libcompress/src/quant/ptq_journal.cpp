@@ -1,0 +1,73 @@
+#include "ptq_journal.h"
+
+#include <ATen/ATen.h>
+
+#include "mcompress/model.h"
+
+namespace mc {
+
+namespace {
+constexpr const char* kQuant = "q:";   // journal tensor prefix of a quantized weight
+constexpr const char* kParam = "p:";   // ... of another parameter the block changed
+constexpr const char* kActBits = "act_bits:";
+}  // namespace
+
+void use_w8a8(Model& m, const std::string& layer, const QuantResult& q, int act_bits) {
+  m.set_input_quant(layer, act_bits);
+  const QuantSpec& sp = q.spec;
+  if (act_bits == 8 && sp.bits == 8 && sp.symmetric && sp.group_size == 0)
+    m.set_int8_weight(layer, q.scales.reshape({-1}).to(m.device()));
+}
+
+void PtqBlockSaver::snapshot(const PtqResult& res) {
+  params_ = m_.params();  // shallow: replaced parameters are new tensors
+  rows_ = res.layers.size(), warnings_ = res.warnings.size();
+}
+
+void PtqBlockSaver::save(BlockJournal& j, int k, const PtqResult& res, const std::vector<at::Tensor>& hidden) {
+  BlockJournal::Record rec;
+  rec.rows.assign(res.layers.begin() + static_cast<std::ptrdiff_t>(rows_), res.layers.end());
+  rec.warnings.assign(res.warnings.begin() + static_cast<std::ptrdiff_t>(warnings_), res.warnings.end());
+  std::map<std::string, at::Tensor> tensors;
+  std::set<std::string> quantized;
+  for (const auto& l : m_.layers()) {
+    if (l.block != k) continue;
+    auto q = res.quantized.find(l.weight);
+    if (q != res.quantized.end() && quantized.insert(l.weight).second) journal_put_quant(tensors, kQuant + l.weight, q->second);
+    auto a = res.act_bits.find(l.name);
+    if (a != res.act_bits.end()) rec.numbers[kActBits + l.name] = a->second;
+  }
+  for (const auto& [key, t] : m_.params()) {
+    auto before = params_.find(key);
+    if (!quantized.count(key) && t.defined() && (before == params_.end() || !t.is_same(before->second)))
+      tensors[kParam + key] = t;
+  }
+  j.save("quantize", k, tensors, rec, hidden);
+}
+
+int64_t restore_ptq_block(const BlockJournal& j, int k, Model& m, PtqResult& res) {
+  BlockJournal::Entry e = j.load("quantize", k);
+  int64_t n = 0;
+  for (const auto& [name, t] : e.tensors) {
+    if (name.rfind(kParam, 0) == 0) {
+      m.set_param(name.substr(2), t);
+    } else if (name.rfind(kQuant, 0) == 0 && name.size() > 5 && name.compare(name.size() - 5, 5, ".grid") == 0) {
+      const std::string key = name.substr(2, name.size() - 7);
+      QuantResult q = journal_get_quant(e.tensors, name.substr(0, name.size() - 5));
+      m.set_param(key, q.dequantize().reshape(m.param(key).sizes()));
+      res.quantized.insert_or_assign(key, std::move(q));
+      ++n;
+    }
+  }
+  for (const auto& [name, bits] : e.record.numbers)
+    if (name.rfind(kActBits, 0) == 0) {
+      const std::string layer = name.substr(9);
+      res.act_bits[layer] = static_cast<int>(bits);
+      use_w8a8(m, layer, res.quantized.at(m.layer(layer).weight), static_cast<int>(bits));
+    }
+  for (auto& r : e.record.rows) res.layers.push_back(std::move(r));
+  for (auto& w : e.record.warnings) res.warnings.push_back(std::move(w));
+  return n;
+}
+
+}  // namespace mc
