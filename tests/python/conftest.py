@@ -35,6 +35,17 @@ def catch2_binary():
     return b
 
 
+def run_catch2_export(tag, env_var, directory):
+    """Runs the hidden Catch2 case `tag`, which writes its files into `directory` (passed in env_var);
+    skips when the test binary is not built."""
+    binary = catch2_binary()
+    if not os.path.exists(binary):
+        pytest.skip(f"test binary not built at {binary} (set MC_TESTS_BIN)")
+    p = subprocess.run([binary, tag], env={**os.environ, env_var: str(directory)}, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return directory
+
+
 @pytest.fixture
 def mc():
     """mc(*args, check=True) runs the CLI and returns the CompletedProcess."""

@@ -5,13 +5,11 @@ file of sparse entries (hidden case "[sparse-export]": bitmask and N:M, float16 
 decode to the dense weights the C++ side expects.
 When `mcompress quantize` exists this can use the CLI instead."""
 import json
-import os
-import subprocess
 
 import numpy as np
 import pytest
 
-from conftest import catch2_binary, read_safetensors
+from conftest import read_safetensors, run_catch2_export
 
 
 # --- the reader of docs/packed-format.md -------------------------------------------------------
@@ -99,13 +97,7 @@ def decode(t, key, desc):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    binary = catch2_binary()
-    if not os.path.exists(binary):
-        pytest.skip(f"test binary not built at {binary} (set MC_TESTS_BIN)")
-    d = tmp_path_factory.mktemp("packed")
-    p = subprocess.run([binary, "[pack-export]"], env={**os.environ, "MC_PACKED_EXPORT": str(d)},
-                       capture_output=True, text=True)
-    assert p.returncode == 0, p.stdout + p.stderr
+    d = run_catch2_export("[pack-export]", "MC_PACKED_EXPORT", tmp_path_factory.mktemp("packed"))
     return read_safetensors(d / "packed.safetensors"), read_safetensors(d / "reference.safetensors")
 
 
@@ -140,13 +132,7 @@ def test_numpy_dequantization_matches_cpp_exactly(exported):
 
 @pytest.fixture(scope="module")
 def sparse_exported(tmp_path_factory):
-    binary = catch2_binary()
-    if not os.path.exists(binary):
-        pytest.skip(f"test binary not built at {binary} (set MC_TESTS_BIN)")
-    d = tmp_path_factory.mktemp("sparse")
-    p = subprocess.run([binary, "[sparse-export]"], env={**os.environ, "MC_PACKED_EXPORT": str(d)},
-                       capture_output=True, text=True)
-    assert p.returncode == 0, p.stdout + p.stderr
+    d = run_catch2_export("[sparse-export]", "MC_PACKED_EXPORT", tmp_path_factory.mktemp("sparse"))
     return read_safetensors(d / "sparse.safetensors"), read_safetensors(d / "sparse_reference.safetensors")
 
 

@@ -3,6 +3,7 @@
 // main() maps them to exit codes and prints one line.
 #pragma once
 #include <boost/program_options.hpp>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,9 @@ struct Command {
   int (*run)(const std::vector<std::string>& args);
 };
 const std::vector<Command>& commands();
+// Runs args[0] as a subcommand with the rest as its arguments; returns its exit status. Errors are
+// thrown (mc::InputError: bad input, mc::GateError, others); main() and the Python bindings map them.
+int dispatch(const std::vector<std::string>& args);
 
 // Options every subcommand accepts: --threads, --help, --quiet.
 struct CommonOptions {
@@ -28,6 +32,8 @@ struct CommonOptions {
 bool log_json();
 // One JSON object per line on stdout: {"event": EVENT, ...fields} (fields: a JSON object's text, "" for none).
 void log_event(const std::string& event, const std::string& fields_json = "");
+// Where log_event lines go instead of stdout (the Python bindings' progress callback); {} = stdout.
+void set_event_sink(std::function<void(const std::string& json_line)> sink);
 void add_common_options(po::options_description& desc, CommonOptions& common);
 
 // Parses args (after the subcommand name) into vm. Unknown options / bad values throw InputError.
@@ -50,5 +56,6 @@ int cmd_prune(const std::vector<std::string>& args);
 int cmd_distill(const std::vector<std::string>& args);
 int cmd_run(const std::vector<std::string>& args);
 int cmd_sweep(const std::vector<std::string>& args);
+int cmd_export(const std::vector<std::string>& args);
 
 }  // namespace mcli

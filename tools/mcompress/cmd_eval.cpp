@@ -66,6 +66,11 @@ int cmd_eval(const std::vector<std::string>& args) {
   if (!reference.empty()) ref = mc::load_model(reference, lo);
 
   nlohmann::json j;
+  // --json: the result as one JSON document; --log-json: as a "result" event (the Python bindings).
+  auto print_result = [](const nlohmann::json& res) {
+    if (log_json()) log_event("result", res.dump());
+    else std::cout << res.dump(2) << "\n";
+  };
   j["model"] = model_path;
   j["arch"] = model->arch();
   const uint64_t nparams = count_parameters(*model);
@@ -81,9 +86,9 @@ int cmd_eval(const std::vector<std::string>& args) {
     co.max_examples = max_docs;
     if (batch > 0) co.batch_size = batch;
     auto r = mc::evaluate_classifier(*model, d, co, ref.get());
-    if (json) {
+    if (json || log_json()) {
       j["result"] = r;
-      std::cout << j.dump(2) << "\n";
+      print_result(j);
       return 0;
     }
     std::cout << "model       " << model_path << " (" << model->arch() << ", " << with_commas(nparams)
@@ -109,9 +114,9 @@ int cmd_eval(const std::vector<std::string>& args) {
   if (batch > 0) eo.batch_size = batch;
   auto r = mc::evaluate_lm(*model, corpus, eo, ref.get());
   if (!tok_path.empty()) j["tokenizer"] = tok_path;
-  if (json) {
+  if (json || log_json()) {
     j["result"] = r;
-    std::cout << j.dump(2) << "\n";
+    print_result(j);
     return 0;
   }
   std::cout << "model       " << model_path << " (" << model->arch() << ", " << with_commas(nparams)

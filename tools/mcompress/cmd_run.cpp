@@ -171,7 +171,7 @@ int cmd_run(const std::vector<std::string>& args) {
                           common))
     return 0;
   const mc::Recipe recipe = mc::load_recipe(recipe_path);
-  if (!fs::exists(model)) mc::fail("run", model, ": no such model");
+  if (!fs::exists(model)) mc::fail<mc::FileError>("run", model, ": no such model");
   if (dry_run) {
     print_plan(recipe, model);
     return 0;
@@ -286,10 +286,24 @@ int cmd_run(const std::vector<std::string>& args) {
   const fs::path final_model = fs::path(out) / "model.safetensors";
   fs::copy_file(input, final_model, fs::copy_options::overwrite_existing);
   rep.output = final_model.string();
+  if (!recipe.export_format.empty() && recipe.export_format != "safetensors") {
+    // The final export (mcompress export): DIR/model.gguf, DIR/model.q8.bin or DIR/hf/.
+    const std::string& f = recipe.export_format;
+    const fs::path target = fs::path(out) / (f.rfind("gguf", 0) == 0 ? "model.gguf"
+                                             : f == "llama2c-q8"      ? "model.q8.bin"
+                                                                      : "hf");
+    std::vector<std::string> ea = {final_model.string(), "--format", f, "-o", target.string()};
+    if (!tokenizer.empty()) ea.insert(ea.end(), {"--tokenizer", tokenizer});
+    if (common.quiet) ea.push_back("-q");
+    if (!common.quiet) std::printf("\n== export: %s ==\n", f.c_str());
+    if (int erc = cmd_export(ea); erc != 0) return erc;
+    rep.output = target.string();
+    rep.settings["export"] = f + " -> " + target.string();
+  }
   rep.settings["recipe"] = (fs::path(out) / "recipe.yaml").string() + " (copy of " + recipe_path + ")";
   if (!recipe.description.empty()) rep.settings["description"] = recipe.description;
   rep.size_before = model_bytes(model);
-  rep.size_after = fs::file_size(final_model);
+  rep.size_after = model_bytes(rep.output);  // the final artifact (the export when there is one)
   rep.command_line = "mcompress run";
   for (const auto& x : args) rep.command_line += " " + x;
   if (run_seed) rep.seed = std::to_string(*run_seed);

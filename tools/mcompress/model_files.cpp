@@ -97,7 +97,7 @@ uint64_t model_bytes(const std::string& model_path) {
 
 EvalData load_eval_data(const mc::Model& model, const std::string& model_path, const EvalDataOptions& o) {
   const std::string& data = o.data;
-  if (!fs::exists(data)) mc::fail("eval", data, ": no such file or directory");
+  if (!fs::exists(data)) mc::fail<mc::FileError>("eval", data, ": no such file or directory");
   EvalData ed;
   ed.labeled = fs::is_directory(data) || has_ext(data, {".safetensors", ".h5", ".hdf5", ".pt", ".pth"});
   if (ed.labeled) {

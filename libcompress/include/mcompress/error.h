@@ -1,5 +1,5 @@
 // Errors raised by libcompress. The CLI maps them to exit codes:
-//   InputError (bad file, bad option, bad data)  -> 2
+//   InputError (bad file, bad option, bad data)  -> 2 (FileError: cannot open/read/write)
 //   GateError  (accuracy gate missed)             -> 3
 //   any other Error / std::exception              -> 1 (internal)
 // Messages name the component, the file/tensor/layer and what was expected:
@@ -20,6 +20,13 @@ class Error : public std::runtime_error {
 class InputError : public Error {
  public:
   using Error::Error;
+};
+
+// A file that cannot be opened, read, created or written (missing, permissions, disk full): an
+// InputError (exit status 2) that the Python bindings raise as OSError.
+class FileError : public InputError {
+ public:
+  using InputError::InputError;
 };
 
 // An accuracy gate was missed. Exit status 3.

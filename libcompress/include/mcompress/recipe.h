@@ -16,7 +16,8 @@
 //   gate:                                    # optional accuracy gate on the final model
 //     metric: bits per byte                  #   a metric name of the report
 //     max-relative-drop: 0.05                #   or max-absolute-drop: 0.02 (drop = the worse direction)
-//   export: safetensors                      # optional final format (safetensors; more with export)
+//   export: gguf:q4_0                        # optional final format: safetensors (default), gguf:TYPE,
+//                                            #   hf-gptq, compressed-tensors, llama2c-q8 (mcompress export)
 //
 // Unknown keys, passes and malformed values are InputErrors naming the file and the stage.
 #pragma once

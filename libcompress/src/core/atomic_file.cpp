@@ -57,7 +57,7 @@ AtomicFile::AtomicFile(std::string path, const char* component)
     : path_(std::move(path)), component_(component) {
   tmp_ = path_ + ".tmp-" + std::to_string(::getpid());
   f_ = std::fopen(tmp_.c_str(), "wb");
-  if (!f_) fail(component_, path_, ": cannot create output: ", std::strerror(errno));
+  if (!f_) fail<FileError>(component_, path_, ": cannot create output: ", std::strerror(errno));
   slot_ = register_live(tmp_);
   std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
 }
@@ -80,7 +80,7 @@ void AtomicFile::close_file() {
 void AtomicFile::write(const void* data, uint64_t n) {
   if (n == 0) return;
   if (!f_) fail<Error>(component_, path_, ": write after close");
-  if (std::fwrite(data, 1, n, f_) != n) fail(component_, path_, ": write failed: ", std::strerror(errno));
+  if (std::fwrite(data, 1, n, f_) != n) fail<FileError>(component_, path_, ": write failed: ", std::strerror(errno));
   pos_ += n;
 }
 
@@ -102,12 +102,12 @@ void AtomicFile::overwrite(uint64_t offset, const void* data, uint64_t n) {
   std::fflush(f_);
   if (std::fseek(f_, static_cast<long>(offset), SEEK_SET) != 0 || std::fwrite(data, 1, n, f_) != n ||
       std::fseek(f_, 0, SEEK_END) != 0)
-    fail(component_, path_, ": write failed: ", std::strerror(errno));
+    fail<FileError>(component_, path_, ": write failed: ", std::strerror(errno));
 }
 
 void AtomicFile::commit() {
   if (f_) {
-    if (std::fflush(f_) != 0) fail(component_, path_, ": write failed: ", std::strerror(errno));
+    if (std::fflush(f_) != 0) fail<FileError>(component_, path_, ": write failed: ", std::strerror(errno));
     ::fsync(fileno(f_));
     close_file();
   }

@@ -14,16 +14,16 @@ namespace mc {
 
 std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path, const char* component) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(component, path, ": cannot open: ", std::strerror(errno));
+  if (fd < 0) fail<FileError>(component, path, ": cannot open: ", std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     int e = errno;
     ::close(fd);
-    fail(component, path, ": cannot stat: ", std::strerror(e));
+    fail<FileError>(component, path, ": cannot stat: ", std::strerror(e));
   }
   if (S_ISDIR(st.st_mode)) {
     ::close(fd);
-    fail(component, path, ": is a directory, expected a file");
+    fail<FileError>(component, path, ": is a directory, expected a file");
   }
   std::shared_ptr<MappedFile> m(new MappedFile());
   m->path_ = path;

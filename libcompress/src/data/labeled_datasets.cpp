@@ -23,7 +23,7 @@ constexpr uint64_t kMaxIdxBytes = uint64_t(1) << 40;  // guards the size arithme
 std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
   errno = 0;
   gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) fail(kComp, path, ": cannot open: ", errno ? std::strerror(errno) : "zlib could not allocate");
+  if (!f) fail<FileError>(kComp, path, ": cannot open: ", errno ? std::strerror(errno) : "zlib could not allocate");
   std::unique_ptr<gzFile_s, int (*)(gzFile)> closer(f, gzclose);
   std::vector<uint8_t> data;
   while (true) {

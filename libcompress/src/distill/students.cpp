@@ -22,7 +22,7 @@ constexpr const char* kC = "distill";
 
 std::string read_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) fail(kC, path, ": cannot open the student config");
+  if (!f) fail<FileError>(kC, path, ": cannot open the student config");
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();

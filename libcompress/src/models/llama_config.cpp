@@ -95,7 +95,7 @@ LlamaConfig LlamaConfig::from_json(const std::string& text, const std::string& w
 
 LlamaConfig LlamaConfig::from_hf_config(const std::string& path) {
   std::ifstream in(path);
-  if (!in) fail("llama", path, ": cannot read");
+  if (!in) fail<FileError>("llama", path, ": cannot read");
   std::stringstream ss;
   ss << in.rdbuf();
   LlamaConfig c;

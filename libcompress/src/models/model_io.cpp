@@ -11,6 +11,8 @@
 
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
+#include "mcompress/export/gguf.h"
+#include "mcompress/export/hf.h"
 #include "mcompress/io/safetensors.h"
 #include "mcompress/model.h"
 #include "mcompress/models/classifier.h"
@@ -45,7 +47,7 @@ Weights read_weights(const std::string& path) {
 
 std::string read_text(const std::string& path, const char* component) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail(component, path, ": cannot read");
+  if (!in) fail<FileError>(component, path, ": cannot read");
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
@@ -121,8 +123,14 @@ std::unique_ptr<Model> build_model(const std::string& path, const LoadOptions& o
     if (!fs::exists(cfg))
       fail("model", path, ": a model directory needs a Hugging Face config.json");
     LlamaConfig c = LlamaConfig::from_hf_config(cfg.string());
-    return std::make_unique<LlamaModel>(c, read_hf_weights(path).tensors);
+    auto w = read_hf_weights(path).tensors;
+    // A GPTQ-layout directory (ours from `mcompress export --format hf-gptq`, or AutoGPTQ's): its
+    // int32-packed weights dequantized as AutoGPTQ computes them.
+    if (int bits = hf_gptq_bits(cfg.string())) w = dequantize_hf_gptq(w, bits, path);
+    return std::make_unique<LlamaModel>(c, w);
   }
+  // GGUF llama files (llama.cpp's names and keys) have their own loader (export/gguf.h).
+  if (opts.arch_file.empty() && detect_format(path) == "gguf") return load_gguf_llama(path);
   Weights w = read_weights(path);
   if (!opts.arch_file.empty())
     return std::make_unique<ClassifierModel>(read_text(opts.arch_file, "classifier"), w.tensors, opts.arch_file);

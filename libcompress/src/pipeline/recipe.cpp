@@ -203,15 +203,19 @@ Recipe parse_recipe(const std::string& text, const std::string& where) {
   }
   if (y["export"]) {
     r.export_format = y["export"].as<std::string>();
-    if (r.export_format != "safetensors")
-      fail(kC, where, ": export '", r.export_format, "' is not available yet (allowed: safetensors)");
+    static const std::set<std::string> formats = {"safetensors", "gguf", "gguf:f32", "gguf:f16", "gguf:q8_0",
+        "gguf:q4_0", "gguf:q4_1", "gguf:q5_0", "gguf:q5_1", "gguf:q4_k", "gguf:q5_k", "gguf:q6_k", "gguf:q4_k_m",
+        "gguf:auto", "hf-gptq", "compressed-tensors", "llama2c-q8"};
+    if (!formats.count(r.export_format))
+      fail(kC, where, ": export '", r.export_format,
+           "' is not available (allowed: safetensors, gguf:TYPE, hf-gptq, compressed-tensors, llama2c-q8)");
   }
   return r;
 }
 
 Recipe load_recipe(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) fail(kC, path, ": cannot open the recipe");
+  if (!f) fail<FileError>(kC, path, ": cannot open the recipe");
   std::stringstream ss;
   ss << f.rdbuf();
   return parse_recipe(ss.str(), path);

@@ -1,0 +1,250 @@
+// export_gguf: a llama model (any file load_model reads; packed checkpoints with their quantizer results)
+// to a GGUF file with llama.cpp's names, metadata and tokenizer. Type rules: see export/gguf.h.
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <map>
+#include <optional>
+
+#include "export/gguf_vocab.h"
+#include "mcompress/checkpoint.h"
+#include "mcompress/error.h"
+#include "mcompress/export/gguf.h"
+#include "mcompress/half.h"
+#include "mcompress/model.h"
+#include "mcompress/models/llama.h"
+#include "mcompress/quant/packed.h"
+
+namespace mc {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct TypeName {
+  const char* name;
+  std::optional<DType> dtype;  // empty: a mix (q4_k_m, auto)
+  uint32_t file_type;          // llama_ftype
+};
+const TypeName kTypes[] = {
+    {"f32", DType::F32, 0},   {"f16", DType::F16, 1},   {"q8_0", DType::Q8_0, 7},  {"q4_0", DType::Q4_0, 2},
+    {"q4_1", DType::Q4_1, 3}, {"q5_0", DType::Q5_0, 8}, {"q5_1", DType::Q5_1, 9},  {"q4_k", DType::Q4_K, 14},
+    {"q5_k", DType::Q5_K, 16}, {"q6_k", DType::Q6_K, 18}, {"q4_k_m", {}, 15},      {"auto", {}, 0},
+};
+
+// One weight to export: where it comes from and what it becomes.
+struct Item {
+  std::string gguf, key, role;
+  int64_t block = -1;
+  at::Tensor value;               // float32, already in llama.cpp's row order
+  const QuantResult* quant = nullptr;
+  DType dtype = DType::F32;
+  std::string note;
+};
+
+// llama.cpp: use_more_bits in llama_tensor_get_type.
+bool use_more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+bool f16_exact(const at::Tensor& w) {
+  at::Tensor back = w.to(at::kHalf).to(at::kFloat);
+  return at::equal(back, w);
+}
+
+// The type requested for a 2-D weight before the row-length check.
+DType wanted_type(const std::string& type, const Item& it, const LlamaConfig& c, std::string* why) {
+  for (const auto& t : kTypes)
+    if (type == t.name && t.dtype) return *t.dtype;
+  if (type == "q4_k_m") {
+    const bool output = it.role == "output" || (it.role == "embed" && c.tied);
+    if (output) return *why = "q4_k_m: output", DType::Q6_K;
+    if ((it.role == "wv" || it.role == "w2") && use_more_bits(it.block, c.n_layers))
+      return *why = "q4_k_m: use_more_bits layer", DType::Q6_K;
+    return DType::Q4_K;
+  }
+  // auto
+  if (!it.quant) return *why = "dense -> F16", DType::F16;
+  const QuantResult& q = *it.quant;
+  const std::string grid = q.spec.describe() + (q.g_idx.defined() ? " act-order" : "");
+  for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0})  // smallest first
+    if (maps_exactly(q, t)) return *why = "exact from " + grid, t;
+  *why = "fitted to " + grid;
+  if (q.spec.bits <= 4) return DType::Q4_K;
+  if (q.spec.bits == 5) return DType::Q5_K;
+  if (q.spec.bits == 6) return DType::Q6_K;
+  return DType::Q8_0;
+}
+
+void choose_type(Item& it, const std::string& type, const LlamaConfig& c) {
+  if (it.role == "attn_norm" || it.role == "ffn_norm" || it.role == "final_norm") {
+    it.dtype = DType::F32, it.note = "norm";
+    return;
+  }
+  std::string why;
+  DType t = wanted_type(type, it, c, &why);
+  const int64_t cols = it.value.size(1);
+  const int64_t be = dtype_info(t).block_elems;
+  if (cols % be != 0) {
+    DType fb = t == DType::Q4_K ? DType::Q5_0 : t == DType::Q5_K ? DType::Q5_1 : t == DType::Q6_K ? DType::Q8_0 : DType::F16;
+    if (cols % 32 != 0) fb = DType::F16;
+    if (fb == DType::F16 && type == "auto" && !f16_exact(it.value)) fb = DType::F32;
+    why = str("fallback ", dtype_name(t), " -> ", dtype_name(fb), ": row length ", cols, " not a multiple of ", be,
+              why.empty() ? "" : " (" + why + ")");
+    t = fb;
+  }
+  if (it.quant && maps_exactly(*it.quant, t) && why.find("exact") == std::string::npos)
+    why += std::string(why.empty() ? "" : "; ") + "exact from " + it.quant->spec.describe();
+  it.dtype = t, it.note = why;
+}
+
+// Hugging Face rotate-half q/k rows -> Meta's interleaved pairs (convert_hf_to_gguf.py's permute): row
+// h*hd + 2i + c of the result is row h*hd + c*hd/2 + i of the input.
+at::Tensor interleave_index(int64_t heads, int64_t hd) {
+  at::Tensor idx = at::arange(heads * hd, at::kLong).view({heads, 2, hd / 2}).transpose(1, 2).reshape({-1});
+  return idx;
+}
+
+QuantResult permute_rows(const QuantResult& q, const at::Tensor& idx) {
+  QuantResult r = q;
+  r.codes = q.codes.index_select(0, idx);
+  r.scales = q.scales.index_select(0, idx);
+  r.zeros = q.zeros.index_select(0, idx);
+  return r;
+}
+
+std::string find_tokenizer(const std::string& model_path, const std::string& given) {
+  if (!given.empty()) return given;
+  const fs::path p(model_path);
+  const fs::path dir = fs::is_directory(p) ? p : p.parent_path();
+  for (const char* name : {"tokenizer.json", "tokenizer.bin"})
+    if (fs::exists(dir / name)) return (dir / name).string();
+  fail("gguf", model_path, ": no tokenizer.json or tokenizer.bin beside the model; pass the tokenizer "
+       "(llama.cpp needs the vocabulary in the file)");
+}
+
+uint32_t file_type_of(const std::string& type, const std::vector<Item>& items) {
+  for (const auto& t : kTypes)
+    if (type == t.name && type != "auto") return t.file_type;
+  std::map<DType, int64_t> params;  // auto: the type holding most parameters
+  for (const auto& it : items)
+    if (it.value.dim() == 2) params[it.dtype] += it.value.numel();
+  DType best = DType::F16;
+  int64_t most = -1;
+  for (const auto& [t, n] : params)
+    if (n > most) most = n, best = t;
+  const std::map<DType, uint32_t> ft = {{DType::F32, 0},  {DType::F16, 1},  {DType::Q4_0, 2},  {DType::Q4_1, 3},
+                                        {DType::Q8_0, 7}, {DType::Q5_0, 8}, {DType::Q5_1, 9},  {DType::Q4_K, 14},
+                                        {DType::Q5_K, 16}, {DType::Q6_K, 18}};
+  return ft.at(best);
+}
+
+}  // namespace
+
+const char* gguf_export_types() { return "f32|f16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m|auto"; }
+
+std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const std::string& out_path,
+                                          const GgufExportOptions& opts) {
+  std::string type = opts.type.rfind("gguf:", 0) == 0 ? opts.type.substr(5) : opts.type;
+  for (auto& ch : type) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  bool known = false;
+  for (const auto& t : kTypes) known = known || type == t.name;
+  if (!known) fail("gguf", "unknown type '", opts.type, "' (allowed: ", gguf_export_types(), ")");
+
+  auto model = load_model(model_path);
+  auto* llama = dynamic_cast<LlamaModel*>(model.get());
+  if (!llama) fail("gguf", model_path, ": GGUF export needs a llama model, this is '", model->arch(), "'");
+  const LlamaConfig& c = llama->config();
+  if (c.qkv_bias || c.o_bias) fail("gguf", model_path, ": attention biases cannot be written for arch llama");
+  if (c.rope_scaling == "llama3")
+    fail("gguf", model_path, ": llama3 rope scaling is not supported by this exporter (needs rope_freqs)");
+  const std::string tok_path = find_tokenizer(model_path, opts.tokenizer);
+
+  // Quantizer results of a packed checkpoint, by checkpoint key (sparse entries: their dense values).
+  std::map<std::string, QuantResult> quant;
+  if (!fs::is_directory(model_path)) {
+    auto reader = open_checkpoint(model_path);
+    if (is_packed_checkpoint(*reader))
+      for (auto& [key, e] : read_packed_entries(*reader))
+        if (e.quant && !e.sparse && e.quant->codes.dim() == 2) quant.emplace(key, std::move(*e.quant));
+  }
+  std::map<std::string, QuantResult> permuted;  // rotate-half q/k results in llama.cpp's row order
+
+  std::vector<Item> items;
+  auto add = [&](const std::string& gguf, const std::string& role, int64_t blk) {
+    Item it;
+    it.gguf = gguf, it.role = role, it.block = blk;
+    it.key = llama_param_name(c.names, role, blk);
+    it.value = llama->param(it.key).to(at::kFloat).contiguous();
+    auto q = quant.find(it.key);
+    if (q != quant.end()) it.quant = &q->second;
+    if (c.rope == RopeLayout::RotateHalf && (role == "wq" || role == "wk")) {
+      const at::Tensor idx = interleave_index(role == "wq" ? c.n_heads : c.n_kv_heads, c.head_dim);
+      it.value = it.value.index_select(0, idx).contiguous();
+      if (it.quant) it.quant = &(permuted[it.key] = permute_rows(*it.quant, idx));
+    }
+    choose_type(it, type, c);
+    items.push_back(std::move(it));
+  };
+  add("token_embd.weight", "embed", -1);
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string b = "blk." + std::to_string(i) + ".";
+    add(b + "attn_norm.weight", "attn_norm", i);
+    add(b + "attn_q.weight", "wq", i);
+    add(b + "attn_k.weight", "wk", i);
+    add(b + "attn_v.weight", "wv", i);
+    add(b + "attn_output.weight", "wo", i);
+    add(b + "ffn_norm.weight", "ffn_norm", i);
+    add(b + "ffn_gate.weight", "w1", i);
+    add(b + "ffn_up.weight", "w3", i);
+    add(b + "ffn_down.weight", "w2", i);
+  }
+  add("output_norm.weight", "final_norm", -1);
+  if (!c.tied) add("output.weight", "output", -1);
+
+  std::vector<GgufKV> kv;
+  const std::string name = opts.name.empty() ? fs::path(model_path).stem().string() : opts.name;
+  kv.emplace_back("general.architecture", gguf_string("llama"));
+  kv.emplace_back("general.name", gguf_string(name));
+  kv.emplace_back("general.file_type", gguf_u32(file_type_of(type, items)));
+  kv.emplace_back("general.quantization_version", gguf_u32(2));
+  kv.emplace_back("llama.context_length", gguf_u32(uint32_t(c.max_seq_len)));
+  kv.emplace_back("llama.embedding_length", gguf_u32(uint32_t(c.dim)));
+  kv.emplace_back("llama.block_count", gguf_u32(uint32_t(c.n_layers)));
+  kv.emplace_back("llama.feed_forward_length", gguf_u32(uint32_t(c.hidden_dim)));
+  kv.emplace_back("llama.rope.dimension_count", gguf_u32(uint32_t(c.head_dim)));
+  kv.emplace_back("llama.rope.freq_base", gguf_f32(float(c.rope_theta)));
+  kv.emplace_back("llama.attention.head_count", gguf_u32(uint32_t(c.n_heads)));
+  kv.emplace_back("llama.attention.head_count_kv", gguf_u32(uint32_t(c.n_kv_heads)));
+  kv.emplace_back("llama.attention.layer_norm_rms_epsilon", gguf_f32(float(c.norm_eps)));
+  kv.emplace_back("llama.vocab_size", gguf_u32(uint32_t(c.vocab_size)));
+  if (c.head_dim * c.n_heads != c.dim) {
+    kv.emplace_back("llama.attention.key_length", gguf_u32(uint32_t(c.head_dim)));
+    kv.emplace_back("llama.attention.value_length", gguf_u32(uint32_t(c.head_dim)));
+  }
+  if (c.rope_scaling == "linear") {
+    kv.emplace_back("llama.rope.scaling.type", gguf_string("linear"));
+    kv.emplace_back("llama.rope.scaling.factor", gguf_f32(float(c.rope_factor)));
+  }
+  for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size)) kv.push_back(std::move(e));
+
+  std::vector<GgufTensorSource> src;
+  std::vector<GgufTensorChoice> choices;
+  for (Item& it : items) {
+    const Item* p = &it;
+    src.push_back({it.gguf, it.dtype, Shape(it.value.sizes().begin(), it.value.sizes().end()), [p] {
+                     if (p->quant && p->dtype != DType::F32 && p->dtype != DType::F16)
+                       return encode_from_quant(*p->quant, p->dtype);
+                     const at::Tensor& v = p->value;
+                     return encode_matrix(p->dtype, v.data_ptr<float>(), v.dim() == 2 ? v.size(0) : 1, v.size(-1));
+                   }});
+    if (it.quant && maps_exactly(*it.quant, it.dtype) && (it.dtype == DType::Q4_1 || it.dtype == DType::Q5_1)) {
+      int64_t inexact = 0;
+      encode_from_quant(*it.quant, it.dtype, &inexact);  // counts the blocks whose min is not a float16 value
+      if (inexact > 0) it.note += str("; ", inexact, " blocks with the min rounded to float16");
+    }
+    choices.push_back({it.gguf, dtype_name(it.dtype), it.note, it.value.numel(), *dtype_nbytes(it.dtype, it.value.numel())});
+  }
+  write_gguf(out_path, kv, src);
+  return choices;
+}
+
+}  // namespace mc

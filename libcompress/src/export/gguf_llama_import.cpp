@@ -1,0 +1,113 @@
+// load_gguf_llama: a GGUF file with general.architecture "llama" (as export_gguf or llama.cpp's converters
+// write it) as a LlamaModel: config from the llama.* keys, tensors renamed from blk.N.* to llama2.c's names,
+// interleaved RoPE (the llama arch's convention), block-quantized tensors dequantized to float32.
+#include <map>
+
+#include "mcompress/checkpoint.h"
+#include "mcompress/error.h"
+#include "mcompress/export/gguf.h"
+#include "mcompress/io/gguf.h"
+#include "mcompress/models/llama.h"
+
+namespace mc {
+
+namespace {
+
+const GgufValue* find_kv(const CheckpointReader& r, const std::string& key) {
+  for (const auto& [k, v] : gguf_kv(r))
+    if (k == key) return &v;
+  return nullptr;
+}
+
+int64_t int_kv(const CheckpointReader& r, const std::string& key, std::optional<int64_t> dflt = {}) {
+  const GgufValue* v = find_kv(r, key);
+  if (!v) {
+    if (dflt) return *dflt;
+    fail("gguf", r.path(), ": llama GGUF lacks '", key, "'");
+  }
+  if (v->type == GgufType::STRING || v->type == GgufType::ARRAY || v->type == GgufType::F32 || v->type == GgufType::F64)
+    fail("gguf", r.path(), ": key '", key, "' is ", v->to_string(), ", expected an integer");
+  return v->type == GgufType::U64 ? int64_t(v->u) : v->i;
+}
+
+double float_kv(const CheckpointReader& r, const std::string& key, double dflt) {
+  const GgufValue* v = find_kv(r, key);
+  if (!v) return dflt;
+  if (v->type == GgufType::F32 || v->type == GgufType::F64) return v->f;
+  if (v->type == GgufType::STRING || v->type == GgufType::ARRAY)
+    fail("gguf", r.path(), ": key '", key, "' is ", v->to_string(), ", expected a number");
+  return double(v->i);
+}
+
+// blk.N.<name> -> llama2.c role.
+const std::map<std::string, std::string>& block_roles() {
+  static const std::map<std::string, std::string> m = {
+      {"attn_norm.weight", "attn_norm"}, {"attn_q.weight", "wq"},       {"attn_k.weight", "wk"},
+      {"attn_v.weight", "wv"},           {"attn_output.weight", "wo"},  {"ffn_norm.weight", "ffn_norm"},
+      {"ffn_gate.weight", "w1"},         {"ffn_up.weight", "w3"},       {"ffn_down.weight", "w2"},
+  };
+  return m;
+}
+
+}  // namespace
+
+bool is_gguf_llama(const std::string& path) {
+  if (detect_format(path) != "gguf") return false;
+  auto r = open_gguf(path);
+  const GgufValue* a = find_kv(*r, "general.architecture");
+  return a && a->type == GgufType::STRING && a->s == "llama";
+}
+
+std::unique_ptr<Model> load_gguf_llama(const std::string& path) {
+  auto r = open_gguf(path);
+  const GgufValue* arch = find_kv(*r, "general.architecture");
+  if (!arch || arch->type != GgufType::STRING || arch->s != "llama")
+    fail("gguf", path, ": general.architecture is ", arch ? arch->to_string() : "missing",
+         ", only 'llama' GGUF files load as models");
+  LlamaConfig c;
+  c.names = LlamaNames::Llama2c;
+  c.rope = RopeLayout::Interleaved;
+  c.dim = int_kv(*r, "llama.embedding_length");
+  c.hidden_dim = int_kv(*r, "llama.feed_forward_length");
+  c.n_layers = int_kv(*r, "llama.block_count");
+  c.n_heads = int_kv(*r, "llama.attention.head_count");
+  c.n_kv_heads = int_kv(*r, "llama.attention.head_count_kv", c.n_heads);
+  c.head_dim = int_kv(*r, "llama.attention.key_length", c.n_heads > 0 ? c.dim / c.n_heads : 0);
+  c.max_seq_len = int_kv(*r, "llama.context_length");
+  c.norm_eps = float_kv(*r, "llama.attention.layer_norm_rms_epsilon", 1e-5);
+  c.rope_theta = float_kv(*r, "llama.rope.freq_base", 10000.0);
+  if (const GgufValue* s = find_kv(*r, "llama.rope.scaling.type"); s && s->s == "linear") {
+    c.rope_scaling = "linear";
+    c.rope_factor = float_kv(*r, "llama.rope.scaling.factor", 1.0);
+  }
+  if (!r->contains("token_embd.weight")) fail("gguf", path, ": no tensor 'token_embd.weight'");
+  c.vocab_size = int_kv(*r, "llama.vocab_size", r->info("token_embd.weight").shape.at(0));
+  c.tied = !r->contains("output.weight");
+  c.bos_id = int_kv(*r, "tokenizer.ggml.bos_token_id", -1);
+  c.eos_id = int_kv(*r, "tokenizer.ggml.eos_token_id", -1);
+
+  std::map<std::string, HostTensor> weights;
+  for (const auto& ti : r->tensors()) {
+    std::string key;
+    if (ti.name == "token_embd.weight") key = llama_param_name(c.names, "embed");
+    else if (ti.name == "output_norm.weight") key = llama_param_name(c.names, "final_norm");
+    else if (ti.name == "output.weight") key = llama_param_name(c.names, "output");
+    else if (ti.name.rfind("blk.", 0) == 0) {
+      const size_t dot = ti.name.find('.', 4);
+      auto role = dot == std::string::npos ? block_roles().end() : block_roles().find(ti.name.substr(dot + 1));
+      if (role == block_roles().end())
+        fail("gguf", path, ": tensor '", ti.name, "' is not part of the llama architecture this loader supports");
+      key = llama_param_name(c.names, role->second, std::stoll(ti.name.substr(4, dot - 4)));
+    } else if (ti.name == "rope_freqs.weight") {
+      fail("gguf", path, ": rope_freqs.weight (llama3 rope scaling) is not supported");
+    } else {
+      fail("gguf", path, ": unexpected tensor '", ti.name, "'");
+    }
+    HostTensor t = r->load(ti.name);
+    t.name = key;
+    weights[key] = std::move(t);
+  }
+  return std::make_unique<LlamaModel>(c, weights);
+}
+
+}  // namespace mc

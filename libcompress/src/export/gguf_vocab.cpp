@@ -1,0 +1,150 @@
+// tokenizer.ggml.* for GGUF llama files. Token types (llama.cpp llama_token_type): 1 normal, 2 unknown,
+// 3 control, 4 user defined, 5 unused, 6 byte.
+#include "export/gguf_vocab.h"
+
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "mcompress/error.h"
+#include "mcompress/io/llama2c.h"
+#include "mcompress/tokenizer.h"
+
+namespace mc::gguf_detail {
+
+namespace {
+
+using json = nlohmann::json;
+enum TokenType { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
+
+struct Vocab {
+  std::vector<std::string> tokens;
+  std::vector<double> scores;
+  std::vector<int64_t> types;
+  std::vector<std::string> merges;
+  std::string model;  // "llama" or "gpt2"
+  int64_t bos = -1, eos = -1, unk = -1;
+};
+
+bool is_byte_token(const std::string& t) {
+  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return false;
+  return std::isxdigit(static_cast<unsigned char>(t[3])) && std::isxdigit(static_cast<unsigned char>(t[4]));
+}
+
+std::string escape_spaces(const std::string& s) {
+  std::string out;
+  for (char c : s) out += c == ' ' ? std::string("\xE2\x96\x81") : std::string(1, c);
+  return out;
+}
+
+Vocab from_llama2c(const std::string& path) {
+  const Llama2cTokenizer tok = read_llama2c_tokenizer(path);
+  Vocab v;
+  v.model = "llama", v.unk = 0, v.bos = 1, v.eos = 2;
+  for (size_t i = 0; i < tok.vocab.size(); ++i) {
+    std::string t = tok.vocab[i];
+    int64_t type = kNormal;
+    if (i == 0) t = "<unk>", type = kUnknown;
+    else if (i == 1) t = "<s>", type = kControl;
+    else if (i == 2) t = "</s>", type = kControl;
+    else if (t.empty()) type = kControl;
+    else if (is_byte_token(t)) type = kByte;
+    v.tokens.push_back(escape_spaces(t));
+    v.scores.push_back(tok.scores[i]);
+    v.types.push_back(type);
+  }
+  return v;
+}
+
+Vocab from_tokenizer_json(const std::string& path, const std::string& text) {
+  auto tk = load_tokenizer(path);  // validates the file and tells which kind of BPE it is
+  Vocab v;
+  v.model = tk->kind() == "hf-bpe-bytelevel" ? "gpt2" : "llama";
+  v.bos = tk->bos_id(), v.eos = tk->eos_id();
+  try {
+    const json j = json::parse(text);
+    const json& m = j.at("model");
+    std::map<int64_t, std::string> by_id;
+    for (const auto& [tok, id] : m.at("vocab").items()) by_id[id.get<int64_t>()] = tok;
+    std::map<int64_t, std::pair<std::string, bool>> added;  // id -> content, special
+    if (j.contains("added_tokens") && j["added_tokens"].is_array())
+      for (const auto& a : j["added_tokens"]) added[a.at("id").get<int64_t>()] = {a.at("content"), a.value("special", false)};
+    int64_t n = 0;
+    for (const auto& [id, t] : by_id) n = std::max(n, id + 1);
+    for (const auto& [id, a] : added) n = std::max(n, id + 1);
+    v.tokens.assign(size_t(n), "");
+    v.scores.assign(size_t(n), 0.0);
+    v.types.assign(size_t(n), kNormal);
+    for (int64_t id = 0; id < n; ++id) {
+      auto it = by_id.find(id);
+      if (it != by_id.end()) v.tokens[size_t(id)] = it->second;
+      else v.tokens[size_t(id)] = "[PAD" + std::to_string(id) + "]", v.types[size_t(id)] = kUnused;
+      if (v.model == "llama" && is_byte_token(v.tokens[size_t(id)])) v.types[size_t(id)] = kByte;
+    }
+    for (const auto& [id, a] : added) {
+      v.tokens[size_t(id)] = a.first;
+      v.types[size_t(id)] = a.second ? kControl : kUserDefined;
+    }
+    if (m.contains("unk_token") && m["unk_token"].is_string()) {
+      for (const auto& [id, t] : by_id)
+        if (t == m["unk_token"].get<std::string>()) v.unk = id, v.types[size_t(id)] = kUnknown;
+    }
+    int64_t rank = 0;
+    std::map<std::string, int64_t> index;
+    for (int64_t id = 0; id < n; ++id) index.emplace(v.tokens[size_t(id)], id);
+    for (const auto& mg : m.value("merges", json::array())) {
+      std::string a, b;
+      if (mg.is_string()) {
+        const std::string s = mg.get<std::string>();
+        const size_t sp = s.find(' ', 1);
+        if (sp == std::string::npos) fail("gguf", path, ": merge '", s, "' is not 'left right'");
+        a = s.substr(0, sp), b = s.substr(sp + 1);
+      } else {
+        a = mg.at(0).get<std::string>(), b = mg.at(1).get<std::string>();
+      }
+      v.merges.push_back(a + " " + b);
+      auto it = index.find(a + b);  // SentencePiece scores: earlier merges score higher
+      if (it != index.end() && v.scores[size_t(it->second)] == 0.0) v.scores[size_t(it->second)] = -double(++rank);
+      else ++rank;
+    }
+  } catch (const json::exception& e) {
+    fail("gguf", path, ": bad tokenizer.json: ", e.what());
+  }
+  return v;
+}
+
+}  // namespace
+
+std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("gguf", path, ": cannot read the tokenizer");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  size_t i = 0;
+  while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+  Vocab v = i < text.size() && text[i] == '{' ? from_tokenizer_json(path, text) : from_llama2c(path);
+  if (int64_t(v.tokens.size()) > vocab_size)
+    fail("gguf", path, ": the tokenizer has ", v.tokens.size(), " tokens but the model's vocab_size is ", vocab_size);
+  while (int64_t(v.tokens.size()) < vocab_size) {
+    v.tokens.push_back("[PAD" + std::to_string(v.tokens.size()) + "]");
+    v.scores.push_back(0.0);
+    v.types.push_back(kUnused);
+  }
+  std::vector<GgufKV> kv;
+  kv.emplace_back("tokenizer.ggml.model", gguf_string(v.model));
+  if (v.model == "gpt2") kv.emplace_back("tokenizer.ggml.pre", gguf_string("default"));
+  kv.emplace_back("tokenizer.ggml.tokens", gguf_string_array(v.tokens));
+  if (v.model == "llama") kv.emplace_back("tokenizer.ggml.scores", gguf_f32_array(v.scores));
+  kv.emplace_back("tokenizer.ggml.token_type", gguf_int_array(GgufType::I32, v.types));
+  if (v.model == "gpt2") kv.emplace_back("tokenizer.ggml.merges", gguf_string_array(v.merges));
+  if (v.bos >= 0) kv.emplace_back("tokenizer.ggml.bos_token_id", gguf_u32(uint32_t(v.bos)));
+  if (v.eos >= 0) kv.emplace_back("tokenizer.ggml.eos_token_id", gguf_u32(uint32_t(v.eos)));
+  if (v.unk >= 0) kv.emplace_back("tokenizer.ggml.unknown_token_id", gguf_u32(uint32_t(v.unk)));
+  kv.emplace_back("tokenizer.ggml.add_bos_token", gguf_bool(v.bos >= 0));
+  kv.emplace_back("tokenizer.ggml.add_eos_token", gguf_bool(false));
+  return kv;
+}
+
+}  // namespace mc::gguf_detail

@@ -1,0 +1,295 @@
+// Hugging Face exports of a quantized llama: the AutoGPTQ / Transformers GPTQ layout (hf-gptq) and
+// compressed-tensors' pack-quantized format (vLLM, llm-compressor).
+//
+// Conventions, with where they were checked:
+//  * GPTQ, checkpoint_format "gptq" (AutoGPTQ qlinear_cuda_old.py QuantLinear.pack / forward):
+//    qweight int32 [in*bits/32, out], the codes of each output column packed along the input dimension
+//    (32/bits per word, lowest bits first; 3 bits: 32 codes in 3 words); qzeros int32
+//    [n_groups, out*bits/32] packed along the output dimension and holding zero - 1 (the loader adds 1
+//    back: "zeros = zeros + 1"); scales fp16 [n_groups, out]; g_idx int32 [in]. A zero point of 0
+//    cannot be stored (0 - 1 wraps to 2^bits - 1), so such grids are refused.
+//  * compressed-tensors pack-quantized (compressors/pack_quantized: pack_to_int32, unpack_from_int32):
+//    weight_packed int32 [out, ceil(in*bits/32)] packed along the input dimension, values = signed code
+//    + 2^(bits-1) = our codes; weight_scale [out, n_groups]; asymmetric weight_zero_point int32
+//    [ceil(out*bits/32), n_groups] (pack_to_int32 with packed_dim=0 of the signed zero point + offset =
+//    our zero code); weight_shape int64 [2] (torch.tensor(weight.shape)); weight_g_idx for act-order.
+//    PackedQuantizationCompressor.match accepts 4 and 8 bits, for which its older strided and newer
+//    dense packings agree.
+//  * q/k rows of interleaved (llama2.c/Meta) models are permuted to rotate-half (convert_llama_weights_to_hf.py).
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <optional>
+
+#include "hf_input.h"
+#include "mcompress/error.h"
+#include "mcompress/export/hf.h"
+#include "mcompress/io/safetensors.h"
+#include "mcompress/torch_bridge.h"
+
+namespace mc {
+
+namespace {
+
+using hfx::ExportInput;
+
+enum class Fmt { Gptq, CompressedTensors };
+const char* fmt_name(Fmt f) { return f == Fmt::Gptq ? "hf-gptq" : "compressed-tensors"; }
+
+const char* kLinearRoles[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+
+std::string spec_text(const QuantSpec& s) { return s.describe(); }
+
+// One linear layer as the export writes it: its HF module name and its codes/grid in HF row order
+// (undefined quant: not quantized).
+struct Linear {
+  std::string module;  // model.layers.N.self_attn.q_proj
+  std::optional<QuantResult> quant;
+  at::Tensor weight;  // float, HF row order (for unquantized layers)
+  bool g_idx = false;
+};
+
+struct Prepared {
+  std::vector<Linear> linears;
+  std::optional<QuantSpec> spec;  // the common grid
+  bool act_order = false;
+  std::vector<std::string> unquantized;
+};
+
+bool permutes(const LlamaConfig& c, const std::string& role) {
+  return c.rope == RopeLayout::Interleaved && (role == "wq" || role == "wk" || role == "bq" || role == "bk");
+}
+
+at::Tensor rope_perm(const LlamaConfig& c, const std::string& role) {
+  const bool q = role == "wq" || role == "bq";
+  return rope_row_permutation(q ? c.n_heads : c.n_kv_heads, c.head_dim, true);
+}
+
+Prepared prepare(const ExportInput& in, Fmt fmt) {
+  Prepared p;
+  if (in.quant.empty())
+    fail("export", in.path, ": no quantized layers: ", fmt_name(fmt), " exports a quantized model "
+         "(run mcompress quantize first, e.g. --method gptq --bits 4 --group-size 128)");
+  for (int64_t l = 0; l < in.cfg.n_layers; ++l) {
+    for (const char* role : kLinearRoles) {
+      const std::string key = hfx::key_of(in, role, l), hf = hfx::hf_name(role, l);
+      Linear lin;
+      lin.module = hf.substr(0, hf.size() - std::string(".weight").size());
+      auto it = in.quant.find(key);
+      if (it == in.quant.end()) {
+        if (fmt == Fmt::Gptq)
+          fail("export", in.path, ": ", key, " is not quantized; hf-gptq needs every linear layer of the blocks "
+               "quantized (quantize the model with mcompress quantize first, or use --format compressed-tensors, "
+               "which can leave layers in float16)");
+        lin.weight = hfx::param_of(in, role, l);
+        if (permutes(in.cfg, role)) lin.weight = lin.weight.index_select(0, rope_perm(in.cfg, role));
+        p.unquantized.push_back(lin.module);
+      } else {
+        QuantResult q = it->second;
+        if (p.spec && (p.spec->bits != q.spec.bits || p.spec->symmetric != q.spec.symmetric ||
+                       p.spec->group_size != q.spec.group_size))
+          fail("export", in.path, ": ", key, " is ", spec_text(q.spec), " but other layers are ", spec_text(*p.spec),
+               "; ", fmt_name(fmt), " holds one grid for the whole model (mixed precision cannot be exported)");
+        p.spec = q.spec;
+        if (permutes(in.cfg, role)) q = permute_quant_rows(q, rope_perm(in.cfg, role));
+        lin.g_idx = q.g_idx.defined();
+        p.act_order = p.act_order || lin.g_idx;
+        lin.quant = std::move(q);
+      }
+      p.linears.push_back(std::move(lin));
+    }
+  }
+  if (!p.spec)
+    fail("export", in.path, ": none of the blocks' linear layers is quantized (only ",
+         in.quant.begin()->first, "...); ", fmt_name(fmt), " exports quantized linear layers");
+  return p;
+}
+
+void add_dense(const ExportInput& in, std::vector<HostTensor>& out, std::vector<std::string>& notes) {
+  const LlamaConfig& c = in.cfg;
+  auto add = [&](const std::string& role, int64_t block) {
+    const std::string hf = hfx::hf_name(role, block);
+    at::Tensor t = hfx::param_of(in, role, block);
+    if (permutes(c, role)) t = t.index_select(0, rope_perm(c, role));
+    if (in.quant.count(hfx::key_of(in, role, block)))
+      notes.push_back(hf + ": quantized in the input; stored as its dequantized values rounded to float16");
+    out.push_back(hfx::to_f16(hf, t, in.path));
+  };
+  add("embed", -1);
+  add("final_norm", -1);
+  if (!c.tied) add("output", -1);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    add("attn_norm", l), add("ffn_norm", l);
+    if (c.qkv_bias) add("bq", l), add("bk", l), add("bv", l);
+    if (c.o_bias) add("bo", l);
+  }
+  notes.push_back("embeddings, norms" + std::string(c.tied ? "" : ", lm_head") +
+                  (c.qkv_bias ? ", biases" : "") + " stored as float16 (torch_dtype float16)");
+}
+
+void add_common_notes(const ExportInput& in, std::vector<std::string>& notes) {
+  if (in.cfg.rope == RopeLayout::Interleaved)
+    notes.push_back("q_proj/k_proj rows permuted from interleaved (llama2.c/Meta) to rotate-half RoPE "
+                    "(codes, scales and zeros move with their rows; exact)");
+}
+
+// ---- hf-gptq ----------------------------------------------------------------------------------
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+void gptq_tensors(const std::string& path, const Linear& lin, std::vector<HostTensor>& out) {
+  const QuantResult& q = *lin.quant;
+  const int bits = q.spec.bits;
+  const int64_t in_f = q.codes.size(1);
+  out.push_back(from_torch(lin.module + ".qweight", pack_int32_rows(q.codes, bits).t().contiguous()));
+  at::Tensor z = q.zeros.round() - 1;
+  if (z.min().item<float>() < 0)
+    fail("export", path, ": ", lin.module, ": a group has zero point 0, which the GPTQ format (it stores zero - 1) "
+         "cannot hold; export this model with --format compressed-tensors, or quantize it with --sym");
+  out.push_back(from_torch(lin.module + ".qzeros", pack_int32_rows(z.to(at::kByte).t().contiguous(), bits)));
+  out.push_back(hfx::to_f16(lin.module + ".scales", q.scales.t().contiguous(), path));
+  at::Tensor g = q.g_idx.defined() ? q.g_idx.to(at::kInt)
+                 : q.spec.group_size > 0 ? at::floor_divide(at::arange(in_f, at::kInt), q.spec.group_size)
+                                         : at::zeros({in_f}, at::kInt);
+  out.push_back(from_torch(lin.module + ".g_idx", g.contiguous()));
+}
+
+}  // namespace
+
+ExportSummary export_hf_gptq(const std::string& model_path, const std::string& out_dir) {
+  hfx::AtomicDir dir(out_dir);
+  ExportInput in = hfx::read_export_input(model_path);
+  Prepared p = prepare(in, Fmt::Gptq);
+  const QuantSpec& s = *p.spec;
+  const LlamaConfig& c = in.cfg;
+  if (s.bits != 2 && s.bits != 3 && s.bits != 4 && s.bits != 8)
+    fail("export", model_path, ": ", s.bits, "-bit weights: hf-gptq holds 2, 3, 4 or 8 bits");
+  const int64_t gs = s.group_size > 0 ? s.group_size : -1;
+  // AutoGPTQ's shapes (in // 32 * bits rows, out // 32 * bits zero words) need multiples of 32, and its
+  // group reshape needs group_size | in_features.
+  const int64_t q_dim = c.n_heads * c.head_dim, kv_dim = c.n_kv_heads * c.head_dim;
+  for (auto [what, n] : {std::pair<const char*, int64_t>{"hidden_size (dim)", c.dim}, {"n_heads * head_dim", q_dim},
+                         {"n_kv_heads * head_dim", kv_dim}}) {
+    if (n % 32 != 0) fail("export", model_path, ": ", what, " ", n, " is not a multiple of 32, which hf-gptq's int32 packing needs");
+    if (gs > 0 && n % gs != 0)
+      fail("export", model_path, ": group_size ", gs, " does not divide ", what, " ", n, ", which hf-gptq needs "
+           "(AutoGPTQ groups are whole; use --format compressed-tensors)");
+  }
+  std::vector<std::string> notes;
+  add_common_notes(in, notes);
+  // The intermediate size can grow: zero rows of gate/up and zero columns of down compute the same.
+  const int64_t inter = round_up(c.hidden_dim, gs > 0 ? std::lcm<int64_t>(32, gs) : 32);
+  if (inter != c.hidden_dim)
+    notes.push_back("intermediate_size padded from " + std::to_string(c.hidden_dim) + " to " + std::to_string(inter) +
+                    " (multiple of 32" + (gs > 0 ? " and of group_size" : std::string()) +
+                    " for GPTQ packing): the added gate/up rows and down columns hold the zero-point code and "
+                    "dequantize to exactly 0, so the model computes the same function");
+  std::vector<HostTensor> tensors;
+  for (Linear& lin : p.linears) {
+    QuantResult& q = *lin.quant;
+    const bool gate_up = lin.module.find("gate_proj") != std::string::npos || lin.module.find("up_proj") != std::string::npos;
+    const bool down = lin.module.find("down_proj") != std::string::npos;
+    q = pad_quant(q, gate_up ? inter : q.codes.size(0), down ? inter : q.codes.size(1));
+    gptq_tensors(model_path, lin, tensors);
+  }
+  add_dense(in, tensors, notes);
+  write_safetensors(dir.file("model.safetensors"), tensors, {{"format", "pt"}});
+
+  nlohmann::ordered_json qc;
+  qc["quant_method"] = "gptq";
+  qc["bits"] = s.bits;
+  qc["group_size"] = gs;
+  qc["damp_percent"] = 0.01;
+  qc["desc_act"] = p.act_order;
+  qc["static_groups"] = false;
+  qc["sym"] = s.symmetric;
+  qc["true_sequential"] = false;
+  qc["checkpoint_format"] = "gptq";
+  qc["model_name_or_path"] = nullptr;
+  qc["model_file_base_name"] = "model";
+  dir.write_text("config.json", hfx::hf_config_json(c, inter, qc.dump()));
+  dir.write_text("quantize_config.json", qc.dump(2) + "\n");
+  notes.push_back("damp_percent, true_sequential and static_groups are not recorded in the packed file: "
+                  "mcompress quantize's defaults (0.01, false, false) are written (informational for loaders)");
+  if (s.group_size < 0) notes.push_back("per-tensor grid written as per-channel (group_size -1), every row the same scale");
+  hfx::copy_tokenizer(model_path, dir, notes);
+  return dir.commit(std::move(notes));
+}
+
+ExportSummary export_compressed_tensors(const std::string& model_path, const std::string& out_dir) {
+  hfx::AtomicDir dir(out_dir);
+  ExportInput in = hfx::read_export_input(model_path);
+  Prepared p = prepare(in, Fmt::CompressedTensors);
+  const QuantSpec& s = *p.spec;
+  if (s.bits != 4 && s.bits != 8)
+    fail("export", model_path, ": ", s.bits, "-bit weights: compressed-tensors pack-quantized holds 4 or 8 bits "
+         "(PackedQuantizationCompressor); use --format hf-gptq for 2 or 3 bits");
+  std::vector<std::string> notes;
+  add_common_notes(in, notes);
+  std::vector<HostTensor> tensors;
+  bool ragged = false;
+  for (const Linear& lin : p.linears) {
+    if (!lin.quant) {
+      tensors.push_back(hfx::to_f16(lin.module + ".weight", lin.weight, model_path));
+      continue;
+    }
+    const QuantResult& q = *lin.quant;
+    const int64_t out_f = q.codes.size(0), in_f = q.codes.size(1);
+    ragged = ragged || (s.group_size > 0 && in_f % s.group_size != 0);
+    tensors.push_back(from_torch(lin.module + ".weight_packed", pack_int32_rows(q.codes, s.bits)));
+    tensors.push_back(hfx::to_f16(lin.module + ".weight_scale", q.scales.contiguous(), model_path));
+    if (!s.symmetric) {
+      at::Tensor zp = q.zeros.round().to(at::kByte).t().contiguous();  // [G, out]: pack along out
+      tensors.push_back(from_torch(lin.module + ".weight_zero_point", pack_int32_rows(zp, s.bits).t().contiguous()));
+    }
+    tensors.push_back(from_torch(lin.module + ".weight_shape", at::tensor({out_f, in_f}, at::kLong)));
+    if (p.act_order) {
+      at::Tensor g = q.g_idx.defined() ? q.g_idx.to(at::kInt)
+                     : s.group_size > 0 ? at::floor_divide(at::arange(in_f, at::kInt), s.group_size)
+                                        : at::zeros({in_f}, at::kInt);
+      tensors.push_back(from_torch(lin.module + ".weight_g_idx", g.contiguous()));
+    }
+  }
+  add_dense(in, tensors, notes);
+  write_safetensors(dir.file("model.safetensors"), tensors, {{"format", "pt"}});
+
+  nlohmann::ordered_json w;
+  w["num_bits"] = s.bits;
+  w["type"] = "int";
+  w["symmetric"] = s.symmetric;
+  w["group_size"] = s.group_size > 0 ? nlohmann::ordered_json(s.group_size) : nlohmann::ordered_json(nullptr);
+  w["strategy"] = s.group_size > 0 ? "group" : "channel";
+  w["block_structure"] = nullptr;
+  w["dynamic"] = false;
+  w["actorder"] = p.act_order ? nlohmann::ordered_json("group") : nlohmann::ordered_json(nullptr);
+  w["observer"] = "minmax";
+  w["observer_kwargs"] = nlohmann::ordered_json::object();
+  nlohmann::ordered_json g;
+  g["targets"] = {"Linear"};
+  g["weights"] = w;
+  g["input_activations"] = nullptr;
+  g["output_activations"] = nullptr;
+  nlohmann::ordered_json qc;
+  qc["quant_method"] = "compressed-tensors";
+  qc["format"] = "pack-quantized";
+  qc["config_groups"] = {{"group_0", g}};
+  nlohmann::ordered_json ignore = {"lm_head"};
+  for (const auto& m : p.unquantized) ignore.push_back(m);
+  qc["ignore"] = ignore;
+  qc["kv_cache_scheme"] = nullptr;
+  qc["quantization_status"] = "compressed";
+  qc["global_compression_ratio"] = nullptr;
+  dir.write_text("config.json", hfx::hf_config_json(in.cfg, in.cfg.hidden_dim, qc.dump()));
+  if (!p.unquantized.empty())
+    notes.push_back(std::to_string(p.unquantized.size()) + " linear layers not quantized in the input: stored as float16 and listed in 'ignore'");
+  if (s.group_size < 0) notes.push_back("per-tensor grid written as per-channel (strategy channel), every row the same scale");
+  if (ragged)
+    notes.push_back("group_size " + std::to_string(s.group_size) + " does not divide every input dimension: the last "
+                    "group of those rows is shorter (compressed-tensors counts ceil(in / group_size) groups; some vLLM "
+                    "kernels need whole groups)");
+  hfx::copy_tokenizer(model_path, dir, notes);
+  return dir.commit(std::move(notes));
+}
+
+}  // namespace mc

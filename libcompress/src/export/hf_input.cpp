@@ -1,0 +1,217 @@
+// The model an export reads, the Hugging Face config.json it writes, fp16 conversion, and the
+// directory written atomically.
+#include "hf_input.h"
+
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "mcompress/atomic_file.h"
+#include "mcompress/checkpoint.h"
+#include "mcompress/error.h"
+#include "mcompress/model.h"
+#include "mcompress/quant/packed.h"
+#include "mcompress/torch_bridge.h"
+
+namespace mc::hfx {
+
+namespace fs = std::filesystem;
+
+ExportInput read_export_input(const std::string& path) {
+  if (!fs::exists(path)) fail("export", path, ": no such file or directory");
+  ExportInput in;
+  in.path = path;
+  auto model = load_model(path);
+  auto* llama = dynamic_cast<LlamaModel*>(model.get());
+  if (!llama) fail("export", path, ": a ", model->arch(), " model; only llama models can be exported");
+  in.cfg = llama->config();
+  for (const auto& [k, t] : llama->params())
+    if (t.defined()) in.params[k] = t.to(at::kFloat).contiguous();
+  if (fs::is_regular_file(path)) {
+    auto reader = open_checkpoint(path);
+    if (is_packed_checkpoint(*reader)) {
+      for (auto& [key, parts] : read_packed_entries(*reader)) {
+        if (!parts.quant) continue;  // sparse float16 values: a float weight
+        QuantResult q = *parts.quant;
+        if (!q.weight_shape.empty()) fail("export", path, ": ", key, ": a non-matrix weight cannot be exported");
+        if (parts.mask.defined()) {  // pruned places hold code 0: give them the zero point (value 0)
+          at::Tensor g = q.g_idx.defined() ? q.g_idx.to(at::kLong)
+                         : q.spec.group_size > 0 ? at::floor_divide(at::arange(q.codes.size(1), at::kLong), q.spec.group_size)
+                                                 : at::zeros({q.codes.size(1)}, at::kLong);
+          at::Tensor zero_codes = q.zeros.index_select(1, g).to(at::kByte);
+          q.codes = at::where(parts.mask, q.codes, zero_codes);
+        }
+        in.quant.emplace(key, std::move(q));
+      }
+    }
+  }
+  return in;
+}
+
+std::string key_of(const ExportInput& in, const std::string& role, int64_t block) {
+  if (role == "output" && in.cfg.tied) return llama_param_name(in.cfg.names, "embed");
+  return llama_param_name(in.cfg.names, role, block);
+}
+
+const at::Tensor& param_of(const ExportInput& in, const std::string& role, int64_t block) {
+  const std::string k = key_of(in, role, block);
+  auto it = in.params.find(k);
+  if (it == in.params.end()) fail("export", in.path, ": model has no parameter '", k, "'");
+  return it->second;
+}
+
+std::string hf_name(const std::string& role, int64_t block) {
+  return llama_param_name(LlamaNames::HuggingFace, role, block);
+}
+
+std::string hf_config_json(const LlamaConfig& c, int64_t intermediate_size, const std::string& qcfg) {
+  nlohmann::ordered_json j;
+  std::string arch = "LlamaForCausalLM", type = "llama";
+  if (c.qkv_bias && !c.o_bias) arch = "Qwen2ForCausalLM", type = "qwen2";
+  else if (c.sliding_window > 0) arch = "MistralForCausalLM", type = "mistral";
+  j["architectures"] = {arch};
+  j["model_type"] = type;
+  j["hidden_size"] = c.dim;
+  j["intermediate_size"] = intermediate_size;
+  j["num_attention_heads"] = c.n_heads;
+  j["num_key_value_heads"] = c.n_kv_heads;
+  j["num_hidden_layers"] = c.n_layers;
+  if (c.head_dim * c.n_heads != c.dim) j["head_dim"] = c.head_dim;
+  j["hidden_act"] = "silu";
+  j["rms_norm_eps"] = c.norm_eps;
+  j["rope_theta"] = c.rope_theta;
+  if (c.rope_scaling == "linear") {
+    j["rope_scaling"] = {{"rope_type", "linear"}, {"type", "linear"}, {"factor", c.rope_factor}};
+  } else if (c.rope_scaling == "llama3") {
+    j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", c.rope_factor}, {"low_freq_factor", c.rope_low_freq_factor},
+                         {"high_freq_factor", c.rope_high_freq_factor},
+                         {"original_max_position_embeddings", c.rope_original_max_pos}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  if (type == "llama") j["attention_bias"] = c.qkv_bias && c.o_bias;
+  if (type == "llama") j["mlp_bias"] = false;
+  if (c.sliding_window > 0) {
+    j["sliding_window"] = c.sliding_window;
+    if (type == "qwen2") j["use_sliding_window"] = true;
+  }
+  j["vocab_size"] = c.vocab_size;
+  j["max_position_embeddings"] = c.max_seq_len;
+  j["tie_word_embeddings"] = c.tied;
+  j["torch_dtype"] = "float16";
+  const bool l2c = c.names == LlamaNames::Llama2c;  // llama2.c sentencepiece ids: <s> 1, </s> 2
+  const int64_t bos = c.bos_id >= 0 ? c.bos_id : (l2c ? 1 : -1), eos = c.eos_id >= 0 ? c.eos_id : (l2c ? 2 : -1);
+  if (bos >= 0) j["bos_token_id"] = bos;
+  if (eos >= 0) j["eos_token_id"] = eos;
+  j["use_cache"] = true;
+  j["quantization_config"] = nlohmann::ordered_json::parse(qcfg);
+  return j.dump(2) + "\n";
+}
+
+HostTensor to_f16(const std::string& name, const at::Tensor& t, const std::string& path) {
+  at::Tensor h = t.to(at::kHalf).contiguous();
+  if (!at::isfinite(h).all().item<bool>())
+    fail("export", path, ": ", name, ": values beyond the float16 range (|x| > 65504) cannot be stored as float16");
+  return from_torch(name, h);
+}
+
+namespace {
+
+// Files an export may have written: a directory holding only these can be replaced.
+bool export_owned(const fs::path& p) {
+  static const std::set<std::string> names = {"config.json", "model.safetensors", "quantize_config.json",
+                                              "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                              "tokenizer.model", "generation_config.json"};
+  return fs::is_regular_file(p) && names.count(p.filename().string()) > 0;
+}
+
+}  // namespace
+
+AtomicDir::AtomicDir(std::string out) : out_(std::move(out)) {
+  while (out_.size() > 1 && out_.back() == '/') out_.pop_back();
+  if (out_.empty()) fail("export", "empty output directory name");
+  std::error_code ec;
+  if (fs::exists(out_, ec)) {
+    if (!fs::is_directory(out_)) fail("export", out_, ": exists and is not a directory");
+    for (const auto& e : fs::directory_iterator(out_))
+      if (!export_owned(e.path()))
+        fail("export", out_, ": exists and holds '", e.path().filename().string(),
+             "', which an export does not write; remove it or choose another output directory");
+  }
+  tmp_ = out_ + ".tmp-" + std::to_string(::getpid());
+  fs::remove_all(tmp_, ec);
+  if (!fs::create_directories(tmp_, ec) && ec) fail("export", out_, ": cannot create ", tmp_, ": ", ec.message());
+}
+
+AtomicDir::~AtomicDir() {
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(tmp_, ec);
+  }
+}
+
+std::string AtomicDir::file(const std::string& name) const { return (fs::path(tmp_) / name).string(); }
+
+void AtomicDir::write_text(const std::string& name, const std::string& text) {
+  AtomicFile f(file(name), "export");
+  f.write(text.data(), text.size());
+  f.commit();
+}
+
+void AtomicDir::copy_file(const std::string& from, const std::string& name) {
+  std::error_code ec;
+  fs::copy_file(from, file(name), fs::copy_options::overwrite_existing, ec);
+  if (ec) fail("export", from, ": cannot copy to ", file(name), ": ", ec.message());
+}
+
+ExportSummary AtomicDir::commit(std::vector<std::string> notes) {
+  ExportSummary s;
+  s.notes = std::move(notes);
+  std::error_code ec;
+  if (fs::exists(out_)) {  // checked in the constructor: only files an export writes
+    for (const auto& e : fs::directory_iterator(out_)) fs::remove(e.path(), ec);
+    fs::remove(out_, ec);
+    if (ec) fail("export", out_, ": cannot replace: ", ec.message());
+  }
+  fs::rename(tmp_, out_, ec);
+  if (ec) fail("export", out_, ": cannot rename ", tmp_, " into place: ", ec.message());
+  committed_ = true;
+  for (const auto& e : fs::directory_iterator(out_)) {
+    s.files.push_back(e.path().string());
+    s.bytes += fs::file_size(e.path());
+  }
+  std::sort(s.files.begin(), s.files.end());
+  return s;
+}
+
+void copy_tokenizer(const std::string& model_path, AtomicDir& dir, std::vector<std::string>& notes) {
+  const fs::path base = fs::is_directory(model_path) ? fs::path(model_path) : fs::path(model_path).parent_path();
+  const fs::path from = base.empty() ? fs::path(".") : base;
+  std::vector<std::string> copied;
+  for (const char* n : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"}) {
+    if (fs::is_regular_file(from / n)) {
+      dir.copy_file((from / n).string(), n);
+      copied.push_back(n);
+    }
+  }
+  if (!copied.empty()) {
+    std::string s = "tokenizer: copied";
+    for (const auto& c : copied) s += " " + c;
+    notes.push_back(s);
+    return;
+  }
+  std::string l2c;
+  if (fs::is_directory(from))
+    for (const auto& e : fs::directory_iterator(from)) {
+      const std::string n = e.path().filename().string();
+      if (n == "tokenizer.bin" || (n.rfind("tok", 0) == 0 && e.path().extension() == ".bin")) l2c = e.path().string();
+    }
+  notes.push_back(l2c.empty() ? "tokenizer: none found beside the model; no tokenizer written"
+                              : "tokenizer: " + l2c + " is a llama2.c tokenizer; no Hugging Face tokenizer written "
+                                                      "(convert it separately)");
+}
+
+}  // namespace mc::hfx

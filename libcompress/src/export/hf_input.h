@@ -1,0 +1,69 @@
+// Internals shared by the Hugging Face and llama2.c exports: the model to export (config, float
+// parameters, the quantized entries of a packed checkpoint) and writing a directory atomically.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mcompress/export/hf.h"
+#include "mcompress/models/llama.h"
+#include "mcompress/quant/rtn.h"
+#include "mcompress/tensor.h"
+
+namespace mc::hfx {
+
+struct ExportInput {
+  std::string path;
+  LlamaConfig cfg;
+  std::map<std::string, at::Tensor> params;  // float32, by checkpoint name (quantized ones dequantized)
+  // Quantized entries of a packed checkpoint by checkpoint name (codes at pruned places of sparse
+  // entries set to their zero point, so dequantize() equals params exactly).
+  std::map<std::string, QuantResult> quant;
+};
+
+// Loads a llama model (load_model) and, for a packed checkpoint, its quantized entries.
+// InputError naming the file for anything that is not a llama model.
+ExportInput read_export_input(const std::string& path);
+
+// The float parameter of a role (the embedding for a tied classifier).
+const at::Tensor& param_of(const ExportInput& in, const std::string& role, int64_t block = -1);
+std::string key_of(const ExportInput& in, const std::string& role, int64_t block = -1);
+
+// Hugging Face name of a role (llama_param_name with HF names).
+std::string hf_name(const std::string& role, int64_t block = -1);
+
+// config.json of a LlamaForCausalLM (Qwen2/Mistral where the config says so) for `cfg` with
+// `intermediate_size` (may be padded); tie_word_embeddings, torch_dtype float16. bos/eos: the config's,
+// else llama2.c's 1 / 2 when the model uses llama2.c names.
+std::string hf_config_json(const LlamaConfig& cfg, int64_t intermediate_size, const std::string& quantization_config_json);
+
+// fp16 copy of a float tensor; InputError naming the tensor when a value does not fit float16.
+HostTensor to_f16(const std::string& name, const at::Tensor& t, const std::string& path);
+
+// A directory written atomically: files go into <out>.tmp-<pid>/ and commit() renames it to <out>.
+// <out> may exist only as an empty directory or one holding nothing but files an export writes (it
+// is then replaced); anything else is refused before any work. Destructor removes an uncommitted
+// temp directory.
+class AtomicDir {
+ public:
+  explicit AtomicDir(std::string out);
+  ~AtomicDir();
+  AtomicDir(const AtomicDir&) = delete;
+  AtomicDir& operator=(const AtomicDir&) = delete;
+  std::string file(const std::string& name) const;  // path inside the temp directory
+  void write_text(const std::string& name, const std::string& text);
+  void copy_file(const std::string& from, const std::string& name);
+  ExportSummary commit(std::vector<std::string> notes);
+
+ private:
+  std::string out_, tmp_;
+  bool committed_ = false;
+};
+
+// Tokenizer files of a Hugging Face model beside the input (tokenizer.json, tokenizer_config.json,
+// special_tokens_map.json, tokenizer.model) copied into dir; a note says what was (not) written.
+void copy_tokenizer(const std::string& model_path, AtomicDir& dir, std::vector<std::string>& notes);
+
+}  // namespace mc::hfx
