@@ -15,6 +15,7 @@
 #include "mcompress/error.h"
 #include "mcompress/model.h"
 #include "mcompress/prune/sparsegpt.h"
+#include "mcompress/quant/awq.h"
 #include "mcompress/quant/gptq.h"
 #include "mcompress/quant/hessian.h"
 #include "mcompress/quant/imatrix.h"
@@ -26,10 +27,6 @@ namespace mc {
 namespace {
 
 constexpr const char* kComp = "quantize";
-// Rows of each weight the AWQ scale search measures (evenly spaced): the search only ranks α.
-constexpr int64_t kAwqSearchRows = 512;
-constexpr int kAwqGrid = 20;       // α = 0, 0.05, ..., 0.95
-constexpr int kAwqClipSteps = 10;  // clip ratio 1.00, 0.95, ..., 0.55
 
 std::string fmtd(const char* f, double v) {
   char buf[64];
@@ -76,57 +73,6 @@ double tr_dhd(const at::Tensor& D, const at::Tensor& H) { return (at::matmul(D, 
 // H of the inputs after a scale fold: the layer now reads x / s, so H' = H / (s sᵀ).
 at::Tensor scaled_hessian(const at::Tensor& H, const at::Tensor& s) {
   return H.div(s.unsqueeze(0)).div_(s.unsqueeze(1));
-}
-
-// W [out, in] -> [out, G, gs] with the ragged last group zero-padded.
-at::Tensor grouped(const at::Tensor& W, int64_t G, int64_t gs) {
-  const int64_t in = W.size(-1);
-  at::Tensor p = G * gs == in ? W : at::constant_pad_nd(W, {0, G * gs - in}, 0.0);
-  return p.reshape({W.size(0), G, gs});
-}
-
-// AWQ's clip search: per (row, group), the clip ratio of the group's range with the least output
-// error d_g H_gg d_gᵀ (the group's diagonal block of H, as the reference measures each group on its
-// own inputs). Returns W clamped to the chosen ranges (RTN then fits exactly those ranges).
-at::Tensor awq_clip(const at::Tensor& W, const at::Tensor& H, const QuantSpec& spec, const std::string& layer) {
-  const int64_t out = W.size(0), in = W.size(1), gs = spec.group_cols(in), G = spec.n_groups(in);
-  if (spec.group_size < 0) return W;
-  at::Tensor Hp = G * gs == in ? H : at::constant_pad_nd(H, {0, G * gs - in, 0, G * gs - in}, 0.0);
-  // Diagonal blocks [G, gs, gs].
-  at::Tensor Hb = at::diagonal(Hp.reshape({G, gs, G, gs}), 0, 0, 2).permute({2, 0, 1}).contiguous();
-  const at::Tensor Wg = grouped(W, G, gs);
-  at::Tensor hi, lo;
-  if (spec.symmetric) {
-    hi = Wg.abs().amax(-1, true);
-    lo = hi.neg();
-  } else {
-    hi = Wg.amax(-1, true).clamp_min(0);
-    lo = Wg.amin(-1, true).clamp_max(0);
-  }
-  at::Tensor best_err, best_r = at::ones({out, G, 1}, W.options());
-  for (int i = 0; i < kAwqClipSteps; ++i) {
-    const double r = 1.0 - 0.05 * i;
-    at::Tensor Wc = at::minimum(at::maximum(Wg, lo * r), hi * r);
-    at::Tensor Wq = rtn_quantize(Wc.reshape({out, G * gs}).narrow(1, 0, in), spec, layer).dequantize();
-    at::Tensor D = (Wg - grouped(Wq, G, gs)).transpose(0, 1);  // [G, out, gs]
-    at::Tensor err = (at::bmm(D, Hb) * D).sum(-1).t();           // [out, G]
-    if (i == 0) {
-      best_err = err;
-      continue;
-    }
-    at::Tensor better = err.lt(best_err);
-    best_err = at::where(better, err, best_err);
-    best_r = at::where(better.unsqueeze(-1), at::full_like(best_r, r), best_r);
-  }
-  at::Tensor Wc = at::minimum(at::maximum(Wg, lo * best_r), hi * best_r);
-  return Wc.reshape({out, G * gs}).narrow(1, 0, in).contiguous();
-}
-
-// Evenly spaced rows (all when out <= n).
-at::Tensor row_sample(const at::Tensor& W, int64_t n) {
-  if (W.size(0) <= n) return W;
-  at::Tensor idx = at::linspace(0, double(W.size(0) - 1), n, W.options()).round().to(at::kLong);
-  return W.index_select(0, idx);
 }
 
 struct Quantized {
@@ -262,33 +208,24 @@ class Runner {
     return z;
   }
 
-  // AWQ: s = mean|x|^α (normalised), α minimising Σ_c tr(D H Dᵀ) with D = W - Q(W s)/s.
+  // AWQ: s = mean|x|^α (normalised), α minimising Σ_c tr(D H Dᵀ) with D = W - Q(W s)/s (quant/awq.h).
   // The returned s is per prev channel; the consumers read g.expand(s).
   at::Tensor awq_search(const ScaleGroup& g, const std::vector<const LayerInfo*>& consumers,
                         const HessianAccumulator& st, std::string& note) {
     const at::Tensor xm = g.reduce(st.mean_abs().to(at::kFloat).to(m_.device()));
-    if (!(xm.max().item<double>() > 0)) return {};
-    const at::Tensor H = st.hessian().to(at::kFloat);
     std::vector<at::Tensor> Ws;
-    for (const LayerInfo* c : consumers) Ws.push_back(row_sample(m_.param(c->weight).to(at::kFloat), kAwqSearchRows));
-    double best = std::numeric_limits<double>::infinity();
-    at::Tensor best_s;
-    int best_i = 0;
-    for (int i = 0; i < kAwqGrid; ++i) {
-      const double alpha = 0.05 * i;
-      at::Tensor s = xm.pow(alpha).clamp_min_(1e-4);
-      s.div_(std::sqrt(s.max().item<double>() * s.min().item<double>()));
-      const at::Tensor se = g.expand(s);
-      double err = 0;
-      for (size_t c = 0; c < consumers.size(); ++c) {
-        const QuantSpec& sp = spec_of.at(consumers[c]->name);
-        at::Tensor Q = rtn_quantize(Ws[c] * se, sp, consumers[c]->name).dequantize().div_(se);
-        err += tr_dhd(Ws[c] - Q, H);
-      }
-      if (err < best) best = err, best_s = s, best_i = i;
+    std::vector<QuantSpec> specs;
+    std::vector<std::string> names;
+    for (const LayerInfo* c : consumers) {
+      Ws.push_back(m_.param(c->weight));
+      specs.push_back(spec_of.at(c->name));
+      names.push_back(c->name);
     }
-    note = "awq alpha " + fmtd("%.2f", 0.05 * best_i);
-    return best_s;
+    AwqSearchOptions ao;
+    ao.expand = [&g](const at::Tensor& s) { return g.expand(s); };
+    AwqScales r = awq_search_scales(xm, st.hessian(), Ws, specs, ao, names);
+    if (r.scales.defined()) note = "awq alpha " + fmtd("%.2f", r.alpha);
+    return r.scales;
   }
 
   // SmoothQuant: s_j = max|X_j|^α / max|W_j|^(1-α) over the group's weights.
