@@ -15,11 +15,14 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+# The C++ sources: the checkout this file lives in (MCOMPRESS_SOURCE_DIR overrides, for a copy of the
+# package directory elsewhere).
+ROOT = os.environ.get("MCOMPRESS_SOURCE_DIR", os.path.dirname(HERE))
 
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
+        # MCOMPRESS_PIP_BUILD_DIR: an existing build directory to reuse (scripts/build.sh's build/).
         build_dir = os.environ.get("MCOMPRESS_PIP_BUILD_DIR", os.path.join(ROOT, "build-pip"))
         if not os.path.exists(os.path.join(build_dir, "build.ninja")):
             subprocess.check_call(["cmake", "-S", ROOT, "-B", build_dir, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
