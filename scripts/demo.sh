@@ -4,7 +4,8 @@
 #     LLaMA-architecture model trained on it by `mcompress train` (cached in out/demo after the first run);
 #  2. INT4 (groups of 32, symmetric fp16 scales) round-to-nearest quantization of it with evaluation
 #     before/after and a report;
-#  3. when ../shared/data is there, the same for the real stories260K model (INT8 g64 and INT4 g32, calibrated
+#  3. when ../shared/data is there, the same for the real stories260K model (INT8 g64 and INT4 g32, the INT4
+#     model exported to GGUF and read back, calibrated
 #     INT3, W8A8, SparseGPT + recovery fine-tuning by distillation) and for the MNIST MLP (INT8 per channel,
 #     a distilled 784-100-10 student).
 set -euo pipefail
@@ -49,6 +50,9 @@ if [[ -f "$SHARED/stories260K/stories260K.bin" ]]; then
     "$MC" quantize "$SHARED/stories260K/stories260K.bin" --bits "$1" --group-size "$2" "${EVAL[@]}" \
       -o "$OUT/stories260K-w$1g$2"
   done
+  echo "-- the INT4 model exported for llama.cpp: GGUF, its codes carried over exactly as Q4_0 blocks, read back --"
+  "$MC" export --format gguf:auto "$OUT/stories260K-w4g32/model.safetensors" -o "$OUT/stories260K-w4g32.gguf" \
+    --tokenizer "$SHARED/stories260K/tok512.bin" "${EVAL[@]}" -q
   # Calibrated methods at 3 bits, where plain rounding breaks down; calibration text: tiny-shakespeare.
   for method in gptq awq; do
     echo "-- INT3, groups of 32, $method (RTN at this setting: 1.3674 bits per byte) --"

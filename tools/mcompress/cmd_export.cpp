@@ -68,6 +68,7 @@ int cmd_export(const std::vector<std::string>& args) {
   if (tokenizer.empty()) tokenizer = find_tokenizer(in);
 
   nlohmann::json result = {{"model", in}, {"output", out}, {"format", format}};
+  const bool results = !log_json();  // -q drops the per-tensor table; sizes and metrics are results
   if (gguf) {
     mc::GgufExportOptions o;
     o.type = format == "gguf" ? "auto" : format.substr(5);
@@ -84,12 +85,12 @@ int cmd_export(const std::vector<std::string>& args) {
                     static_cast<unsigned long long>(c.bytes), c.note.c_str());
     }
     result["tensors"] = tensors;
-    if (!common.quiet) std::printf("\nper type: bits per weight stored (promised by the type)\n");
+    if (results) std::printf("%sper type: bits per weight stored (promised by the type)\n", common.quiet ? "" : "\n");
     for (const auto& [type, pb] : by_type) {
       const double bits = 8.0 * double(pb.second) / double(std::max<int64_t>(1, pb.first));
       result["types"][type] = {{"params", pb.first}, {"bytes", pb.second}, {"bits_per_weight", bits},
                                {"promised", promised_bits(type)}};
-      if (!common.quiet)
+      if (results)
         std::printf("  %-6s %10lld weights %10s  %.4f (%.4f)\n", type.c_str(), static_cast<long long>(pb.first),
                     human_bytes(pb.second).c_str(), bits, promised_bits(type));
     }
@@ -105,8 +106,8 @@ int cmd_export(const std::vector<std::string>& args) {
   }
   const uint64_t size_in = model_bytes(in), size_out = model_bytes(out);
   result["bytes_before"] = size_in, result["bytes_after"] = size_out;
-  if (!common.quiet)
-    std::printf("\n%s (%s) -> %s (%s)\n", in.c_str(), human_bytes(size_in).c_str(), out.c_str(),
+  if (results)
+    std::printf("%s%s (%s) -> %s (%s)\n", common.quiet ? "" : "\n", in.c_str(), human_bytes(size_in).c_str(), out.c_str(),
                 human_bytes(size_out).c_str());
 
   if (!eval_data.empty()) {
@@ -127,7 +128,7 @@ int cmd_export(const std::vector<std::string>& args) {
       for (const auto& m : rows)
         if (m.baseline && m.compressed) {
           result["metrics"][m.name] = {{"before", *m.baseline}, {"after", *m.compressed}};
-          if (!common.quiet)
+          if (results)
             std::printf("%-22s before export %.6f, exported file %.6f (difference %+.2e)\n", m.name.c_str(), *m.baseline,
                         *m.compressed, *m.compressed - *m.baseline);
         }
