@@ -18,7 +18,6 @@
 #include "cli.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
-#include "mcompress/journal.h"
 #include "mcompress/eval.h"
 #include "mcompress/model.h"
 #include "mcompress/prune/prune.h"
@@ -228,27 +227,10 @@ int cmd_prune(const std::vector<std::string>& args) {
   o.progress = layer_progress(o.method, common.quiet);
   // Resume: each finished block goes to OUT/.resume; a rerun after an interruption restores them.
   // A directory this run created goes again if the run fails (bad input found while pruning).
-  const bool created_dir = !fs::exists(out);
-  fs::create_directories(out);
-  struct RemoveOnFailure {
-    std::string dir;
-    bool armed;
-    ~RemoveOnFailure() {
-      std::error_code ec;
-      if (armed) fs::remove_all(dir, ec);
-    }
-  } cleanup{out, created_dir};
-  remove_stale_temp_files(out);
-  mc::BlockJournal journal((fs::path(out) / ".resume").string(),
-                           run_identity("prune", args, {model_path, calib_data, eval_data, tokenizer, arch}));
-  if (journal.resumed() && log_json())
-    log_event("resume", "{\"finished\": \"" + journal.summary() + "\", \"journal\": \"" + journal.dir() + "\"}");
-  else if (journal.resumed() && !common.quiet)
-    std::printf("resuming an interrupted run: %s finished, read from %s\n", journal.summary().c_str(),
-                journal.dir().c_str());
-  o.journal = &journal;
+  JobOutput job(out, "prune", args, {model_path, calib_data, eval_data, tokenizer, arch}, common.quiet);
+  o.journal = &job.journal();
   mc::PruneResult res = mc::prune_model(*model, calib_x, o);
-  cleanup.armed = false;
+  job.keep();
   end_progress(common.quiet);
   for (const auto& [k, v] : res.settings) rep.settings[k] = v;
   rep.layers = res.layers;
@@ -319,7 +301,7 @@ int cmd_prune(const std::vector<std::string>& args) {
     rep.steps.push_back({"evaluate pruned (reloaded from the file)", since(t), mc::take_peak_rss_mib()});
   }
   mc::write_report(rep, out);
-  journal.remove();
+  job.finish();
   if (!common.quiet) {
     std::printf("\nsparsity %.2f%% of the pruned layers' weights\n", 100 * res.sparsity);
     print_summary(rep, ed.labeled, out, "stored bits per pruned weight");

@@ -17,7 +17,6 @@
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
 #include "mcompress/eval.h"
-#include "mcompress/journal.h"
 #include "mcompress/model.h"
 #include "mcompress/ptq.h"
 #include "mcompress/quant/packed.h"
@@ -237,27 +236,9 @@ int cmd_quantize(const std::vector<std::string>& args) {
   po_.progress = layer_progress(method, common.quiet);
   // The output is written while quantizing: each finished block's packed weights go to disk and the
   // model's copies are released, so memory stays that of one block (Model::set_low_memory).
-  const bool created_dir = !fs::exists(out);
-  fs::create_directories(out);
-  struct RemoveOnFailure {
-    std::string dir;
-    bool armed;
-    ~RemoveOnFailure() {
-      std::error_code ec;
-      if (armed) fs::remove_all(dir, ec);
-    }
-  } cleanup{out, created_dir};
+  JobOutput job(out, "quantize", args, {model_path, calib_data, eval_data, tokenizer, arch}, common.quiet);
+  po_.journal = &job.journal();
   const std::string out_model = (fs::path(out) / "model.safetensors").string();
-  // Resume: each finished block goes to OUT/.resume; a rerun after an interruption restores them.
-  remove_stale_temp_files(out);
-  mc::BlockJournal journal((fs::path(out) / ".resume").string(),
-                           run_identity("quantize", args, {model_path, calib_data, eval_data, tokenizer, arch}));
-  if (journal.resumed() && log_json())
-    log_event("resume", "{\"finished\": \"" + journal.summary() + "\", \"journal\": \"" + journal.dir() + "\"}");
-  else if (journal.resumed() && !common.quiet)
-    std::printf("resuming an interrupted run: %s finished, read from %s\n", journal.summary().c_str(),
-                journal.dir().c_str());
-  po_.journal = &journal;
   mc::PackedCheckpointWriter writer(out_model);
   std::set<std::string> written;
   model->set_low_memory(true);
@@ -323,7 +304,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
     meta[mc::kActivationMetadataKey] = j + "}}";
   }
   writer.finish(meta);
-  cleanup.armed = false;
+  job.keep();
   rep.output = out_model;
   rep.steps.push_back({"write packed checkpoint", since(t), mc::take_peak_rss_mib()});
   rep.size_before = model_bytes(model_path);
@@ -370,7 +351,7 @@ int cmd_quantize(const std::vector<std::string>& args) {
     }
   }
   mc::write_report(rep, out);
-  journal.remove();
+  job.finish();
 
   if (!common.quiet) print_summary(rep, ed.labeled, out, "bits per quantized weight");
   return 0;

@@ -394,4 +394,24 @@ void remove_stale_temp_files(const std::string& dir) {
   }
 }
 
+JobOutput::JobOutput(const std::string& out, const std::string& command, const std::vector<std::string>& args,
+                     const std::vector<std::string>& inputs, bool quiet)
+    : out_(out), remove_on_failure_(!std::filesystem::exists(out)) {
+  std::filesystem::create_directories(out);
+  remove_stale_temp_files(out);
+  journal_ = std::make_unique<mc::BlockJournal>((std::filesystem::path(out) / ".resume").string(),
+                                                run_identity(command, args, inputs));
+  if (!journal_->resumed()) return;
+  if (log_json())
+    log_event("resume", nlohmann::json({{"finished", journal_->summary()}, {"journal", journal_->dir()}}).dump());
+  else if (!quiet)
+    std::printf("resuming an interrupted run: %s finished, read from %s\n", journal_->summary().c_str(),
+                journal_->dir().c_str());
+}
+
+JobOutput::~JobOutput() {
+  std::error_code ec;
+  if (remove_on_failure_) std::filesystem::remove_all(out_, ec);
+}
+
 }  // namespace mcli

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <boost/program_options/options_description.hpp>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,7 @@
 
 #include "mcompress/datasets.h"
 #include "mcompress/eval.h"
+#include "mcompress/journal.h"
 #include "mcompress/report.h"
 
 namespace mc {
@@ -81,6 +83,26 @@ std::string run_identity(const std::string& command, const std::vector<std::stri
                          const std::vector<std::string>& input_files);
 // Removes "<name>.tmp-<pid>" files in dir whose process is gone (a killed run's unfinished outputs).
 void remove_stale_temp_files(const std::string& dir);
+
+// The output directory of a block-sequential job (quantize, prune): created when missing (and removed
+// again if the job fails before keep(): bad input found while compressing leaves nothing behind), a
+// killed run's temp files removed, and the resume journal OUT/.resume opened with the job's identity
+// (run_identity); when it holds finished blocks, "resuming an interrupted run: ..." is printed (or a
+// "resume" event with --log-json). finish() deletes the journal once the job's outputs are complete.
+class JobOutput {
+ public:
+  JobOutput(const std::string& out, const std::string& command, const std::vector<std::string>& args,
+            const std::vector<std::string>& inputs, bool quiet);
+  ~JobOutput();
+  mc::BlockJournal& journal() { return *journal_; }
+  void keep() { remove_on_failure_ = false; }
+  void finish() { journal_->remove(); }
+
+ private:
+  std::string out_;
+  bool remove_on_failure_ = false;
+  std::unique_ptr<mc::BlockJournal> journal_;
+};
 
 // "1m05s", "2h03m": a duration for ETAs.
 std::string eta_text(double seconds);
