@@ -8,8 +8,7 @@ Each must give exactly our dequantized weights (q/k rows permuted as convert_lla
 does); the GPTQ export, dequantized and evaluated as a float Hugging Face model, must score what the
 packed model scores (the issue's closing figure).
 
-The exports run through the hidden Catch2 case [.hf-export-run] (MC_TESTS_BIN, or the test binary of
-the build that holds MCOMPRESS_BIN)."""
+The exports run through the CLI (`mcompress export`)."""
 import json
 import os
 import struct
@@ -18,7 +17,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import catch2_binary, mcompress_bin, read_safetensors, shared, write_safetensors
+from conftest import mcompress_bin, read_safetensors, shared, write_safetensors
 
 MODEL, TOK, DATA = "stories260K/stories260K.bin", "stories260K/tok512.bin", "tinystories/validation_100.txt"
 # The export stores embeddings and norms as float16 and runs RoPE as rotate-half; the issue asks the
@@ -32,11 +31,11 @@ L2C = {"wq": "attention.wq", "wk": "attention.wk", "wv": "attention.wv", "wo": "
 
 
 def run_export(fmt, src, out):
-    binary = catch2_binary()
+    """`mcompress export --format FMT SRC -o OUT`; returns the notes it printed."""
+    binary = mcompress_bin()
     if not os.path.exists(binary):
-        pytest.skip(f"test binary not built at {binary} (set MC_TESTS_BIN)")
-    env = {**os.environ, "MC_HF_EXPORT_FORMAT": fmt, "MC_HF_EXPORT_IN": str(src), "MC_HF_EXPORT_OUT": str(out)}
-    p = subprocess.run([binary, "[.hf-export-run]", "-s"], env=env, capture_output=True, text=True)
+        pytest.skip(f"mcompress not built at {binary}")
+    p = subprocess.run([binary, "export", "--format", fmt, str(src), "-o", str(out)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     return [l[6:] for l in p.stdout.splitlines() if l.startswith("note: ")]
 

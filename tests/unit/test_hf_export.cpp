@@ -1,14 +1,11 @@
 // Hugging Face GPTQ / compressed-tensors and llama2.c Q8_0 exports: int32 packing against words
 // computed by hand and against AutoGPTQ's own packing loop (ported below), the RoPE row permutation
 // (a permuted rotate-half model computes what the interleaved one does), padding, llama2.c's group
-// size and Q8_0 rounding, whole exports of a tiny quantized llama read back, and the errors; plus a
-// hidden case ([.hf-export-run]) that tests/python/test_hf_export.py uses to run an export.
+// size and Q8_0 rounding, whole exports of a tiny quantized llama read back, and the errors.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
-#include <cstdlib>
 #include <fstream>
-#include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "mcompress/error.h"
@@ -424,22 +421,4 @@ TEST_CASE("hf exports: clear errors for what they cannot hold", "[hf_export]") {
   CHECK_THAT(error_of([&] { export_compressed_tensors(ta->path, (out.path / "g").string()); }), Catch::Contains("notes.txt"));
   // a previous export is replaced
   CHECK_NOTHROW(export_compressed_tensors(ta->path, (out.path / "f").string()));
-}
-
-// Runs one export for tests/python/test_hf_export.py (hidden): MC_HF_EXPORT_FORMAT (hf-gptq,
-// compressed-tensors, llama2c-q8), MC_HF_EXPORT_IN, MC_HF_EXPORT_OUT; prints the summary's notes.
-TEST_CASE("run an export for the Python checks", "[.hf-export-run]") {
-  const char* fmt = std::getenv("MC_HF_EXPORT_FORMAT");
-  const char* in = std::getenv("MC_HF_EXPORT_IN");
-  const char* out = std::getenv("MC_HF_EXPORT_OUT");
-  if (!fmt || !in || !out) {
-    WARN("skipped: set MC_HF_EXPORT_FORMAT, MC_HF_EXPORT_IN and MC_HF_EXPORT_OUT");
-    return;
-  }
-  const std::string f = fmt;
-  ExportSummary s = f == "hf-gptq"              ? export_hf_gptq(in, out)
-                    : f == "compressed-tensors" ? export_compressed_tensors(in, out)
-                                                : export_llama2c_q8(in, out);
-  for (const auto& n : s.notes) std::cout << "note: " << n << "\n";
-  std::cout << "bytes: " << s.bytes << "\n";
 }
