@@ -199,7 +199,7 @@ def load(path, dequantize=True):
     return tensors, meta
 
 
-def _as_numpy(name, value):
+def _as_numpy(value):
     import numpy as np
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor: shares memory when it can
         t = value.detach().cpu()
@@ -216,5 +216,5 @@ def save(path, tensors, metadata=None, format=""):
     """Writes a dict of numpy arrays or torch tensors as a checkpoint (format from the extension:
     .safetensors, .pt/.pth PyTorch zip, .h5 HDF5; or format=...), atomically. C-contiguous arrays are
     written without a copy."""
-    arrays = [(str(k), _as_numpy(k, v)) for k, v in tensors.items()]
+    arrays = [(str(k), _as_numpy(v)) for k, v in tensors.items()]
     _mcompress.save(os.fspath(path), arrays, {str(k): str(v) for k, v in (metadata or {}).items()}, format)

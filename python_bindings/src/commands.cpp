@@ -36,7 +36,6 @@ void register_commands(py::module_& m) {
       "run_command",
       [](std::vector<std::string> args, py::object events, bool quiet) {
         SinkGuard guard;
-        std::exception_ptr callback_error;
         py::object saved_error;
         if (!events.is_none()) {
           args.insert(args.begin() + 1, "--log-json");
