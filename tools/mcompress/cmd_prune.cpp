@@ -238,7 +238,6 @@ int cmd_prune(const std::vector<std::string>& args) {
   rep.steps.push_back({"prune " + std::to_string(res.layers.size()) + " layers", since(t), mc::take_peak_rss_mib()});
 
   t = Clock::now();
-  fs::create_directories(out);
   const std::string out_model = (fs::path(out) / "model.safetensors").string();
   {
     mc::PackedCheckpointWriter writer(out_model);
