@@ -9,6 +9,9 @@ bash scripts/install_deps.sh
 BUILD_DIR=${BUILD_DIR:-build}
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/mcompress-ccache}
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
+# Paths relative to the checkout in the cache key: a fresh clone elsewhere (CI) or a git worktree hits
+# the cache a previous build filled.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$(pwd)}
 if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
   # shellcheck disable=SC2086
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release ${MCOMPRESS_CMAKE_ARGS:-} >/dev/null
