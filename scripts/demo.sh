@@ -33,12 +33,12 @@ if [[ ! -f "$OUT/default-model/model.bin" ]]; then
 else
   echo "using the cached $OUT/default-model/model.bin (delete it to train again)"
 fi
-"$MC" generate "$OUT/default-model/model.bin" --prompt "Once upon a time" --max-tokens 60 --seed 1 || true
+"$MC" generate "$OUT/default-model/model.bin" --prompt "Once upon a time" --max-tokens 60 --seed 1
 
 echo
 echo "== 2. INT4 g32 round-to-nearest quantization of the default model =="
 "$MC" quantize "$OUT/default-model/model.bin" --method rtn --bits 4 --group-size 32 --sym \
-  --eval "$OUT/corpus/valid.txt" --window 128 -o "$OUT/default-w4g32"
+  --calib "$OUT/corpus/train.txt" --eval "$OUT/corpus/valid.txt" --window 128 -o "$OUT/default-w4g32"
 
 if [[ -f "$SHARED/stories260K/stories260K.bin" ]]; then
   echo
@@ -48,14 +48,19 @@ if [[ -f "$SHARED/stories260K/stories260K.bin" ]]; then
     set -- $spec
     echo "-- INT$1, groups of $2 --"
     "$MC" quantize "$SHARED/stories260K/stories260K.bin" --bits "$1" --group-size "$2" "${EVAL[@]}" \
-      -o "$OUT/stories260K-w$1g$2"
+      --calib "$SHARED/tinyshakespeare/input.txt" -o "$OUT/stories260K-w$1g$2"
   done
   echo "-- the INT4 model exported for llama.cpp: GGUF, its codes carried over exactly as Q4_0 blocks, read back --"
   "$MC" export --format gguf:auto "$OUT/stories260K-w4g32/model.safetensors" -o "$OUT/stories260K-w4g32.gguf" \
     --tokenizer "$SHARED/stories260K/tok512.bin" "${EVAL[@]}" -q
-  # Calibrated methods at 3 bits, where plain rounding breaks down; calibration text: tiny-shakespeare.
+  # Calibrated methods at 3 bits, where plain rounding breaks down; calibration text: tiny-shakespeare
+  # (a different text from the evaluation's TinyStories). RTN at the same setting first, for comparison.
+  "$MC" quantize "$SHARED/stories260K/stories260K.bin" --method rtn --bits 3 --group-size 32 "${EVAL[@]}" \
+    -o "$OUT/stories260K-w3g32-rtn" -q >/dev/null
+  rtn3=$(/usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1]));
+print("%.4f" % [m for m in r["metrics"] if m["name"]=="bits per byte"][0]["compressed"])' "$OUT/stories260K-w3g32-rtn/report.json")
   for method in gptq awq; do
-    echo "-- INT3, groups of 32, $method (RTN at this setting: 1.3674 bits per byte) --"
+    echo "-- INT3, groups of 32, $method (RTN at this setting, measured just now: $rtn3 bits per byte) --"
     "$MC" quantize "$SHARED/stories260K/stories260K.bin" --method $method --bits 3 --group-size 32 \
       --calib "$SHARED/tinyshakespeare/input.txt" "${EVAL[@]}" -o "$OUT/stories260K-w3g32-$method"
   done

@@ -6,7 +6,7 @@ work); options are the CLI's options as keyword arguments (``group_size=32`` is 
 
     import mcompress
     rep = mcompress.quantize("stories260K.bin", "out", method="gptq", bits=4, group_size=32,
-                             calib="validation_100.txt", eval="validation_100.txt")
+                             calib="input.txt", eval="validation_100.txt")  # calibration: not the eval text
     rep.metrics[0]["compressed"], rep.layers[0]["rel_output_error"]
     weights, meta = mcompress.load("out/model.safetensors")      # dict of numpy arrays
 

@@ -55,8 +55,9 @@ def test_python_checkpoint_reads_in_cli_and_cli_output_in_python(tmp_path, cli):
 def test_quantize_returns_report_and_progress_events(tmp_path):
     model = shared("stories260K/stories260K.bin")
     text = shared("tinystories/validation_100.txt")
+    calib = shared("tinyshakespeare/input.txt")  # never the evaluation text
     events = []
-    rep = mcompress.quantize(model, tmp_path / "q", method="gptq", bits=4, group_size=32, calib=text,
+    rep = mcompress.quantize(model, tmp_path / "q", method="gptq", bits=4, group_size=32, calib=calib,
                              calib_samples=32, eval=text, max_docs=20, truncate=True, threads=2,
                              progress=events.append)
     assert isinstance(rep, dict) and isinstance(rep, mcompress.Report)
@@ -135,3 +136,34 @@ def test_progress_callback_exception_propagates(tmp_path):
 
     with pytest.raises(Stop):
         mcompress.quantize(model, tmp_path / "q", method="gptq", calib=text, calib_samples=8, progress=cb)
+
+
+def test_concurrent_jobs_each_get_their_own_events(tmp_path):
+    """Each call carries its own event sink (no process global): two jobs running at once in two threads
+    each see only their own events."""
+    import threading
+    model = shared("stories260K/stories260K.bin")
+    calib = shared("tinyshakespeare/input.txt")
+    events = {"a": [], "b": []}
+    errors = []
+
+    def job(name, method):
+        try:
+            mcompress.quantize(model, tmp_path / name, method=method, bits=4, group_size=32, calib=calib,
+                               calib_samples=16, progress=events[name].append)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=job, args=("a", "gptq")), threading.Thread(target=job, args=("b", "awq"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for name, method in (("a", "gptq"), ("b", "awq")):
+        ev = events[name]
+        starts = [e for e in ev if e["event"] == "start"]
+        assert len(starts) == 1 and str(tmp_path / name) in starts[0]["args"]
+        prog = [e for e in ev if e["event"] == "progress"]
+        assert prog and all(e["method"] == method for e in prog)
+        assert sum(e["event"] == "done" for e in ev) == 1

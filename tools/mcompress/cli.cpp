@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "mcompress/error.h"
+#include "mcompress/text_format.h"
 #include "mcompress/threads.h"
 
 namespace mcli {
@@ -29,35 +30,50 @@ const std::vector<Command>& commands() {
   return cmds;
 }
 
-static bool g_log_json = false;
-static std::function<void(const std::string&)> g_event_sink;
-
-bool log_json() { return g_log_json; }
-
-void set_event_sink(std::function<void(const std::string& json_line)> sink) { g_event_sink = std::move(sink); }
-
-void log_event(const std::string& event, const std::string& fields) {
-  nlohmann::json j = fields.empty() ? nlohmann::json::object() : nlohmann::json::parse(fields);
-  nlohmann::json line = {{"event", event}};
-  line.update(j);
-  if (g_event_sink) {
-    g_event_sink(line.dump());
-    return;
-  }
-  std::printf("%s\n", line.dump().c_str());
-  std::fflush(stdout);
-}
-
-int dispatch(const std::vector<std::string>& args) {
-  g_log_json = false;  // set again by parse_command_line when --log-json is given
+int dispatch(const std::vector<std::string>& args, const mc::EventSink& base) {
   if (args.empty()) mc::fail("cli", "no command given (run 'mcompress --help' for the list)");
   for (const auto& c : commands())
     if (args[0] == c.name) {
-      const int rc = c.run(std::vector<std::string>(args.begin() + 1, args.end()));
-      if (log_json()) log_event("done", nlohmann::json({{"exit", rc}}).dump());
+      mc::EventSink events = base;  // -q / --log-json refine this command's copy
+      int rc = 0;
+      try {
+        rc = c.run(std::vector<std::string>(args.begin() + 1, args.end()), events);
+      } catch (const mc::GateError& e) {
+        events.emit("error", nlohmann::json({{"exit", 3}, {"message", e.what()}}).dump());
+        throw;
+      } catch (const mc::InputError& e) {
+        events.emit("error", nlohmann::json({{"exit", 2}, {"message", e.what()}}).dump());
+        throw;
+      }
+      events.emit("done", nlohmann::json({{"exit", rc}}).dump());
       return rc;
     }
   mc::fail("cli", "unknown command '", args[0], "' (run 'mcompress --help' for the list)");
+}
+
+void add_stage_options(po::options_description& desc, const std::string& pass) {
+  for (const auto& d : mc::stage_option_table(pass)) {
+    const std::string help = d.help + (d.default_value.empty() ? "" : " (default: " + d.default_value + ")");
+    if (d.type == mc::OptionType::Flag) desc.add_options()(d.name.c_str(), po::bool_switch(), help.c_str());
+    else if (d.type == mc::OptionType::Repeated)
+      desc.add_options()(d.name.c_str(), po::value<std::vector<std::string>>()->composing(), help.c_str());
+    else desc.add_options()(d.name.c_str(), po::value<std::string>(), help.c_str());
+  }
+}
+
+mc::OptionValues given_stage_options(const po::variables_map& vm, const std::string& pass) {
+  mc::OptionValues given;
+  for (const auto& d : mc::stage_option_table(pass)) {
+    if (!vm.count(d.name)) continue;
+    if (d.type == mc::OptionType::Flag) {
+      if (vm[d.name].as<bool>()) given.emplace_back(d.name, "");
+    } else if (d.type == mc::OptionType::Repeated) {
+      for (const auto& v : vm[d.name].as<std::vector<std::string>>()) given.emplace_back(d.name, v);
+    } else {
+      given.emplace_back(d.name, vm[d.name].as<std::string>());
+    }
+  }
+  return given;
 }
 
 void add_common_options(po::options_description& desc, CommonOptions& common) {
@@ -71,7 +87,7 @@ void add_common_options(po::options_description& desc, CommonOptions& common) {
 
 bool parse_command_line(const std::string& cmd, const std::string& usage, const std::vector<std::string>& args,
                         po::options_description& desc, po::positional_options_description& pos,
-                        po::variables_map& vm, CommonOptions& common) {
+                        po::variables_map& vm, CommonOptions& common, mc::EventSink& events) {
   add_common_options(desc, common);
   try {
     po::store(po::command_line_parser(args).options(desc).positional(pos).run(), vm);
@@ -84,43 +100,17 @@ bool parse_command_line(const std::string& cmd, const std::string& usage, const 
     mc::fail("cli", "mcompress ", cmd, ": ", e.what(), " (usage: mcompress ", cmd, " ", usage, ")");
   }
   if (common.threads < 0) mc::fail("cli", "--threads must be >= 0 (0 = all cores), got ", common.threads);
-  if (common.log_json) {
-    g_log_json = true;
-    common.quiet = true;
-    log_event("start", nlohmann::json({{"command", cmd}, {"args", args}}).dump());
-  }
+  if (common.log_json) events.json = true;
+  if (common.quiet || events.json) events.quiet = true;
+  common.quiet = events.quiet;
+  common.log_json = events.json;
+  events.emit("start", nlohmann::json({{"command", cmd}, {"args", args}}).dump());
   mc::set_threads(common.threads);
   return true;
 }
 
-std::string human_bytes(uint64_t n) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(n);
-  int u = 0;
-  while (v >= 1024 && u < 4) v /= 1024, ++u;
-  char buf[32];
-  if (u == 0)
-    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
-  else
-    std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
-  return buf;
-}
-
-std::string fmt(const char* printf_format, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, printf_format, v);
-  return buf;
-}
-
-std::string with_commas(uint64_t n) {
-  std::string s = std::to_string(n), out;
-  int c = 0;
-  for (auto it = s.rbegin(); it != s.rend(); ++it) {
-    if (c && c % 3 == 0) out.push_back(',');
-    out.push_back(*it);
-    ++c;
-  }
-  return std::string(out.rbegin(), out.rend());
-}
+std::string human_bytes(uint64_t n) { return mc::human_size(n); }
+std::string with_commas(uint64_t n) { return mc::commas(n); }
+std::string fmt(const char* printf_format, double v) { return mc::fmt_num(printf_format, v); }
 
 }  // namespace mcli

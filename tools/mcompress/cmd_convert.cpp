@@ -11,7 +11,7 @@
 
 namespace mcli {
 
-int cmd_convert(const std::vector<std::string>& args) {
+int cmd_convert(const std::vector<std::string>& args, mc::EventSink& events) {
   po::options_description desc("convert options");
   std::string in, out, dtype, format;
   std::vector<std::string> meta;
@@ -28,7 +28,7 @@ int cmd_convert(const std::vector<std::string>& args) {
   po::variables_map vm;
   CommonOptions common;
   if (!parse_command_line("convert", "IN OUT [--dtype f16|bf16|f32|f64] [--format FORMAT]", args, desc, pos, vm,
-                          common))
+                          common, events))
     return 0;
 
   std::optional<mc::DType> target;

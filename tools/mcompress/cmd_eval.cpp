@@ -24,7 +24,7 @@ namespace fs = std::filesystem;
 
 }  // namespace
 
-int cmd_eval(const std::vector<std::string>& args) {
+int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
   po::options_description desc("eval options");
   std::string model_path, data, tokenizer, arch, reference, separator, device;
   int64_t window = 128, max_docs = 0, batch = 0;
@@ -54,7 +54,7 @@ int cmd_eval(const std::vector<std::string>& args) {
   const std::string usage =
       "MODEL --data DATA [--tokenizer T] [--arch A] [--window 128] [--truncate] [--separator S] "
       "[--reference BASELINE] [--max-docs N] [--json] [--device cpu|cuda] [--threads N]";
-  if (!parse_command_line("eval", usage, args, desc, pos, vm, common)) return 0;
+  if (!parse_command_line("eval", usage, args, desc, pos, vm, common, events)) return 0;
   if (u16 && u32) mc::fail("cli", "--tokens-u16 and --tokens-u32 exclude each other");
   if (max_docs < 0 || batch < 0) mc::fail("cli", "--max-docs and --batch-size must be >= 0");
 
@@ -67,8 +67,8 @@ int cmd_eval(const std::vector<std::string>& args) {
 
   nlohmann::json j;
   // --json: the result as one JSON document; --log-json: as a "result" event (the Python bindings).
-  auto print_result = [](const nlohmann::json& res) {
-    if (log_json()) log_event("result", res.dump());
+  auto print_result = [&](const nlohmann::json& res) {
+    if (events.json) events.emit("result", res.dump());
     else std::cout << res.dump(2) << "\n";
   };
   j["model"] = model_path;
@@ -86,7 +86,7 @@ int cmd_eval(const std::vector<std::string>& args) {
     co.max_examples = max_docs;
     if (batch > 0) co.batch_size = batch;
     auto r = mc::evaluate_classifier(*model, d, co, ref.get());
-    if (json || log_json()) {
+    if (json || events.json) {
       j["result"] = r;
       print_result(j);
       return 0;
@@ -114,7 +114,7 @@ int cmd_eval(const std::vector<std::string>& args) {
   if (batch > 0) eo.batch_size = batch;
   auto r = mc::evaluate_lm(*model, corpus, eo, ref.get());
   if (!tok_path.empty()) j["tokenizer"] = tok_path;
-  if (json || log_json()) {
+  if (json || events.json) {
     j["result"] = r;
     print_result(j);
     return 0;

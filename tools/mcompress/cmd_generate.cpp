@@ -13,7 +13,7 @@
 
 namespace mcli {
 
-int cmd_generate(const std::vector<std::string>& args) {
+int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
   po::options_description desc("generate options");
   std::string model_path, prompt, tokenizer, device;
   mc::GenerateOptions g;
@@ -35,7 +35,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   const std::string usage =
       "MODEL --prompt \"Once upon a time\" [--tokenizer T] [--max-tokens 100] [--temperature 0.8] [--top-p 0.9] "
       "[--seed 42]";
-  if (!parse_command_line("generate", usage, args, desc, pos, vm, common)) return 0;
+  if (!parse_command_line("generate", usage, args, desc, pos, vm, common, events)) return 0;
   if (g.max_tokens < 0) mc::fail("cli", "--max-tokens must be >= 0");
   if (g.temperature < 0) mc::fail("cli", "--temperature must be >= 0");
   if (!(g.top_p > 0 && g.top_p <= 1)) mc::fail("cli", "--top-p must be in (0, 1]");

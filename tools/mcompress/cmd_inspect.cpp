@@ -17,7 +17,7 @@ nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::js
 
 }  // namespace
 
-int cmd_inspect(const std::vector<std::string>& args) {
+int cmd_inspect(const std::vector<std::string>& args, mc::EventSink& events) {
   po::options_description desc("inspect options");
   std::string file;
   bool json = false, no_stats = false;
@@ -29,7 +29,7 @@ int cmd_inspect(const std::vector<std::string>& args) {
   pos.add("file", 1);
   po::variables_map vm;
   CommonOptions common;
-  if (!parse_command_line("inspect", "FILE [--json] [--no-stats]", args, desc, pos, vm, common)) return 0;
+  if (!parse_command_line("inspect", "FILE [--json] [--no-stats]", args, desc, pos, vm, common, events)) return 0;
 
   auto reader = mc::open_checkpoint(file);
   const uint64_t file_bytes = std::filesystem::file_size(file);

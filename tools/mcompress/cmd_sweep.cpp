@@ -168,7 +168,8 @@ bool job_done(const fs::path& out, const Job& j) {
 }
 
 // Runs the pending jobs `parallel` at a time as child processes; returns their exit codes by name.
-void run_local(const std::vector<const Job*>& pending, const fs::path& out, int parallel, bool quiet) {
+void run_local(const std::vector<const Job*>& pending, const fs::path& out, int parallel, bool quiet,
+               const mc::EventSink& events) {
   const std::string exe = self_exe();
   size_t next = 0, done = 0;
   std::map<pid_t, const Job*> running;
@@ -201,8 +202,8 @@ void run_local(const std::vector<const Job*>& pending, const fs::path& out, int 
     const int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     write_file_atomic((out / "jobs" / it->second->name / "exit-code").string(), std::to_string(rc) + "\n", kC);
     ++done;
-    if (log_json())
-      log_event("job", json({{"job", it->second->name}, {"exit", rc}, {"done", done}, {"total", pending.size()}}).dump());
+    if (events.json)
+      events.emit("job", json({{"job", it->second->name}, {"exit", rc}, {"done", done}, {"total", pending.size()}}).dump());
     if (!quiet) {
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::printf("[%zu/%zu] %s: %s  (%.0f s, ETA %.0f s)\n", done, pending.size(), it->second->name.c_str(),
@@ -335,7 +336,7 @@ std::string esc(const std::string& t) {
 
 }  // namespace
 
-int cmd_sweep(const std::vector<std::string>& args) {
+int cmd_sweep(const std::vector<std::string>& args, mc::EventSink& events) {
   po::options_description desc("sweep options");
   std::string sweep_path, out, backend, partition, time_limit, mem;
   int jobs_n = 1;
@@ -352,7 +353,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
   pos.add("sweep", 1);
   po::variables_map vm;
   CommonOptions common;
-  if (!parse_command_line("sweep", "SWEEP.yaml -o DIR [--jobs N] [--backend local|slurm]", args, desc, pos, vm, common))
+  if (!parse_command_line("sweep", "SWEEP.yaml -o DIR [--jobs N] [--backend local|slurm]", args, desc, pos, vm, common, events))
     return 0;
   if (backend != "local" && backend != "slurm") mc::fail(kC, "--backend must be local or slurm");
   if (jobs_n < 1) mc::fail(kC, "--jobs must be >= 1");
@@ -388,7 +389,7 @@ int cmd_sweep(const std::vector<std::string>& args) {
                 backend == "local" ? (", " + std::to_string(jobs_n) + " at a time, " + std::to_string(threads) + " thread(s) each").c_str() : "");
   const auto t0 = std::chrono::steady_clock::now();
   if (!pending.empty()) {
-    if (backend == "local") run_local(pending, out, jobs_n, common.quiet);
+    if (backend == "local") run_local(pending, out, jobs_n, common.quiet, events);
     else run_slurm(pending, out, partition, time_limit, mem, threads, common.quiet);
   }
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -26,7 +26,7 @@ namespace {
 
 }  // namespace
 
-int cmd_train(const std::vector<std::string>& args) {
+int cmd_train(const std::vector<std::string>& args, mc::EventSink& events) {
   po::options_description desc("train options");
   std::string data, valid, tokenizer, out, device;
   mc::LlamaConfig c;  // llama2.c names and RoPE layout, tied classifier
@@ -59,7 +59,7 @@ int cmd_train(const std::vector<std::string>& args) {
   po::positional_options_description pos;
   po::variables_map vm;
   CommonOptions common;
-  if (!parse_command_line("train", "--data TEXT --tokenizer TOK -o OUT [options]", args, desc, pos, vm, common))
+  if (!parse_command_line("train", "--data TEXT --tokenizer TOK -o OUT [options]", args, desc, pos, vm, common, events))
     return 0;
   if (c.hidden_dim == 0) c.hidden_dim = (2 * 4 * c.dim / 3 + 31) / 32 * 32;
   if (o.seq_len > c.max_seq_len) mc::fail("train", "--seq-len ", o.seq_len, " exceeds --context ", c.max_seq_len);
@@ -84,7 +84,7 @@ int cmd_train(const std::vector<std::string>& args) {
               << c.n_heads << " heads, " << c.n_kv_heads << " kv heads, vocab " << c.vocab_size << ") on "
               << train_tokens.size() << " tokens for " << o.steps << " steps of " << o.batch * o.accumulate << "x"
               << o.seq_len << " tokens" << std::endl;
-  auto progress = train_progress(common.quiet);
+  auto progress = events.train_progress();
 
   mc::TrainResult r = mc::train_language_model(*model, train_tokens, valid_tokens, o, progress);
   mc::save_model(*model, out);

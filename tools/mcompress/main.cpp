@@ -51,11 +51,9 @@ int main(int argc, char** argv) {
     return mcli::dispatch(args);
   } catch (const mc::GateError& e) {
     std::cerr << "mcompress: " << e.what() << "\n";
-    if (mcli::log_json()) mcli::log_event("error", nlohmann::json({{"exit", 3}, {"message", e.what()}}).dump());
     return 3;
   } catch (const mc::InputError& e) {
     std::cerr << "mcompress: error: " << e.what() << "\n";
-    if (mcli::log_json()) mcli::log_event("error", nlohmann::json({{"exit", 2}, {"message", e.what()}}).dump());
     return 2;
   } catch (const std::bad_alloc&) {
     std::cerr << "mcompress: error: out of memory\n";

@@ -110,6 +110,9 @@ class Model {
   // layer otherwise). Dropped when the weight is replaced by set_param.
   void set_int8_weight(const std::string& layer, const at::Tensor& scale);
   bool has_int8_weight(const std::string& layer) const { return int8_weights_.count(layer) > 0; }
+  // How a layer with quantized inputs computes its matmul on this model: "int8 kernel (NAME)" when the
+  // real int8 x int8 -> int32 product runs, else "simulated in float: REASON"; "" for a float layer.
+  std::string input_quant_runtime(const std::string& layer) const;
   // Use the int8 kernel where registered (default true); false simulates every quantized input.
   void set_int8_kernel(bool on) { int8_kernel_ = on; }
 

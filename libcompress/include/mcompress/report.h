@@ -29,6 +29,17 @@ struct LayerRow {
   double bits_per_weight = 32;          // stored bits including scales/zeros
   std::optional<double> rel_output_error;  // ||WX - ŴX||² / ||WX||² on calibration inputs
   std::string note;                     // e.g. "last group of 4 columns"
+  std::string runtime;                  // W8A8: "int8 kernel (avx512-vnni)" or "simulated in float: why"
+};
+
+// What a job planned for a layer before it ran (--dry-run prints it; the report keeps it beside what
+// ran, computed by the same selection code).
+struct PlanRow {
+  std::string name;
+  std::string what;                     // "gptq int4 sym g32", "sparsegpt 2:4", "dense"
+  int64_t params = 0;
+  double bits_before = 32;              // stored bits per weight in the input
+  double bits_after = 32;               // estimated stored bits per weight after (codes, scales, masks)
 };
 
 struct StepRow {
@@ -50,6 +61,10 @@ struct Report {
   std::vector<MetricRow> metrics;
   uint64_t size_before = 0, size_after = 0;  // bytes of the files
   std::vector<LayerRow> layers;
+  std::vector<PlanRow> plan;
+  // Stored bits per weight of the compressed layers in the input, from its dtypes (32 for f32, 16 for
+  // bf16/f16); 0 = not measured.
+  double baseline_bits = 0;
   std::vector<StepRow> steps;
   std::vector<std::string> warnings;
   std::string command_line;

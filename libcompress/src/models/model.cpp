@@ -138,6 +138,17 @@ void Model::to(c10::Device device) {
   device_ = device;
 }
 
+std::string Model::input_quant_runtime(const std::string& name) const {
+  const LayerInfo& l = layer(name);
+  if (l.act_bits <= 0) return "";
+  if (l.act_bits != 8) return "simulated in float: int" + std::to_string(l.act_bits) + " activations have no kernel";
+  if (!device_.is_cpu()) return "simulated in float: the int8 kernel is CPU only";
+  if (!int8_kernel_) return "simulated in float: int8 kernel turned off (--simulate-int8)";
+  if (!int8_weights_.count(name))
+    return "simulated in float: the weight is not int8 with one scale per output channel";
+  return std::string("int8 kernel (") + int8_gemm_kernel_name() + ")";
+}
+
 at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x) {
   const at::Tensor& w = params_.at(layer.weight);
   at::Tensor y;

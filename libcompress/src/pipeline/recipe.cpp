@@ -1,6 +1,8 @@
 // Recipe YAML -> stages of CLI options (recipe.h).
 #include "mcompress/recipe.h"
 
+#include "mcompress/pipeline.h"
+
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
@@ -176,6 +178,7 @@ Recipe parse_recipe(const std::string& text, const std::string& where) {
         st.options.emplace_back(key, scalar_text(kv.second, st.where, key));
       }
     }
+    check_stage(StageOptions(st.pass, st.options, st.where));  // a typo in stage 3 fails before stage 1 runs
     r.stages.push_back(st);
   }
   if (y["gate"]) {

@@ -123,7 +123,15 @@ std::string Report::to_json() const {
     o["bits_per_weight"] = l.bits_per_weight;
     o["rel_output_error"] = l.rel_output_error ? nlohmann::json(*l.rel_output_error) : nlohmann::json(nullptr);
     if (!l.note.empty()) o["note"] = l.note;
+    if (!l.runtime.empty()) o["runtime"] = l.runtime;
     j["layers"].push_back(o);
+  }
+  if (baseline_bits > 0) j["baseline_bits_per_weight"] = baseline_bits;
+  if (!plan.empty()) {
+    j["plan"] = nlohmann::json::array();
+    for (const auto& p : plan)
+      j["plan"].push_back(nlohmann::ordered_json{{"name", p.name}, {"what", p.what}, {"params", p.params},
+                                                 {"bits_before", p.bits_before}, {"bits_after", p.bits_after}});
   }
   j["steps"] = nlohmann::json::array();
   for (const auto& s : steps) {
@@ -192,7 +200,7 @@ std::string Report::to_markdown() const {
       if (l.rel_output_error) std::snprintf(err, sizeof err, "%.3e", *l.rel_output_error);
       else err[0] = 0;
       md << "| " << l.name << " | " << l.shape << " | " << l.scheme << " | " << l.params << " | " << bpw << " | "
-         << err << " | " << l.note << " |\n";
+         << err << " | " << l.note << (l.note.empty() || l.runtime.empty() ? "" : "; ") << l.runtime << " |\n";
     }
   }
   if (!steps.empty()) {
@@ -265,8 +273,13 @@ Report report_from_json(const std::string& text, const std::string& where) {
       if (l.contains("rel_output_error") && !l["rel_output_error"].is_null())
         row.rel_output_error = l["rel_output_error"].get<double>();
       row.note = l.value("note", "");
+      row.runtime = l.value("runtime", "");
       r.layers.push_back(row);
     }
+    r.baseline_bits = j.value("baseline_bits_per_weight", 0.0);
+    for (const auto& p : j.value("plan", nlohmann::json::array()))
+      r.plan.push_back({p.at("name"), p.value("what", ""), p.value("params", int64_t(0)), p.value("bits_before", 32.0),
+                        p.value("bits_after", 32.0)});
     for (const auto& st : j.value("steps", nlohmann::json::array()))
       r.steps.push_back({st.at("name"), st.at("seconds"), st.value("peak_rss_mib", 0.0)});
     r.warnings = j.value("warnings", std::vector<std::string>{});

@@ -1,0 +1,126 @@
+// The export stage (export_job.h): GGUF for llama.cpp (export/gguf.h), the AutoGPTQ / compressed-tensors
+// Hugging Face layouts and the llama2.c int8 file (export/hf.h). Prints what each tensor became; with
+// an evaluation file, evaluates the input and the exported file read back by our loader on the same
+// data (GGUF, hf-gptq) and the difference.
+#include "mcompress/export_job.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "mcompress/dtype.h"
+#include "mcompress/error.h"
+#include "mcompress/eval.h"
+#include "mcompress/export/gguf.h"
+#include "mcompress/export/hf.h"
+#include "mcompress/job_data.h"
+#include "mcompress/model.h"
+#include "quantize_stage.h"
+
+namespace mc {
+
+namespace fs = std::filesystem;
+
+const char* const kExportFormats =
+    "gguf:TYPE (TYPE: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m, auto), "
+    "hf-gptq, compressed-tensors, llama2c-q8";
+
+namespace {
+
+// The bytes per weight each GGUF type promises (block bytes / block values).
+double promised_bits(const std::string& type) {
+  for (int t = 0; t <= static_cast<int>(DType::Q6_K); ++t) {
+    const auto& info = dtype_info(static_cast<DType>(t));
+    if (type == info.name) return 8.0 * double(info.block_bytes) / double(info.block_elems);
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string run_export(const ExportJob& job, const EventSink& events) {
+  const std::string &in = job.model, &out = job.out, &format = job.format, &name = job.name, &eval_data = job.eval;
+  std::string tokenizer = job.tokenizer;
+  const int64_t window = job.window, max_docs = job.max_docs;
+  const bool truncate = job.truncate, quiet = events.quiet || events.json;
+  if (!fs::exists(in)) fail<FileError>("export", in, ": no such file or directory");
+  const bool gguf = format.rfind("gguf:", 0) == 0 || format == "gguf";
+  if (!gguf && format != "hf-gptq" && format != "compressed-tensors" && format != "llama2c-q8")
+    fail("export", "--format '", format, "' is not available (allowed: ", kExportFormats, ")");
+  if (tokenizer.empty()) tokenizer = find_tokenizer(in);
+
+  nlohmann::json result = {{"model", in}, {"output", out}, {"format", format}};
+  const bool results = !events.json;  // -q drops the per-tensor table; sizes and metrics are results
+  if (gguf) {
+    GgufExportOptions o;
+    o.type = format == "gguf" ? "auto" : format.substr(5);
+    o.tokenizer = tokenizer, o.name = name;
+    const auto choices = export_gguf(in, out, o);
+    std::map<std::string, std::pair<int64_t, uint64_t>> by_type;
+    nlohmann::json tensors = nlohmann::json::array();
+    if (!quiet) std::printf("%-28s %-6s %10s %10s  %s\n", "tensor", "type", "params", "bytes", "note");
+    for (const auto& c : choices) {
+      by_type[c.type].first += c.params, by_type[c.type].second += c.bytes;
+      tensors.push_back({{"name", c.name}, {"type", c.type}, {"params", c.params}, {"bytes", c.bytes}, {"note", c.note}});
+      if (!quiet)
+        std::printf("%-28s %-6s %10lld %10llu  %s\n", c.name.c_str(), c.type.c_str(), static_cast<long long>(c.params),
+                    static_cast<unsigned long long>(c.bytes), c.note.c_str());
+    }
+    result["tensors"] = tensors;
+    if (results) std::printf("%sper type: bits per weight stored (promised by the type)\n", quiet ? "" : "\n");
+    for (const auto& [type, pb] : by_type) {
+      const double bits = 8.0 * double(pb.second) / double(std::max<int64_t>(1, pb.first));
+      result["types"][type] = {{"params", pb.first}, {"bytes", pb.second}, {"bits_per_weight", bits},
+                               {"promised", promised_bits(type)}};
+      if (results)
+        std::printf("  %-6s %10lld weights %10s  %.4f (%.4f)\n", type.c_str(), static_cast<long long>(pb.first),
+                    human_size(pb.second).c_str(), bits, promised_bits(type));
+    }
+  } else {
+    const ExportSummary s = format == "hf-gptq"              ? export_hf_gptq(in, out)
+                                : format == "compressed-tensors" ? export_compressed_tensors(in, out)
+                                                                 : export_llama2c_q8(in, out);
+    result["notes"] = s.notes, result["files"] = s.files;
+    if (!quiet) {
+      for (const auto& f : s.files) std::printf("wrote %s\n", f.c_str());
+      for (const auto& n : s.notes) std::printf("note: %s\n", n.c_str());
+    }
+  }
+  const uint64_t size_in = model_bytes(in), size_out = model_bytes(out);
+  result["bytes_before"] = size_in, result["bytes_after"] = size_out;
+  if (results)
+    std::printf("%s%s (%s) -> %s (%s)\n", quiet ? "" : "\n", in.c_str(), human_size(size_in).c_str(), out.c_str(),
+                human_size(size_out).c_str());
+
+  if (!eval_data.empty()) {
+    // Our loader reads GGUF and GPTQ directories back; the other two formats are for other runtimes.
+    if (format == "compressed-tensors" || format == "llama2c-q8") {
+      if (!quiet) std::printf("--eval: %s files are not read back by mcompress; not evaluated\n", format.c_str());
+    } else {
+      LmEvalOptions eo;
+      eo.window = window, eo.truncate = truncate, eo.max_docs = max_docs;
+      auto before = load_model(in);
+      EvalData ed = load_eval_data(*before, in, {eval_data, tokenizer});
+      std::vector<MetricRow> rows;
+      std::string protocol;
+      evaluate_into(*before, nullptr, ed, eo, false, rows, protocol);
+      before.reset();
+      auto after = load_model(out);
+      evaluate_into(*after, nullptr, ed, eo, true, rows, protocol);
+      for (const auto& m : rows)
+        if (m.baseline && m.compressed) {
+          result["metrics"][m.name] = {{"before", *m.baseline}, {"after", *m.compressed}};
+          if (results)
+            std::printf("%-22s before export %.6f, exported file %.6f (difference %+.2e)\n", m.name.c_str(), *m.baseline,
+                        *m.compressed, *m.compressed - *m.baseline);
+        }
+    }
+  }
+  events.emit("result", result.dump());
+  return result.dump();
+}
+
+}  // namespace mc

@@ -1,0 +1,169 @@
+// JobRun: the steps around every compressing pass (job.h).
+#include "job.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "mcompress/checkpoint.h"
+#include "mcompress/error.h"
+
+namespace mc {
+
+namespace fs = std::filesystem;
+
+std::string fmt_num(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string human_size(uint64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 4) v /= 1024, ++u;
+  char buf[32];
+  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
+  else std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+std::string commas(uint64_t n) {
+  std::string s = std::to_string(n), out;
+  int c = 0;
+  for (auto it = s.rbegin(); it != s.rend(); ++it, ++c) {
+    if (c && c % 3 == 0) out.push_back(',');
+    out.push_back(*it);
+  }
+  return std::string(out.rbegin(), out.rend());
+}
+
+std::string job_identity(const StageOptions& so, const JobIO& io) {
+  std::vector<std::string> opts = {io.model};
+  for (const auto& a : so.args()) opts.push_back(a);
+  std::vector<std::string> inputs = {io.model};
+  for (const char* f : {"calib", "eval", "tokenizer", "arch"})
+    if (so.has(f)) inputs.push_back(so.text(f));
+  return run_identity(so.pass(), opts, inputs);
+}
+
+JobRun::JobRun(const StageOptions& o, const JobIO& i, const EventSink& e) : so(o), io(i), events(e) {
+  rep.model = io.model;
+  rep.command_line = io.command_line;
+  lo.arch_file = so.text("arch");
+  lo.device = so.text("device");
+  have_eval = so.has("eval");
+  eo.window = so.integer("window"), eo.truncate = so.flag("truncate"), eo.max_docs = so.integer("max-docs");
+}
+
+void JobRun::step(const std::string& name) {
+  rep.steps.push_back({name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t_).count(),
+                       take_peak_rss_mib()});
+}
+
+void JobRun::load(bool int8_kernel) {
+  start();
+  lo.int8_kernel = int8_kernel;
+  model = load_model(io.model, lo);
+  step("load model");
+}
+
+void JobRun::baseline() {
+  if (!have_eval) return;
+  start();
+  ed = load_eval_data(*model, io.model, {so.text("eval"), so.text("tokenizer"), so.text("separator")});
+  evaluate_into(*model, nullptr, ed, eo, false, rep.metrics, rep.eval_protocol);
+  step("evaluate baseline");
+}
+
+void JobRun::check_calibration(bool needed, const std::string& why) const {
+  const bool from_eval = so.flag("calib-from-eval");
+  if (from_eval && so.has("calib")) so.fail("calib-from-eval", "and --calib exclude each other");
+  if (from_eval && !have_eval) so.fail("calib-from-eval", "needs --eval DATA");
+  if (needed && !so.has("calib") && !from_eval)
+    fail("pipeline", so.where(), ": ", why, " needs calibration data: --calib DATA (text other than the evaluation "
+         "data), or --calib-from-eval to calibrate on the --eval data (the report then says it is not held out)");
+}
+
+void JobRun::calibrate(bool needed, const std::string& why, int64_t samples, int64_t seqlen, bool allow_short) {
+  check_calibration(needed, why);
+  const bool from_eval = so.flag("calib-from-eval");
+  if (!so.has("calib") && !from_eval) return;
+  EvalData calib = from_eval ? ed : load_eval_data(*model, io.model, {so.text("calib"), so.text("tokenizer"), so.text("separator")});
+  calib_x = calibration_inputs(calib, samples, seqlen, so.unsigned_integer("seed"), allow_short);
+  calib_path = from_eval ? so.text("eval") : so.text("calib");
+  calib_is_eval = from_eval;
+  const uint64_t seed = so.unsigned_integer("seed");
+  rep.settings["calibration"] = std::to_string(calib_x.size(0)) +
+                                (calib.labeled ? " examples" : " x " + std::to_string(calib_x.size(1)) + " tokens") +
+                                " (seed " + std::to_string(seed) + ")";
+  rep.settings["calibration data"] =
+      calib_path + " (sha256 " + sha256_file(calib_path).substr(0, 16) + ")" +
+      (from_eval ? ": the evaluation data, NOT held out (--calib-from-eval)" : "");
+  rep.seed = std::to_string(seed);
+  if (from_eval)
+    rep.warnings.push_back("calibrated on the evaluation data (--calib-from-eval): the figures are not held out and "
+                           "read better than they would on unseen text");
+}
+
+void JobRun::sizes(const std::string& out_model) {
+  rep.size_before = model_bytes(io.model);
+  rep.size_after = fs::file_size(out_model);
+  // The input's stored bits per weight of the compressed layers, from its dtypes.
+  std::unique_ptr<CheckpointReader> in;
+  try {
+    in = open_checkpoint(io.model);
+  } catch (const Error&) {
+  }
+  double bits = 0, n = 0;
+  for (const auto& row : rep.layers) {
+    const std::string key = model ? model->layer(row.name).weight : row.name + ".weight";
+    double b = 32;
+    if (in && in->contains(key)) {
+      const auto& ti = in->info(key);
+      b = 8.0 * double(ti.nbytes) / double(std::max<int64_t>(1, row.params));
+    } else if (model && model->params().count(key)) {
+      b = 8.0 * double(model->param(key).element_size());
+    }
+    bits += b * double(row.params), n += double(row.params);
+  }
+  if (n > 0) rep.baseline_bits = bits / n;
+}
+
+void JobRun::stored_bits(const std::string& out_model, bool exact_parts_only) {
+  auto r = open_checkpoint(out_model);
+  for (auto& row : rep.layers) {
+    const std::string key = model->layer(row.name).weight;
+    uint64_t bytes = 0;
+    if (exact_parts_only) {
+      for (const char* part : {".qweight", ".scales", ".zeros"})
+        if (r->contains(key + part)) bytes += r->info(key + part).nbytes;
+    } else {
+      for (const auto& ti : r->tensors())
+        if (ti.name == key || ti.name.rfind(key + ".", 0) == 0) bytes += ti.nbytes;
+    }
+    row.bits_per_weight = 8.0 * double(bytes) / double(row.params);
+  }
+}
+
+void JobRun::evaluate_output(const std::string& out_model, const std::string& step_name) {
+  if (!have_eval) return;
+  start();
+  reloaded = load_model(out_model, lo);
+  auto base = load_model(io.model, lo);
+  evaluate_into(*reloaded, base.get(), ed, eo, true, rep.metrics, rep.eval_protocol);
+  step(step_name);
+}
+
+void JobRun::write_report() { mc::write_report(rep, io.out); }
+
+JobResult JobRun::result() const {
+  JobResult r;
+  r.report = rep;
+  r.labeled = ed.labeled;
+  return r;
+}
+
+}  // namespace mc

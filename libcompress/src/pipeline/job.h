@@ -1,0 +1,71 @@
+// What every compressing job does around its pass (pipeline.h): load the model, evaluate the
+// baseline, draw the calibration set (from --calib, or from --eval only when asked, and then said in
+// the report), record steps, sizes and the input's stored bits, reload the written file and evaluate it.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "mcompress/events.h"
+#include "mcompress/job_data.h"
+#include "mcompress/model.h"
+#include "mcompress/pipeline.h"
+#include "mcompress/report.h"
+#include "mcompress/stage_options.h"
+#include "mcompress/text_format.h"
+
+namespace mc {
+
+
+class JobRun {
+ public:
+  JobRun(const StageOptions& so, const JobIO& io, const EventSink& events);
+
+  // Loads the model (int8_kernel: W8A8 layers run the real int8 matmul) and records the step.
+  void load(bool int8_kernel = true);
+  // Evaluates the baseline when --eval is given.
+  void baseline();
+  // The calibration set: `needed` = the method cannot run without one. From --calib, or the --eval
+  // data with --calib-from-eval (then the report says so); fails with what to pass when needed and
+  // missing. allow_short: a text shorter than seqlen gives shorter sequences.
+  void calibrate(bool needed, const std::string& why, int64_t samples, int64_t seqlen, bool allow_short = false);
+  // The same checks alone, before anything is loaded: missing or contradictory calibration options.
+  void check_calibration(bool needed, const std::string& why) const;
+  // Starts / ends a timed step.
+  void start() { t_ = std::chrono::steady_clock::now(); }
+  void step(const std::string& name);
+  // Sizes of input and output, and the input's stored bits per weight of the compressed layers.
+  void sizes(const std::string& out_model);
+  // Stored bits per weight of each report layer from the written file: tensors named KEY or KEY.* .
+  void stored_bits(const std::string& out_model, bool exact_parts_only);
+  // Reloads the written file and evaluates it against the baseline (when --eval is given).
+  void evaluate_output(const std::string& out_model, const std::string& step_name);
+  // Writes report.{json,md,html} to the output directory.
+  void write_report();
+  // The job's result: its report and whether it was evaluated on labeled examples.
+  JobResult result() const;
+
+  const StageOptions& so;
+  const JobIO& io;
+  const EventSink& events;
+  Report rep;
+  LoadOptions lo;
+  std::unique_ptr<Model> model;
+  EvalData ed;
+  LmEvalOptions eo;
+  bool have_eval = false;
+  at::Tensor calib_x;
+  std::string calib_path;   // the file calibration came from ("" = none)
+  bool calib_is_eval = false;
+  std::unique_ptr<Model> reloaded;  // after evaluate_output (W8A8 checks use it)
+
+ private:
+  std::chrono::steady_clock::time_point t_ = std::chrono::steady_clock::now();
+};
+
+// Report-level identity of a job for its resume journal.
+std::string job_identity(const StageOptions& so, const JobIO& io);
+
+}  // namespace mc

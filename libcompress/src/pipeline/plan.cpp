@@ -1,0 +1,138 @@
+// The plan of a stage (pipeline.h): the layers the stage's own selection code picks (select_layers,
+// prune_layers), what happens to each, and the stored bits before and after.
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "job.h"
+#include "mcompress/checkpoint.h"
+#include "mcompress/error.h"
+#include "mcompress/ptq.h"
+#include "prune_stage.h"
+#include "quantize_stage.h"
+
+namespace mc {
+
+namespace {
+
+// Stored bits per weight of a tensor in the input file, else of the loaded parameter.
+class InputBits {
+ public:
+  InputBits(const Model& m, const std::string& path) : m_(m) {
+    try {
+      in_ = open_checkpoint(path);
+    } catch (const Error&) {
+    }
+  }
+  double operator()(const std::string& key) const {
+    const at::Tensor& w = m_.param(key);
+    if (in_ && in_->contains(key)) return 8.0 * double(in_->info(key).nbytes) / double(std::max<int64_t>(1, w.numel()));
+    return 8.0 * double(w.element_size());
+  }
+
+ private:
+  const Model& m_;
+  std::unique_ptr<CheckpointReader> in_;
+};
+
+double grid_bits(const QuantSpec& s, int64_t in_features) {
+  const double g = s.group_size > 0 ? double(s.group_size) : s.group_size == 0 ? double(in_features) : 1e12;
+  return s.bits + 16.0 / g + (s.symmetric ? 0.0 : double(s.bits) / g);
+}
+
+}  // namespace
+
+std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_path, const StageOptions& so) {
+  std::vector<PlanRow> plan;
+  const InputBits input_bits(model, model_path);
+  if (so.pass() == "quantize") {
+    const QuantizeStage st = quantize_stage(so);
+    const PtqOptions& o = st.ptq;
+    for (const LayerInfo* l : select_layers(model, o)) {
+      const at::Tensor& w = model.param(l->weight);
+      const int64_t in_f = w.numel() / w.size(0);
+      const QuantSpec* spec = &o.spec;
+      bool override = false;
+      for (const auto& ov : o.overrides)
+        if (matches_any(ov.patterns, l->name)) {
+          spec = &ov.spec, override = true;
+          break;
+        }
+      PlanRow row;
+      row.name = l->name;
+      row.params = w.numel();
+      row.bits_before = input_bits(l->weight);
+      const bool rtn_only = l->kind == LayerKind::Embedding || l->is_classifier;
+      const std::string method = rtn_only && o.method != "rtn" ? "rtn" : o.method;
+      if (o.target_bpw > 0 && !override) {
+        row.what = method + " mixed precision, bits from {" + so.text("bits-candidates") + "} by sensitivity (mean " +
+                   fmt_num("%g", o.target_bpw) + ")";
+        QuantSpec mean = *spec;
+        row.bits_after = grid_bits(mean, in_f) - mean.bits + o.target_bpw;
+      } else {
+        row.what = method + " " + spec->describe() + (override ? " (override)" : "");
+        row.bits_after = grid_bits(*spec, in_f);
+      }
+      if (o.method == "smoothquant" && l->kind == LayerKind::Linear && !rtn_only)
+        row.what += ", activations int" + std::to_string(o.act_bits) + " per token";
+      plan.push_back(row);
+    }
+  } else if (so.pass() == "prune") {
+    const PruneStage st = prune_stage(so);
+    if (st.is_structured) {
+      PlanRow row;
+      row.name = "(all blocks)";
+      row.what = "structured " + describe(st.structured) + ": channels, heads and blocks ranked on calibration data";
+      plan.push_back(row);
+      return plan;
+    }
+    const PruneOptions& o = st.prune;
+    for (const LayerInfo* l : prune_layers(model, o)) {
+      const at::Tensor& w = model.param(l->weight);
+      const int64_t in_f = w.numel() / w.size(0);
+      PlanRow row;
+      row.name = l->name;
+      row.params = w.numel();
+      row.bits_before = input_bits(l->weight);
+      const double keep = o.prune_m ? 1.0 - double(o.prune_n) / o.prune_m : 1.0 - o.sparsity;
+      row.what = o.method + " " + (o.prune_m ? st.pattern : fmt_num("%g%%", 100 * o.sparsity)) +
+                 (o.prune_m || o.distribution == "uniform" ? "" : " on average (" + o.distribution + ")") +
+                 (o.quant ? " + " + o.quant->describe() : "") + ", " + st.storage + " storage";
+      const double value_bits = o.quant ? grid_bits(*o.quant, in_f) : st.storage == "sparse" ? 16.0 : row.bits_before;
+      if (st.storage == "sparse") row.bits_after = keep * value_bits + (o.prune_m ? keep * 2.0 : 1.0);
+      else row.bits_after = value_bits;
+      plan.push_back(row);
+    }
+  } else {
+    fail("pipeline", so.where(), ": no per-layer plan for a ", so.pass(), " stage");
+  }
+  return plan;
+}
+
+void print_plan(const std::vector<PlanRow>& plan, uint64_t before, const EventSink& events) {
+  if (events.json) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const auto& r : plan)
+      rows.push_back({{"layer", r.name}, {"what", r.what}, {"params", r.params}, {"bits_before", r.bits_before},
+                      {"bits_after", r.bits_after}});
+    events.emit("plan", nlohmann::json({{"layers", rows}}).dump());
+    return;
+  }
+  if (events.quiet) return;
+  std::printf("  %-36s %10s %8s %8s  %s\n", "layer", "params", "bits", "-> bits", "what happens");
+  double delta = 0;
+  for (const auto& r : plan) {
+    std::printf("  %-36s %10lld %8.2f %8.2f  %s\n", r.name.c_str(), static_cast<long long>(r.params), r.bits_before,
+                r.bits_after, r.what.c_str());
+    delta += double(r.params) * (r.bits_before - r.bits_after) / 8;
+  }
+  const double after = double(before) - delta;
+  if (before > 0 && after > 0)
+    std::printf("\n  estimated size: %s -> %s (%.2fx smaller; the other tensors kept as stored)\n",
+                human_size(before).c_str(), human_size(uint64_t(after)).c_str(), double(before) / after);
+  std::fflush(stdout);
+}
+
+}  // namespace mc

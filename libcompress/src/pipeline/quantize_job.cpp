@@ -1,0 +1,225 @@
+// The quantize stage: options -> PtqOptions, and the job (pipeline.h).
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <set>
+
+#include "job.h"
+#include "mcompress/checkpoint.h"
+#include "mcompress/error.h"
+#include "mcompress/ptq.h"
+#include "mcompress/quant/packed.h"
+#include "quantize_stage.h"
+
+namespace mc {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// "PATTERN:bits=8,group-size=0,asym" -> an override of `base` for the layers PATTERN matches (the
+// last ':' ends the pattern, so "re:..." patterns work).
+PtqOptions::Override parse_override(const StageOptions& so, const std::string& text, const QuantSpec& base) {
+  const size_t c = text.rfind(':');
+  if (c == std::string::npos || c == 0 || (text.rfind("re:", 0) == 0 && c == 2))
+    so.fail("override", "'" + text + "' is not PATTERN:SETTINGS (e.g. 'layers.0.*:bits=8')");
+  PtqOptions::Override ov;
+  ov.patterns = {text.substr(0, c)};
+  ov.spec = base;
+  for (const auto& item : split_list(text.substr(c + 1))) {
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq), val = eq == std::string::npos ? "" : item.substr(eq + 1);
+    try {
+      if (key == "bits") ov.spec.bits = std::stoi(val);
+      else if (key == "group-size" || key == "group_size") ov.spec.group_size = std::stoll(val);
+      else if (key == "per-channel" && val.empty()) ov.spec.group_size = 0;
+      else if (key == "per-tensor" && val.empty()) ov.spec.group_size = -1;
+      else if (key == "sym" && val.empty()) ov.spec.symmetric = true;
+      else if (key == "asym" && val.empty()) ov.spec.symmetric = false;
+      else if (key == "mse-clip" && val.empty()) ov.spec.mse_clip = true;
+      else throw std::invalid_argument("key");
+    } catch (const std::exception&) {
+      so.fail("override", "'" + text + "': bad setting '" + item +
+                              "' (allowed: bits=N, group-size=G, per-channel, per-tensor, sym, asym, mse-clip)");
+    }
+  }
+  ov.spec.validate("override " + ov.patterns[0], 1 << 30);
+  return ov;
+}
+
+const std::map<std::string, std::string>& method_labels() {
+  static const std::map<std::string, std::string> names = {
+      {"rtn", "RTN"}, {"imatrix", "imatrix"}, {"gptq", "GPTQ"}, {"awq", "AWQ"}, {"smoothquant", "SmoothQuant"}};
+  return names;
+}
+
+}  // namespace
+
+QuantizeStage quantize_stage(const StageOptions& so) {
+  QuantizeStage st;
+  PtqOptions& o = st.ptq;
+  o.method = so.text("method");
+  if (!method_labels().count(o.method))
+    so.fail("method", "'" + o.method + "' is not available (allowed: rtn, imatrix, gptq, awq, smoothquant)");
+  QuantSpec& spec = o.spec;
+  spec.bits = int(so.integer("bits"));
+  spec.group_size = so.integer("group-size");
+  spec.mse_clip = so.flag("mse-clip");
+  bool per_channel = so.flag("per-channel");
+  const bool per_tensor = so.flag("per-tensor");
+  st.calibrated = o.method != "rtn";
+  const int64_t samples = so.integer("calib-samples");
+  if (samples < 0 || so.integer("calib-seqlen") < 1) so.fail("calib-samples", "must be >= 0, --calib-seqlen >= 1");
+  o.target_bpw = so.real("target-bpw");
+  st.calib_samples = samples == 0 ? (st.calibrated || o.target_bpw > 0 ? 128 : 8) : samples;
+  if (so.flag("sym") && so.flag("asym")) so.fail("sym", "and --asym exclude each other");
+  if (per_channel && per_tensor) so.fail("per-channel", "and --per-tensor exclude each other");
+  if (o.method == "smoothquant") {  // W8A8 unless the grid is given explicitly
+    if (!so.has("bits")) spec.bits = 8;
+    if (!so.has("group-size") && !per_tensor) per_channel = true;
+  }
+  if (spec.group_size < 1)
+    so.fail("group-size", std::to_string(spec.group_size) + " must be >= 1 (use --per-channel or --per-tensor)");
+  if (per_channel) spec.group_size = 0;
+  if (per_tensor) spec.group_size = -1;
+  if (per_tensor && o.method != "rtn") so.fail("per-tensor", "is only available with --method rtn");
+  spec.symmetric = !so.flag("asym");
+  spec.validate("(all layers)", 1 << 30);  // bits and group size, before any work
+  if (o.target_bpw < 0) so.fail("target-bpw", "must be > 0");
+  for (const auto& ov : so.repeated("override")) o.overrides.push_back(parse_override(so, ov, spec));
+  o.awq_clip = !so.flag("no-clip");
+  o.targets = so.list("targets"), o.ignore = so.list("ignore");
+  o.embeddings = so.flag("quantize-embeddings"), o.classifier = so.flag("quantize-classifier");
+  o.conv = so.flag("quantize-conv"), o.true_sequential = so.flag("true-sequential"), o.fp64 = so.flag("fp64");
+  o.act_order = so.flag("act-order"), o.static_groups = so.flag("static-groups"), o.damp = so.real("damp");
+  o.keep_sparsity = so.flag("keep-sparsity");
+  o.smooth_alpha = so.real("alpha"), o.act_bits = int(so.integer("act-bits"));
+  st.simulate_int8 = so.flag("simulate-int8");
+  o.candidate_bits.clear();
+  for (const auto& b : so.list("bits-candidates")) {
+    try {
+      o.candidate_bits.push_back(std::stoi(b));
+    } catch (const std::exception&) {
+      so.fail("bits-candidates", "'" + b + "' is not a number");
+    }
+  }
+  st.label = method_labels().at(o.method);
+  return st;
+}
+
+std::string quantize_title(const QuantizeStage& st, const std::string& model_path) {
+  const PtqOptions& o = st.ptq;
+  return fs::path(model_path).filename().string() + ": " + st.label + " " + o.spec.describe() +
+         (o.method == "smoothquant" ? ", a" + std::to_string(o.act_bits) : "") +
+         (o.target_bpw > 0 ? ", mixed " + fmt_num("%g", o.target_bpw) + " bits" : "");
+}
+
+JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink& events) {
+  QuantizeStage st = quantize_stage(so);
+  PtqOptions& po = st.ptq;
+  const QuantSpec& spec = po.spec;
+  const std::string& method = po.method;
+  JobRun job(so, io, events);
+  Report& rep = job.rep;
+  rep.method = method;
+  rep.settings = {{"bits", std::to_string(spec.bits)},
+                  {"grid", spec.symmetric ? "symmetric" : "asymmetric"},
+                  {"groups", spec.group_size > 0 ? std::to_string(spec.group_size) + " columns"
+                             : spec.group_size == 0 ? "per output channel" : "per tensor"},
+                  {"scales", "fp16"}};
+  if (spec.mse_clip) rep.settings["clip"] = "MSE search";
+  if (method == "gptq") {
+    rep.settings["damp"] = fmt_num("%g", po.damp);
+    if (po.act_order) rep.settings["act-order"] = po.static_groups ? "yes, static groups" : "yes";
+  }
+  if (method == "awq") rep.settings["clip search"] = po.awq_clip ? "yes" : "no";
+  if (method == "smoothquant")
+    rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric (alpha " +
+                                  fmt_num("%g", po.smooth_alpha) + ")";
+  if (po.true_sequential) rep.settings["order"] = "true-sequential";
+  if (so.has("targets")) rep.settings["targets"] = so.text("targets");
+  if (so.has("ignore")) rep.settings["ignore"] = so.text("ignore");
+
+  const bool needs = st.calibrated || po.target_bpw > 0;
+  const std::string why = "--method " + method + (po.target_bpw > 0 ? " with --target-bpw" : "");
+  if (!io.dry_run) job.check_calibration(needs, why);  // before anything is loaded
+  job.load(!st.simulate_int8);
+  Model& model = *job.model;
+  rep.title = quantize_title(st, io.model);
+  rep.plan = plan_stage(model, io.model, so);  // bad patterns fail here, before any data is read
+  if (io.dry_run) return job.result();
+  {
+    // a pruned input without --keep-sparsity is worth a word
+    double zeros = 0, n = 0;
+    for (const LayerInfo* l : select_layers(model, po)) {
+      const at::Tensor& w = model.param(l->weight);
+      zeros += w.eq(0).sum().item<double>(), n += double(w.numel());
+    }
+    if (!po.keep_sparsity && n > 0 && zeros / n >= 0.25)
+      rep.warnings.push_back(fmt_num("%.0f%% of the selected weights are exactly zero (a pruned model?): ", 100 * zeros / n) +
+                             " --keep-sparsity keeps them zero and stores the sparse layout");
+  }
+  job.baseline();
+  // rtn only measures per-layer errors: a short text gives shorter sequences instead of an error.
+  job.calibrate(needs, why, st.calib_samples,
+                needs ? so.integer("calib-seqlen") : so.integer("window"), !needs);
+
+  job.start();
+  po.progress = events.layer_progress(method);
+  // The output is written while quantizing: each finished block's packed weights go to disk and the
+  // model's copies are released, so memory stays that of one block (Model::set_low_memory).
+  JobOutput out(io.out, job_identity(so, io), events);
+  po.journal = &out.journal();
+  const std::string out_model = (fs::path(io.out) / "model.safetensors").string();
+  PackedCheckpointWriter writer(out_model);
+  std::set<std::string> written;
+  model.set_low_memory(true);
+  int64_t sparse_layers = 0;
+  auto add = [&](const std::string& key, const QuantResult& q) {
+    if (po.keep_sparsity && add_sparse_if_smaller(writer, key, q)) ++sparse_layers;
+    else writer.add_quantized(key, q);
+  };
+  po.after_block = [&](int, PtqResult& partial) {
+    for (auto& [key, q] : partial.quantized) {
+      add(key, q);
+      written.insert(key);
+      model.release_param(key);
+    }
+    partial.quantized.clear();
+  };
+  PtqResult res = quantize_model(model, job.calib_x, po);
+  events.end_progress();
+  for (const auto& [k, v] : res.settings) rep.settings[k] = v;
+  rep.layers = res.layers;
+  for (const auto& w : res.warnings) rep.warnings.push_back(w);
+  job.step("quantize " + std::to_string(res.layers.size()) + " layers (writing each block)");
+
+  // The rest: layers quantized after the blocks, then dense parameters as they are.
+  job.start();
+  for (const auto& [key, q] : res.quantized) add(key, q), written.insert(key);
+  if (po.keep_sparsity) rep.settings["sparsity"] = std::to_string(sparse_layers) + " layers kept sparse (sparse layout)";
+  for (const auto& [k, v] : model.params())
+    if (!written.count(k) && v.defined()) writer.add_dense(k, v);
+  auto meta = model.config_metadata();
+  if (!res.act_bits.empty()) meta[kActivationMetadataKey] = activation_metadata(res.act_bits);
+  writer.finish(meta);
+  out.keep();
+  rep.output = out_model;
+  job.step("write packed checkpoint");
+  job.sizes(out_model);
+  if (rep.size_after >= rep.size_before)
+    rep.warnings.push_back("the output (" + human_size(rep.size_after) + ") is not smaller than the input (" +
+                           human_size(rep.size_before) + "): for a model this small, metadata and scales outweigh the savings");
+  job.stored_bits(out_model, true);
+
+  job.model.reset();  // what is left of it; the evaluation reloads the written file
+  job.evaluate_output(out_model, "evaluate compressed (reloaded from the file)");
+  if (!res.act_bits.empty()) w8a8_runtime_rows(job, out_model, st.simulate_int8);
+  job.write_report();
+  out.finish();
+  return job.result();
+}
+
+}  // namespace mc

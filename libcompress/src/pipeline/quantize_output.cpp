@@ -1,0 +1,89 @@
+// What the quantize job writes besides the quantizer's codes: sparse layouts for pruned inputs, the
+// W8A8 activation metadata, and which runtime each W8A8 layer gets (quantize_stage.h).
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <optional>
+
+#include "job.h"
+#include "mcompress/quant/packed.h"
+#include "mcompress/quant/sparse.h"
+#include "quantize_stage.h"
+
+namespace mc {
+
+bool add_sparse_if_smaller(PackedCheckpointWriter& writer, const std::string& key, const QuantResult& q) {
+  if (!q.weight_shape.empty()) return false;
+  const at::Tensor w = q.dequantize();
+  const int64_t out_f = w.size(0), in_f = w.size(1), kept = w.ne(0).sum().item<int64_t>();
+  const bool gi = q.g_idx.defined();
+  int64_t best = dense_packed_bytes(out_f, in_f, &q.spec, gi);
+  std::optional<SparseLayout> pick;
+  SparseLayout bm;
+  if (int64_t b = sparse_bytes(out_f, in_f, kept, bm, &q.spec, gi); b < best) best = b, pick = bm;
+  for (auto [n, m] : {std::pair{2, 4}, std::pair{4, 8}}) {
+    if (in_f % m) continue;
+    if (!w.eq(0).reshape({out_f, in_f / m, m}).sum(-1).ge(n).all().item<bool>()) continue;
+    SparseLayout nm;
+    nm.n = n, nm.m = m;
+    // On a tie with the bitmask (2:4 costs the same), N:M: fixed-size rows suit kernels.
+    if (int64_t b = sparse_bytes(out_f, in_f, out_f * in_f / m * (m - n), nm, &q.spec, gi); b <= best)
+      best = b, pick = nm;
+  }
+  if (!pick) return false;
+  writer.add_sparse(key, w, *pick, &q);
+  return true;
+}
+
+std::string activation_metadata(const std::map<std::string, int>& act_bits) {
+  std::string j = "{\"layers\": {";
+  bool first = true;
+  for (const auto& [name, bits] : act_bits) {
+    j += (first ? "" : ", ") + std::string("\"") + name + "\": {\"bits\": " + std::to_string(bits) +
+         ", \"granularity\": \"per-token\", \"symmetric\": true, \"dynamic\": true}";
+    first = false;
+  }
+  return j + "}}";
+}
+
+void w8a8_runtime_rows(JobRun& job, const std::string& out_model, bool simulate_int8) {
+  if (!job.reloaded) {
+    job.start();
+    job.reloaded = load_model(out_model, job.lo);
+    job.step("reload to check the W8A8 runtime");
+  }
+  int kernel = 0, simulated = 0;
+  std::string why;
+  for (auto& row : job.rep.layers) {
+    row.runtime = job.reloaded->input_quant_runtime(row.name);
+    if (row.runtime.empty()) continue;
+    if (row.runtime.rfind("int8 kernel", 0) == 0) ++kernel;
+    else ++simulated, why = row.runtime.substr(row.runtime.find(':') + 2);
+  }
+  job.rep.settings["matmuls"] = std::to_string(kernel) + " layers on the int8 kernel, " + std::to_string(simulated) +
+                                " simulated in float" + (simulated ? " (" + why + ")" : "");
+  if (kernel == 0) {
+    if (!simulate_int8)
+      job.rep.warnings.push_back("no layer runs the int8 kernel (" + why +
+                                 "): every W8A8 matmul is simulated in float, so this run measures accuracy, not speed");
+    return;
+  }
+  if (!job.have_eval || simulate_int8) return;
+  // The same W8A8 model with the int8 matmuls simulated in float: a check of the int8 kernel.
+  job.start();
+  LoadOptions sim_lo = job.lo;
+  sim_lo.int8_kernel = false;
+  auto sim = load_model(out_model, sim_lo);
+  std::vector<MetricRow> sim_rows;
+  std::string proto;
+  evaluate_into(*sim, nullptr, job.ed, job.eo, true, sim_rows, proto);
+  for (auto& m : sim_rows)
+    if (m.is_primary) {
+      m.name += " (int8 matmuls simulated in float)";
+      m.is_primary = false;
+      job.rep.metrics.push_back(m);
+    }
+  job.step("evaluate compressed, int8 simulated");
+}
+
+}  // namespace mc

@@ -1,0 +1,34 @@
+// The quantize stage's parsed options and the pieces of its job (quantize_job.cpp, quantize_output.cpp).
+#pragma once
+#include <map>
+#include <string>
+
+#include "mcompress/ptq.h"
+#include "mcompress/stage_options.h"
+#include "mcompress/text_format.h"
+
+namespace mc {
+
+class JobRun;
+class PackedCheckpointWriter;
+
+struct QuantizeStage {
+  PtqOptions ptq;
+  bool calibrated = false;     // the method needs calibration data
+  bool simulate_int8 = false;
+  int64_t calib_samples = 0;   // resolved default
+  std::string label;           // "GPTQ"
+};
+QuantizeStage quantize_stage(const StageOptions& so);
+std::string quantize_title(const QuantizeStage& st, const std::string& model_path);
+
+// With --keep-sparsity: writes a layer with zeros in the sparse layout that costs the least (bitmask,
+// 2:4 or 4:8) when that beats the dense packed layout; false when the dense layout is smaller.
+bool add_sparse_if_smaller(PackedCheckpointWriter& writer, const std::string& key, const QuantResult& q);
+// The activation settings of W8A8 layers as the packed file's metadata value.
+std::string activation_metadata(const std::map<std::string, int>& act_bits);
+// W8A8: each layer's runtime (int8 kernel or float simulation, and why) in the report, and, when the
+// kernel ran and --eval is given, the same model with every int8 matmul simulated in float beside it.
+void w8a8_runtime_rows(JobRun& job, const std::string& out_model, bool simulate_int8);
+
+}  // namespace mc
