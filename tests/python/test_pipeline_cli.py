@@ -156,8 +156,10 @@ def test_baseline_bits_come_from_the_input_dtypes(mc, tiny_lm, tmp_path):
     d, model = tiny_lm
     mc("quantize", model, "--bits", "4", "-o", tmp_path / "f32", "-q")
     assert _report(tmp_path / "f32")["baseline_bits_per_weight"] == 32
+    # an mcompress safetensors model (dense, nothing pruned) converted to bf16 keeps its architecture
+    mc("prune", model, "--method", "magnitude", "--sparsity", "0", "--storage", "dense", "-o", tmp_path / "dense", "-q")
     bf16 = tmp_path / "model-bf16.safetensors"
-    mc("convert", model, bf16, "--dtype", "bf16")
+    mc("convert", tmp_path / "dense" / "model.safetensors", bf16, "--dtype", "bf16")
     p = mc("quantize", bf16, "--bits", "4", "--tokenizer", d / "corpus" / "tokenizer.bin", "-o", tmp_path / "bf16")
     assert _report(tmp_path / "bf16")["baseline_bits_per_weight"] == 16
     line = [l for l in p.stdout.splitlines() if l.startswith("bits per quantized weight")][0]

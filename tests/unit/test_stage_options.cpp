@@ -18,9 +18,11 @@ TEST_CASE("stage options are typed and defaulted from the table", "[stage-option
   CHECK_FALSE(so.flag("sym"));
   CHECK(so.text("method") == "rtn");      // the table's default
   CHECK(so.real("damp") == 0.01);
-  CHECK(so.repeated("override") == std::vector<std::string>{"a*:bits=8", "b*:bits=2"});
-  CHECK(so.args() == std::vector<std::string>{"--bits", "3", "--group-size", "64", "--asym", "--override", "a*:bits=8",
-                                              "--override", "b*:bits=2"});
+  const std::vector<std::string> overrides = {"a*:bits=8", "b*:bits=2"};
+  CHECK(so.repeated("override") == overrides);
+  const std::vector<std::string> args = {"--bits", "3", "--group-size", "64", "--asym", "--override", "a*:bits=8",
+                                         "--override", "b*:bits=2"};
+  CHECK(so.args() == args);
   so.set_default("bits", "8");  // given by the stage: kept
   so.set_default("calib", "c.txt");
   CHECK(so.integer("bits") == 3);

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
 
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
@@ -111,23 +112,14 @@ void JobRun::calibrate(bool needed, const std::string& why, int64_t samples, int
 void JobRun::sizes(const std::string& out_model) {
   rep.size_before = model_bytes(io.model);
   rep.size_after = fs::file_size(out_model);
-  // The input's stored bits per weight of the compressed layers, from its dtypes.
-  std::unique_ptr<CheckpointReader> in;
-  try {
-    in = open_checkpoint(io.model);
-  } catch (const Error&) {
-  }
+  // The input's stored bits per weight of the compressed layers, from its dtypes (the plan read them
+  // before any weight was released).
+  std::map<std::string, double> before;
+  for (const auto& p : rep.plan) before[p.name] = p.bits_before;
   double bits = 0, n = 0;
   for (const auto& row : rep.layers) {
-    const std::string key = model ? model->layer(row.name).weight : row.name + ".weight";
-    double b = 32;
-    if (in && in->contains(key)) {
-      const auto& ti = in->info(key);
-      b = 8.0 * double(ti.nbytes) / double(std::max<int64_t>(1, row.params));
-    } else if (model && model->params().count(key)) {
-      b = 8.0 * double(model->param(key).element_size());
-    }
-    bits += b * double(row.params), n += double(row.params);
+    auto it = before.find(row.name);
+    bits += (it == before.end() ? 32.0 : it->second) * double(row.params), n += double(row.params);
   }
   if (n > 0) rep.baseline_bits = bits / n;
 }

@@ -28,7 +28,14 @@ class InputBits {
   }
   double operator()(const std::string& key) const {
     const at::Tensor& w = m_.param(key);
-    if (in_ && in_->contains(key)) return 8.0 * double(in_->info(key).nbytes) / double(std::max<int64_t>(1, w.numel()));
+    const double n = double(std::max<int64_t>(1, w.numel()));
+    if (in_ && in_->contains(key)) return 8.0 * double(in_->info(key).nbytes) / n;
+    if (in_) {  // a packed input: the weight's parts (codes, scales, mask, ...)
+      uint64_t bytes = 0;
+      for (const auto& t : in_->tensors())
+        if (t.name.rfind(key + ".", 0) == 0) bytes += t.nbytes;
+      if (bytes) return 8.0 * double(bytes) / n;
+    }
     return 8.0 * double(w.element_size());
   }
 

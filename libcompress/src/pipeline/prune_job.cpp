@@ -132,7 +132,6 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
   rep.settings["storage"] = st.storage;
   const bool needs = st.is_structured || o.method != "magnitude";
   const std::string why = st.is_structured ? "--structured" : "--method " + o.method;
-  if (!io.dry_run) job.check_calibration(needs, why);  // before anything is loaded
   job.load();
   Model& model = *job.model;
   rep.title = fs::path(io.model).filename().string() + ": " + o.method + " " +
@@ -140,6 +139,7 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
   if (st.is_structured) check_structured(model, st.structured);  // before any data is read
   rep.plan = plan_stage(model, io.model, so);  // bad options and patterns fail before any data is read
   if (io.dry_run) return job.result();
+  job.check_calibration(needs, why);  // before any data is read
   job.baseline();
   job.calibrate(needs, why, so.integer("calib-samples"),
                 so.integer("calib-seqlen"));

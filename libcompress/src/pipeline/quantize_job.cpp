@@ -144,12 +144,12 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
 
   const bool needs = st.calibrated || po.target_bpw > 0;
   const std::string why = "--method " + method + (po.target_bpw > 0 ? " with --target-bpw" : "");
-  if (!io.dry_run) job.check_calibration(needs, why);  // before anything is loaded
   job.load(!st.simulate_int8);
   Model& model = *job.model;
   rep.title = quantize_title(st, io.model);
   rep.plan = plan_stage(model, io.model, so);  // bad patterns fail here, before any data is read
   if (io.dry_run) return job.result();
+  job.check_calibration(needs, why);  // before any data is read
   {
     // a pruned input without --keep-sparsity is worth a word
     double zeros = 0, n = 0;
