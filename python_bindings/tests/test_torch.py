@@ -117,7 +117,9 @@ def test_mlp_gptq_beats_rtn_and_int8_is_nearly_lossless():
     model, batches = MLP().eval(), mlp_batches()
     g, rep = quantized(model, batches, method="gptq", bits=3, group_size=32)
     r, _ = quantized(model, batches, method="rtn", bits=3, group_size=32)
-    assert [row["name"] for row in rep] == ["net.0", "net.2", "net.4"]  # top-level children are blocks
+    # the default selection of the CLI: every Linear but the classifier (the last one, net.4)
+    assert [row["name"] for row in rep] == ["net.0", "net.2"]
+    assert torch.equal(g.net[4].weight, model.net[4].weight)
     assert output_error(model, g, batches) < GPTQ_VS_RTN * output_error(model, r, batches)
     i8, _ = quantized(model, batches, method="gptq", bits=8, group_size=None)
     assert output_error(model, i8, batches) < INT8_REL_ERR_MAX
@@ -145,21 +147,21 @@ def test_transformer_blocks_gptq_and_awq():
     assert output_error(model, h, batches) < INT8_REL_ERR_MAX
 
 
-def test_block_statistics_see_earlier_blocks_quantized():
+def test_block_statistics_see_earlier_blocks_quantized(monkeypatch):
     """Block 1's Hessian comes from a forward in which block 0 is already quantized."""
     model, batches = make_transformer(), token_batches(2)
-    seen = []
-    orig = mcompress.gptq
+    fed = []
+    feed = mct.Engine._feed
 
-    def spy(W, H, **kw):
-        seen.append(np.array(H))
-        return orig(W, H, **kw)
+    def spy(self, name, x, arrays):
+        if name == "layers.1.attn.q":
+            fed.append(x.detach().reshape(-1, 64).double().numpy().copy())
+        return feed(self, name, x, arrays)
 
-    mct.A.gptq = spy
-    try:
-        m, _ = quantized(model, batches, method="gptq", bits=2, group_size=None)
-    finally:
-        mct.A.gptq = orig
+    monkeypatch.setattr(mct.Engine, "_feed", spy)
+    m, _ = quantized(model, batches, method="gptq", bits=2, group_size=None)
+    monkeypatch.undo()
+
     def block1_hessian(net):
         """2/n X^T X of the inputs block 1's attention reads (its ln1 output), in float64."""
         x = []
@@ -171,8 +173,10 @@ def test_block_statistics_see_earlier_blocks_quantized():
         X = torch.cat(x).numpy().astype(np.float64)
         return 2.0 / X.shape[0] * X.T @ X
 
-    assert not np.allclose(seen[6], block1_hessian(model), rtol=1e-3)  # inputs changed by block 0's 2-bit weights
-    np.testing.assert_allclose(seen[6], block1_hessian(m), rtol=1e-4, atol=1e-4)
+    X = np.concatenate(fed[-len(batches):])  # the statistics pass (the first forward finds the groups)
+    seen = 2.0 / X.shape[0] * X.T @ X
+    assert not np.allclose(seen, block1_hessian(model), rtol=1e-3)  # inputs changed by block 0's 2-bit weights
+    np.testing.assert_allclose(seen, block1_hessian(m), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["sparsegpt", "wanda", "magnitude"])
@@ -199,7 +203,7 @@ def test_bad_options_raise_input_error():
         mct.quantize_(model, token_batches(1), method="foo")
     with pytest.raises(mcompress.InputError, match="needs calibration batches"):
         mct.quantize_(model, None, method="gptq")
-    with pytest.raises(mcompress.InputError, match="pattern 'nope' matches no Linear"):
+    with pytest.raises(mcompress.InputError, match="pattern 'nope' matches no quantizable layer"):
         mct.quantize_(model, token_batches(1), targets=["nope"])
     with pytest.raises(mcompress.InputError, match="is not N:M"):
         mct.prune_(model, token_batches(1), pattern="2-4")
@@ -236,3 +240,4 @@ def test_save_inspect_load_round_trip(tmp_path, how):
     out = subprocess.run([exe, "inspect", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "layers.0.attn.q.weight" in out.stdout
+
