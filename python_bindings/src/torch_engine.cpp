@@ -20,7 +20,6 @@
 //     of block k of the same width (seen in the block's first hooked forward), plus the groups the
 //     caller declares (a Linear whose output the listed layers read, through operations that commute
 //     with a positive per-channel scale: attention's weighted sum of values, SwiGLU's up projection).
-#include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -243,23 +242,7 @@ void register_torch_engine(py::module_& m) {
       .def(py::init<const py::list&, int, py::object>(), py::arg("layers"), py::arg("num_blocks"), py::arg("runner"))
       .def("feed", &TorchModuleModel::feed, py::arg("name"), py::arg("x"), py::arg("key"))
       .def("observe", &TorchModuleModel::observe, py::arg("name"), py::arg("key"))
-      .def("declare_scale_group", &TorchModuleModel::declare_scale_group, py::arg("prev"), py::arg("layers"))
-      .def("sync", &TorchModuleModel::sync)
-      // The layers quantize/prune would compress by default or with these patterns (select_layers).
-      .def(
-          "select_layers",
-          [](const TorchModuleModel& model, const std::vector<std::string>& targets,
-             const std::vector<std::string>& ignore) {
-            mc::PtqOptions o;
-            o.targets = targets, o.ignore = ignore;
-            o.spec.group_size = 0;
-            std::vector<std::string> names;
-            for (const mc::LayerInfo* l : mc::select_layers(model, o)) names.push_back(l->name);
-            return names;
-          },
-          py::arg("targets"), py::arg("ignore"));
-
-  m.def("matches_any", &mc::matches_any, py::arg("patterns"), py::arg("name"));
+      .def("declare_scale_group", &TorchModuleModel::declare_scale_group, py::arg("prev"), py::arg("layers"));
 
   // quantize_model on the module: calibration batches 0..n_batches-1 (0: none, rtn only).
   m.def(
