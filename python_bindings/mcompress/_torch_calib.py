@@ -1,41 +1,32 @@
-"""Layer-sequential calibration of a torch.nn.Module for mcompress.torch (quantize_, prune_).
+"""How mcompress.torch shows a torch.nn.Module to the C++ engine (python_bindings/src/torch_engine.cpp),
+which runs the library's quantize_model / prune_model on it: the CLI's layer selection, pattern
+matching, layer-sequential engine, passes and AWQ scale folding. This file only describes the module
+and captures tensors; it decides nothing about what is compressed or how.
 
 Blocks: ``blocks`` given (modules or their qualified names), else the entries of the first non-empty
-nn.ModuleList (transformer layers), else every top-level child holding an nn.Linear. Linear layers
-inside the blocks are compressed with calibration statistics; those outside only when ``targets``
-selects them, without statistics (RTN / magnitude).
+nn.ModuleList (transformer layers), else every top-level child holding an nn.Linear. The C++ engine
+receives every nn.Linear and nn.Embedding (name, block index or -1, weight, bias) and every norm inside
+a block (a module whose class name contains "Norm" with a 1-D weight), in module order.
 
-How block k's statistics are collected: the whole calibration forward is run again for every block,
-with hooks on block k's Linear layers accumulating their inputs (C++ Hessian: H = 2/n Σ x xᵀ, mean|x|,
-Σ x²), and a forward hook on block k that stops the forward as soon as the block is done. Blocks 0..k-1
-are already compressed at that point, so block k sees the inputs the compressed model gives it (as
-the C++ engine's layer-sequential order does). Nothing is cached between blocks: memory stays that of
-one forward, at the price of (k+1)/K of a forward per block (about K/2 full forwards in all), which is
-cheap next to GPTQ on any model that fits a CPU. It works for any forward signature (kwargs, masks,
-residual streams outside the blocks) since the model itself runs.
+How block k's statistics are collected: for each calibration batch the engine asks for
+``forward(k, i)``, which runs the model's own forward on batch i with hooks on block k's layers and a
+forward hook on block k that stops the forward as soon as the block is done. The Linear hooks hand
+each input to the engine (layers reading the same tensor object share it), the norm hooks say which
+tensor each norm produced (AWQ's scale groups). Before each forward the engine copies the parameters
+it replaced into the module (``set_param``), so block k sees the inputs the compressed blocks 0..k-1
+give it. Nothing is cached between blocks: memory stays that of one forward, at the price of (k+1)/K
+of a forward per block and batch (about K/2 full forwards in all). It works for any forward signature
+(kwargs, masks, residual streams outside the blocks) since the model itself runs.
 """
-import fnmatch
-import re
-
+import numpy as np
 import torch
 
-from ._arrays import Hessian
+from . import _mcompress
 from ._errors import InputError
 
 
 class _StopForward(Exception):
     """Raised by the hook on the block being calibrated once it has run."""
-
-
-def matches(patterns, name):
-    """fnmatch globs or "re:REGEX" (the whole name), as the CLI's --targets/--ignore."""
-    for p in patterns or []:
-        if p.startswith("re:"):
-            if re.fullmatch(p[3:], name):
-                return True
-        elif fnmatch.fnmatchcase(name, p):
-            return True
-    return False
 
 
 def find_blocks(module, blocks=None):
@@ -66,37 +57,6 @@ def find_blocks(module, blocks=None):
     return out
 
 
-def select_linears(module, blocks, targets=None, ignore=None):
-    """(per block: [(name, linear)], outside: [(name, linear)]): the Linear layers to compress. Default:
-    every Linear inside the blocks; with targets, the Linear layers whose qualified name matches (inside
-    or outside the blocks). ignore removes names. A pattern matching no Linear is an InputError."""
-    linears = [(n, m) for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
-    if not linears:
-        raise InputError(f"[torch] {type(module).__name__} has no torch.nn.Linear layer to compress")
-    for kind, pats in (("targets", targets), ("ignore", ignore)):
-        for p in pats or []:
-            if not any(matches([p], n) for n, _ in linears):
-                shown = ", ".join(n for n, _ in linears[:4])
-                raise InputError(f"[torch] {kind} pattern '{p}' matches no Linear layer (they are named like {shown})")
-    owner = {}
-    for k, (_, b) in enumerate(blocks):
-        for m in b.modules():
-            owner.setdefault(id(m), k)
-    per_block = [[] for _ in blocks]
-    outside = []
-    for n, m in linears:
-        if (targets and not matches(targets, n)) or matches(ignore, n):
-            continue
-        k = owner.get(id(m))
-        if k is not None:
-            per_block[k].append((n, m))
-        elif targets:
-            outside.append((n, m))
-    if not any(per_block) and not outside:
-        raise InputError("[torch] no Linear layer selected (check targets / ignore)")
-    return per_block, outside
-
-
 def call(module, batch):
     if isinstance(batch, dict):
         return module(**batch)
@@ -105,66 +65,109 @@ def call(module, batch):
     return module(batch)
 
 
-def _is_norm(m, width):
+def _is_norm(m):
     w = getattr(m, "weight", None)
-    return ("Norm" in type(m).__name__ and isinstance(w, torch.Tensor) and w.dim() == 1 and w.numel() == width)
+    return "Norm" in type(m).__name__ and isinstance(w, torch.Tensor) and w.dim() == 1
 
 
-def collect(module, block, linears, batches, fp64=False, find_producers=False):
-    """Runs the calibration forward until `block` is done, accumulating each of `linears`' inputs.
-    Returns {name: Hessian} and, with find_producers, the input groups of the first batch:
-    [(norm module or None, [names of the linears reading that same tensor])]."""
-    stats = {n: Hessian(m.in_features, fp64=fp64) for n, m in linears}
-    first = {"on": True}
-    seen_inputs = []   # batch 0: (input tensor, [linear names]) — references kept so ids stay unique
-    norm_outputs = []  # batch 0: (norm module, output tensor)
-    hooks = []
+def _array(t):
+    """float32 C-contiguous CPU numpy view (a copy only when the tensor is not one already)."""
+    return t.detach().float().cpu().contiguous().numpy()
 
-    def linear_hook(name, in_features):
-        def hook(mod, inp, out):
-            x = inp[0]
-            stats[name].add(x.detach().reshape(-1, in_features).float())
-            if find_producers and first["on"]:
-                for t, names in seen_inputs:
-                    if t is x:
-                        names.append(name)
-                        return
-                seen_inputs.append((x, [name]))
-        return hook
 
-    def norm_hook(mod, inp, out):
-        if first["on"] and isinstance(out, torch.Tensor):
-            norm_outputs.append((mod, out))
+class Engine:
+    """The C++ model of `module` (``self.model``, a _mcompress.TorchModuleModel) and the runner it calls
+    back. Use as a context manager: leaving it breaks the model <-> runner reference cycle."""
 
-    def stop_hook(mod, inp, out):
-        raise _StopForward()
+    def __init__(self, module, batches, blocks=None):
+        if not isinstance(module, torch.nn.Module):
+            raise InputError(f"[torch] expected a torch.nn.Module, got {type(module).__name__}")
+        self.module, self.batches = module, batches
+        self.blocks = find_blocks(module, blocks)
+        owner = {}
+        for k, (_, b) in enumerate(self.blocks):
+            for m in b.modules():
+                owner.setdefault(id(m), k)
+        layers = []
+        self.params = {}                                    # state_dict key -> parameter
+        self.block_of = {}                                  # layer name -> block index
+        self.hooked = [[] for _ in self.blocks]             # per block: (name, module, kind)
+        for name, m in module.named_modules():
+            k = owner.get(id(m), -1)
+            if isinstance(m, torch.nn.Linear):
+                kind = "linear"
+            elif isinstance(m, torch.nn.Embedding):
+                kind, k = "embedding", -1  # selectable by targets, quantized outside the blocks (RTN)
+            elif _is_norm(m) and k >= 0:
+                kind = "norm"
+            else:
+                continue
+            prefix = name + "." if name else ""
+            bias = getattr(m, "bias", None)
+            layers.append(dict(name=name, kind=kind, block=k, weight=_array(m.weight),
+                               bias=None if bias is None else _array(bias)))
+            self.params[prefix + "weight"] = m.weight
+            if bias is not None:
+                self.params[prefix + "bias"] = bias
+            self.block_of[name] = k
+            if k >= 0:
+                self.hooked[k].append((name, m, kind))
+        if not any(l["kind"] == "linear" for l in layers):
+            raise InputError(f"[torch] {type(module).__name__} has no torch.nn.Linear layer to compress")
+        self.model = _mcompress.TorchModuleModel(layers, len(self.blocks), self)
 
-    try:
-        for n, m in linears:
-            hooks.append(m.register_forward_hook(linear_hook(n, m.in_features)))
-        if find_producers:
-            widths = {m.in_features for _, m in linears}
-            for m in module.modules():
-                if any(_is_norm(m, w) for w in widths):
-                    hooks.append(m.register_forward_hook(norm_hook))
-        if block is not module:
-            hooks.append(block.register_forward_hook(stop_hook))
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.model = None
+
+    def block_name(self, layer):
+        k = self.block_of.get(layer, -1)
+        return self.blocks[k][0] if k >= 0 else None
+
+    # Called by the C++ engine.
+    def set_param(self, key, array):
+        p = self.params[key]
         with torch.no_grad():
-            for batch in batches:
+            p.copy_(torch.from_numpy(array).reshape(p.shape).to(p.dtype))
+
+    def _feed(self, name, x, arrays):
+        a = arrays.get(id(x))
+        if a is None:
+            a = arrays[id(x)] = _array(x)
+        self.model.feed(name, a, id(x))
+
+    def forward(self, k, i):
+        block = self.blocks[k][1]
+        keep, arrays, hooks = [], {}, []  # keep: tensors seen, so no id() is reused during this forward
+
+        def linear_hook(name):
+            def hook(mod, inp, out):
+                keep.append(inp[0])
+                self._feed(name, inp[0], arrays)
+            return hook
+
+        def norm_hook(name):
+            def hook(mod, inp, out):
+                if isinstance(out, torch.Tensor):
+                    keep.append(out)
+                    self.model.observe(name, id(out))
+            return hook
+
+        def stop_hook(mod, inp, out):
+            raise _StopForward()
+
+        try:
+            for name, m, kind in self.hooked[k]:
+                hooks.append(m.register_forward_hook(linear_hook(name) if kind == "linear" else norm_hook(name)))
+            if block is not self.module:
+                hooks.append(block.register_forward_hook(stop_hook))
+            with torch.no_grad():
                 try:
-                    call(module, batch)
+                    call(self.module, self.batches[i])
                 except _StopForward:
                     pass
-                first["on"] = False
-    finally:
-        for h in hooks:
-            h.remove()
-    groups = []
-    if find_producers:
-        for x, names in seen_inputs:
-            prod = next((m for m, t in norm_outputs if t is x), None)
-            groups.append((prod, names))
-    for n, s in stats.items():
-        if s.samples == 0:
-            raise InputError(f"[torch] layer {n} was not reached by the calibration forward")
-    return stats, groups
+        finally:
+            for h in hooks:
+                h.remove()

@@ -1,6 +1,7 @@
 """mcompress for torch.nn.Module: quantize or prune the nn.Linear layers of any model in place, block by
-block on calibration batches, with the library's C++ algorithms (GIL released while they run), and
-save the result as an mcompress packed checkpoint.
+block on calibration batches, with the library's C++ pipeline (the same layer selection, engine and
+passes as ``mcompress quantize`` / ``mcompress prune``; GIL released while they run), and save the
+result as an mcompress packed checkpoint.
 
     import mcompress.torch as mct
     batches = [tokens[i:i + 8] for i in range(0, 128, 8)]       # what model(batch) takes
@@ -25,20 +26,23 @@ import torch
 from . import _arrays as A
 from . import _mcompress
 from ._errors import InputError
-from ._torch_calib import collect, find_blocks, select_linears
+from ._torch_calib import Engine
 
 __all__ = ["quantize_", "prune_", "to_state_dict", "save"]
 
-_QUANT_METHODS = ("gptq", "rtn", "awq")
+# What the library's quantize_model / prune_model offer that changes only weights (smoothquant also
+# quantizes activations, which a torch module would not do).
+_QUANT_METHODS = ("gptq", "rtn", "awq", "imatrix")
 _PRUNE_METHODS = ("sparsegpt", "wanda", "magnitude")
 
 
 def _progress(progress):
+    """A callable for the engine's events, or None when nothing is shown."""
     if callable(progress):
         return progress
     if progress is True or (progress is None and sys.stdout.isatty()):
         return lambda e: print(f"[{e['index']}/{e['total']}] {e['phase']} {e['layer']}", flush=True)
-    return lambda e: None
+    return None
 
 
 def _codes_store(module):
@@ -49,193 +53,97 @@ def _codes_store(module):
     return store
 
 
-def _set_weight(lin, w):
-    with torch.no_grad():
-        lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)).to(lin.weight.dtype))
+def _batches(calib_batches, needs_calib, what):
+    if needs_calib and calib_batches is None:
+        raise InputError(f"[torch] {what} needs calibration batches")
+    batches = [] if calib_batches is None else list(calib_batches)
+    if needs_calib and not batches:
+        raise InputError(f"[torch] {what}: calib_batches is empty")
+    return batches
 
 
-def _rel_error(W, Wq, H):
-    """tr(D H Dᵀ) / tr(W H Wᵀ), D = W - Wq: the layer's relative output error on the calibration inputs."""
-    W, Wq, H = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (W, Wq, H))
-    D = W - Wq
-    den = float(((W @ H) * W).sum())
-    return float(((D @ H) * D).sum()) / den if den > 0 else 0.0
+def _patterns(p):
+    return [p] if isinstance(p, str) else list(p or [])
 
 
-def _record(store, name, q, bits, group_size, sym):
-    g_idx = None if q.plain_groups else np.asarray(q.g_idx)
-    store[name + ".weight"] = dict(codes=np.asarray(q.codes), scales=np.asarray(q.scales),
-                                   zeros=np.asarray(q.zeros), bits=int(bits), group_size=int(group_size),
-                                   sym=bool(sym), g_idx=g_idx)
-
-
-def _weight(lin):
-    return lin.weight.detach().float().cpu().numpy().copy()  # a copy: the parameter is overwritten later
-
-
-def _check_common(module, calib_batches, needs_calib, what):
-    if not isinstance(module, torch.nn.Module):
-        raise InputError(f"[torch] {what} needs a torch.nn.Module, got {type(module).__name__}")
-    if needs_calib:
-        if calib_batches is None:
-            raise InputError(f"[torch] {what} needs calibration batches")
-        calib_batches = list(calib_batches)
-        if not calib_batches:
-            raise InputError(f"[torch] {what}: calib_batches is empty")
-    return calib_batches
-
-
-def _awq_fold(module, groups, stats, linears, bits, group_size, sym):
-    """AWQ scales for each group of Linear layers reading one norm's output: s folded into the norm
-    (weight and bias / s) and the layers' columns (* s). Returns {linear name: s}."""
-    lin = dict(linears)
-    scale_of = {}
-    for norm, names in groups:
-        if norm is None:
-            continue
-        acc = stats[names[0]]
-        a = A.awq_scales([_weight(lin[n]) for n in names], acc.mean_abs, acc.H, bits=bits, group_size=group_size,
-                         sym=sym)
-        s = torch.from_numpy(np.asarray(a.scales))
-        with torch.no_grad():
-            norm.weight.div_(s.to(norm.weight.dtype))
-            if getattr(norm, "bias", None) is not None:
-                norm.bias.div_(s.to(norm.bias.dtype))
-            for n in names:
-                lin[n].weight.mul_(s.to(lin[n].weight.dtype).unsqueeze(0))
-                scale_of[n] = s.numpy()
-    return scale_of
-
-
-def _plan(module, calib_batches, needs_calib, what, group_size, blocks, targets, ignore, progress):
-    """What quantize_ and prune_ both start with: checked batches, the blocks and their Linears, the
-    progress sink, the module's code store and the number of layers."""
-    batches = _check_common(module, calib_batches, needs_calib, what)
-    blks = find_blocks(module, blocks)
-    per_block, outside = select_linears(module, blks, targets, ignore)
-    total = sum(len(ls) for ls in per_block) + len(outside)
-    return (batches, 0 if group_size is None else int(group_size), blks, per_block, outside, _progress(progress),
-            _codes_store(module), total)
+def _report(engine, result):
+    """The engine's rows as report dicts (name, method, scheme, shape, block, rel_output_error where
+    measured, note where there is one)."""
+    rows = []
+    for r in result["layers"]:
+        row = {"name": r["name"], "method": r["method"], "scheme": r["scheme"], "shape": list(r["shape"]),
+               "block": engine.block_name(r["name"])}
+        if r["rel_output_error"] is not None:
+            row["rel_output_error"] = r["rel_output_error"]
+        if r["note"]:
+            row["note"] = r["note"]
+        rows.append(row)
+    return rows
 
 
 def quantize_(module, calib_batches, method="gptq", bits=4, group_size=128, act_order=False, sym=True,
-              blocks=None, targets=None, ignore=None, progress=None, damp=0.01, fp64=False):
+              blocks=None, targets=None, ignore=None, progress=None, damp=0.01, fp64=False, scale_groups=None):
     """Quantizes the nn.Linear layers of `module` in place and returns a report (one dict per layer:
-    name, method, shape, rel_output_error on the calibration inputs where measured).
+    name, method, scheme, shape, block, rel_output_error on the calibration inputs where measured, note).
 
+    Runs the library's quantize_model (as ``mcompress quantize``): targets / ignore are its patterns
+    (fnmatch globs where "*" crosses dots, or "re:REGEX" on the whole name) matched against qualified
+    module names; without targets every Linear but the classifier (the last Linear in module order)
+    is selected. Linear layers selected outside the blocks are quantized with RTN.
     method: "gptq" (error compensation through the inverse Hessian), "awq" (activation-aware scales
-    folded into the LayerNorm/RMSNorm feeding a group of layers, then a clip search and RTN; layers not
-    fed directly by a norm get the clip search only), "rtn" (no calibration: calib_batches may be None).
-    group_size None/0: per output channel. blocks, targets, ignore: see mcompress._torch_calib
-    (Linear layers selected outside the blocks are quantized with RTN). progress: None (printed on a
-    terminal), False, True, or a callable receiving {"phase", "layer", "index", "total"}.
+    folded into the LayerNorm/RMSNorm whose output a group of layers reads, or into a Linear named in
+    ``scale_groups``, then a clip search and RTN), "imatrix", "rtn" (calib_batches may be None; given,
+    they measure each layer's error). group_size None/0: per output channel. scale_groups: {Linear
+    name: [names of the Linear layers of its block reading its outputs one to one]} for structures where
+    a per-channel scale commutes with what lies between (attention's values -> output projection,
+    SwiGLU's up -> down projection). progress: None (printed on a terminal), False, True, or a callable
+    receiving {"event", "phase", "layer", "index", "total"}.
 
     >>> report = mcompress.torch.quantize_(model, batches, method="gptq", bits=4, group_size=64)
     """
     if method not in _QUANT_METHODS:
         raise InputError(f"[torch] method '{method}' is not available (allowed: {', '.join(_QUANT_METHODS)})")
-    batches, group_size, blks, per_block, outside, emit, store, total = _plan(
-        module, calib_batches, method != "rtn", "quantize_", group_size, blocks, targets, ignore, progress)
-    report, done = [], 0
-    for (bname, block), linears in zip(blks, per_block):
-        if not linears:
-            continue
-        stats, groups = ({}, []) if method == "rtn" else collect(module, block, linears, batches, fp64=fp64,
-                                                                find_producers=method == "awq")
-        scale_of = _awq_fold(module, groups, stats, linears, bits, group_size, sym) if method == "awq" else {}
-        for name, lin in linears:
-            done += 1
-            emit({"event": "progress", "phase": "quantize", "layer": name, "index": done, "total": total})
-            W = _weight(lin)
-            row = {"name": name, "method": method, "shape": list(W.shape), "block": bname}
-            if method == "rtn":
-                q = A.rtn(W, bits=bits, group_size=group_size, sym=sym)
-            else:
-                H = stats[name].H
-                if name in scale_of:  # the layer now reads x / s
-                    s = scale_of[name]
-                    H = H / np.outer(s, s)
-                    row["note"] = "awq scales folded into the norm"
-                if method == "gptq":
-                    q = A.gptq(W, H, bits=bits, group_size=group_size, act_order=act_order, sym=sym, damp=damp)
-                else:
-                    q = A.rtn(A.awq_clip(W, H, bits=bits, group_size=group_size, sym=sym), bits=bits,
-                              group_size=group_size, sym=sym)
-                row["rel_output_error"] = _rel_error(W, q.weight, H)
-            _set_weight(lin, q.weight)
-            _record(store, name, q, bits, group_size, sym)
-            report.append(row)
-    for name, lin in outside:
-        done += 1
-        emit({"event": "progress", "phase": "quantize", "layer": name, "index": done, "total": total})
-        q = A.rtn(_weight(lin), bits=bits, group_size=group_size, sym=sym)
-        _set_weight(lin, q.weight)
-        _record(store, name, q, bits, group_size, sym)
-        report.append({"name": name, "method": "rtn", "shape": list(lin.weight.shape), "block": None,
-                       "note": "outside the blocks: plain RTN"})
+    batches = _batches(calib_batches, method != "rtn", "quantize_")
+    with Engine(module, batches, blocks) as engine:
+        for prev, readers in (scale_groups or {}).items():
+            engine.model.declare_scale_group(prev, list(readers))
+        res = _mcompress.torch_quantize(engine.model, len(batches), method, int(bits),
+                                        0 if group_size is None else int(group_size), bool(sym), bool(act_order),
+                                        float(damp), bool(fp64), _patterns(targets), _patterns(ignore),
+                                        _progress(progress))
+        report = _report(engine, res)
+    _codes_store(module).update(res["quantized"])
     return report
 
 
 def prune_(module, calib_batches, method="sparsegpt", sparsity=0.5, pattern=None, bits=None, group_size=128,
            sym=True, blocks=None, targets=None, ignore=None, progress=None, damp=0.01, fp64=False):
     """Prunes the nn.Linear layers of `module` in place (weights set to exactly 0) and returns a report
-    (one dict per layer: name, method, shape, sparsity, rel_output_error where measured).
+    (one dict per layer: name, method, scheme, shape, block, sparsity, rel_output_error where measured).
 
+    Runs the library's prune_model (as ``mcompress prune``; layer selection as :func:`quantize_`).
     method: "sparsegpt" (OBS update through the inverse Hessian), "wanda" (|W| · ‖X_j‖, per row),
     "magnitude" (|W| over the layer; no calibration). sparsity in [0, 1), or pattern "N:M" ("2:4": 2 of
     every 4 input columns zeroed in each row). bits: also quantize the survivors (sparsegpt: jointly;
-    wanda/magnitude: RTN afterwards; a zero stays zero on every grid), codes kept for save(). Linear
-    layers selected outside the blocks are pruned by magnitude.
+    wanda/magnitude: RTN afterwards; a zero stays zero on every grid), codes kept for save(). Layers
+    selected outside the blocks can only be pruned by magnitude.
 
     >>> mcompress.torch.prune_(model, batches, method="sparsegpt", pattern="2:4")
     """
     if method not in _PRUNE_METHODS:
         raise InputError(f"[torch] method '{method}' is not available (allowed: {', '.join(_PRUNE_METHODS)})")
     n, m = A._nm(0, 0, pattern)
-    if not (0 <= float(sparsity) < 1):
-        raise InputError(f"[torch] sparsity {sparsity} outside [0, 1)")
-    batches, group_size, blks, per_block, outside, emit, store, total = _plan(
-        module, calib_batches, method != "magnitude", "prune_", group_size, blocks, targets, ignore, progress)
-    report, done = [], 0
-
-    def finish(name, lin, W, p, meth, H, bname):
-        q = None
-        if bits is not None and p.codes is not None:
-            q = A.QuantizedWeight(p.weight, p.codes, p.scales, p.zeros, bits=bits, group_size=group_size, sym=sym)
-        elif bits is not None:
-            q = A.rtn(p.weight, bits=bits, group_size=group_size, sym=sym)
-        Wp = q.weight if q is not None else p.weight
-        _set_weight(lin, Wp)
-        if q is not None:
-            _record(store, name, q, bits, group_size, sym)
-        row = {"name": name, "method": meth, "shape": list(W.shape), "block": bname,
-               "sparsity": float((np.asarray(Wp) == 0).mean())}
-        if H is not None:
-            row["rel_output_error"] = _rel_error(W, Wp, H)
-        report.append(row)
-
-    for (bname, block), linears in zip(blks, per_block):
-        if not linears:
-            continue
-        stats = {} if method == "magnitude" else collect(module, block, linears, batches, fp64=fp64)[0]
-        for name, lin in linears:
-            done += 1
-            emit({"event": "progress", "phase": "prune", "layer": name, "index": done, "total": total})
-            W = _weight(lin)
-            H = stats[name].H if name in stats else None
-            if method == "sparsegpt":
-                p = A.sparsegpt(W, H, sparsity=sparsity, prune_n=n, prune_m=m, bits=bits, group_size=group_size,
-                                sym=sym, damp=damp)
-            elif method == "wanda":
-                p = A.wanda(W, sum_sq=stats[name].sum_sq, sparsity=sparsity, prune_n=n, prune_m=m)
-            else:
-                p = A.magnitude(W, sparsity=sparsity, prune_n=n, prune_m=m)
-            finish(name, lin, W, p, method, H, bname)
-    for name, lin in outside:
-        done += 1
-        emit({"event": "progress", "phase": "prune", "layer": name, "index": done, "total": total})
-        W = _weight(lin)
-        finish(name, lin, W, A.magnitude(W, sparsity=sparsity, prune_n=n, prune_m=m), "magnitude", None, None)
+    batches = _batches(calib_batches, method != "magnitude", "prune_")
+    with Engine(module, batches, blocks) as engine:
+        res = _mcompress.torch_prune(engine.model, len(batches) if method != "magnitude" else 0, method,
+                                     float(sparsity), n, m, None if bits is None else int(bits),
+                                     0 if group_size is None else int(group_size), bool(sym), float(damp),
+                                     bool(fp64), _patterns(targets), _patterns(ignore), _progress(progress))
+        report = _report(engine, res)
+        for row in report:
+            w = engine.params[row["name"] + ".weight" if row["name"] else "weight"]
+            row["sparsity"] = float((w == 0).float().mean())
+    _codes_store(module).update(res["quantized"])
     return report
 
 

@@ -8,7 +8,7 @@ def quantize_(module: Any, calib_batches: Iterable[Any], method: str = ..., bits
               group_size: Optional[int] = ..., act_order: bool = ..., sym: bool = ...,
               blocks: Optional[Sequence[Any]] = ..., targets: Optional[Sequence[str]] = ...,
               ignore: Optional[Sequence[str]] = ..., progress: Progress = ..., damp: float = ...,
-              fp64: bool = ...) -> List[Dict[str, Any]]: ...
+              fp64: bool = ..., scale_groups: Optional[Mapping[str, Sequence[str]]] = ...) -> List[Dict[str, Any]]: ...
 def prune_(module: Any, calib_batches: Iterable[Any], method: str = ..., sparsity: float = ...,
            pattern: Optional[str] = ..., bits: Optional[int] = ..., group_size: Optional[int] = ..., sym: bool = ...,
            blocks: Optional[Sequence[Any]] = ..., targets: Optional[Sequence[str]] = ...,

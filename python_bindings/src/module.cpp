@@ -7,4 +7,5 @@ PYBIND11_MODULE(_mcompress, m) {
   mcpy::register_commands(m);
   mcpy::register_checkpoints(m);
   mcpy::register_arrays(m);
+  mcpy::register_torch_engine(m);
 }

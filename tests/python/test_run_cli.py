@@ -32,14 +32,25 @@ def test_demo_recipe_writes_model_recipe_report_and_reuses_stages(mc, tiny_lm, t
     assert (out / "model.safetensors").read_bytes() == before
 
 
-def test_two_stage_recipe_and_gate_failure(mc, tiny_lm, tmp_path):
+# A gate that allows 1000% of loss: int3 GPTQ of a 2:4-pruned model stays far inside it (measured:
+# bits per byte +0.003% on the 20-step model).
+LOOSE_GATE_DROP = 10.0
+
+
+def run_recipe(mc, tiny_lm, recipe, out):
+    """Runs `recipe` with calibration and evaluation on different files (train / valid)."""
     d, model = tiny_lm
+    return mc("run", recipe, "--model", model, "--calib", d / "corpus" / "train.txt", "--eval", d / "corpus" / "valid.txt",
+              "-o", out, "-q", check=False)
+
+
+def test_two_stage_recipe_and_loose_gate_passes(mc, tiny_lm, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("""name: strict
-description: 2:4 then int3, with a gate no such model passes
+    recipe.write_text(f"""name: loose
+description: 2:4 then int3, with a gate any such model passes
 seed: 0
 stages:
-  - prune: {method: sparsegpt, pattern: "2:4", calib-samples: 8, calib-seqlen: 32}
+  - prune: {{method: sparsegpt, pattern: "2:4", calib-samples: 8, calib-seqlen: 32}}
   - quantize:
       method: gptq
       bits: 3
@@ -47,24 +58,18 @@ stages:
       keep-sparsity: true
       calib-samples: 8
       calib-seqlen: 32
-      overrides: [{match: "layers.0.*", bits: 8}]
-gate: {metric: bits per byte, max-relative-drop: 0.001}
+      overrides: [{{match: "layers.0.*", bits: 8}}]
+gate: {{metric: bits per byte, max-relative-drop: {LOOSE_GATE_DROP}}}
 """)
-    out = tmp_path / "strict"
-    p = mc("run", recipe, "--model", model, "--calib", d / "corpus" / "train.txt", "--eval", d / "corpus" / "valid.txt",
-           "-o", out, "-q", check=False)
+    out = tmp_path / "loose"
+    p = run_recipe(mc, tiny_lm, recipe, out)
+    assert p.returncode == 0, p.stderr
     rep = json.loads((out / "report.json").read_text())
-    bpb = [m for m in rep["metrics"] if m["name"] == "bits per byte"][0]
-    missed = bpb["compressed"] > bpb["baseline"] * 1.001  # a 20-step model can even improve by chance
-    assert p.returncode == (3 if missed else 0), p.stderr
-    assert rep["settings"]["accuracy gate"].startswith("FAILED: bits per byte" if missed else "PASSED: bits per byte")
-    if missed:
-        assert "accuracy gate FAILED" in p.stderr and "missed by" in rep["settings"]["accuracy gate"]
-        assert "FAILED" in (out / "report.md").read_text()
-    # A gate on a metric the run cannot measure fails too (stages are reused: only the gate is new).
+    assert rep["settings"]["accuracy gate"].startswith("PASSED: bits per byte"), rep["settings"]["accuracy gate"]
+    assert "FAILED" not in (out / "report.md").read_text()
+    # A gate on a metric the run cannot measure fails (stages are reused: only the gate is new).
     recipe.write_text(recipe.read_text().replace("metric: bits per byte", "metric: top-1 accuracy"))
-    p = mc("run", recipe, "--model", model, "--calib", d / "corpus" / "train.txt", "--eval", d / "corpus" / "valid.txt",
-           "-o", out, "-q", check=False)
+    p = run_recipe(mc, tiny_lm, recipe, out)
     assert p.returncode == 3 and "'top-1 accuracy' was not measured" in p.stderr, p.stderr
     rep = json.loads((out / "report.json").read_text())
     assert "every stage reused" in rep["settings"]["wall time"]
@@ -78,6 +83,27 @@ gate: {metric: bits per byte, max-relative-drop: 0.001}
     desc = json.loads(meta["mcompress.quantization"])["tensors"]
     assert desc["layers.1.attention.wq.weight"]["sparse"]["layout"] in ("n:m", "bitmask")  # the cheaper one
     assert desc["layers.1.attention.wq.weight"]["bits"] == 3
+
+
+def test_gate_no_model_can_pass_exits_3(mc, tiny_lm, tmp_path):
+    """99% of every matrix zeroed (the tied token table too) under a gate that allows no loss at all:
+    such a model cannot predict as well as its dense self. Measured: bits per byte 1.70 -> 2.00 (+17%;
+    int2 RTN of every matrix, the lead's first idea, costs this barely trained model only 0.6%)."""
+    recipe = tmp_path / "strict.yaml"
+    recipe.write_text("""name: strict
+description: 99% of every weight zeroed, no loss allowed
+seed: 0
+stages:
+  - prune: {method: magnitude, sparsity: 0.99, targets: ["*"]}
+gate: {metric: bits per byte, max-relative-drop: 0}
+""")
+    out = tmp_path / "strict"
+    p = run_recipe(mc, tiny_lm, recipe, out)
+    assert p.returncode == 3, p.stderr
+    gate = json.loads((out / "report.json").read_text())["settings"]["accuracy gate"]
+    assert gate.startswith("FAILED: bits per byte") and "(worse by" in gate and "missed by" in gate, gate
+    assert "accuracy gate FAILED" in p.stderr
+    assert "FAILED" in (out / "report.md").read_text()
 
 
 def test_dry_run_prints_the_plan_without_output(mc, tiny_lm, tmp_path):

@@ -133,25 +133,100 @@ TEST_CASE("prune_model: SparseGPT and Wanda beat magnitude on the layer error; j
   }
 }
 
-TEST_CASE("prune_model: global and OWL distributions keep the mean sparsity", "[prune]") {
-  mctest::TinyLlamaShape sh;
-  sh.dim = 32, sh.hidden = 64, sh.kv_heads = 2;
-  const at::Tensor calib = tokens(8, 32, 20, 10);
-  {
-    auto m = mctest::tiny_llama(11, sh);
-    PruneOptions o;
-    o.method = "magnitude", o.distribution = "global", o.sparsity = 0.6;
-    PruneResult r = prune_model(*m, at::Tensor(), o);
-    CHECK(r.sparsity == Approx(0.6).margin(0.002));
+namespace {
+
+// The 14 layers the default selection prunes in a default-shaped tiny llama (dim 16, hidden 32, one KV
+// head of 8), in execution order, with their weight counts and input widths.
+struct PrunedLayerShape {
+  const char* role;
+  int64_t numel, in;
+};
+constexpr PrunedLayerShape kBlockLayers[] = {{"attention.wq", 256, 16}, {"attention.wk", 128, 16},
+                                             {"attention.wv", 128, 16}, {"attention.wo", 256, 16},
+                                             {"feed_forward.w1", 512, 16}, {"feed_forward.w3", 512, 16},
+                                             {"feed_forward.w2", 512, 32}};
+
+int64_t zeros_of(const PruneResult& r, const std::string& layer) {
+  return r.pruned.at(layer + ".weight").weight.eq(0).sum().item<int64_t>();
+}
+
+// Replaces a weight by values with the magnitudes `mags` (flattened, any order) in a seeded random
+// arrangement with random signs.
+void set_magnitudes(Model& m, const std::string& layer, const at::Tensor& mags, uint64_t seed) {
+  const at::Tensor w = m.param(layer + ".weight");
+  auto gen = at::detail::createCPUGenerator(seed);
+  const at::Tensor perm = at::randperm(w.numel(), gen, at::kLong);
+  const at::Tensor sign = at::randint(2, {w.numel()}, gen, at::kFloat).mul_(2).sub_(1);
+  m.set_param(layer + ".weight", (mags.index_select(0, perm) * sign).reshape(w.sizes()));
+}
+
+}  // namespace
+
+TEST_CASE("prune_model: global magnitude gives the per-layer sparsities one threshold over all layers gives",
+          "[prune]") {
+  // Layer j of the 14 (execution order) holds the magnitudes j + (i + 1) / (numel + 1): all distinct,
+  // every layer's band above the previous one's. One threshold at 60% of the 4608 weights
+  // (k = floor(0.6 * 4608) = 2764 smallest) removes, in band order, all of block 0 (2304 weights: every
+  // layer 100%), then block 1's wq (256) and wk (128), then 2764 - 2304 - 384 = 76 of wv's 128, and
+  // nothing of wo, w1, w3, w2. A uniform 60% would zero floor(0.6 * numel) of every layer instead.
+  auto m = mctest::tiny_llama(11);
+  int j = 0;
+  for (int b = 0; b < 2; ++b)
+    for (const auto& l : kBlockLayers) {
+      const std::string name = "layers." + std::to_string(b) + "." + l.role;
+      at::Tensor mags = at::arange(1, l.numel + 1, at::kFloat).div_(float(l.numel + 1)).add_(float(j));
+      set_magnitudes(*m, name, mags, 100 + j++);
+    }
+  PruneOptions o;
+  o.method = "magnitude", o.distribution = "global", o.sparsity = 0.6;
+  PruneResult r = prune_model(*m, at::Tensor(), o);
+  const std::map<std::string, int64_t> want = {
+      {"layers.0.attention.wq", 256},    {"layers.0.attention.wk", 128},    {"layers.0.attention.wv", 128},
+      {"layers.0.attention.wo", 256},    {"layers.0.feed_forward.w1", 512}, {"layers.0.feed_forward.w3", 512},
+      {"layers.0.feed_forward.w2", 512}, {"layers.1.attention.wq", 256},    {"layers.1.attention.wk", 128},
+      {"layers.1.attention.wv", 76},     {"layers.1.attention.wo", 0},      {"layers.1.feed_forward.w1", 0},
+      {"layers.1.feed_forward.w3", 0},   {"layers.1.feed_forward.w2", 0}};
+  REQUIRE(r.pruned.size() == want.size());
+  for (const auto& [layer, zeros] : want) {
+    CAPTURE(layer);
+    CHECK(zeros_of(r, layer) == zeros);
   }
-  {
-    auto m = mctest::tiny_llama(12, sh);
-    PruneOptions o;
-    o.method = "wanda", o.distribution = "owl", o.owl_lambda = 0.1;
-    PruneResult r = prune_model(*m, calib, o);
-    CHECK(r.sparsity == Approx(0.5).margin(0.02));
-    CHECK(r.settings.count("owl"));
-  }
+  CHECK(r.sparsity == Approx(2764.0 / 4608.0).epsilon(1e-12));
+}
+
+TEST_CASE("prune_model: OWL keeps more weights in the block with more outliers, by the spread by hand",
+          "[prune]") {
+  // Block 0: every weight magnitude 1 except every 10th, 100: a layer's mean Wanda score is about
+  // 10.9x a plain one (0.9 + 0.1 * 100), so the scores above 5x the mean are (about) those 10%.
+  // Block 1: every magnitude 1, a score is its input channel's norm, above 5x the layer mean only for
+  // a channel 5x louder than the average one: (almost) no outliers. Only the order of the two blocks'
+  // outlier shares matters: with two blocks OWL's normalised ratios are 2*lambda for the one with more
+  // and 0 for the other, mean lambda: sparsities 0.5 - lambda = 0.4 (block 0) and 0.5 + lambda = 0.6.
+  // Wanda zeroes floor(s * in) of every row: 6 of 16 and 12 of 32 inputs in block 0, 9 of 16 and 19
+  // of 32 in block 1 (uniform 0.5: 8 and 16 everywhere).
+  auto m = mctest::tiny_llama(12);
+  int j = 0;
+  for (int b = 0; b < 2; ++b)
+    for (const auto& l : kBlockLayers) {
+      at::Tensor mags = at::ones({l.numel});
+      if (b == 0) mags.slice(0, 0, l.numel, 10).fill_(100.0f);
+      set_magnitudes(*m, "layers." + std::to_string(b) + "." + l.role, mags, 200 + j++);
+    }
+  PruneOptions o;
+  o.method = "wanda", o.distribution = "owl", o.owl_lambda = 0.1, o.owl_threshold = 5.0;
+  PruneResult r = prune_model(*m, tokens(8, 32, 20, 10), o);
+  int64_t total_zeros = 0;
+  for (int b = 0; b < 2; ++b)
+    for (const auto& l : kBlockLayers) {
+      const std::string name = "layers." + std::to_string(b) + "." + l.role;
+      const int64_t per_row = b == 0 ? (l.in == 16 ? 6 : 12) : (l.in == 16 ? 9 : 19);
+      CAPTURE(name);
+      CHECK(zeros_of(r, name) == l.numel / l.in * per_row);
+      total_zeros += l.numel / l.in * per_row;
+    }
+  CHECK(total_zeros == 864 + 1312);
+  CHECK(r.sparsity == Approx(double(total_zeros) / 4608.0).epsilon(1e-12));
+  CHECK(r.settings.at("owl").find("block sparsities 0.400, 0.600") != std::string::npos);
 }
 
 TEST_CASE("prune_model: bad options are one clear error", "[prune][errors]") {
