@@ -17,12 +17,13 @@ def test_demo_recipe_writes_model_recipe_report_and_reuses_stages(mc, tiny_lm, t
     args = ["run", os.path.join(RECIPES, "demo.yaml"), "--model", model, "--eval", d / "corpus" / "valid.txt",
             "-o", out, "-q"]
     p = mc(*args, check=False)
-    assert p.returncode in (0, 3), p.stderr
+    # The demo gate allows a 10% loss; int4 g32 RTN costs this barely trained model far less (int2 RTN of
+    # every matrix costs it 0.6%), so the gate passes.
+    assert p.returncode == 0, p.stderr
     rep = json.loads((out / "report.json").read_text())
     assert (out / "recipe.yaml").read_text() == open(os.path.join(RECIPES, "demo.yaml")).read()
     assert (out / "model.safetensors").read_bytes() == (out / "stages" / "1-quantize" / "model.safetensors").read_bytes()
-    gate = rep["settings"]["accuracy gate"]
-    assert gate.startswith("PASSED" if p.returncode == 0 else "FAILED")
+    assert rep["settings"]["accuracy gate"].startswith("PASSED: bits per byte")
     t, meta = read_safetensors(out / "model.safetensors")
     assert json.loads(meta["mcompress.quantization"])["tensors"]  # packed
     before = (out / "model.safetensors").read_bytes()
@@ -109,7 +110,10 @@ gate: {metric: bits per byte, max-relative-drop: 0}
 def test_dry_run_prints_the_plan_without_output(mc, tiny_lm, tmp_path):
     d, model = tiny_lm
     p = mc("run", os.path.join(RECIPES, "sparse-2of4-w4.yaml"), "--model", model, "--dry-run", "-o", tmp_path / "x")
-    assert "pruned 2:4 sparsegpt; int4 g32 gptq" in p.stdout
+    # one row per layer across the stages, the final bits: 2 of 4 kept as int4 g32 codes + 2-bit positions
+    row = [l for l in p.stdout.splitlines() if l.strip().startswith("layers.0.attention.wq ")][0]
+    assert "sparsegpt 2:4, sparse storage; gptq int4 sym g32" in row, row
+    assert row.split()[3] == "%.2f" % (0.5 * (4 + 16 / 32) + 0.5 * 2), row
     assert "estimated size" in p.stdout
     assert not (tmp_path / "x").exists()
 

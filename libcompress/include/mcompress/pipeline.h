@@ -38,6 +38,8 @@ void check_stage(const StageOptions& options);
 // The plan of a quantize or prune stage on a loaded model: which layer gets which method, grid or
 // sparsity, and the estimated stored bits, from the same selection code the stage runs.
 std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_path, const StageOptions& options);
+// One row per layer across a recipe's stages (what each stage does, the bits after the last).
+std::vector<PlanRow> combine_plans(const std::vector<std::vector<PlanRow>>& stages);
 // Prints a plan as a table with the estimated size of the model after the stage.
 void print_plan(const std::vector<PlanRow>& plan, uint64_t model_bytes_before, const EventSink& events);
 

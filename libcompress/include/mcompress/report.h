@@ -40,6 +40,8 @@ struct PlanRow {
   int64_t params = 0;
   double bits_before = 32;              // stored bits per weight in the input
   double bits_after = 32;               // estimated stored bits per weight after (codes, scales, masks)
+  double keep = 1;                      // pruning: the fraction of weights stored
+  double index_bits = 0;                // pruning, sparse storage: mask or positions per weight
 };
 
 struct StepRow {

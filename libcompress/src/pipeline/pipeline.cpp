@@ -159,6 +159,7 @@ JobResult run_recipe(const Recipe& recipe, const PipelineInputs& in, const Event
     LoadOptions lo;
     lo.arch_file = in.arch, lo.device = in.device.empty() ? "cpu" : in.device;
     std::unique_ptr<Model> model;
+    std::vector<std::vector<PlanRow>> plans;
     for (size_t i = 0; i < recipe.stages.size(); ++i) {
       events.print("  " + std::to_string(i + 1) + ". " + recipe.stages[i].describe());
       if (recipe.stages[i].pass == "distill") {
@@ -171,9 +172,12 @@ JobResult run_recipe(const Recipe& recipe, const PipelineInputs& in, const Event
       }
       if (!model) model = load_model(in.model, lo);
       // Later stages are planned on the input's layers: a pruned or quantized model keeps its layers.
-      auto plan = plan_stage(*model, in.model, checked[i]);
-      print_plan(plan, model_bytes(in.model), events);
-      r.report.plan.insert(r.report.plan.end(), plan.begin(), plan.end());
+      plans.push_back(plan_stage(*model, in.model, checked[i]));
+    }
+    r.report.plan = combine_plans(plans);
+    if (!r.report.plan.empty()) {
+      events.print("");
+      print_plan(r.report.plan, model_bytes(in.model), events);
     }
     return r;
   }

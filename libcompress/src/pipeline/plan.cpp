@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -108,14 +109,35 @@ std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_pat
                  (o.prune_m || o.distribution == "uniform" ? "" : " on average (" + o.distribution + ")") +
                  (o.quant ? " + " + o.quant->describe() : "") + ", " + st.storage + " storage";
       const double value_bits = o.quant ? grid_bits(*o.quant, in_f) : st.storage == "sparse" ? 16.0 : row.bits_before;
-      if (st.storage == "sparse") row.bits_after = keep * value_bits + (o.prune_m ? keep * 2.0 : 1.0);
-      else row.bits_after = value_bits;
+      row.keep = st.storage == "sparse" ? keep : 1.0;
+      row.index_bits = st.storage == "sparse" ? (o.prune_m ? keep * 2.0 : 1.0) : 0.0;
+      row.bits_after = row.keep * value_bits + row.index_bits;
       plan.push_back(row);
     }
   } else {
     fail("pipeline", so.where(), ": no per-layer plan for a ", so.pass(), " stage");
   }
   return plan;
+}
+
+std::vector<PlanRow> combine_plans(const std::vector<std::vector<PlanRow>>& stages) {
+  std::vector<PlanRow> out;
+  std::map<std::string, size_t> at;
+  for (const auto& plan : stages)
+    for (const auto& r : plan) {
+      auto it = at.find(r.name);
+      if (it == at.end()) {
+        at[r.name] = out.size();
+        out.push_back(r);
+        continue;
+      }
+      PlanRow& c = out[it->second];
+      c.what += "; " + r.what;
+      // A later stage on a sparse layer stores the kept values on its grid, with the same mask.
+      c.bits_after = c.keep * r.bits_after + c.index_bits;
+      c.keep *= r.keep;
+    }
+  return out;
 }
 
 void print_plan(const std::vector<PlanRow>& plan, uint64_t before, const EventSink& events) {
