@@ -15,6 +15,7 @@
 #include "mcompress/quant/hessian.h"
 #include "mcompress/quant/imatrix.h"
 #include "mcompress/quant/packed.h"
+#include "mcompress/quant/smoothquant.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/torch_bridge.h"
 #include "calib_problem.h"
@@ -340,4 +341,19 @@ TEST_CASE("quantize_model: bad input gets a clear error, never a NaN model", "[p
     CHECK(!r.warnings.empty());
     for (const auto& [k, q] : r.quantized) CHECK(at::isfinite(m->param(k)).all().item<bool>());
   }
+}
+
+TEST_CASE("smoothquant_scales: max|X|^a / max|W|^(1-a) over the group's weights, by hand", "[ptq][w8a8]") {
+  const at::Tensor xmax = at::tensor({4.0f, 0.0f, 1.0f, 9.0f});
+  const std::vector<at::Tensor> ws = {at::tensor({1.0f, 2.0f, 0.5f, 1.0f}).reshape({1, 4}),
+                                      at::tensor({-2.0f, 1.0f, -0.25f, 0.0f}).reshape({1, 4})};
+  // max|W| per column: 2, 2, 0.5, 1.
+  const at::Tensor s = smoothquant_scales(xmax, ws, 0.5);
+  CHECK(s[0].item<double>() == Approx(2.0 / std::sqrt(2.0)));
+  CHECK(s[1].item<double>() == 1.0);  // never saw input
+  CHECK(s[2].item<double>() == Approx(1.0 / std::sqrt(0.5)));
+  CHECK(s[3].item<double>() == Approx(3.0));
+  CHECK(smoothquant_scales(xmax, ws, 1.0)[3].item<double>() == Approx(9.0));   // all on the activations
+  CHECK(smoothquant_scales(xmax, ws, 0.0)[2].item<double>() == Approx(2.0));   // 1 / max|W|
+  CHECK_FALSE(smoothquant_scales(at::zeros({4}), ws, 0.5).defined());          // nothing to smooth
 }

@@ -1,7 +1,7 @@
-// Post-training quantization of a whole model: layer selection, the calibrated methods on the
-// layer-sequential engine (calib.h), mixed precision, and what the report needs. The CLI's
-// `mcompress quantize` and the Python bindings call quantize_model; the packed file is written by the
-// caller from PtqResult::quantized (quant/packed.h).
+// Post-training quantization of a whole model: layer selection, the calibrated methods (methods.h) on
+// the block-sequential driver (block_driver.h), mixed precision (quant/mixed_precision.h), and what the
+// report needs. The CLI's `mcompress quantize` and the Python bindings call quantize_model; the packed
+// file is written by the caller from PtqResult::quantized (quant/packed.h).
 //
 // Methods (all quantize the selected layers' weights to QuantSpec's grid, fp16 scales):
 //   rtn          round to nearest (rtn.h); calibration data only measures per-layer errors
@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "mcompress/quant/mixed_precision.h"  // allocate_bits
 #include "mcompress/quant/rtn.h"
 #include "mcompress/report.h"
 
@@ -110,12 +111,5 @@ bool matches_any(const std::vector<std::string>& patterns, const std::string& na
 // input quantization) and returns the codes. calib: the calibration set as the model's forward takes it
 // (undefined: only rtn without per-layer errors). Throws InputError for bad options or data.
 PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions& o);
-
-// Exact allocation for mixed precision (exposed for tests): errors[l][c] is layer l's predicted error at
-// bits[c] (bits ascending), params[l] its weight count. Returns the chosen index per layer minimising
-// Σ errors subject to Σ params·bits <= target_bpw · Σ params. Throws InputError when even the
-// smallest bits exceed the budget.
-std::vector<int> allocate_bits(const std::vector<std::vector<double>>& errors, const std::vector<int64_t>& params,
-                               const std::vector<int>& bits, double target_bpw);
 
 }  // namespace mc
