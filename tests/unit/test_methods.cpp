@@ -29,6 +29,7 @@ TEST_CASE("method table: names, kinds, labels and the functions that run each me
     CHECK(std::string(m.report_label).size() > 0);
     CHECK((m.quantize_layer != nullptr) == (m.kind == MethodKind::Quantize));
     CHECK((m.prune_layer != nullptr) == (m.kind == MethodKind::Prune));
+    CHECK((m.group_scales != nullptr) == (m.without_scales != nullptr));
   }
   // The labels report titles have always used.
   CHECK(std::string(find_method(MethodKind::Quantize, "gptq")->report_label) == "GPTQ");

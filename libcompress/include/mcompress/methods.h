@@ -62,6 +62,8 @@ using PruneLayerFn = LayerOutcome (*)(const LayerInputs& layer, double sparsity,
 using GroupScalesFn = at::Tensor (*)(const ScaleGroupInputs& group, const PtqOptions& o, std::string& note);
 // Method-specific option checks (InputError naming the option and what is allowed).
 using QuantizeCheckFn = void (*)(const PtqOptions& o);
+// What runs on a layer the scales of a group_scales method skip (report rows): "rtn", "rtn+clip".
+using UnscaledLabelFn = const char* (*)(const PtqOptions& o);
 
 struct MethodInfo {
   const char* name;              // as given on the command line / in recipes: "gptq"
@@ -73,6 +75,7 @@ struct MethodInfo {
   QuantizeLayerFn quantize_layer = nullptr;
   GroupScalesFn group_scales = nullptr;  // set: the method folds per-channel scales into each scale group
   bool scales_after_norm_only = false;   // group_scales only where the previous op is a norm
+  UnscaledLabelFn without_scales = nullptr;  // with group_scales
   bool quantizes_activations = false;    // W8A8: every quantized linear's input is quantized per token
   bool true_sequential = true;           // supports --true-sequential (false: one statistics pass per block)
   bool mixed_precision = true;           // supports --target-bpw

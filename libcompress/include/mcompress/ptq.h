@@ -18,6 +18,9 @@
 //                before each group, weights RTN (int8 per channel by default), every quantized linear's
 //                input quantized per token (int8, dynamic, symmetric) — simulated in float or run as
 //                a real int8 x int8 -> int32 matmul on CPU (model.h, int8_gemm.h)
+// AWQ / SmoothQuant scale a group only when all of its layers are selected (and SmoothQuant only after a
+// norm); the layers of a skipped group are reported as what ran on them ("rtn+clip", "rtn") with the
+// reason in their note and a warning naming the group.
 // Mixed precision (target_bpw > 0): a sensitivity scan runs the method at every candidate bit width
 // on each layer (output error tr(D H Dᵀ) on calibration data, model unchanged), an exact
 // multiple-choice knapsack picks the bits per layer with the least total predicted error whose

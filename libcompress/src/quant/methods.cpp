@@ -18,8 +18,9 @@ MethodInfo quantize(const char* name, bool calib, const char* description, const
 
 // A method that folds per-channel scales into each scale group before its per-layer step (one
 // statistics pass per block: no true-sequential order).
-MethodInfo with_group_scales(MethodInfo m, GroupScalesFn scales) {
+MethodInfo with_group_scales(MethodInfo m, GroupScalesFn scales, UnscaledLabelFn without) {
   m.group_scales = scales;
+  m.without_scales = without;
   m.true_sequential = false;
   return m;
 }
@@ -44,11 +45,11 @@ std::vector<MethodInfo> make_table() {
   t.push_back(gptq);
   t.push_back(with_group_scales(quantize("awq", true, "activation-aware per-channel scales folded into the previous "
                                          "op, then clip search and RTN (Lin et al., 2023)", "AWQ", awq_layer),
-                                awq_group_scales));
+                                awq_group_scales, awq_without_scales));
   MethodInfo sq = with_group_scales(quantize("smoothquant", true, "W8A8: outliers moved from activations into weights "
                                              "at each norm, per-token int8 inputs (Xiao et al., 2023)", "SmoothQuant",
                                              rtn_layer),
-                                    smoothquant_group_scales);
+                                    smoothquant_group_scales, smoothquant_without_scales);
   sq.scales_after_norm_only = true;
   sq.quantizes_activations = true;
   sq.mixed_precision = false;

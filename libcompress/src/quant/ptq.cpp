@@ -62,10 +62,17 @@ at::Tensor scaled_hessian(const at::Tensor& H, const at::Tensor& s) {
   return H.div(s.unsqueeze(0)).div_(s.unsqueeze(1));
 }
 
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
 // A block's scale groups after the method's group_scales (AWQ, SmoothQuant) ran on them.
 struct BlockScales {
   std::map<std::string, at::Tensor> scale_in;  // layer -> s it now reads x / s with
   std::map<std::string, std::string> note;     // layer -> the group's note ("awq alpha 0.35")
+  std::map<std::string, std::string> skipped;  // layer -> why its group got no scales
 };
 
 class Runner {
@@ -80,7 +87,7 @@ class Runner {
   // layer's output error is appended (the model keeps the codes, the caller restores it), nothing reported.
   void block(int k, const std::vector<const LayerInfo*>& layers, const BlockStats& stats,
              std::vector<double>* errors = nullptr) {
-    const BlockScales sc = method_.group_scales ? fold_scales(k, layers, stats) : BlockScales{};
+    const BlockScales sc = method_.group_scales ? fold_scales(k, layers, stats, !errors) : BlockScales{};
     for (const LayerInfo* l : layers) {
       if (o_.progress) o_.progress(errors ? "scan" : "quantize", *l, ++done, total);
       const HessianAccumulator& st = *stats.at(l->name);
@@ -90,23 +97,30 @@ class Runner {
       const at::Tensor w_full = m_.param(l->weight);
       const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
       const QuantSpec& sp = spec_of.at(l->name);
-      LayerOutcome z = quantize_layer({l->name, W, &st, H}, sp);
+      bool plain_rtn = false;
+      LayerOutcome z = quantize_layer({l->name, W, &st, H}, sp, plain_rtn);
       const double err = output_error(W - z.weight, H);
       if (errors) {
         errors->push_back(err);
         m_.set_param(l->weight, z.weight.reshape(w_full.sizes()));
         continue;
       }
+      // The row says what ran: the method, or what replaced it (inputs all zero, scales skipped).
+      std::string ran = method_.name;
       std::string note = z.note;
-      if (sc.note.count(l->name)) note += (note.empty() ? "" : "; ") + sc.note.at(l->name);
-      std::string scheme = method_.name + (" " + sp.describe());
-      if (method_.quantizes_activations) scheme += ", a" + std::to_string(o_.act_bits) + " per-token";
+      auto add_note = [&](const std::string& n) { note += (note.empty() ? "" : "; ") + n; };
+      if (sc.note.count(l->name)) add_note(sc.note.at(l->name));
+      if (sc.skipped.count(l->name)) ran = method_.without_scales(o_), add_note(sc.skipped.at(l->name));
+      if (plain_rtn) ran = "rtn";
+      const bool w8a8 = method_.quantizes_activations && l->kind == LayerKind::Linear;
+      std::string scheme = ran + " " + sp.describe();
+      if (w8a8) scheme += ", a" + std::to_string(o_.act_bits) + " per-token";
       LayerRow row = layer_row(*l, w_full, scheme, note);
       row.rel_output_error = relative_output_error(err, W, H);
       r_.layers.push_back(row);
       for (auto& w : z.warnings) r_.warnings.push_back(std::move(w));
       store(*l, w_full, std::move(*z.quant), z.weight);
-      if (method_.quantizes_activations && l->kind == LayerKind::Linear) {
+      if (w8a8) {
         use_w8a8(m_, l->name, r_.quantized.at(l->weight), o_.act_bits);
         r_.act_bits[l->name] = o_.act_bits;
       }
@@ -136,7 +150,7 @@ class Runner {
     r_.quantized.emplace(l.weight, std::move(q));
   }
 
-  LayerOutcome quantize_layer(const LayerInputs& in, const QuantSpec& sp) {
+  LayerOutcome quantize_layer(const LayerInputs& in, const QuantSpec& sp, bool& plain_rtn) {
     const double hmax = in.H.diagonal().max().item<double>();
     if (!(hmax > 0)) {
       // Reached, but every input was zero: nothing to calibrate on.
@@ -145,6 +159,7 @@ class Runner {
       z.weight = z.quant->dequantize();
       z.note = "inputs all zero: plain RTN";
       z.warnings.push_back(in.name + ": its calibration inputs are all zero; quantized with plain RTN");
+      plain_rtn = true;
       return z;
     }
     return method_.quantize_layer(in, sp, o_);
@@ -152,19 +167,39 @@ class Runner {
 
   // Runs the method's group_scales on every scale group of block k whose layers are all in `layers` and
   // folds the scales into the model. A group only partly selected (scales would change the unselected
-  // layers' inputs too), or not after a norm where the method needs one, gets none.
-  BlockScales fold_scales(int k, const std::vector<const LayerInfo*>& layers, const BlockStats& stats) {
+  // layers' inputs too), or not after a norm where the method needs one, gets none; nor does a layer in
+  // no scale group (classifier models have none): those layers are marked skipped, with a warning when
+  // `report`.
+  BlockScales fold_scales(int k, const std::vector<const LayerInfo*>& layers, const BlockStats& stats, bool report) {
     std::set<std::string> in_block;
     for (const LayerInfo* l : layers) in_block.insert(l->name);
     BlockScales sc;
+    // Layers `names` of `what` get no scales: why, for the warning, and row_why, for their rows.
+    auto skip = [&](const std::vector<std::string>& names, const std::string& what, const std::string& why,
+                    const std::string& row_why) {
+      const std::string skipped = std::string(method_.name) + " scales skipped";
+      for (const auto& n : names) sc.skipped[n] = skipped + ": " + row_why;
+      if (report)
+        r_.warnings.push_back(skipped + " for " + what + ": " + why + "; quantized with " + method_.without_scales(o_));
+    };
     std::vector<std::pair<ScaleGroup, at::Tensor>> folds;
+    std::set<std::string> grouped;
     for (const ScaleGroup& g : m_.scale_groups(k)) {
       std::vector<const LayerInfo*> consumers;
       std::vector<std::string> names;
       for (const auto& name : g.layers)
-        if (in_block.count(name)) consumers.push_back(&m_.layer(name)), names.push_back(name);
-      if (consumers.empty() || consumers.size() != g.layers.size()) continue;  // all or nothing
-      if (method_.scales_after_norm_only && !g.prev_is_norm) continue;
+        if (in_block.count(name)) consumers.push_back(&m_.layer(name)), names.push_back(name), grouped.insert(name);
+      if (consumers.empty()) continue;
+      if (consumers.size() != g.layers.size()) {  // all or nothing
+        skip(names, "the group " + join(g.layers), "only " + join(names) + " is selected",
+             "only " + join(names) + " of the group " + join(g.layers) + " is selected");
+        continue;
+      }
+      if (method_.scales_after_norm_only && !g.prev_is_norm) {
+        const std::string why = "its input comes from " + g.prev + ", not a norm";
+        skip(names, "the group " + join(g.layers), why, why);
+        continue;
+      }
       std::vector<at::Tensor> weights;
       std::vector<QuantSpec> specs;
       for (const LayerInfo* c : consumers) weights.push_back(m_.param(c->weight)), specs.push_back(spec_of.at(c->name));
@@ -176,6 +211,11 @@ class Runner {
       for (const LayerInfo* c : consumers) sc.scale_in[c->name] = g.expand(s), sc.note[c->name] = note;
     }
     for (const auto& [g, s] : folds) m_.apply_scale_group(g, s);
+    for (const LayerInfo* l : layers)
+      if (!grouped.count(l->name)) {
+        const std::string why = "the model has no op before it to fold scales into";
+        skip({l->name}, l->name, why, why);
+      }
     return sc;
   }
 

@@ -90,6 +90,10 @@ at::Tensor smoothquant_group_scales(const ScaleGroupInputs& in, const PtqOptions
   return s;
 }
 
+const char* awq_without_scales(const PtqOptions& o) { return o.awq_clip ? "rtn+clip" : "rtn"; }
+
+const char* smoothquant_without_scales(const PtqOptions&) { return "rtn"; }
+
 void check_gptq_options(const PtqOptions& o) {
   if (o.keep_sparsity && o.act_order) fail(kComp, "--keep-sparsity with gptq does not support --act-order");
 }

@@ -15,6 +15,10 @@ LayerOutcome awq_layer(const LayerInputs& in, const QuantSpec& spec, const PtqOp
 at::Tensor awq_group_scales(const ScaleGroupInputs& g, const PtqOptions& o, std::string& note);
 at::Tensor smoothquant_group_scales(const ScaleGroupInputs& g, const PtqOptions& o, std::string& note);
 
+// What AWQ / SmoothQuant run on a layer their scales skip.
+const char* awq_without_scales(const PtqOptions& o);
+const char* smoothquant_without_scales(const PtqOptions& o);
+
 void check_gptq_options(const PtqOptions& o);
 void check_smoothquant_options(const PtqOptions& o);
 
