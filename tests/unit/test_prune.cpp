@@ -9,7 +9,10 @@
 
 #include "mcompress/error.h"
 #include "mcompress/model.h"
+#include "mcompress/prune/magnitude.h"
+#include "mcompress/prune/owl.h"
 #include "mcompress/prune/prune.h"
+#include "mcompress/prune/wanda.h"
 #include "calib_problem.h"
 #include "test_utils.h"
 #include "tiny_llama.h"
@@ -245,4 +248,35 @@ TEST_CASE("prune_model: bad options are one clear error", "[prune][errors]") {
   CHECK_THROWS_WITH(prune_model(*m, at::Tensor(), o), Catch::Contains("needs calibration data"));
   o.method = "sparsegpt", o.distribution = "global";
   CHECK_THROWS_WITH(prune_model(*m, tokens(2, 8, 20, 1), o), Catch::Contains("magnitude only"));
+}
+
+TEST_CASE("magnitude, Wanda and OWL pieces against values computed by hand", "[prune]") {
+  // Values compared with == (a pruned negative weight is -0).
+  auto same = [](const at::Tensor& a, const std::vector<float>& b) {
+    return a.eq(at::tensor(b).reshape(a.sizes())).all().item<bool>();
+  };
+  const at::Tensor W = at::tensor({1.0f, -4.0f, 2.0f, -3.0f, 0.5f, 6.0f, -0.25f, 5.0f}).reshape({2, 4});
+  // Wanda: |W| * sqrt(Σx²): column scales 1, 0.1, 2, 1.
+  const at::Tensor ssq = at::tensor({1.0, 0.01, 4.0, 1.0}, at::kDouble);
+  // scores: row 0: 1, 0.4, 4, 3; row 1: 0.5, 0.6, 0.5, 5 -> half per row dropped (ties: lower column).
+  CHECK(same(wanda_prune(W, ssq, 0.5, 0, 0), {0, 0, 2, -3, 0, 6, 0, 5}));
+  // 1:2 per row: the smaller score of each pair.
+  CHECK(same(wanda_prune(W, ssq, 0, 1, 2), {1, 0, 2, 0, 0, 6, 0, 5}));
+  // Magnitude over the layer: the 3 smallest |w| of 8 (0.25, 0.5, 1).
+  CHECK(same(magnitude_prune(W, 0.375, 0, 0), {0, -4, 2, -3, 0, 6, 0, 5}));
+  // Global: |w| of both weights together; 4 of 10 at or below the threshold 1.
+  const std::vector<double> g = global_magnitude_sparsities({W, at::tensor({10.0f, 0.1f}).reshape({1, 2})}, 0.4);
+  CHECK(g == std::vector<double>{3.0 / 8, 1.0 / 2});
+  // OWL: outliers above 2x the mean score (mean of row scores 1, .4, 4, 3, .5, .6, .5, 5 = 1.875): 4, 5.
+  const OutlierCount c = owl_outliers(W, ssq, 2.0);
+  CHECK(c.above == 2);
+  CHECK(c.count == 8);
+  // Ratios 0.1, 0.3, 0.2 -> scaled to 0, 2λ, λ (mean λ) -> sparsity + λ, - λ, 0.
+  const std::vector<double> sp = owl_sparsities({0.1, 0.3, 0.2}, 0.5, 0.08);
+  REQUIRE(sp.size() == 3);
+  CHECK(sp[0] == Approx(0.58));
+  CHECK(sp[1] == Approx(0.42));
+  CHECK(sp[2] == Approx(0.5));
+  CHECK(owl_sparsities({0.2, 0.2}, 0.5, 0.08) == std::vector<double>{0.5, 0.5});
+  CHECK(owl_sparsities({0.0, 1.0}, 0.95, 0.1)[0] == 0.99);  // clamped
 }

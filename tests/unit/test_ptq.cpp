@@ -11,10 +11,12 @@
 #include "mcompress/calib.h"
 #include "mcompress/error.h"
 #include "mcompress/model.h"
+#include "mcompress/models/classifier.h"
 #include "mcompress/ptq.h"
 #include "mcompress/quant/hessian.h"
 #include "mcompress/quant/imatrix.h"
 #include "mcompress/quant/packed.h"
+#include "mcompress/quant/smoothquant.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/torch_bridge.h"
 #include "calib_problem.h"
@@ -337,7 +339,118 @@ TEST_CASE("quantize_model: bad input gets a clear error, never a NaN model", "[p
     PtqResult r = quantize_model(*m, calib, o);
     REQUIRE(r.layers.size() == 3);
     CHECK(r.layers[0].note.find("inputs all zero") != std::string::npos);
+    CHECK(r.layers[0].scheme.rfind("rtn ", 0) == 0);  // what ran, not "gptq"
     CHECK(!r.warnings.empty());
     for (const auto& [k, q] : r.quantized) CHECK(at::isfinite(m->param(k)).all().item<bool>());
   }
+}
+
+TEST_CASE("AWQ / SmoothQuant: a skipped scale group is reported as what ran, with a warning naming it",
+          "[ptq][awq][labels]") {
+  mctest::TinyLlamaShape s;
+  s.kv_heads = 2, s.dim = 32, s.hidden = 64;
+  const at::Tensor calib = tokens(8, 32, 20, 14);
+  const std::string qkv = "layers.0.attention.wq, layers.0.attention.wk, layers.0.attention.wv";
+  auto skipped_warnings = [](const PtqResult& r) {
+    std::vector<std::string> v;
+    for (const auto& w : r.warnings)
+      if (w.find("scales skipped") != std::string::npos) v.push_back(w);
+    return v;
+  };
+  {
+    // wq without wk, wv: scaling the norm would change k and v too, so the group gets no scales.
+    auto m = mctest::tiny_llama(15, s);
+    const at::Tensor norm = m->param("layers.0.attention_norm.weight").clone();
+    PtqOptions o;
+    o.method = "awq";
+    o.spec.bits = 4, o.spec.group_size = 16;
+    o.targets = {"layers.0.attention.wq", "layers.0.attention.wo"};
+    PtqResult r = quantize_model(*m, calib, o);
+    REQUIRE(r.layers.size() == 2);
+    CHECK(r.layers[0].scheme == "rtn+clip int4 sym g16");
+    CHECK(r.layers[0].note == "awq scales skipped: only layers.0.attention.wq of the group " + qkv + " is selected");
+    CHECK(m->param("layers.0.attention_norm.weight").equal(norm));
+    // wo is its group (v -> o) on its own: scaled.
+    CHECK(r.layers[1].scheme == "awq int4 sym g16");
+    CHECK(r.layers[1].note.find("awq alpha") == 0);
+    const auto w = skipped_warnings(r);
+    REQUIRE(w.size() == 1);
+    CHECK(w[0] == "awq scales skipped for the group " + qkv + ": only layers.0.attention.wq is selected; quantized "
+                  "with rtn+clip");
+    // Without the clip search what ran is plain RTN, and the codes are RTN's.
+    auto m2 = mctest::tiny_llama(15, s);
+    o.awq_clip = false;
+    o.targets = {"layers.0.attention.wq"};
+    PtqResult r2 = quantize_model(*m2, calib, o);
+    REQUIRE(r2.layers.size() == 1);
+    CHECK(r2.layers[0].scheme == "rtn int4 sym g16");
+    const at::Tensor w0 = mctest::tiny_llama(15, s)->param("layers.0.attention.wq.weight");
+    CHECK(r2.quantized.at("layers.0.attention.wq.weight").codes.equal(rtn_quantize(w0, o.spec).codes));
+  }
+  {
+    // SmoothQuant smooths only after a norm: o (after v) and down (after up) are W8A8 without scales.
+    auto m = mctest::tiny_llama(16, s);
+    PtqOptions o;
+    o.method = "smoothquant";
+    o.spec.bits = 8, o.spec.group_size = 0;
+    PtqResult r = quantize_model(*m, calib, o);
+    REQUIRE(r.layers.size() == 14);
+    for (const auto& row : r.layers) {
+      CAPTURE(row.name);
+      const bool after_norm = row.name.find("wo") == std::string::npos && row.name.find("w2") == std::string::npos;
+      CHECK(row.scheme == std::string(after_norm ? "smoothquant" : "rtn") + " int8 sym per-channel, a8 per-token");
+      CHECK((row.note.find("smoothed, alpha 0.50") != std::string::npos) == after_norm);
+      if (!after_norm) CHECK(row.note.find("smoothquant scales skipped: its input comes from layers.") == 0);
+    }
+    CHECK(r.act_bits.size() == 14);  // every linear still quantizes its input
+    const auto w = skipped_warnings(r);
+    REQUIRE(w.size() == 4);  // o and down in each of 2 blocks
+    CHECK(w[0] == "smoothquant scales skipped for the group layers.0.attention.wo: its input comes from "
+                  "layers.0.attention.wv.weight, not a norm; quantized with rtn");
+  }
+}
+
+TEST_CASE("smoothquant_scales: max|X|^a / max|W|^(1-a) over the group's weights, by hand", "[ptq][w8a8]") {
+  const at::Tensor xmax = at::tensor({4.0f, 0.0f, 1.0f, 9.0f});
+  const std::vector<at::Tensor> ws = {at::tensor({1.0f, 2.0f, 0.5f, 1.0f}).reshape({1, 4}),
+                                      at::tensor({-2.0f, 1.0f, -0.25f, 0.0f}).reshape({1, 4})};
+  // max|W| per column: 2, 2, 0.5, 1.
+  const at::Tensor s = smoothquant_scales(xmax, ws, 0.5);
+  CHECK(s[0].item<double>() == Approx(2.0 / std::sqrt(2.0)));
+  CHECK(s[1].item<double>() == 1.0);  // never saw input
+  CHECK(s[2].item<double>() == Approx(1.0 / std::sqrt(0.5)));
+  CHECK(s[3].item<double>() == Approx(3.0));
+  CHECK(smoothquant_scales(xmax, ws, 1.0)[3].item<double>() == Approx(9.0));   // all on the activations
+  CHECK(smoothquant_scales(xmax, ws, 0.0)[2].item<double>() == Approx(2.0));   // 1 / max|W|
+  CHECK_FALSE(smoothquant_scales(at::zeros({4}), ws, 0.5).defined());          // nothing to smooth
+}
+
+TEST_CASE("AWQ on a model without scale groups: clip search + RTN, said so", "[ptq][awq][labels]") {
+  const char* mlp = R"(
+input: {shape: [16], scale: 1.0}
+layers:
+  - {type: linear, name: fc1, in: 16, out: 32}
+  - {type: relu}
+  - {type: linear, name: fc2, in: 32, out: 8}
+)";
+  std::map<std::string, HostTensor> w;
+  w["fc1.weight"] = from_torch("fc1.weight", randn({32, 16}, 81));
+  w["fc1.bias"] = from_torch("fc1.bias", randn({32}, 82));
+  w["fc2.weight"] = from_torch("fc2.weight", randn({8, 32}, 83));
+  w["fc2.bias"] = from_torch("fc2.bias", randn({8}, 84));
+  ClassifierModel m(mlp, w, "mlp.yaml");
+  PtqOptions o;
+  o.method = "awq";
+  o.spec.bits = 4, o.spec.group_size = 8;
+  o.classifier = true;
+  PtqResult r = quantize_model(m, randn({64, 16}, 85), o);
+  REQUIRE(r.layers.size() == 2);
+  for (const auto& row : r.layers) {
+    CAPTURE(row.name);
+    CHECK(row.scheme == "rtn+clip int4 sym g8");
+    CHECK(row.note == "awq scales skipped: the model has no op before it to fold scales into");
+  }
+  REQUIRE(r.warnings.size() == 2);
+  CHECK(r.warnings[0] == "awq scales skipped for fc1: the model has no op before it to fold scales into; quantized "
+                         "with rtn+clip");
 }

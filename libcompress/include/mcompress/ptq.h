@@ -1,7 +1,7 @@
-// Post-training quantization of a whole model: layer selection, the calibrated methods on the
-// layer-sequential engine (calib.h), mixed precision, and what the report needs. The CLI's
-// `mcompress quantize` and the Python bindings call quantize_model; the packed file is written by the
-// caller from PtqResult::quantized (quant/packed.h).
+// Post-training quantization of a whole model: layer selection, the calibrated methods (methods.h) on
+// the block-sequential driver (block_driver.h), mixed precision (quant/mixed_precision.h), and what the
+// report needs. The CLI's `mcompress quantize` and the Python bindings call quantize_model; the packed
+// file is written by the caller from PtqResult::quantized (quant/packed.h).
 //
 // Methods (all quantize the selected layers' weights to QuantSpec's grid, fp16 scales):
 //   rtn          round to nearest (rtn.h); calibration data only measures per-layer errors
@@ -18,6 +18,9 @@
 //                before each group, weights RTN (int8 per channel by default), every quantized linear's
 //                input quantized per token (int8, dynamic, symmetric) — simulated in float or run as
 //                a real int8 x int8 -> int32 matmul on CPU (model.h, int8_gemm.h)
+// AWQ / SmoothQuant scale a group only when all of its layers are selected (and SmoothQuant only after a
+// norm); the layers of a skipped group are reported as what ran on them ("rtn+clip", "rtn") with the
+// reason in their note and a warning naming the group.
 // Mixed precision (target_bpw > 0): a sensitivity scan runs the method at every candidate bit width
 // on each layer (output error tr(D H Dᵀ) on calibration data, model unchanged), an exact
 // multiple-choice knapsack picks the bits per layer with the least total predicted error whose
@@ -31,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "mcompress/quant/mixed_precision.h"  // allocate_bits
 #include "mcompress/quant/rtn.h"
 #include "mcompress/report.h"
 
@@ -110,12 +114,5 @@ bool matches_any(const std::vector<std::string>& patterns, const std::string& na
 // input quantization) and returns the codes. calib: the calibration set as the model's forward takes it
 // (undefined: only rtn without per-layer errors). Throws InputError for bad options or data.
 PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions& o);
-
-// Exact allocation for mixed precision (exposed for tests): errors[l][c] is layer l's predicted error at
-// bits[c] (bits ascending), params[l] its weight count. Returns the chosen index per layer minimising
-// Σ errors subject to Σ params·bits <= target_bpw · Σ params. Throws InputError when even the
-// smallest bits exceed the budget.
-std::vector<int> allocate_bits(const std::vector<std::vector<double>>& errors, const std::vector<int64_t>& params,
-                               const std::vector<int>& bits, double target_bpw);
 
 }  // namespace mc

@@ -1,24 +1,19 @@
-// quantize_model: layer selection, the per-block compressor shared by all methods, the mixed-precision
-// scan and allocation (see ptq.h).
+// quantize_model: layer selection and the per-block quantizer shared by all methods (see ptq.h). The
+// methods come from the method table (methods.h), the block loop and its journal from block_driver.h,
+// mixed precision from quant/mixed_precision.h.
 #include "mcompress/ptq.h"
 
 #include <ATen/ATen.h>
 #include <fnmatch.h>
 
-#include <cmath>
-#include <limits>
-#include <numeric>
 #include <regex>
 #include <set>
 
-#include "mcompress/calib.h"
+#include "mcompress/block_driver.h"
 #include "mcompress/error.h"
+#include "mcompress/methods.h"
 #include "mcompress/model.h"
-#include "mcompress/prune/sparsegpt.h"
-#include "mcompress/quant/awq.h"
-#include "mcompress/quant/gptq.h"
 #include "mcompress/quant/hessian.h"
-#include "mcompress/quant/imatrix.h"
 #include "mcompress/tensor.h"
 #include "ptq_journal.h"
 
@@ -27,12 +22,6 @@ namespace mc {
 namespace {
 
 constexpr const char* kComp = "quantize";
-
-std::string fmtd(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, v);
-  return buf;
-}
 
 bool matches(const std::string& pat, const std::string& name) {
   if (pat.rfind("re:", 0) == 0) {
@@ -68,189 +57,205 @@ bool quantizable(const Model& m, const LayerInfo& l) {
   return dims == 2 || (l.kind == LayerKind::Conv2d && dims == 4);
 }
 
-double tr_dhd(const at::Tensor& D, const at::Tensor& H) { return (at::matmul(D, H) * D).sum().item<double>(); }
-
 // H of the inputs after a scale fold: the layer now reads x / s, so H' = H / (s sᵀ).
 at::Tensor scaled_hessian(const at::Tensor& H, const at::Tensor& s) {
   return H.div(s.unsqueeze(0)).div_(s.unsqueeze(1));
 }
 
-struct Quantized {
-  QuantResult q;
-  at::Tensor wq;  // float [out, in], what the model now holds (in the scaled space)
-  std::string note;
-  std::vector<std::string> warnings;
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+// A block's scale groups after the method's group_scales (AWQ, SmoothQuant) ran on them.
+struct BlockScales {
+  std::map<std::string, at::Tensor> scale_in;  // layer -> s it now reads x / s with
+  std::map<std::string, std::string> note;     // layer -> the group's note ("awq alpha 0.35")
+  std::map<std::string, std::string> skipped;  // layer -> why its group got no scales
 };
 
 class Runner {
  public:
-  Runner(Model& m, const PtqOptions& o, PtqResult& r) : m_(m), o_(o), r_(r) {}
+  Runner(Model& m, const PtqOptions& o, const MethodInfo& method, PtqResult& r)
+      : m_(m), o_(o), method_(method), r_(r) {}
 
   std::map<std::string, QuantSpec> spec_of;  // per layer name
-  // Scan mode: errors[layer][candidate] instead of results.
-  std::map<std::string, std::vector<double>>* scan = nullptr;
-  int scan_candidate = 0;
   int64_t done = 0, total = 0;
 
-  // Quantizes block k's `layers` (all share the statistics pass).
-  void block(int k, const std::vector<const LayerInfo*>& layers, const BlockStats& stats) {
-    std::set<std::string> in_block;
-    for (const LayerInfo* l : layers) in_block.insert(l->name);
-    std::map<std::string, at::Tensor> scale_in;  // layer -> s it now reads x / s with
-    std::map<std::string, std::string> group_note;
-    if (o_.method == "awq" || o_.method == "smoothquant") {
-      std::vector<std::pair<ScaleGroup, at::Tensor>> folds;
-      for (const ScaleGroup& g : m_.scale_groups(k)) {
-        std::vector<const LayerInfo*> consumers;
-        for (const auto& name : g.layers)
-          if (in_block.count(name)) consumers.push_back(&m_.layer(name));
-        if (consumers.empty() || consumers.size() != g.layers.size()) continue;  // all or nothing
-        if (o_.method == "smoothquant" && !g.prev_is_norm) continue;
-        const HessianAccumulator& st = *stats.at(consumers[0]->name);
-        std::string note;
-        at::Tensor s = o_.method == "awq" ? awq_search(g, consumers, st, note) : smooth_scales(consumers, st, note);
-        if (!s.defined()) continue;
-        folds.emplace_back(g, s);
-        for (const LayerInfo* c : consumers) scale_in[c->name] = g.expand(s), group_note[c->name] = note;
-      }
-      for (const auto& [g, s] : folds) m_.apply_scale_group(g, s);
-    }
+  // Quantizes block k's `layers` (all share the statistics pass). With `errors`, a scan: only each
+  // layer's output error is appended (the model keeps the codes, the caller restores it), nothing reported.
+  void block(int k, const std::vector<const LayerInfo*>& layers, const BlockStats& stats,
+             std::vector<double>* errors = nullptr) {
+    const BlockScales sc = method_.group_scales ? fold_scales(k, layers, stats, !errors) : BlockScales{};
     for (const LayerInfo* l : layers) {
-      if (o_.progress) o_.progress(scan ? "scan" : "quantize", *l, ++done, total);
+      if (o_.progress) o_.progress(errors ? "scan" : "quantize", *l, ++done, total);
       const HessianAccumulator& st = *stats.at(l->name);
       at::Tensor H = st.hessian().to(at::kFloat);
-      auto sit = scale_in.find(l->name);
-      if (sit != scale_in.end()) H = scaled_hessian(H, sit->second);
+      auto sit = sc.scale_in.find(l->name);
+      if (sit != sc.scale_in.end()) H = scaled_hessian(H, sit->second);
       const at::Tensor w_full = m_.param(l->weight);
       const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
-      Quantized z = quantize_layer(*l, W, H, spec_of.at(l->name));
-      const at::Tensor D = W - z.wq;
-      const double err = tr_dhd(D, H);
-      if (scan) {
-        (*scan)[l->name][static_cast<size_t>(scan_candidate)] = err;
-        m_.set_param(l->weight, z.wq.reshape(w_full.sizes()));
+      const QuantSpec& sp = spec_of.at(l->name);
+      bool plain_rtn = false;
+      LayerOutcome z = quantize_layer({l->name, W, &st, H}, sp, plain_rtn);
+      const double err = output_error(W - z.weight, H);
+      if (errors) {
+        errors->push_back(err);
+        m_.set_param(l->weight, z.weight.reshape(w_full.sizes()));
         continue;
       }
-      const double den = tr_dhd(W, H);
-      LayerRow row;
-      row.name = l->name;
-      row.shape = shape_str(w_full.sizes().vec());
-      row.scheme = scheme_name(spec_of.at(l->name));
-      row.params = W.numel();
-      row.rel_output_error = den > 0 ? err / den : 0.0;
-      row.note = z.note;
-      if (group_note.count(l->name)) row.note += (row.note.empty() ? "" : "; ") + group_note[l->name];
+      // The row says what ran: the method, or what replaced it (inputs all zero, scales skipped).
+      std::string ran = method_.name;
+      std::string note = z.note;
+      auto add_note = [&](const std::string& n) { note += (note.empty() ? "" : "; ") + n; };
+      if (sc.note.count(l->name)) add_note(sc.note.at(l->name));
+      if (sc.skipped.count(l->name)) ran = method_.without_scales(o_), add_note(sc.skipped.at(l->name));
+      if (plain_rtn) ran = "rtn";
+      const bool w8a8 = method_.quantizes_activations && l->kind == LayerKind::Linear;
+      std::string scheme = ran + " " + sp.describe();
+      if (w8a8) scheme += ", a" + std::to_string(o_.act_bits) + " per-token";
+      LayerRow row = layer_row(*l, w_full, scheme, note);
+      row.rel_output_error = relative_output_error(err, W, H);
       r_.layers.push_back(row);
       for (auto& w : z.warnings) r_.warnings.push_back(std::move(w));
-      m_.set_param(l->weight, z.wq.reshape(w_full.sizes()));
-      if (o_.method == "smoothquant" && l->kind == LayerKind::Linear) {
-        use_w8a8(m_, l->name, z.q, o_.act_bits);
+      store(*l, w_full, std::move(*z.quant), z.weight);
+      if (w8a8) {
+        use_w8a8(m_, l->name, r_.quantized.at(l->weight), o_.act_bits);
         r_.act_bits[l->name] = o_.act_bits;
       }
-      if (w_full.dim() != 2) z.q.weight_shape = w_full.sizes().vec();
-      r_.quantized.emplace(l->weight, std::move(z.q));
     }
   }
 
-  std::string scheme_name(const QuantSpec& sp) const {
-    std::string s = o_.method + " " + sp.describe();
-    if (o_.method == "smoothquant") s += ", a" + std::to_string(o_.act_bits) + " per-token";
-    return s;
-  }
-
-  Quantized quantize_layer(const LayerInfo& l, const at::Tensor& W, const at::Tensor& H, const QuantSpec& sp) {
-    Quantized z;
-    const double hmax = H.diagonal().max().item<double>();
-    if (!(hmax > 0)) {
-      // Reached, but every input was zero: nothing to calibrate on.
-      z.q = rtn_quantize(W, sp, l.name);
-      z.wq = z.q.dequantize();
-      z.note = "inputs all zero: plain RTN";
-      z.warnings.push_back(l.name + ": its calibration inputs are all zero; quantized with plain RTN");
-      return z;
-    }
-    const std::string& m = o_.method;
-    if (m == "rtn" || m == "smoothquant") {
-      z.q = rtn_quantize(W, sp, l.name);
-    } else if (m == "imatrix") {
-      z.q = imatrix_quantize(W, sp, H.diagonal(), l.name);
-    } else if (m == "awq") {
-      z.q = rtn_quantize(o_.awq_clip ? awq_clip(W, H, sp, l.name) : W, sp, l.name);
-    } else if (m == "gptq" && o_.keep_sparsity && W.eq(0).any().item<bool>()) {
-      SparseGptOptions so;
-      so.mask = W.ne(0);
-      so.quant = &sp;
-      so.damp = o_.damp;
-      so.block_size = o_.block_size;
-      SparseGptResult r = sparsegpt_prune(W, H, so, l.name);
-      if (r.damp_retries)
-        z.warnings.push_back(l.name + ": Cholesky needed " + std::to_string(r.damp_retries) + " retries");
-      z.note = fmtd("%.1f%% zeros kept", 100.0 * (1.0 - so.mask.to(at::kDouble).mean().item<double>()));
-      z.wq = r.weight;
-      z.q = std::move(*r.quant);
-      return z;
-    } else if (m == "gptq") {
-      GptqOptions go;
-      go.spec = sp, go.damp = o_.damp, go.act_order = o_.act_order, go.static_groups = o_.static_groups;
-      go.block_size = o_.block_size;
-      GptqResult g = gptq_quantize(W, H, go, l.name);
-      if (g.damp_retries)
-        z.warnings.push_back(l.name + ": Cholesky needed " + std::to_string(g.damp_retries) +
-                             " retries; damping raised to " + fmtd("%g", g.damp_rel) + " of mean(diag H)");
-      if (g.dead_columns) z.note = std::to_string(g.dead_columns) + " dead input columns";
-      z.wq = g.dequantize();
-      z.q = std::move(g.quant);
-      return z;
-    } else {
-      fail(kComp, "--method '", m, "' is not available (allowed: rtn, imatrix, gptq, awq, smoothquant)");
-    }
-    z.wq = z.q.dequantize();
-    return z;
-  }
-
-  // AWQ: s = mean|x|^α (normalised), α minimising Σ_c tr(D H Dᵀ) with D = W - Q(W s)/s (quant/awq.h).
-  // The returned s is per prev channel; the consumers read g.expand(s).
-  at::Tensor awq_search(const ScaleGroup& g, const std::vector<const LayerInfo*>& consumers,
-                        const HessianAccumulator& st, std::string& note) {
-    const at::Tensor xm = g.reduce(st.mean_abs().to(at::kFloat).to(m_.device()));
-    std::vector<at::Tensor> Ws;
-    std::vector<QuantSpec> specs;
-    std::vector<std::string> names;
-    for (const LayerInfo* c : consumers) {
-      Ws.push_back(m_.param(c->weight));
-      specs.push_back(spec_of.at(c->name));
-      names.push_back(c->name);
-    }
-    AwqSearchOptions ao;
-    ao.expand = [&g](const at::Tensor& s) { return g.expand(s); };
-    AwqScales r = awq_search_scales(xm, st.hessian(), Ws, specs, ao, names);
-    if (r.scales.defined()) note = "awq alpha " + fmtd("%.2f", r.alpha);
-    return r.scales;
-  }
-
-  // SmoothQuant: s_j = max|X_j|^α / max|W_j|^(1-α) over the group's weights.
-  at::Tensor smooth_scales(const std::vector<const LayerInfo*>& consumers, const HessianAccumulator& st,
-                           std::string& note) {
-    const at::Tensor xmax = st.max_abs().to(at::kFloat).to(m_.device());
-    if (!(xmax.max().item<double>() > 0)) return {};
-    at::Tensor wmax;
-    for (const LayerInfo* c : consumers) {
-      at::Tensor a = m_.param(c->weight).to(at::kFloat).abs().amax(0);
-      wmax = wmax.defined() ? at::maximum(wmax, a) : a;
-    }
-    const double a = o_.smooth_alpha;
-    at::Tensor s = xmax.clamp_min(1e-5).pow(a).div_(wmax.clamp_min(1e-5).pow(1.0 - a));
-    // A channel that never saw input keeps scale 1.
-    s = at::where(xmax.gt(0), s, at::ones_like(s));
-    note = "smoothed, alpha " + fmtd("%.2f", a);
-    return s;
+  // A layer without calibration statistics (outside the blocks, or no calibration data): RTN.
+  void outside(const LayerInfo& l) {
+    const at::Tensor w_full = m_.param(l.weight);
+    const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
+    const QuantSpec& sp = spec_of.at(l.name);
+    QuantResult q = rtn_quantize(W, sp, l.name);
+    std::string note = method_.needs_calibration ? "outside the blocks: plain RTN" : "";
+    if (sp.group_size > 0 && W.size(1) % sp.group_size)
+      note += (note.empty() ? "" : "; ") + std::string("last group of ") + std::to_string(W.size(1) % sp.group_size) +
+              " columns";
+    r_.layers.push_back(layer_row(l, w_full, "rtn " + sp.describe(), note));
+    const at::Tensor wq = q.dequantize();
+    store(l, w_full, std::move(q), wq);
   }
 
  private:
+  // The model holds wq from now on, the result its codes.
+  void store(const LayerInfo& l, const at::Tensor& w_full, QuantResult q, const at::Tensor& wq) {
+    m_.set_param(l.weight, wq.reshape(w_full.sizes()));
+    if (w_full.dim() != 2) q.weight_shape = w_full.sizes().vec();
+    r_.quantized.emplace(l.weight, std::move(q));
+  }
+
+  LayerOutcome quantize_layer(const LayerInputs& in, const QuantSpec& sp, bool& plain_rtn) {
+    const double hmax = in.H.diagonal().max().item<double>();
+    if (!(hmax > 0)) {
+      // Reached, but every input was zero: nothing to calibrate on.
+      LayerOutcome z;
+      z.quant = rtn_quantize(in.W, sp, in.name);
+      z.weight = z.quant->dequantize();
+      z.note = "inputs all zero: plain RTN";
+      z.warnings.push_back(in.name + ": its calibration inputs are all zero; quantized with plain RTN");
+      plain_rtn = true;
+      return z;
+    }
+    return method_.quantize_layer(in, sp, o_);
+  }
+
+  // Runs the method's group_scales on every scale group of block k whose layers are all in `layers` and
+  // folds the scales into the model. A group only partly selected (scales would change the unselected
+  // layers' inputs too), or not after a norm where the method needs one, gets none; nor does a layer in
+  // no scale group (classifier models have none): those layers are marked skipped, with a warning when
+  // `report`.
+  BlockScales fold_scales(int k, const std::vector<const LayerInfo*>& layers, const BlockStats& stats, bool report) {
+    std::set<std::string> in_block;
+    for (const LayerInfo* l : layers) in_block.insert(l->name);
+    BlockScales sc;
+    // Layers `names` of `what` get no scales: why, for the warning, and row_why, for their rows.
+    auto skip = [&](const std::vector<std::string>& names, const std::string& what, const std::string& why,
+                    const std::string& row_why) {
+      const std::string skipped = std::string(method_.name) + " scales skipped";
+      for (const auto& n : names) sc.skipped[n] = skipped + ": " + row_why;
+      if (report)
+        r_.warnings.push_back(skipped + " for " + what + ": " + why + "; quantized with " + method_.without_scales(o_));
+    };
+    std::vector<std::pair<ScaleGroup, at::Tensor>> folds;
+    std::set<std::string> grouped;
+    for (const ScaleGroup& g : m_.scale_groups(k)) {
+      std::vector<const LayerInfo*> consumers;
+      std::vector<std::string> names;
+      for (const auto& name : g.layers)
+        if (in_block.count(name)) consumers.push_back(&m_.layer(name)), names.push_back(name), grouped.insert(name);
+      if (consumers.empty()) continue;
+      if (consumers.size() != g.layers.size()) {  // all or nothing
+        skip(names, "the group " + join(g.layers), "only " + join(names) + " is selected",
+             "only " + join(names) + " of the group " + join(g.layers) + " is selected");
+        continue;
+      }
+      if (method_.scales_after_norm_only && !g.prev_is_norm) {
+        const std::string why = "its input comes from " + g.prev + ", not a norm";
+        skip(names, "the group " + join(g.layers), why, why);
+        continue;
+      }
+      std::vector<at::Tensor> weights;
+      std::vector<QuantSpec> specs;
+      for (const LayerInfo* c : consumers) weights.push_back(m_.param(c->weight)), specs.push_back(spec_of.at(c->name));
+      std::string note;
+      const at::Tensor s = method_.group_scales({g, weights, specs, names, *stats.at(consumers[0]->name), m_.device()},
+                                                o_, note);
+      if (!s.defined()) continue;  // inputs all zero: the layers say so
+      folds.emplace_back(g, s);
+      for (const LayerInfo* c : consumers) sc.scale_in[c->name] = g.expand(s), sc.note[c->name] = note;
+    }
+    for (const auto& [g, s] : folds) m_.apply_scale_group(g, s);
+    for (const LayerInfo* l : layers)
+      if (!grouped.count(l->name)) {
+        const std::string why = "the model has no op before it to fold scales into";
+        skip({l->name}, l->name, why, why);
+      }
+    return sc;
+  }
+
   Model& m_;
   const PtqOptions& o_;
+  const MethodInfo& method_;
   PtqResult& r_;
 };
+
+// Mixed precision: the sensitivity scan over the candidate bits, then the allocation into run.spec_of.
+void choose_bits(Model& model, const at::Tensor& calib, const std::vector<const LayerInfo*>& layers,
+                 const std::set<std::string>& in_blocks, const SequentialOptions& so, const PtqOptions& o, Runner& run,
+                 PtqResult& res) {
+  const std::vector<int> bits = candidate_bit_widths(o.candidate_bits);
+  run.total = static_cast<int64_t>(in_blocks.size() * bits.size());
+  SensitivityScan scan;
+  scan.candidates = bits.size();
+  scan.quantize_at = [&](int k, const std::vector<const LayerInfo*>& ls, const BlockStats& st, size_t c) {
+    for (const LayerInfo* l : ls) run.spec_of[l->name].bits = bits[c];
+    std::vector<double> errors;
+    run.block(k, ls, st, &errors);
+    return errors;
+  };
+  scan.restored = [&](int64_t n) { run.done += n; };
+  const auto errors = sensitivity_scan(model, calib, in_blocks, so, o.journal, scan);
+  std::vector<std::vector<double>> errs;
+  std::vector<int64_t> params;
+  std::vector<std::string> names;
+  for (const LayerInfo* l : layers)
+    if (in_blocks.count(l->name)) {
+      names.push_back(l->name);
+      errs.push_back(errors.at(l->name));
+      params.push_back(model.param(l->weight).numel());
+    }
+  const BitAllocation a = allocate_layer_bits(errs, params, bits, o.target_bpw);
+  for (size_t i = 0; i < names.size(); ++i) run.spec_of[names[i]].bits = a.bits[i];
+  res.settings["mixed precision"] = a.summary;
+  run.done = 0;
+  run.total = static_cast<int64_t>(in_blocks.size());
+}
 
 }  // namespace
 
@@ -291,209 +296,47 @@ std::vector<const LayerInfo*> select_layers(const Model& model, const PtqOptions
   return out;
 }
 
-std::vector<int> allocate_bits(const std::vector<std::vector<double>>& errors, const std::vector<int64_t>& params,
-                               const std::vector<int>& bits, double target_bpw) {
-  const size_t L = params.size(), C = bits.size();
-  if (errors.size() != L || C == 0) fail(kComp, "allocate_bits: ", errors.size(), " error rows for ", L, " layers");
-  for (size_t c = 1; c < C; ++c)
-    if (bits[c] <= bits[c - 1]) fail(kComp, "candidate bits must be ascending");
-  double total = 0, min_cost = 0;
-  int64_t g = 0;
-  for (size_t l = 0; l < L; ++l) {
-    if (errors[l].size() != C) fail(kComp, "allocate_bits: layer ", l, " has ", errors[l].size(), " errors");
-    total += double(params[l]);
-    min_cost += double(params[l]) * bits[0];
-    g = std::gcd(g, params[l]);
-  }
-  const double budget = target_bpw * total;
-  if (min_cost > budget * (1 + 1e-12))
-    fail(kComp, "--target-bpw ", target_bpw, " is below the smallest candidate (", bits[0], " bits)");
-  // Extra cost over the all-smallest assignment, in units (exact when the unit divides every
-  // layer's cost; otherwise rounded up, so the budget still holds).
-  constexpr double kMaxUnits = 100000;
-  double unit = std::max<double>(1.0, double(g));
-  const double spare = budget - min_cost;
-  if (spare / unit > kMaxUnits) unit = std::ceil(spare / kMaxUnits);
-  const int64_t J = static_cast<int64_t>(std::floor(spare / unit + 1e-9));
-  const double inf = std::numeric_limits<double>::infinity();
-  std::vector<double> dp(static_cast<size_t>(J + 1), 0.0), next;
-  std::vector<std::vector<uint8_t>> choice(L, std::vector<uint8_t>(static_cast<size_t>(J + 1), 0));
-  for (size_t l = 0; l < L; ++l) {
-    next.assign(dp.size(), inf);
-    for (size_t c = 0; c < C; ++c) {
-      const int64_t cost = static_cast<int64_t>(std::ceil(double(params[l]) * (bits[c] - bits[0]) / unit - 1e-9));
-      for (int64_t j = cost; j <= J; ++j) {
-        const double v = dp[static_cast<size_t>(j - cost)] + errors[l][c];
-        if (v < next[static_cast<size_t>(j)]) next[static_cast<size_t>(j)] = v, choice[l][static_cast<size_t>(j)] = uint8_t(c);
-      }
-    }
-    dp.swap(next);
-  }
-  std::vector<int> pick(L);
-  int64_t j = J;
-  for (size_t l = L; l-- > 0;) {
-    const int c = choice[l][static_cast<size_t>(j)];
-    pick[l] = c;
-    j -= static_cast<int64_t>(std::ceil(double(params[l]) * (bits[c] - bits[0]) / unit - 1e-9));
-  }
-  return pick;
-}
-
 PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions& o) {
-  static const std::set<std::string> methods = {"rtn", "imatrix", "gptq", "awq", "smoothquant"};
-  if (!methods.count(o.method))
-    fail(kComp, "--method '", o.method, "' is not available (allowed: rtn, imatrix, gptq, awq, smoothquant)");
-  if (o.method == "smoothquant" && (o.act_bits < 2 || o.act_bits > 8))
-    fail(kComp, "activation bits ", o.act_bits, " outside 2..8");
-  if (o.method == "smoothquant" && !(o.smooth_alpha >= 0 && o.smooth_alpha <= 1))
-    fail(kComp, "SmoothQuant alpha ", o.smooth_alpha, " outside [0, 1]");
-  if (o.keep_sparsity && o.method == "gptq" && o.act_order)
-    fail(kComp, "--keep-sparsity with gptq does not support --act-order");
-  if (o.target_bpw > 0 && o.method == "smoothquant")
-    fail(kComp, "--target-bpw (mixed precision) does not apply to smoothquant (W8A8)");
+  const MethodInfo& method = *find_method(MethodKind::Quantize, o.method);
+  if (method.check_options) method.check_options(o);
+  if (o.target_bpw > 0 && !method.mixed_precision)
+    fail(kComp, "--target-bpw (mixed precision) does not apply to ", o.method,
+         method.quantizes_activations ? " (W8A8)" : "");
   const std::vector<const LayerInfo*> layers = select_layers(model, o);
   const bool calibrated = calib.defined();
-  if (!calibrated && o.method != "rtn")
+  if (!calibrated && method.needs_calibration)
     fail(kComp, "--method ", o.method, " needs calibration data (--calib DATA)");
   if (!calibrated && o.target_bpw > 0) fail(kComp, "--target-bpw needs calibration data (--calib DATA)");
 
   PtqResult res;
-  Runner run(model, o, res);
-  std::set<std::string> in_blocks;
-  std::vector<const LayerInfo*> outside;
-  for (const LayerInfo* l : layers) {
-    run.spec_of[l->name] = spec_for(o, l->name);
-    if (l->block >= 0 && calibrated)
-      in_blocks.insert(l->name);
-    else
-      outside.push_back(l);
-  }
-  run.total = static_cast<int64_t>(in_blocks.size());
+  Runner run(model, o, method, res);
+  for (const LayerInfo* l : layers) run.spec_of[l->name] = spec_for(o, l->name);
+  const LayerSplit split = split_layers(layers, calibrated);
+  run.total = static_cast<int64_t>(split.in_blocks.size());
   SequentialOptions so;
   so.batch = o.batch, so.fp64 = o.fp64;
-  so.true_sequential = o.true_sequential && o.method != "awq" && o.method != "smoothquant";
+  so.true_sequential = o.true_sequential && method.true_sequential;
   if (o.true_sequential && !so.true_sequential)
     res.warnings.push_back("--true-sequential does not apply to " + o.method +
                            " (its scales come from one statistics pass per block)");
+  if (o.target_bpw > 0 && !split.in_blocks.empty())
+    choose_bits(model, calib, layers, split.in_blocks, so, o, run, res);
 
-  if (o.target_bpw > 0 && !in_blocks.empty()) {
-    std::vector<int> bits = o.candidate_bits;
-    std::sort(bits.begin(), bits.end());
-    bits.erase(std::unique(bits.begin(), bits.end()), bits.end());
-    for (int b : bits)
-      if (b < 2 || b > 8) fail(kComp, "candidate bits ", b, " outside 2..8");
-    // Scan: each block once per candidate on the unchanged model (weights restored after each).
-    std::map<std::string, std::vector<double>> errors;
-    for (const auto& n : in_blocks) errors[n].assign(bits.size(), 0.0);
-    run.scan = &errors;
-    run.total = static_cast<int64_t>(in_blocks.size() * bits.size());
-    SequentialOptions scan_so = so;
-    if (o.journal) {
-      // Finished blocks of an interrupted scan: their errors from the journal, the scan goes on after them.
-      scan_so.start_block = o.journal->finished("scan");
-      for (int k = 0; k < scan_so.start_block; ++k)
-        for (const auto& [key, v] : o.journal->load("scan", k).record.numbers) {
-          const size_t hash = key.rfind('#');
-          errors.at(key.substr(0, hash))[std::stoul(key.substr(hash + 1))] = v;
-          ++run.done;
-        }
-      if (scan_so.start_block > 0) scan_so.start_hidden = o.journal->hidden("scan", model.device());
-      scan_so.after_block = [&](int k, const std::vector<at::Tensor>& hidden) {
-        BlockJournal::Record rec;
-        for (const auto& l : model.layers())
-          if (l.block == k && errors.count(l.name))
-            for (size_t c = 0; c < bits.size(); ++c) rec.numbers[l.name + "#" + std::to_string(c)] = errors[l.name][c];
-        o.journal->save("scan", k, {}, rec, hidden);
-      };
-    }
-    compress_blocks(model, calib, in_blocks,
-        [&](int k, const std::vector<const LayerInfo*>& ls, const BlockStats& st) {
-          std::map<std::string, at::Tensor> saved;
-          for (const auto& [key, t] : model.params()) saved[key] = t;
-          for (size_t c = 0; c < bits.size(); ++c) {
-            for (const LayerInfo* l : ls) run.spec_of[l->name].bits = bits[c];
-            run.scan_candidate = static_cast<int>(c);
-            run.block(k, ls, st);
-            for (const auto& [key, t] : saved)
-              if (!model.param(key).is_same(t)) model.set_param(key, t);
-          }
-        },
-        scan_so);
-    run.scan = nullptr;
-    std::vector<std::vector<double>> errs;
-    std::vector<int64_t> params;
-    std::vector<std::string> names;
-    for (const LayerInfo* l : layers)
-      if (in_blocks.count(l->name)) {
-        names.push_back(l->name);
-        errs.push_back(errors.at(l->name));
-        params.push_back(model.param(l->weight).numel());
-      }
-    const std::vector<int> pick = allocate_bits(errs, params, bits, o.target_bpw);
-    double code_bits = 0, n = 0;
-    std::map<int, int> histogram;
-    for (size_t i = 0; i < names.size(); ++i) {
-      run.spec_of[names[i]].bits = bits[static_cast<size_t>(pick[i])];
-      code_bits += double(params[i]) * bits[static_cast<size_t>(pick[i])];
-      n += double(params[i]);
-      ++histogram[bits[static_cast<size_t>(pick[i])]];
-    }
-    std::string cand, hist;
-    for (int b : bits) cand += (cand.empty() ? "" : ", ") + std::to_string(b);
-    for (auto [b, c] : histogram) hist += (hist.empty() ? "" : ", ") + std::to_string(c) + " x int" + std::to_string(b);
-    res.settings["mixed precision"] = "target " + fmtd("%.3g", o.target_bpw) + " code bits/weight over {" + cand +
-                                      "}: chose " + fmtd("%.3f", code_bits / n) + " (" + hist + ")";
-    run.done = 0;
-    run.total = static_cast<int64_t>(in_blocks.size());
-  }
-
-  if (!in_blocks.empty()) {
-    PtqBlockSaver saver(model);
-    if (o.journal) {
-      // Blocks finished by an interrupted run: back into the model and the result, handed to the
-      // caller in the same order as when they were computed.
-      so.start_block = o.journal->finished("quantize");
-      for (int k = 0; k < so.start_block; ++k) {
-        run.done += restore_ptq_block(*o.journal, k, model, res);
-        if (o.after_block) o.after_block(k, res);
-      }
-      if (so.start_block > 0) so.start_hidden = o.journal->hidden("quantize", model.device());
-      saver.snapshot(res);
-    }
-    so.after_block = [&](int k, const std::vector<at::Tensor>& hidden) {
-      if (o.journal) saver.save(*o.journal, k, res, hidden);
-      if (o.after_block) o.after_block(k, res);
-      if (o.journal) saver.snapshot(res);
-    };
-    compress_blocks(model, calib, in_blocks,
-                    [&](int k, const std::vector<const LayerInfo*>& ls, const BlockStats& st) { run.block(k, ls, st); },
-                    so);
-  }
-  // Layers without calibration statistics (outside the blocks, or no calibration data): RTN.
-  for (const LayerInfo* l : outside) {
-    const at::Tensor w_full = model.param(l->weight);
-    const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
-    const QuantSpec& sp = run.spec_of.at(l->name);
-    QuantResult q = rtn_quantize(W, sp, l->name);
-    if (w_full.dim() != 2) q.weight_shape = w_full.sizes().vec();
-    LayerRow row;
-    row.name = l->name;
-    row.shape = shape_str(w_full.sizes().vec());
-    row.scheme = "rtn " + sp.describe();
-    row.params = W.numel();
-    if (o.method != "rtn") row.note = "outside the blocks: plain RTN";
-    if (sp.group_size > 0 && W.size(1) % sp.group_size)
-      row.note += (row.note.empty() ? "" : "; ") + std::string("last group of ") +
-                  std::to_string(W.size(1) % sp.group_size) + " columns";
-    res.layers.push_back(row);
-    model.set_param(l->weight, q.dequantize().reshape(w_full.sizes()));
-    res.quantized.emplace(l->weight, std::move(q));
-  }
-  // Report rows in execution order.
-  std::map<std::string, size_t> order;
-  for (size_t i = 0; i < model.layers().size(); ++i) order[model.layers()[i].name] = i;
-  std::stable_sort(res.layers.begin(), res.layers.end(),
-                   [&](const LayerRow& a, const LayerRow& b) { return order[a.name] < order[b.name]; });
+  BlockPass pass;
+  pass.phase = "quantize";
+  pass.compress = [&](int k, const std::vector<const LayerInfo*>& ls, const BlockStats& st) { run.block(k, ls, st); };
+  pass.rows = &res.layers, pass.warnings = &res.warnings;
+  PtqBlockSaver saver(model);
+  if (o.journal) saver.snapshot();
+  pass.save = [&](int k, BlockJournal::Entry& e) { saver.save(k, res, e); };
+  pass.restore = [&](int, const BlockJournal::Entry& e) { run.done += restore_ptq_block(e, model, res); };
+  pass.after_block = [&](int k) {
+    if (o.after_block) o.after_block(k, res);
+    if (o.journal) saver.snapshot();
+  };
+  run_block_pass(model, calib, split.in_blocks, so, o.journal, pass);
+  for (const LayerInfo* l : split.outside) run.outside(*l);
+  sort_rows(model, res.layers);  // report rows in execution order
   return res;
 }
 

@@ -19,34 +19,28 @@ void use_w8a8(Model& m, const std::string& layer, const QuantResult& q, int act_
     m.set_int8_weight(layer, q.scales.reshape({-1}).to(m.device()));
 }
 
-void PtqBlockSaver::snapshot(const PtqResult& res) {
+void PtqBlockSaver::snapshot() {
   params_ = m_.params();  // shallow: replaced parameters are new tensors
-  rows_ = res.layers.size(), warnings_ = res.warnings.size();
 }
 
-void PtqBlockSaver::save(BlockJournal& j, int k, const PtqResult& res, const std::vector<at::Tensor>& hidden) {
-  BlockJournal::Record rec;
-  rec.rows.assign(res.layers.begin() + static_cast<std::ptrdiff_t>(rows_), res.layers.end());
-  rec.warnings.assign(res.warnings.begin() + static_cast<std::ptrdiff_t>(warnings_), res.warnings.end());
-  std::map<std::string, at::Tensor> tensors;
+void PtqBlockSaver::save(int k, const PtqResult& res, BlockJournal::Entry& e) const {
+  std::map<std::string, at::Tensor>& tensors = e.tensors;
   std::set<std::string> quantized;
   for (const auto& l : m_.layers()) {
     if (l.block != k) continue;
     auto q = res.quantized.find(l.weight);
     if (q != res.quantized.end() && quantized.insert(l.weight).second) journal_put_quant(tensors, kQuant + l.weight, q->second);
     auto a = res.act_bits.find(l.name);
-    if (a != res.act_bits.end()) rec.numbers[kActBits + l.name] = a->second;
+    if (a != res.act_bits.end()) e.record.numbers[kActBits + l.name] = a->second;
   }
   for (const auto& [key, t] : m_.params()) {
     auto before = params_.find(key);
     if (!quantized.count(key) && t.defined() && (before == params_.end() || !t.is_same(before->second)))
       tensors[kParam + key] = t;
   }
-  j.save("quantize", k, tensors, rec, hidden);
 }
 
-int64_t restore_ptq_block(const BlockJournal& j, int k, Model& m, PtqResult& res) {
-  BlockJournal::Entry e = j.load("quantize", k);
+int64_t restore_ptq_block(const BlockJournal::Entry& e, Model& m, PtqResult& res) {
   int64_t n = 0;
   for (const auto& [name, t] : e.tensors) {
     if (name.rfind(kParam, 0) == 0) {
@@ -65,8 +59,6 @@ int64_t restore_ptq_block(const BlockJournal& j, int k, Model& m, PtqResult& res
       res.act_bits[layer] = static_cast<int>(bits);
       use_w8a8(m, layer, res.quantized.at(m.layer(layer).weight), static_cast<int>(bits));
     }
-  for (auto& r : e.record.rows) res.layers.push_back(std::move(r));
-  for (auto& w : e.record.warnings) res.warnings.push_back(std::move(w));
   return n;
 }
 

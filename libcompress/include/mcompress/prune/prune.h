@@ -1,14 +1,16 @@
-// Pruning of a whole model on the layer-sequential engine (calib.h): weights set to exactly zero.
+// Pruning of a whole model on the block-sequential driver (block_driver.h): weights set to exactly
+// zero. The methods (methods.h):
 //   magnitude  score |W_ij|, compared over the whole layer (the papers' layer-wise baseline), or over
-//              all selected layers with distribution "global"
+//              all selected layers with distribution "global" (prune/magnitude.h)
 //   wanda      score |W_ij| · ‖X_j‖₂ (Sun et al., 2023), compared within each output row; no update
+//              (prune/wanda.h)
 //   sparsegpt  OBS update through the damped inverse-Hessian Cholesky, mask chosen per block of 128
 //              columns (prune/sparsegpt.h); with a QuantSpec, survivors are quantized in the same loop
 // N:M (prune_n of every prune_m consecutive input columns zeroed, per row: 2:4, 4:8) for all three.
 // Sparsity per layer: "uniform" (every layer the same), "global" (magnitude only: one threshold over
 // all selected layers), or "owl" (outlier-weighted, Yin et al., 2023: a scan pass measures each
 // block's share of Wanda scores above owl_threshold x the layer mean; blocks with more outliers keep
-// more weights; sparsities spread over [s - λ, s + λ] with mean s).
+// more weights; sparsities spread over [s - λ, s + λ] with mean s; prune/owl.h).
 // With a QuantSpec and magnitude/wanda, the pruned weights are then quantized by RTN (a zero stays
 // exactly zero on every grid rtn.h makes).
 #pragma once
@@ -20,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "mcompress/prune/masks.h"  // row_mask, nm_mask, layer_mask
 #include "mcompress/quant/rtn.h"
 #include "mcompress/report.h"
 
@@ -65,13 +68,5 @@ PruneResult prune_model(Model& model, const at::Tensor& calib, const PruneOption
 // The options checked and the layers prune_model would prune (each input width checked against N:M),
 // without touching the model: callers check before loading data.
 std::vector<const LayerInfo*> prune_layers(const Model& model, const PruneOptions& o);
-
-// Masks (true = kept) for tests and other passes: w [out, in], score >= 0 of the same shape.
-// Per row: the `sparsity` fraction (rounded down) of each row's smallest scores is dropped (ties: lower
-// column first). N:M: in every group of m columns of a row, the n smallest scores are dropped.
-at::Tensor row_mask(const at::Tensor& score, double sparsity);
-at::Tensor nm_mask(const at::Tensor& score, int n, int m, const std::string& layer = "");
-// Whole matrix: the floor(sparsity * numel) smallest scores dropped.
-at::Tensor layer_mask(const at::Tensor& score, double sparsity);
 
 }  // namespace mc

@@ -1,0 +1,98 @@
+// The compression methods, one table: every quantize method (ptq.h) and prune method (prune/prune.h)
+// with its name, what it needs, a line for --help, the label reports use, and the functions that run it
+// on one layer. quantize_model and prune_model look methods up here; front ends (CLI, Python) list and
+// validate method names from here instead of keeping their own lists.
+//
+// The per-layer functions are the thin adapters between the pure algorithms (quant/gptq.h, quant/awq.h,
+// quant/smoothquant.h, prune/sparsegpt.h, prune/wanda.h, prune/magnitude.h, ...) and the
+// block-sequential driver (block_driver.h): options in, one layer's result out.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mcompress/quant/rtn.h"
+
+namespace mc {
+
+struct PtqOptions;
+struct PruneOptions;
+struct ScaleGroup;
+class HessianAccumulator;
+
+enum class MethodKind { Quantize, Prune };
+
+// "quantize" / "prune" (also the component name in error messages).
+const char* kind_name(MethodKind kind);
+
+// One layer as a method sees it.
+struct LayerInputs {
+  const std::string& name;
+  const at::Tensor& W;                // float32 [out, in] (conv kernels flattened)
+  const HessianAccumulator* stats;    // its calibration statistics; null outside the blocks / without data
+  const at::Tensor& H;                // stats' Hessian as float32 (after any scale fold); undefined without stats
+};
+
+// What a method made of one layer.
+struct LayerOutcome {
+  at::Tensor weight;                 // float32 [out, in]: what the model holds from now on
+  std::optional<QuantResult> quant;  // the codes (every quantize method; prune with PruneOptions::quant)
+  std::string note;                  // for the report row
+  std::vector<std::string> warnings;
+};
+
+// A scale group (model.h) as AWQ / SmoothQuant see it: the consumer layers' weights (as stored) and
+// grids, and the statistics of the input they share.
+struct ScaleGroupInputs {
+  const ScaleGroup& group;
+  const std::vector<at::Tensor>& weights;
+  const std::vector<QuantSpec>& specs;
+  const std::vector<std::string>& names;
+  const HessianAccumulator& stats;
+  c10::Device device;
+};
+
+using QuantizeLayerFn = LayerOutcome (*)(const LayerInputs& layer, const QuantSpec& spec, const PtqOptions& o);
+using PruneLayerFn = LayerOutcome (*)(const LayerInputs& layer, double sparsity, const PruneOptions& o);
+// Per-channel scales s [C] the group's input is divided by (folded into the previous op), and a note for
+// the report rows; undefined when there is nothing to search on (every input channel zero).
+using GroupScalesFn = at::Tensor (*)(const ScaleGroupInputs& group, const PtqOptions& o, std::string& note);
+// Method-specific option checks (InputError naming the option and what is allowed).
+using QuantizeCheckFn = void (*)(const PtqOptions& o);
+// What runs on a layer the scales of a group_scales method skip (report rows): "rtn", "rtn+clip".
+using UnscaledLabelFn = const char* (*)(const PtqOptions& o);
+
+struct MethodInfo {
+  const char* name;              // as given on the command line / in recipes: "gptq"
+  MethodKind kind;
+  bool needs_calibration;        // without calibration data it cannot run
+  const char* description;       // one line for --help
+  const char* report_label;      // in report titles: "GPTQ"
+  // Quantize methods.
+  QuantizeLayerFn quantize_layer = nullptr;
+  GroupScalesFn group_scales = nullptr;  // set: the method folds per-channel scales into each scale group
+  bool scales_after_norm_only = false;   // group_scales only where the previous op is a norm
+  UnscaledLabelFn without_scales = nullptr;  // with group_scales
+  bool quantizes_activations = false;    // W8A8: every quantized linear's input is quantized per token
+  bool true_sequential = true;           // supports --true-sequential (false: one statistics pass per block)
+  bool mixed_precision = true;           // supports --target-bpw
+  QuantizeCheckFn check_options = nullptr;
+  // Prune methods.
+  PruneLayerFn prune_layer = nullptr;
+  bool global_distribution = false;      // scores comparable across layers: --distribution global
+};
+
+// Every method, quantize ones first, in the order --help lists them.
+const std::vector<MethodInfo>& all_methods();
+// The methods of one kind, in table order.
+std::vector<const MethodInfo*> methods_of(MethodKind kind);
+// "rtn, imatrix, gptq, awq, smoothquant"
+std::string method_names(MethodKind kind);
+// The method `name` of `kind`; throws InputError "[quantize] --method 'x' is not available (allowed:
+// rtn, imatrix, ...)" for any other name.
+const MethodInfo* find_method(MethodKind kind, const std::string& name);
+
+}  // namespace mc
