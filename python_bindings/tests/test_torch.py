@@ -144,7 +144,9 @@ def test_transformer_blocks_gptq_and_awq():
     assert e_a < AWQ_VS_RTN * e_r
     # AWQ folded its scales into the LayerNorms that feed q/k/v and fc1 (the float function is unchanged)
     assert not torch.equal(a.layers[0].ln1.weight, model.layers[0].ln1.weight)
-    assert sum("note" in row for row in arep) == 8  # q, k, v, fc1 of both blocks
+    # AWQ scales on q, k, v, fc1 of both blocks (after a norm); o and fc2 have no scale group and say so
+    assert sum("awq alpha" in row.get("note", "") for row in arep) == 8
+    assert sum("skipped" in row.get("note", "") for row in arep) == 4
     # targets: the head too (outside the blocks: RTN)
     h, hrep = quantized(model, batches, method="gptq", bits=8, group_size=None, targets=["layers.*", "head"])
     assert hrep[-1]["name"] == "head" and hrep[-1]["method"] == "rtn"

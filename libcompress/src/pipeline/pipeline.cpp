@@ -90,7 +90,7 @@ void check_stage_calibration(const StageOptions& so, const std::string& model, c
     probe.check_calibration(st.calibrated || st.ptq.target_bpw > 0, "--method " + st.ptq.method);
   } else if (so.pass() == "prune") {
     const PruneStage st = prune_stage(so);
-    probe.check_calibration(st.is_structured || st.prune.method != "magnitude",
+    probe.check_calibration(st.is_structured || st.needs_calibration,
                             st.is_structured ? "--structured" : "--method " + st.prune.method);
   }
 }

@@ -7,6 +7,7 @@
 #include "job.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
+#include "mcompress/methods.h"
 #include "mcompress/prune/prune.h"
 #include "mcompress/prune/structured.h"
 #include "mcompress/quant/packed.h"
@@ -77,9 +78,9 @@ JobResult run_structured(JobRun& job, const PruneStage& st) {
 PruneStage prune_stage(const StageOptions& so) {
   PruneStage st;
   PruneOptions& o = st.prune;
-  o.method = so.text("method");
-  if (o.method != "sparsegpt" && o.method != "wanda" && o.method != "magnitude")
-    so.fail("method", "'" + o.method + "' is not available (allowed: sparsegpt, wanda, magnitude)");
+  const MethodInfo& method = method_of(so, MethodKind::Prune);
+  o.method = method.name;
+  st.needs_calibration = method.needs_calibration;
   o.sparsity = so.real("sparsity");
   o.distribution = so.text("distribution");
   o.owl_lambda = so.real("owl-lambda"), o.owl_threshold = so.real("owl-threshold");
@@ -130,7 +131,7 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
                                        : fmt_num("%.0f%%", 100 * o.sparsity) + " (" + o.distribution + ")";
   if (o.quant) rep.settings["quantization"] = o.quant->describe() + ", fp16 scales";
   rep.settings["storage"] = st.storage;
-  const bool needs = st.is_structured || o.method != "magnitude";
+  const bool needs = st.is_structured || st.needs_calibration;
   const std::string why = st.is_structured ? "--structured" : "--method " + o.method;
   job.load();
   Model& model = *job.model;

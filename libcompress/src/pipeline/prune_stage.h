@@ -13,6 +13,7 @@ struct PruneStage {
   std::string storage = "sparse";
   std::string pattern;  // "2:4" as given
   bool is_structured = false;
+  bool needs_calibration = false;  // the method's (methods.h)
   StructuredOptions structured;
 };
 PruneStage prune_stage(const StageOptions& so);

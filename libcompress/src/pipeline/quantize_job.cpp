@@ -9,6 +9,7 @@
 #include "job.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
+#include "mcompress/methods.h"
 #include "mcompress/ptq.h"
 #include "mcompress/quant/packed.h"
 #include "quantize_stage.h"
@@ -49,27 +50,28 @@ PtqOptions::Override parse_override(const StageOptions& so, const std::string& t
   return ov;
 }
 
-const std::map<std::string, std::string>& method_labels() {
-  static const std::map<std::string, std::string> names = {
-      {"rtn", "RTN"}, {"imatrix", "imatrix"}, {"gptq", "GPTQ"}, {"awq", "AWQ"}, {"smoothquant", "SmoothQuant"}};
-  return names;
-}
-
 }  // namespace
+
+// The method from the table (methods.h); the error names where it came from.
+const MethodInfo& method_of(const StageOptions& so, MethodKind kind) {
+  const std::string name = so.text("method");
+  for (const MethodInfo* m : methods_of(kind))
+    if (name == m->name) return *m;
+  so.fail("method", "'" + name + "' is not available (allowed: " + method_names(kind) + ")");
+}
 
 QuantizeStage quantize_stage(const StageOptions& so) {
   QuantizeStage st;
   PtqOptions& o = st.ptq;
-  o.method = so.text("method");
-  if (!method_labels().count(o.method))
-    so.fail("method", "'" + o.method + "' is not available (allowed: rtn, imatrix, gptq, awq, smoothquant)");
+  const MethodInfo& method = method_of(so, MethodKind::Quantize);
+  o.method = method.name;
   QuantSpec& spec = o.spec;
   spec.bits = int(so.integer("bits"));
   spec.group_size = so.integer("group-size");
   spec.mse_clip = so.flag("mse-clip");
   bool per_channel = so.flag("per-channel");
   const bool per_tensor = so.flag("per-tensor");
-  st.calibrated = o.method != "rtn";
+  st.calibrated = method.needs_calibration;
   const int64_t samples = so.integer("calib-samples");
   if (samples < 0 || so.integer("calib-seqlen") < 1) so.fail("calib-samples", "must be >= 0, --calib-seqlen >= 1");
   o.target_bpw = so.real("target-bpw");
@@ -105,7 +107,7 @@ QuantizeStage quantize_stage(const StageOptions& so) {
       so.fail("bits-candidates", "'" + b + "' is not a number");
     }
   }
-  st.label = method_labels().at(o.method);
+  st.label = method.report_label;
   return st;
 }
 

@@ -3,6 +3,7 @@
 #include <map>
 #include <string>
 
+#include "mcompress/methods.h"
 #include "mcompress/ptq.h"
 #include "mcompress/stage_options.h"
 #include "mcompress/text_format.h"
@@ -20,6 +21,8 @@ struct QuantizeStage {
   std::string label;           // "GPTQ"
 };
 QuantizeStage quantize_stage(const StageOptions& so);
+// The stage's --method from the method table (methods.h); InputError naming where and the allowed names.
+const MethodInfo& method_of(const StageOptions& so, MethodKind kind);
 std::string quantize_title(const QuantizeStage& st, const std::string& model_path);
 
 // With --keep-sparsity: writes a layer with zeros in the sparse layout that costs the least (bitmask,
