@@ -233,6 +233,19 @@ std::function<void(const std::string&, const mc::LayerInfo&, int64_t, int64_t)> 
   };
 }
 
+// What both engines return: the codes by weight key, the report rows, warnings and settings (the module
+// already holds the new weights).
+py::dict engine_result(TorchModuleModel& model, const py::dict& quantized, const std::vector<mc::LayerRow>& rows,
+                       const std::vector<std::string>& warnings, const std::map<std::string, std::string>& settings) {
+  model.sync();
+  py::dict out;
+  out["quantized"] = quantized;
+  out["layers"] = layer_rows(model, rows);
+  out["warnings"] = warnings;
+  out["settings"] = settings;
+  return out;
+}
+
 at::Tensor batch_indices(int64_t n) { return n > 0 ? at::arange(n, at::kLong) : at::Tensor(); }
 
 }  // namespace
@@ -262,14 +275,9 @@ void register_torch_engine(py::module_& m) {
           py::gil_scoped_release release;
           r = mc::quantize_model(model, batch_indices(n_batches), o);
         }
-        model.sync();
-        py::dict out, q;
+        py::dict q;
         for (const auto& [key, res] : r.quantized) q[py::str(key)] = quant_entry(res);
-        out["quantized"] = q;
-        out["layers"] = layer_rows(model, r.layers);
-        out["warnings"] = r.warnings;
-        out["settings"] = r.settings;
-        return out;
+        return engine_result(model, q, r.layers, r.warnings, r.settings);
       },
       py::arg("model"), py::arg("n_batches"), py::arg("method"), py::arg("bits"), py::arg("group_size"),
       py::arg("sym"), py::arg("act_order"), py::arg("damp"), py::arg("fp64"), py::arg("targets"), py::arg("ignore"),
@@ -293,14 +301,10 @@ void register_torch_engine(py::module_& m) {
           py::gil_scoped_release release;
           r = mc::prune_model(model, batch_indices(n_batches), o);
         }
-        model.sync();
-        py::dict out, q;
+        py::dict q;
         for (const auto& [key, p] : r.pruned)
           if (p.quant) q[py::str(key)] = quant_entry(*p.quant);
-        out["quantized"] = q;
-        out["layers"] = layer_rows(model, r.layers);
-        out["warnings"] = r.warnings;
-        out["settings"] = r.settings;
+        py::dict out = engine_result(model, q, r.layers, r.warnings, r.settings);
         out["sparsity"] = r.sparsity;
         return out;
       },

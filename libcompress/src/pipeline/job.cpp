@@ -149,6 +149,15 @@ void JobRun::evaluate_output(const std::string& out_model, const std::string& st
   step(step_name);
 }
 
+void JobRun::pass_done(const std::string& step_name, const std::map<std::string, std::string>& settings,
+                       const std::vector<LayerRow>& layers, const std::vector<std::string>& warnings) {
+  events.end_progress();
+  for (const auto& [k, v] : settings) rep.settings[k] = v;
+  rep.layers = layers;
+  rep.warnings.insert(rep.warnings.end(), warnings.begin(), warnings.end());
+  step(step_name);
+}
+
 void JobRun::write_report() { mc::write_report(rep, io.out); }
 
 JobResult JobRun::result() const {

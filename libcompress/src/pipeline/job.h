@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <chrono>
+#include <map>
+#include <vector>
 #include <memory>
 #include <string>
 
@@ -42,6 +44,9 @@ class JobRun {
   void stored_bits(const std::string& out_model, bool exact_parts_only);
   // Reloads the written file and evaluates it against the baseline (when --eval is given).
   void evaluate_output(const std::string& out_model, const std::string& step_name);
+  // After the pass: its settings, layer rows and warnings into the report, the step timed.
+  void pass_done(const std::string& step_name, const std::map<std::string, std::string>& settings,
+                 const std::vector<LayerRow>& layers, const std::vector<std::string>& warnings);
   // Writes report.{json,md,html} to the output directory.
   void write_report();
   // The job's result: its report and whether it was evaluated on labeled examples.

@@ -154,11 +154,7 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
   o.journal = &out.journal();
   PruneResult res = prune_model(model, job.calib_x, o);
   out.keep();
-  events.end_progress();
-  for (const auto& [k, v] : res.settings) rep.settings[k] = v;
-  rep.layers = res.layers;
-  for (const auto& w : res.warnings) rep.warnings.push_back(w);
-  job.step("prune " + std::to_string(res.layers.size()) + " layers");
+  job.pass_done("prune " + std::to_string(res.layers.size()) + " layers", res.settings, res.layers, res.warnings);
 
   job.start();
   const std::string out_model = (fs::path(io.out) / "model.safetensors").string();

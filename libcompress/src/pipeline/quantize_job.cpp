@@ -192,11 +192,8 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
     partial.quantized.clear();
   };
   PtqResult res = quantize_model(model, job.calib_x, po);
-  events.end_progress();
-  for (const auto& [k, v] : res.settings) rep.settings[k] = v;
-  rep.layers = res.layers;
-  for (const auto& w : res.warnings) rep.warnings.push_back(w);
-  job.step("quantize " + std::to_string(res.layers.size()) + " layers (writing each block)");
+  job.pass_done("quantize " + std::to_string(res.layers.size()) + " layers (writing each block)", res.settings,
+                res.layers, res.warnings);
 
   // The rest: layers quantized after the blocks, then dense parameters as they are.
   job.start();
