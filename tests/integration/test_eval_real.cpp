@@ -18,9 +18,9 @@ constexpr double kNllTol = 5e-4;
 constexpr double kPplTol = 2e-3;
 constexpr double kAccTol = 2e-4;  // 98.31% +- 0.02% (2 images of 10,000)
 
-// data/ of this source tree (this file is tests/integration/test_eval_real.cpp).
+// data/ of this source tree (MC_SOURCE_DIR: __FILE__ is relative when ccache's base_dir rewrites paths).
 std::string project_data(const std::string& name) {
-  return (mctest::fs::path(__FILE__).parent_path().parent_path().parent_path() / "data" / name).string();
+  return (mctest::fs::path(MC_SOURCE_DIR) / "data" / name).string();
 }
 
 }  // namespace

@@ -6,9 +6,10 @@ import hashlib
 import json
 import os
 
+import numpy as np
 import pytest
 
-from conftest import shared
+from conftest import read_safetensors, shared
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -164,3 +165,10 @@ def test_baseline_bits_come_from_the_input_dtypes(mc, tiny_lm, tmp_path):
     assert _report(tmp_path / "bf16")["baseline_bits_per_weight"] == 16
     line = [l for l in p.stdout.splitlines() if l.startswith("bits per quantized weight")][0]
     assert line.split()[4] == "16.000", line
+    # what is not quantized keeps the input's dtype, bit for bit (bf16 -> float32 -> bf16 is exact)
+    src, _ = read_safetensors(bf16)
+    out, _ = read_safetensors(tmp_path / "bf16" / "model.safetensors")
+    dense = [k for k in out if not k.rsplit(".", 1)[-1] in ("qweight", "scales", "zeros", "g_idx")]
+    assert dense and all(out[k].dtype == np.uint16 for k in dense), dense  # BF16 read as uint16 patterns
+    for k in dense:
+        np.testing.assert_array_equal(out[k], src[k])

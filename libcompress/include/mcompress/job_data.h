@@ -5,11 +5,13 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "mcompress/datasets.h"
+#include "mcompress/dtype.h"
 #include "mcompress/eval.h"
 #include "mcompress/journal.h"
 #include "mcompress/report.h"
@@ -25,6 +27,9 @@ struct EventSink;
 std::string find_tokenizer(const std::string& model_path);
 // Bytes of a model on disk: the file, or the weight files of a Hugging Face directory.
 uint64_t model_bytes(const std::string& model_path);
+// Each tensor's stored dtype in a model file, or in every safetensors file of a Hugging Face directory
+// (sharded checkpoints); empty when the files cannot be read as checkpoints.
+std::map<std::string, DType> stored_dtypes(const std::string& model_path);
 // Distinct parameter values (a tied classifier counts once).
 uint64_t count_parameters(const Model& model);
 

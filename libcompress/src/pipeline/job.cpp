@@ -158,6 +158,15 @@ void JobRun::pass_done(const std::string& step_name, const std::map<std::string,
   step(step_name);
 }
 
+at::Tensor JobRun::as_stored(const std::string& key, const at::Tensor& t) {
+  if (!input_dtypes_) input_dtypes_ = stored_dtypes(io.model);
+  auto it = input_dtypes_->find(key);
+  if (it == input_dtypes_->end() || !t.is_floating_point()) return t;
+  if (it->second == DType::BF16) return t.to(at::kBFloat16);
+  if (it->second == DType::F16) return t.to(at::kHalf);
+  return t;
+}
+
 void JobRun::write_report() { mc::write_report(rep, io.out); }
 
 JobResult JobRun::result() const {

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <map>
+#include <optional>
 #include <vector>
 #include <memory>
 #include <string>
@@ -47,6 +48,9 @@ class JobRun {
   // After the pass: its settings, layer rows and warnings into the report, the step timed.
   void pass_done(const std::string& step_name, const std::map<std::string, std::string>& settings,
                  const std::vector<LayerRow>& layers, const std::vector<std::string>& warnings);
+  // A dense parameter as the output stores it: in the input's own 16-bit float dtype when the input
+  // stored it so (a bf16 model's norms stay bf16), else as computed (float32).
+  at::Tensor as_stored(const std::string& key, const at::Tensor& t);
   // Writes report.{json,md,html} to the output directory.
   void write_report();
   // The job's result: its report and whether it was evaluated on labeled examples.
@@ -68,6 +72,7 @@ class JobRun {
 
  private:
   std::chrono::steady_clock::time_point t_ = std::chrono::steady_clock::now();
+  std::optional<std::map<std::string, DType>> input_dtypes_;
 };
 
 // Report-level identity of a job for its resume journal.

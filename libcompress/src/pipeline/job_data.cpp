@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "mcompress/atomic_file.h"
+#include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
 #include "mcompress/events.h"
 #include "mcompress/model.h"
@@ -73,6 +74,26 @@ std::string find_tokenizer(const std::string& model_path) {
 }
 
 uint64_t count_parameters(const Model& model) { return uint64_t(count_distinct_parameters(model.params())); }
+
+std::map<std::string, DType> stored_dtypes(const std::string& model_path) {
+  std::map<std::string, DType> out;
+  std::vector<std::string> files;
+  std::error_code ec;
+  if (fs::is_directory(model_path, ec)) {
+    for (const auto& e : fs::directory_iterator(model_path, ec))
+      if (e.is_regular_file() && e.path().extension() == ".safetensors") files.push_back(e.path().string());
+  } else {
+    files.push_back(model_path);
+  }
+  for (const auto& f : files) {
+    try {
+      for (const auto& t : open_checkpoint(f)->tensors()) out[t.name] = t.dtype;
+    } catch (const Error&) {
+      return {};
+    }
+  }
+  return out;
+}
 
 uint64_t model_bytes(const std::string& model_path) {
   if (!fs::is_directory(model_path)) return fs::file_size(model_path);

@@ -21,7 +21,7 @@ namespace {
 // Stored bits per weight of a tensor in the input file, else of the loaded parameter.
 class InputBits {
  public:
-  InputBits(const Model& m, const std::string& path) : m_(m) {
+  InputBits(const Model& m, const std::string& path) : m_(m), dtypes_(stored_dtypes(path)) {
     try {
       in_ = open_checkpoint(path);
     } catch (const Error&) {
@@ -37,11 +37,14 @@ class InputBits {
         if (t.name.rfind(key + ".", 0) == 0) bytes += t.nbytes;
       if (bytes) return 8.0 * double(bytes) / n;
     }
+    auto it = dtypes_.find(key);  // a Hugging Face directory: the shard's dtype
+    if (it != dtypes_.end() && !is_block(it->second)) return 8.0 * double(dtype_info(it->second).block_bytes);
     return 8.0 * double(w.element_size());
   }
 
  private:
   const Model& m_;
+  std::map<std::string, DType> dtypes_;
   std::unique_ptr<CheckpointReader> in_;
 };
 

@@ -161,7 +161,7 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
   {
     PackedCheckpointWriter writer(out_model);
     for (const auto& [k, v] : model.params())
-      if (!res.pruned.count(k)) writer.add_dense(k, v);
+      if (!res.pruned.count(k)) writer.add_dense(k, job.as_stored(k, v));
     for (const auto& [key, p] : res.pruned) {
       const at::Tensor w = p.weight.reshape(model.param(key).sizes());
       if (st.storage == "sparse") {

@@ -200,7 +200,7 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   for (const auto& [key, q] : res.quantized) add(key, q), written.insert(key);
   if (po.keep_sparsity) rep.settings["sparsity"] = std::to_string(sparse_layers) + " layers kept sparse (sparse layout)";
   for (const auto& [k, v] : model.params())
-    if (!written.count(k) && v.defined()) writer.add_dense(k, v);
+    if (!written.count(k) && v.defined()) writer.add_dense(k, job.as_stored(k, v));
   auto meta = model.config_metadata();
   if (!res.act_bits.empty()) meta[kActivationMetadataKey] = activation_metadata(res.act_bits);
   writer.finish(meta);
