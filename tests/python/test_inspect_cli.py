@@ -215,3 +215,24 @@ def test_quantize_output_shows_scheme_and_bits_per_weight(mc, tiny_lm, tmp_path)
     # The output directory itself (model.safetensors + reports, no config.json) inspects the same way.
     jd = json.loads(mc("inspect", out_dir, "--json", "--no-stats").stdout)
     assert jd["quantized"] == json.loads(mc("inspect", out, "--json", "--no-stats").stdout)["quantized"]
+
+
+@pytest.mark.parametrize("args,scheme", [(["--pattern", "2:4", "--bits", "4", "--group-size", "16"], "2:4 sparse + int4 sym g16"),
+                                         (["--sparsity", "0.5"], "bitmask sparse fp16")])
+def test_prune_output_shows_sparse_scheme(mc, tiny_lm, tmp_path, args, scheme):
+    _, model = tiny_lm
+    mc("prune", "--method", "magnitude", *args, model, "-o", tmp_path / "p", "-q")
+    raw, meta = read_safetensors(tmp_path / "p" / "model.safetensors")
+    desc = json.loads(meta["mcompress.quantization"])["tensors"]
+    q = {e["name"]: e for e in json.loads(mc("inspect", tmp_path / "p", "--json", "--no-stats").stdout)["quantized"]}
+    assert set(q) == set(desc)
+    for key, dsc in desc.items():
+        o, i = dsc["shape"]
+        if dsc["sparse"]["layout"] == "n:m":  # docs/packed-format.md: 2-bit positions + int4 codes of the kept half + f16 scales
+            kr = i // 2
+            expect = o * -(-kr * 2 // 8) + o * -(-kr * 4 // 8) + o * -(-i // 16) * 2
+        else:  # bitmask: one bit per column + the kept values as f16
+            expect = o * -(-i // 8) + 2 * int(np.unpackbits(raw[key + ".mask"]).sum())
+        assert sum(raw[n].nbytes for n in raw if n.startswith(key + ".")) == expect
+        assert (q[key]["scheme"], q[key]["bytes"]) == (scheme, expect), key
+        assert q[key]["bits_per_weight"] == pytest.approx(8 * expect / (o * i), rel=1e-12)
