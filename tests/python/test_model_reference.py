@@ -1,18 +1,21 @@
 """The llama runtime against an independent PyTorch reference written here from llama2.c model.py
-(interleaved RoPE) and Hugging Face modeling_llama / modeling_qwen2 (rotate-half RoPE, q/k/v biases):
+(interleaved RoPE) and Hugging Face modeling_llama / modeling_qwen2 (rotate-half RoPE, q/k/v biases) /
+modeling_qwen3 (per-head RMSNorm on q and k before RoPE, head_dim independent of hidden / heads):
 tiny random models are written by this file (a llama2.c legacy .bin; a Hugging Face directory), the
 CLI scores a token file (`mcompress eval --json`) and greedily generates (`mcompress generate --json`),
 and both must agree with the reference. Run as a script, it prints the logits hard-coded in
 tests/unit/test_model.cpp (the LCG model there)."""
 import json
 import math
+import os
 import struct
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import write_safetensors
+from conftest import catch2_binary, write_safetensors
 
 
 
@@ -37,7 +40,7 @@ class Lcg:
 
 def llama2c_names(cfg):
     names = [("tok_embeddings.weight", (cfg["vocab"], cfg["dim"]), "w")]
-    hd = cfg["dim"] // cfg["heads"]
+    hd = cfg.get("head_dim") or cfg["dim"] // cfg["heads"]
     for i in range(cfg["layers"]):
         p = f"layers.{i}."
         names += [(p + "attention_norm.weight", (cfg["dim"],), "n"),
@@ -49,6 +52,8 @@ def llama2c_names(cfg):
                   (p + "feed_forward.w1.weight", (cfg["hidden"], cfg["dim"]), "w"),
                   (p + "feed_forward.w2.weight", (cfg["dim"], cfg["hidden"]), "w"),
                   (p + "feed_forward.w3.weight", (cfg["hidden"], cfg["dim"]), "w")]
+        if cfg.get("qk_norm"):
+            names += [(p + "attention.q_norm.weight", (hd,), "n"), (p + "attention.k_norm.weight", (hd,), "n")]
     names.append(("norm.weight", (cfg["dim"],), "n"))
     return names
 
@@ -95,7 +100,7 @@ def llama_forward(W, cfg, tokens, layout="interleaved", names=None, eps=1e-5, th
     get = lambda k: t[names(k)]
     opt = lambda k: t.get(names(k))
     H, KV = cfg["heads"], cfg["kv_heads"]
-    hd = cfg["dim"] // H
+    hd = cfg.get("head_dim") or cfg["dim"] // H
     x = get("tok_embeddings.weight")[torch.tensor(tokens)][None]
     B, T, _ = x.shape
     cos, sin = rope_tables(hd, T, theta)
@@ -107,6 +112,9 @@ def llama_forward(W, cfg, tokens, layout="interleaved", names=None, eps=1e-5, th
         q = lin(h, get(p + "attention.wq.weight"), opt(p + "attention.wq.bias")).view(B, T, H, hd)
         k = lin(h, get(p + "attention.wk.weight"), opt(p + "attention.wk.bias")).view(B, T, KV, hd)
         v = lin(h, get(p + "attention.wv.weight"), opt(p + "attention.wv.bias")).view(B, T, KV, hd)
+        qn, kn = opt(p + "attention.q_norm.weight"), opt(p + "attention.k_norm.weight")
+        if qn is not None:  # HF Qwen3Attention: q_norm / k_norm over each head's vector, then RoPE
+            q, k = rms_norm(q, qn, eps), rms_norm(k, kn, eps)
         q, k = rot(q, cos, sin), rot(k, cos, sin)
         k = k.repeat_interleave(H // KV, dim=2)  # llama2.c repeat_kv
         v = v.repeat_interleave(H // KV, dim=2)
@@ -153,7 +161,8 @@ def hf_permute(w, n_heads):
 HF_ROLE = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
            "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
            "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-           "feed_forward.w3": "mlp.up_proj"}
+           "feed_forward.w3": "mlp.up_proj", "attention.q_norm": "self_attn.q_norm",
+           "attention.k_norm": "self_attn.k_norm"}
 
 
 def hf_name(k):
@@ -270,6 +279,149 @@ def test_greedy_generation_matches_reference(mc, tmp_path):
         gen.append(nxt)
     assert out["ids"] == gen
 
+
+
+# ---- Qwen3 ----
+# Qwen3-0.6B's config.json keys with tiny widths: heads * head_dim (128) != hidden (64), GQA, no biases, tied.
+QWEN3 = dict(dim=64, hidden=96, layers=2, heads=4, kv_heads=2, head_dim=32, vocab=300, qk_norm=True)
+# float32 forward vs float64 reference: tied N(0,1) embedding rows of width 64 against a unit-RMS hidden state
+# give logits up to ~60, so float32 rounding (relative ~1e-7 per op, summed over 64-wide dot products and two
+# blocks) leaves ~1e-5: measured 2.35e-5 (max |logit| 58.5). 2e-4 allows 8x that across BLAS builds; without
+# q_norm/k_norm the logits move by more than 0.1 (asserted below).
+QWEN3_LOGIT_TOL = 2e-4
+
+
+def bf16_round(a):
+    """The bf16 value of each float32 (round to nearest even, as torch) as float32, and its bit pattern."""
+    t = torch.tensor(np.asarray(a, dtype=np.float32), dtype=torch.float32).to(torch.bfloat16)
+    return t.to(torch.float32).numpy(), t.view(torch.int16).numpy().view(np.uint16)
+
+
+def write_bf16_safetensors(path, tensors):
+    header, blobs, off = {}, [], 0
+    for name, bits in tensors.items():
+        b = np.ascontiguousarray(bits, dtype=np.uint16).tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(bits.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def write_qwen3_dir(d, cfg, seed):
+    """A Qwen3ForCausalLM directory with bf16 weights; returns the weights (bf16 values) by HF name."""
+    W = random_model(cfg, seed)
+    d.mkdir()
+    hf, bits = {}, {}
+    for k, v in W.items():
+        hf[hf_name(k)], bits[hf_name(k)] = bf16_round(v)
+    write_bf16_safetensors(d / "model.safetensors", bits)
+    (d / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": cfg["dim"],
+        "intermediate_size": cfg["hidden"], "num_hidden_layers": cfg["layers"],
+        "num_attention_heads": cfg["heads"], "num_key_value_heads": cfg["kv_heads"], "head_dim": cfg["head_dim"],
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000, "vocab_size": cfg["vocab"], "tie_word_embeddings": True,
+        "max_position_embeddings": 40960, "attention_bias": False, "attention_dropout": 0.0, "hidden_act": "silu",
+        "torch_dtype": "bfloat16", "use_sliding_window": False, "sliding_window": None, "bos_token_id": 151643,
+        "eos_token_id": 151645}))
+    return hf
+
+
+def our_logits(model, tokens, tmp_path):
+    """Our forward's logits [T, vocab] through the hidden Catch2 case [.logits]."""
+    binary = catch2_binary()
+    if not os.path.exists(binary):
+        pytest.skip(f"test binary not built at {binary} (set MC_TESTS_BIN)")
+    out = tmp_path / "logits.safetensors"
+    env = {**os.environ, "MC_LOGITS_MODEL": str(model), "MC_LOGITS_TOKENS": ",".join(map(str, tokens)),
+           "MC_LOGITS_OUT": str(out)}
+    p = subprocess.run([binary, "[.logits]"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0 and out.exists(), p.stdout + p.stderr
+    from conftest import read_safetensors
+    return torch.tensor(read_safetensors(out)[0]["logits"].astype(np.float64))
+
+
+def test_hf_qwen3_qk_norm_head_dim_match_reference(mc, tmp_path):
+    cfg = QWEN3
+    hf = write_qwen3_dir(tmp_path / "qwen3", cfg, 11)
+    tokens = np.random.default_rng(12).integers(0, cfg["vocab"], 40).astype(np.uint16)
+    ref = lambda w: llama_forward(hf, cfg, w, "half", hf_name, 1e-6, 1e6)
+    want = ref(tokens.tolist())[0]
+    got = our_logits(tmp_path / "qwen3", tokens.tolist(), tmp_path)
+    diff = (got - want).abs().max().item()
+    print(f"qwen3 max |logit diff| ours (float32) vs float64 reference: {diff:.3g} (max |logit| {want.abs().max():.3g})")
+    assert diff < QWEN3_LOGIT_TOL
+    # The reference without the q/k norms is far from ours: the check sees them.
+    no_norm = {k: v for k, v in hf.items() if "q_norm" not in k and "k_norm" not in k}
+    assert len(no_norm) == len(hf) - 2 * cfg["layers"]
+    assert (llama_forward(no_norm, cfg, tokens.tolist(), "half", hf_name, 1e-6, 1e6)[0] - got).abs().max() > 0.1
+    # The CLI's eval scores the same forward (tokenizer-free token file).
+    (tmp_path / "t.u16").write_bytes(tokens.tobytes())
+    want_nll, n = mean_nll(ref, tokens.tolist(), 20)
+    res = eval_json(mc, tmp_path / "qwen3", tmp_path / "t.u16", 20)
+    assert res["predicted_tokens"] == n
+    assert abs(res["mean_nll"] - want_nll) < 1e-5  # float32 forward vs float64 reference, as above
+    # Exporters that would drop the q/k norms refuse: exit 2, one line, nothing written.
+    for fmt in ("gguf:q8_0", "hf-gptq", "llama2c-q8"):
+        out = tmp_path / ("out-" + fmt.replace(":", "-"))
+        p = mc("export", "--format", fmt, tmp_path / "qwen3", "-o", out, check=False)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "q/k norms" in p.stderr, p.stderr
+        assert not out.exists()
+
+
+# ---- padded vocabularies: an embedding with more rows than the tokenizer has tokens ----
+def write_letter_tokenizer(path, n):
+    """A llama2.c tokenizer of n tokens: <unk>, <s>, </s>, then single ASCII characters from 'A'."""
+    vocab = [b"<unk>", b"<s>", b"</s>"] + [bytes([c]) for c in range(ord("A"), ord("A") + n - 3)]
+    assert all(v.isascii() for v in vocab)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", 8))
+        for i, v in enumerate(vocab):
+            f.write(struct.pack("<fi", float(-i), len(v)) + v)
+
+
+def test_padded_vocabulary_evaluates_and_generates(mc, tmp_path):
+    cfg = dict(CFG, vocab=60)  # 60 embedding rows, 40 tokens: rows 40..59 are padding (as Qwen's 151936 vs 151669)
+    W = random_model(cfg, 9, separate_classifier=True)
+    W["output.weight"][40:] *= 2  # padding ids win the argmax often: generation must survive them
+    model = tmp_path / "tiny.bin"
+    write_llama2c_legacy(model, W, cfg)
+    write_letter_tokenizer(tmp_path / "tokenizer.bin", 40)
+    (tmp_path / "text.txt").write_text("abcdeabcdeab\n")
+    res = json.loads(mc("eval", model, "--data", tmp_path / "text.txt", "--window", 16, "--json").stdout)["result"]
+    ids = [1] + [3 + ord(c) - ord("A") for c in "abcdeabcdeab"]  # BOS + one token per character
+    want, n = mean_nll(lambda w: llama_forward(W, cfg, w), ids, 16)
+    assert res["predicted_tokens"] == n
+    assert abs(res["mean_nll"] - want) < 1e-5  # the softmax runs over all 60 rows, padding included
+    out = json.loads(mc("generate", model, "--prompt", "abc", "--max-tokens", 12, "--temperature", 0,
+                        "--json").stdout)
+    ids = [1] + [3 + ord(c) - ord("A") for c in "abc"]
+    gen = []
+    for _ in range(12):
+        nxt = int(llama_forward(W, cfg, ids)[0, -1].argmax())
+        if nxt in (1, 2):
+            break
+        ids.append(nxt)
+        gen.append(nxt)
+    assert out["ids"] == gen
+    assert any(i >= 40 for i in gen), gen  # an id the tokenizer cannot decode was produced...
+    assert out["text"] == "abc" + "".join(chr(ord("A") + i - 3) for i in gen if 3 <= i < 40)  # ...and shows as nothing
+
+
+def test_tokenizer_larger_than_embedding_exits_2(mc, tmp_path):
+    cfg = dict(CFG, vocab=30)
+    model = tmp_path / "tiny.bin"
+    write_llama2c_legacy(model, random_model(cfg, 10), cfg)
+    tok = tmp_path / "tokenizer.bin"
+    write_letter_tokenizer(tok, 40)
+    (tmp_path / "text.txt").write_text("abc\n")
+    for args in (("eval", model, "--data", tmp_path / "text.txt"), ("generate", model, "--prompt", "abc")):
+        p = mc(*args, check=False)
+        assert p.returncode == 2, p.stderr
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(tok) in lines[0] and "40" in lines[0] and "30" in lines[0], p.stderr
 
 def main():
     torch.set_default_dtype(torch.float64)

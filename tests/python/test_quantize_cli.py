@@ -60,13 +60,15 @@ def test_bad_quantize_options(mc, tiny_lm, args, expect):
     assert not out.exists()
 
 
-def test_tokenizer_vocabulary_mismatch(mc, tiny_lm):
+def test_tokenizer_smaller_than_vocabulary_evaluates(mc, tiny_lm):
+    # 512 tokens for a 768-row embedding: a padded vocabulary (as Qwen's), not an error. The reverse (a tokenizer
+    # larger than the embedding) exits 2: tests/python/test_model_reference.py.
     d, model = tiny_lm
     tok = os.path.join(os.environ.get("MC_SHARED_DATA", ""), "stories260K", "tok512.bin")
     if not os.path.exists(tok):
         pytest.skip("tok512.bin not available")
-    p = mc("eval", model, "--data", d / "corpus" / "valid.txt", "--tokenizer", tok, check=False)
-    assert p.returncode == 2 and "tokens but the model's vocabulary has" in p.stderr
+    p = mc("eval", model, "--data", d / "corpus" / "valid.txt", "--tokenizer", tok, "--max-docs", 5, check=False)
+    assert p.returncode == 0, p.stderr
 
 
 def test_empty_eval_text(mc, tiny_lm):

@@ -48,9 +48,16 @@ int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
   if (tok_path.empty())
     mc::fail("generate", "no tokenizer beside ", model_path, " (tokenizer.bin, tok*.bin, tokenizer.json): pass --tokenizer");
   auto tok = mc::load_tokenizer(tok_path);
-  if (tok->vocab_size() != model->vocab_size())
+  if (tok->vocab_size() > model->vocab_size())  // fewer tokens than embedding rows: a padded vocabulary (Qwen)
     mc::fail("generate", tok_path, ": tokenizer has ", tok->vocab_size(), " tokens but the model's vocabulary has ",
-             model->vocab_size());
+             "only ", model->vocab_size());
+  // A padded embedding's extra rows have no text: ids the tokenizer lacks decode as nothing.
+  auto decode = [&](const std::vector<int32_t>& v) {
+    std::vector<int32_t> known;
+    for (int32_t id : v)
+      if (id >= 0 && id < tok->vocab_size()) known.push_back(id);
+    return tok->decode(known);
+  };
 
   std::vector<int32_t> ids;
   const int32_t bos = tok->bos_id() >= 0 ? tok->bos_id() : tok->eos_id();
@@ -63,13 +70,13 @@ int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
   // Stream: print what decode(all ids) adds at each step (decode is prefix-stable for these tokenizers).
   const size_t prompt_len = ids.size();
   std::vector<int32_t> all(ids.begin() + (bos >= 0 ? 1 : 0), ids.end());
-  std::string shown = tok->decode(all);
+  std::string shown = decode(all);
   if (!json) std::cout << shown << std::flush;
   const auto t0 = std::chrono::steady_clock::now();
   auto out = mc::generate(*model, ids, g, [&](int32_t id) {
     all.push_back(id);
     if (json) return;
-    std::string text = tok->decode(all);
+    std::string text = decode(all);
     if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
       std::cout << text.substr(shown.size()) << std::flush;
       shown = std::move(text);
@@ -80,12 +87,12 @@ int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
   if (json) {
     nlohmann::ordered_json j;
     j["model"] = model_path, j["prompt"] = prompt, j["seed"] = g.seed, j["temperature"] = g.temperature;
-    j["top_p"] = g.top_p, j["prompt_tokens"] = prompt_len, j["ids"] = out, j["text"] = tok->decode(all);
+    j["top_p"] = g.top_p, j["prompt_tokens"] = prompt_len, j["ids"] = out, j["text"] = decode(all);
     j["generated_tokens"] = out.size(), j["tokens_per_second"] = tps;
     std::cout << j.dump(2) << "\n";
     return 0;
   }
-  const std::string final_text = tok->decode(all);
+  const std::string final_text = decode(all);
   if (final_text.size() > shown.size() && final_text.compare(0, shown.size(), shown) == 0)
     std::cout << final_text.substr(shown.size());
   std::cout << "\n" << std::flush;  // before the stderr summary

@@ -154,6 +154,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   if (!llama) fail("gguf", model_path, ": GGUF export needs a llama model, this is '", model->arch(), "'");
   const LlamaConfig& c = llama->config();
   if (c.qkv_bias || c.o_bias) fail("gguf", model_path, ": attention biases cannot be written for arch llama");
+  if (c.qk_norm) fail("gguf", model_path, ": per-head q/k norms (Qwen3) cannot be written for arch llama (needs qwen3)");
   if (c.rope_scaling == "llama3")
     fail("gguf", model_path, ": llama3 rope scaling is not supported by this exporter (needs rope_freqs)");
   const std::string tok_path = find_tokenizer(model_path, opts.tokenizer);

@@ -28,6 +28,9 @@ ExportInput read_export_input(const std::string& path) {
   auto* llama = dynamic_cast<LlamaModel*>(model.get());
   if (!llama) fail("export", path, ": a ", model->arch(), " model; only llama models can be exported");
   in.cfg = llama->config();
+  if (in.cfg.qk_norm)  // the writers know Llama/Mistral/Qwen2 tensors and config.json only
+    fail("export", path, ": per-head q/k norms (Qwen3) are not supported by the hf-gptq, compressed-tensors and "
+         "llama2c-q8 exporters yet");
   for (const auto& [k, t] : llama->params())
     if (t.defined()) in.params[k] = t.to(at::kFloat).contiguous();
   if (fs::is_regular_file(path)) {

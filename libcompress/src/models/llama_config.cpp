@@ -62,6 +62,7 @@ std::string LlamaConfig::json() const {
   j["rope_scaling"] = rope_scaling, j["rope_factor"] = rope_factor;
   j["rope_low_freq_factor"] = rope_low_freq_factor, j["rope_high_freq_factor"] = rope_high_freq_factor;
   j["rope_original_max_pos"] = rope_original_max_pos, j["bos_id"] = bos_id, j["eos_id"] = eos_id;
+  if (qk_norm) j["qk_norm"] = true;  // only when set: metadata of the other families stays as it was
   return j.dump();
 }
 
@@ -79,6 +80,7 @@ LlamaConfig LlamaConfig::from_json(const std::string& text, const std::string& w
     c.rope = layout == "interleaved" ? RopeLayout::Interleaved : RopeLayout::RotateHalf;
     c.names = names == "llama2c" ? LlamaNames::Llama2c : LlamaNames::HuggingFace;
     c.tied = j.at("tied"), c.qkv_bias = get_or(j, "qkv_bias", false), c.o_bias = get_or(j, "o_bias", false);
+    c.qk_norm = get_or(j, "qk_norm", false);
     c.sliding_window = get_or<int64_t>(j, "sliding_window", 0);
     c.rope_scaling = get_or<std::string>(j, "rope_scaling", "");
     c.rope_factor = get_or(j, "rope_factor", 1.0);
@@ -106,9 +108,10 @@ LlamaConfig LlamaConfig::from_hf_config(const std::string& path) {
     std::string arch;
     if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty())
       arch = j["architectures"][0].get<std::string>();
-    if (arch != "LlamaForCausalLM" && arch != "Qwen2ForCausalLM" && arch != "MistralForCausalLM")
+    if (arch != "LlamaForCausalLM" && arch != "Qwen2ForCausalLM" && arch != "Qwen3ForCausalLM" &&
+        arch != "MistralForCausalLM")
       fail("llama", path, ": architecture '", arch,
-           "' is not supported (allowed: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)");
+           "' is not supported (allowed: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)");
     const std::string act = get_or<std::string>(j, "hidden_act", "silu");
     if (act != "silu") fail("llama", path, ": hidden_act '", act, "' is not supported (only silu)");
     if (get_or(j, "mlp_bias", false)) fail("llama", path, ": mlp_bias is not supported");
@@ -123,9 +126,10 @@ LlamaConfig LlamaConfig::from_hf_config(const std::string& path) {
     c.tied = get_or(j, "tie_word_embeddings", false);
     const bool attention_bias = get_or(j, "attention_bias", false);
     c.qkv_bias = arch == "Qwen2ForCausalLM" || attention_bias;
-    c.o_bias = arch != "Qwen2ForCausalLM" && attention_bias;
+    c.o_bias = arch != "Qwen2ForCausalLM" && attention_bias;  // Qwen3 as Llama: attention_bias for all four
+    c.qk_norm = arch == "Qwen3ForCausalLM";
     if (arch == "MistralForCausalLM") c.sliding_window = get_or<int64_t>(j, "sliding_window", 0);
-    if (arch == "Qwen2ForCausalLM" && get_or(j, "use_sliding_window", false))
+    if ((arch == "Qwen2ForCausalLM" || arch == "Qwen3ForCausalLM") && get_or(j, "use_sliding_window", false))
       c.sliding_window = get_or<int64_t>(j, "sliding_window", 0);
     if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) {
       const auto& rs = j["rope_scaling"];
@@ -165,6 +169,8 @@ std::string llama_param_name(LlamaNames names, const std::string& role, int64_t 
       {"bk", {"attention.wk.bias", "self_attn.k_proj.bias"}},
       {"bv", {"attention.wv.bias", "self_attn.v_proj.bias"}},
       {"bo", {"attention.wo.bias", "self_attn.o_proj.bias"}},
+      {"q_norm", {"attention.q_norm.weight", "self_attn.q_norm.weight"}},
+      {"k_norm", {"attention.k_norm.weight", "self_attn.k_norm.weight"}},
       {"w1", {"feed_forward.w1.weight", "mlp.gate_proj.weight"}},
       {"w2", {"feed_forward.w2.weight", "mlp.down_proj.weight"}},
       {"w3", {"feed_forward.w3.weight", "mlp.up_proj.weight"}},
@@ -203,6 +209,7 @@ std::map<std::string, at::Tensor> init_llama_weights(const LlamaConfig& c, uint6
       fill("bv", l, kv_dim, 0.0);
     }
     if (c.o_bias) fill("bo", l, c.dim, 0.0);
+    if (c.qk_norm) fill("q_norm", l, c.head_dim, 1.0), fill("k_norm", l, c.head_dim, 1.0);
   }
   fill("final_norm", -1, c.dim, 1.0);
   if (!c.tied) normal("output", -1, {c.vocab_size, c.dim}, std0);

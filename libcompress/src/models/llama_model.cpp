@@ -1,5 +1,6 @@
 // LlamaModel: parameters checked against the config, then an ATen forward mirroring llama2.c model.py
-// (and Hugging Face modeling_llama / modeling_qwen2 for the rotate-half layout and the biases).
+// (and Hugging Face modeling_llama / modeling_qwen2 / modeling_qwen3 for the rotate-half layout, the biases and
+// Qwen3's per-head q/k norms).
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -12,8 +13,15 @@ namespace mc {
 
 namespace {
 
-// Position of each role inside block_layers_[k], in execution order.
-enum BlockSlot { kAttnNorm, kWq, kWk, kWv, kWo, kFfnNorm, kW1, kW3, kW2, kSlots };
+// The roles of a block. Without q/k norms a role's position in block_layers_[k] is its value; with them
+// (Qwen3) the block runs attn_norm, wq, wk, wv, q_norm, k_norm, wo, ffn_norm, w1, w3, w2.
+enum BlockSlot { kAttnNorm, kWq, kWk, kWv, kWo, kFfnNorm, kW1, kW3, kW2, kQNorm, kKNorm };
+
+size_t slot_position(bool qk_norm, int s) {
+  if (!qk_norm) return size_t(s);
+  if (s == kQNorm || s == kKNorm) return size_t(kWo + (s - kQNorm));
+  return size_t(s >= kWo ? s + 2 : s);
+}
 
 std::string module_of(const std::string& key) {
   const std::string suffix = ".weight";
@@ -58,16 +66,17 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
       std::string bias = has_bias ? want(bias_role, i, {out}) : "";
       plan.push_back({module_of(w), w, bias, LayerKind::Linear, b, false, out, in});
     };
-    auto norm = [&](const char* role) {
-      std::string w = want(role, i, {D});
-      plan.push_back({module_of(w), w, "", LayerKind::Norm, b, false, D, D});
+    auto norm = [&](const char* role, int64_t width) {
+      std::string w = want(role, i, {width});
+      plan.push_back({module_of(w), w, "", LayerKind::Norm, b, false, width, width});
     };
-    norm("attn_norm");
+    norm("attn_norm", D);
     lin("wq", "bq", cfg_.qkv_bias, QD, D);
     lin("wk", "bk", cfg_.qkv_bias, KVD, D);
     lin("wv", "bv", cfg_.qkv_bias, KVD, D);
+    if (cfg_.qk_norm) norm("q_norm", cfg_.head_dim), norm("k_norm", cfg_.head_dim);
     lin("wo", "bo", cfg_.o_bias, D, QD);
-    norm("ffn_norm");
+    norm("ffn_norm", D);
     lin("w1", "", false, F, D);
     lin("w3", "", false, F, D);
     lin("w2", "", false, D, F);
@@ -91,6 +100,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
   if (!missing.empty() || !unexpected.empty()) {
     std::string msg = "checkpoint does not match the llama config (" + std::to_string(cfg_.n_layers) + " layers";
     msg += cfg_.qkv_bias ? ", q/k/v biases" : "";
+    msg += cfg_.qk_norm ? ", q/k norms" : "";
     msg += cfg_.tied ? ", tied classifier)" : ", separate classifier)";
     if (!missing.empty()) msg += "; missing keys: " + list_some(missing);
     if (!unexpected.empty()) msg += "; unexpected keys: " + list_some(unexpected);
@@ -126,10 +136,14 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
   }
 }
 
+size_t LlamaModel::slot(int k, int role) const {
+  return block_layers_[static_cast<size_t>(k)][slot_position(cfg_.qk_norm, role)];
+}
+
 std::vector<ScaleGroup> LlamaModel::scale_groups(int block) const {
   if (block < 0 || block >= num_blocks_) fail("llama", "block ", block, " outside 0..", num_blocks_ - 1);
-  const auto& ids = block_layers_[static_cast<size_t>(block)];
-  auto L = [&](BlockSlot s) -> const LayerInfo& { return layers_[ids[s]]; };
+  // q_norm/k_norm act on q/k's outputs per head: not a fold target, and scaling q/k's input channels leaves them be.
+  auto L = [&](BlockSlot s) -> const LayerInfo& { return layers_[slot(block, s)]; };
   std::vector<ScaleGroup> g;
   g.push_back({L(kAttnNorm).weight, "", true, {L(kWq).name, L(kWk).name, L(kWv).name}});
   // o's input channel (head h, d) is v's channel (h / (n_heads / n_kv_heads), d) mixed over positions.
@@ -188,11 +202,15 @@ at::Tensor LlamaModel::rms_norm(const LayerInfo& layer, const at::Tensor& x) {
 }
 
 at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int64_t pos0) {
-  const auto& ids = block_layers_[static_cast<size_t>(k)];
   const int64_t B = x.size(0), T = x.size(1), H = cfg_.n_heads, HKV = cfg_.n_kv_heads, hd = cfg_.head_dim;
-  at::Tensor q = apply_linear(layers_[ids[kWq]], x).view({B, T, H, hd}).transpose(1, 2);
-  at::Tensor kk = apply_linear(layers_[ids[kWk]], x).view({B, T, HKV, hd}).transpose(1, 2);
-  at::Tensor v = apply_linear(layers_[ids[kWv]], x).view({B, T, HKV, hd}).transpose(1, 2);
+  at::Tensor q = apply_linear(layers_[slot(k, kWq)], x).view({B, T, H, hd});
+  at::Tensor kk = apply_linear(layers_[slot(k, kWk)], x).view({B, T, HKV, hd});
+  at::Tensor v = apply_linear(layers_[slot(k, kWv)], x).view({B, T, HKV, hd}).transpose(1, 2);
+  if (cfg_.qk_norm) {  // HF Qwen3Attention: q_norm(q_proj(x).view(..., head_dim)), before RoPE
+    q = rms_norm(layers_[slot(k, kQNorm)], q);
+    kk = rms_norm(layers_[slot(k, kKNorm)], kk);
+  }
+  q = q.transpose(1, 2), kk = kk.transpose(1, 2);
   q = rope(q, pos0);
   kk = rope(kk, pos0);
   int64_t S = T;
@@ -217,16 +235,15 @@ at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int
   if (attention_observer_) attention_observer_(k, probs.reshape({B, H, T, S}));
   at::Tensor out = at::matmul(probs, v.unsqueeze(2));  // [B, HKV, rep, T, hd]
   out = out.reshape({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
-  return apply_linear(layers_[ids[kWo]], out);
+  return apply_linear(layers_[slot(k, kWo)], out);
 }
 
 at::Tensor LlamaModel::block(int k, const at::Tensor& x, KVCache* cache, int64_t pos0) {
-  const auto& ids = block_layers_[static_cast<size_t>(k)];
-  at::Tensor h = x + attention(k, rms_norm(layers_[ids[kAttnNorm]], x), cache, pos0);
-  at::Tensor n = rms_norm(layers_[ids[kFfnNorm]], h);
-  at::Tensor g = apply_linear(layers_[ids[kW1]], n);
-  at::Tensor u = apply_linear(layers_[ids[kW3]], n);
-  return h + apply_linear(layers_[ids[kW2]], at::silu(g) * u);
+  at::Tensor h = x + attention(k, rms_norm(layers_[slot(k, kAttnNorm)], x), cache, pos0);
+  at::Tensor n = rms_norm(layers_[slot(k, kFfnNorm)], h);
+  at::Tensor g = apply_linear(layers_[slot(k, kW1)], n);
+  at::Tensor u = apply_linear(layers_[slot(k, kW3)], n);
+  return h + apply_linear(layers_[slot(k, kW2)], at::silu(g) * u);
 }
 
 at::Tensor LlamaModel::embed(const at::Tensor& tokens) {

@@ -238,6 +238,7 @@ StructuredResult prune_structured(Model& model, const at::Tensor& calib, const S
     }
     put("w1", w1), put("w3", w3), put("w2", w2);
     put("attn_norm", P("attn_norm", k)), put("ffn_norm", P("ffn_norm", k));
+    if (c.qk_norm) put("q_norm", P("q_norm", k)), put("k_norm", P("k_norm", k));  // per head_dim: kept as is
     // Heads: wq rows are [n_heads, head_dim], wk/wv rows [n_kv_heads, head_dim], wo columns [n_heads, head_dim].
     at::Tensor wq = P("wq", k), wk = P("wk", k), wv = P("wv", k), wo = P("wo", k);
     at::Tensor bq, bk, bv;

@@ -1,6 +1,6 @@
-// Llama-family decoder (llama2.c, Llama, Mistral, Qwen2): RMSNorm, RoPE (interleaved pairs as llama2.c,
+// Llama-family decoder (llama2.c, Llama, Mistral, Qwen2, Qwen3): RMSNorm, RoPE (interleaved pairs as llama2.c,
 // or rotate-half as Hugging Face), grouped-query attention, SwiGLU MLP, tied or separate classifier,
-// optional q/k/v biases. Parameters keep the checkpoint's own names (llama2.c or Hugging Face).
+// optional q/k/v biases, optional per-head q/k RMSNorm (Qwen3). Parameters keep the checkpoint's own names (llama2.c or Hugging Face).
 #pragma once
 #include <map>
 #include <memory>
@@ -23,6 +23,7 @@ struct LlamaConfig {
   bool tied = true;       // classifier shares the embedding
   bool qkv_bias = false;  // Qwen2; Llama with attention_bias
   bool o_bias = false;    // Llama with attention_bias
+  bool qk_norm = false;   // Qwen3: RMSNorm (weight [head_dim]) on each head's q and k before RoPE
   int64_t sliding_window = 0;  // Mistral; 0 = none
   // rope_scaling: "" (none), "linear" (positions / factor) or "llama3" (Llama 3.1 frequency bands).
   std::string rope_scaling;
@@ -37,7 +38,7 @@ struct LlamaConfig {
 };
 
 // Checkpoint key of a parameter: role is one of embed, final_norm, output, attn_norm, ffn_norm, wq, wk, wv,
-// wo, w1 (gate), w2 (down), w3 (up), bq, bk, bv, bo; block is the layer index (ignored for the global ones).
+// wo, w1 (gate), w2 (down), w3 (up), bq, bk, bv, bo, q_norm, k_norm; block is the layer index (ignored for the global ones).
 std::string llama_param_name(LlamaNames names, const std::string& role, int64_t block = -1);
 
 // Random initial weights for `cfg` by checkpoint name (GPT-2 style: N(0, 0.02), the residual projections
@@ -72,11 +73,12 @@ class LlamaModel : public Model {
   at::Tensor block(int k, const at::Tensor& x, KVCache* cache, int64_t pos0);
   at::Tensor attention(int k, const at::Tensor& x, KVCache* cache, int64_t pos0);
   at::Tensor rms_norm(const LayerInfo& layer, const at::Tensor& x);
+  size_t slot(int k, int role) const;  // index into layers_ of a BlockSlot of block k
   at::Tensor rope(const at::Tensor& x, int64_t pos0);  // x [B, H, T, head_dim]
   void ensure_rope_tables(int64_t length);
 
   LlamaConfig cfg_;
-  std::vector<std::vector<size_t>> block_layers_;  // per block: indices into layers_ (attn_norm, wq..wo, ffn_norm, w1, w3, w2)
+  std::vector<std::vector<size_t>> block_layers_;  // per block: indices into layers_ (attn_norm, wq, wk, wv, [q_norm, k_norm,] wo, ffn_norm, w1, w3, w2)
   size_t embed_layer_ = 0, norm_layer_ = 0, output_layer_ = 0;
   at::Tensor cos_, sin_;  // [n, head_dim/2] float32 on the model's device
 };
