@@ -87,7 +87,8 @@ std::map<std::string, DType> stored_dtypes(const std::string& model_path) {
   }
   for (const auto& f : files) {
     try {
-      for (const auto& t : open_checkpoint(f)->tensors()) out[t.name] = t.dtype;
+      const auto reader = open_checkpoint(f);  // kept alive: tensors() refers into it
+      for (const auto& t : reader->tensors()) out[t.name] = t.dtype;
     } catch (const Error&) {
       return {};
     }
