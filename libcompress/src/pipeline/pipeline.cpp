@@ -87,11 +87,10 @@ void check_stage_calibration(const StageOptions& so, const std::string& model, c
   const JobRun probe(so, io, events);
   if (so.pass() == "quantize") {
     const QuantizeStage st = quantize_stage(so);
-    probe.check_calibration(st.calibrated || st.ptq.target_bpw > 0, "--method " + st.ptq.method);
+    probe.check_calibration(st.needs_calibration, st.calibration_for);
   } else if (so.pass() == "prune") {
     const PruneStage st = prune_stage(so);
-    probe.check_calibration(st.is_structured || st.needs_calibration,
-                            st.is_structured ? "--structured" : "--method " + st.prune.method);
+    probe.check_calibration(st.needs_calibration, st.calibration_for);
   }
 }
 

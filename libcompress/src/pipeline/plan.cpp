@@ -86,7 +86,7 @@ std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_pat
         row.what = method + " " + spec->describe() + (override ? " (override)" : "");
         row.bits_after = grid_bits(*spec, in_f);
       }
-      if (o.method == "smoothquant" && l->kind == LayerKind::Linear && !rtn_only)
+      if (st.w8a8 && l->kind == LayerKind::Linear && !rtn_only)
         row.what += ", activations int" + std::to_string(o.act_bits) + " per token";
       plan.push_back(row);
     }

@@ -80,7 +80,6 @@ PruneStage prune_stage(const StageOptions& so) {
   PruneOptions& o = st.prune;
   const MethodInfo& method = method_of(so, MethodKind::Prune);
   o.method = method.name;
-  st.needs_calibration = method.needs_calibration;
   o.sparsity = so.real("sparsity");
   o.distribution = so.text("distribution");
   o.owl_lambda = so.real("owl-lambda"), o.owl_threshold = so.real("owl-threshold");
@@ -117,6 +116,8 @@ PruneStage prune_stage(const StageOptions& so) {
     if (o.quant || !pattern.empty()) so.fail("structured", "excludes --bits and --pattern");
   }
   st.pattern = pattern;
+  st.needs_calibration = st.is_structured || method.needs_calibration;
+  st.calibration_for = st.is_structured ? "--structured" : "--method " + o.method;
   return st;
 }
 
@@ -131,8 +132,6 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
                                        : fmt_num("%.0f%%", 100 * o.sparsity) + " (" + o.distribution + ")";
   if (o.quant) rep.settings["quantization"] = o.quant->describe() + ", fp16 scales";
   rep.settings["storage"] = st.storage;
-  const bool needs = st.is_structured || st.needs_calibration;
-  const std::string why = st.is_structured ? "--structured" : "--method " + o.method;
   job.load();
   Model& model = *job.model;
   rep.title = fs::path(io.model).filename().string() + ": " + o.method + " " +
@@ -140,9 +139,9 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
   if (st.is_structured) check_structured(model, st.structured);  // before any data is read
   rep.plan = plan_stage(model, io.model, so);  // bad options and patterns fail before any data is read
   if (io.dry_run) return job.result();
-  job.check_calibration(needs, why);  // before any data is read
+  job.check_calibration(st.needs_calibration, st.calibration_for);  // before any data is read
   job.baseline();
-  job.calibrate(needs, why, so.integer("calib-samples"),
+  job.calibrate(st.needs_calibration, st.calibration_for, so.integer("calib-samples"),
                 so.integer("calib-seqlen"));
   if (st.is_structured) return run_structured(job, st);
 

@@ -13,7 +13,8 @@ struct PruneStage {
   std::string storage = "sparse";
   std::string pattern;  // "2:4" as given
   bool is_structured = false;
-  bool needs_calibration = false;  // the method's (methods.h)
+  bool needs_calibration = false;  // structured pruning, or a method that needs it (methods.h)
+  std::string calibration_for;     // "--structured", "--method wanda"
   StructuredOptions structured;
 };
 PruneStage prune_stage(const StageOptions& so);

@@ -75,10 +75,13 @@ QuantizeStage quantize_stage(const StageOptions& so) {
   const int64_t samples = so.integer("calib-samples");
   if (samples < 0 || so.integer("calib-seqlen") < 1) so.fail("calib-samples", "must be >= 0, --calib-seqlen >= 1");
   o.target_bpw = so.real("target-bpw");
-  st.calib_samples = samples == 0 ? (st.calibrated || o.target_bpw > 0 ? 128 : 8) : samples;
+  st.needs_calibration = st.calibrated || o.target_bpw > 0;
+  st.calibration_for = "--method " + o.method + (o.target_bpw > 0 ? " with --target-bpw" : "");
+  st.w8a8 = method.quantizes_activations;
+  st.calib_samples = samples == 0 ? (st.needs_calibration ? 128 : 8) : samples;
   if (so.flag("sym") && so.flag("asym")) so.fail("sym", "and --asym exclude each other");
   if (per_channel && per_tensor) so.fail("per-channel", "and --per-tensor exclude each other");
-  if (o.method == "smoothquant") {  // W8A8 unless the grid is given explicitly
+  if (st.w8a8) {  // W8A8: int8 per channel unless the grid is given explicitly
     if (!so.has("bits")) spec.bits = 8;
     if (!so.has("group-size") && !per_tensor) per_channel = true;
   }
@@ -114,7 +117,7 @@ QuantizeStage quantize_stage(const StageOptions& so) {
 std::string quantize_title(const QuantizeStage& st, const std::string& model_path) {
   const PtqOptions& o = st.ptq;
   return fs::path(model_path).filename().string() + ": " + st.label + " " + o.spec.describe() +
-         (o.method == "smoothquant" ? ", a" + std::to_string(o.act_bits) : "") +
+         (st.w8a8 ? ", a" + std::to_string(o.act_bits) : "") +
          (o.target_bpw > 0 ? ", mixed " + fmt_num("%g", o.target_bpw) + " bits" : "");
 }
 
@@ -137,21 +140,20 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
     if (po.act_order) rep.settings["act-order"] = po.static_groups ? "yes, static groups" : "yes";
   }
   if (method == "awq") rep.settings["clip search"] = po.awq_clip ? "yes" : "no";
-  if (method == "smoothquant")
+  if (st.w8a8)
     rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric (alpha " +
                                   fmt_num("%g", po.smooth_alpha) + ")";
   if (po.true_sequential) rep.settings["order"] = "true-sequential";
   if (so.has("targets")) rep.settings["targets"] = so.text("targets");
   if (so.has("ignore")) rep.settings["ignore"] = so.text("ignore");
 
-  const bool needs = st.calibrated || po.target_bpw > 0;
-  const std::string why = "--method " + method + (po.target_bpw > 0 ? " with --target-bpw" : "");
+  const bool needs = st.needs_calibration;
   job.load(!st.simulate_int8);
   Model& model = *job.model;
   rep.title = quantize_title(st, io.model);
   rep.plan = plan_stage(model, io.model, so);  // bad patterns fail here, before any data is read
   if (io.dry_run) return job.result();
-  job.check_calibration(needs, why);  // before any data is read
+  job.check_calibration(needs, st.calibration_for);  // before any data is read
   {
     // a pruned input without --keep-sparsity is worth a word
     double zeros = 0, n = 0;
@@ -165,7 +167,7 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   }
   job.baseline();
   // rtn only measures per-layer errors: a short text gives shorter sequences instead of an error.
-  job.calibrate(needs, why, st.calib_samples,
+  job.calibrate(needs, st.calibration_for, st.calib_samples,
                 needs ? so.integer("calib-seqlen") : so.integer("window"), !needs);
 
   job.start();

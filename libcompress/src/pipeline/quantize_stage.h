@@ -16,6 +16,9 @@ class PackedCheckpointWriter;
 struct QuantizeStage {
   PtqOptions ptq;
   bool calibrated = false;     // the method needs calibration data
+  bool needs_calibration = false;  // the method or mixed precision cannot run without it
+  std::string calibration_for;     // what needs it: "--method gptq", "--method rtn with --target-bpw"
+  bool w8a8 = false;               // the method also quantizes activations (methods.h)
   bool simulate_int8 = false;
   int64_t calib_samples = 0;   // resolved default
   std::string label;           // "GPTQ"
