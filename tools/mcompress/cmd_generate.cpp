@@ -9,6 +9,7 @@
 #include "mcompress/generate.h"
 #include "mcompress/model.h"
 #include "mcompress/tokenizer.h"
+#include "mcompress/tokenizer_config.h"
 #include "model_files.h"
 
 namespace mcli {
@@ -60,12 +61,17 @@ int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
   };
 
   std::vector<int32_t> ids;
-  const int32_t bos = tok->bos_id() >= 0 ? tok->bos_id() : tok->eos_id();
+  // With a tokenizer_config.json beside the tokenizer: BOS exactly when it says so (add_bos_token, or
+  // Llama 3's post-processor), as llama.cpp does with the add_bos_token the GGUF export writes from it;
+  // its eos_token stops. Otherwise (llama2.c, a bare tokenizer.json): BOS (or EOS when there is none) first.
+  const mc::TokenizerConfig tc = mc::read_tokenizer_config(tok_path);
+  int32_t bos = tok->bos_id() >= 0 ? tok->bos_id() : tok->eos_id();
+  if (tc.found) bos = tc.add_bos ? int32_t(tc.bos_id >= 0 ? tc.bos_id : tok->bos_id()) : -1;
   if (bos >= 0) ids.push_back(bos);
   for (int32_t id : tok->encode(prompt)) ids.push_back(id);
   if (ids.empty()) mc::fail("generate", "empty prompt and the tokenizer has no BOS/EOS to start from");
-  for (int32_t s : {tok->bos_id(), tok->eos_id()})
-    if (s >= 0) g.stop_ids.push_back(s);  // run.c stops at BOS; HF models at EOS
+  for (int64_t s : {int64_t(tok->bos_id()), int64_t(tok->eos_id()), tc.eos_id})
+    if (s >= 0) g.stop_ids.push_back(int32_t(s));  // run.c stops at BOS; HF models at EOS
 
   // Stream: print what decode(all ids) adds at each step (decode is prefix-stable for these tokenizers).
   const size_t prompt_len = ids.size();
@@ -87,7 +93,9 @@ int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
   if (json) {
     nlohmann::ordered_json j;
     j["model"] = model_path, j["prompt"] = prompt, j["seed"] = g.seed, j["temperature"] = g.temperature;
-    j["top_p"] = g.top_p, j["prompt_tokens"] = prompt_len, j["ids"] = out, j["text"] = decode(all);
+    j["top_p"] = g.top_p, j["prompt_tokens"] = prompt_len;
+    j["prompt_ids"] = std::vector<int32_t>(ids.begin(), ids.begin() + std::ptrdiff_t(prompt_len));
+    j["ids"] = out, j["text"] = decode(all);
     j["generated_tokens"] = out.size(), j["tokens_per_second"] = tps;
     std::cout << j.dump(2) << "\n";
     return 0;

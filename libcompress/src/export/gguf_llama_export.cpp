@@ -75,8 +75,13 @@ DType wanted_type(const std::string& type, const Item& it, const LlamaConfig& c,
 }
 
 void choose_type(Item& it, const std::string& type, const LlamaConfig& c) {
-  if (it.role == "attn_norm" || it.role == "ffn_norm" || it.role == "final_norm") {
+  if (it.role == "attn_norm" || it.role == "ffn_norm" || it.role == "final_norm" || it.role == "q_norm" ||
+      it.role == "k_norm") {
     it.dtype = DType::F32, it.note = "norm";
+    return;
+  }
+  if (it.value.dim() == 1) {  // biases
+    it.dtype = DType::F32, it.note = "bias";
     return;
   }
   std::string why;
@@ -109,6 +114,26 @@ QuantResult permute_rows(const QuantResult& q, const at::Tensor& idx) {
   r.scales = q.scales.index_select(0, idx);
   r.zeros = q.zeros.index_select(0, idx);
   return r;
+}
+
+// llama.cpp's architecture for a llama-family model, or one line naming what none of them can express.
+//   llama  Llama 2/3.x, Mistral, TinyLlama, SmolLM: optional q/k/v/o biases, rope_freqs (llama3 scaling)
+//   qwen2  q/k/v biases, no o bias (Qwen2, Qwen2.5)
+//   qwen3  per-head q/k RMSNorm, no biases (Qwen3)
+std::string gguf_arch(const LlamaConfig& c, const std::string& where) {
+  const bool rope_freqs = c.rope_scaling == "llama3" || c.rope_scaling == "factors";
+  std::string arch = "llama";
+  if (c.qk_norm) {
+    if (c.qkv_bias || c.o_bias)
+      fail("gguf", where, ": per-head q/k norms with attention biases: llama.cpp's qwen3 has no attention biases");
+    arch = "qwen3";
+  } else if (c.qkv_bias && !c.o_bias) {
+    arch = "qwen2";
+  }
+  if (rope_freqs && arch != "llama")
+    fail("gguf", where, ": llama3 rope scaling with ", c.qk_norm ? "q/k norms" : "q/k/v biases",
+         ": llama.cpp's ", arch, " does not read rope_freqs");
+  return arch;
 }
 
 std::string find_tokenizer(const std::string& model_path, const std::string& given) {
@@ -153,10 +178,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   auto* llama = dynamic_cast<LlamaModel*>(model.get());
   if (!llama) fail("gguf", model_path, ": GGUF export needs a llama model, this is '", model->arch(), "'");
   const LlamaConfig& c = llama->config();
-  if (c.qkv_bias || c.o_bias) fail("gguf", model_path, ": attention biases cannot be written for arch llama");
-  if (c.qk_norm) fail("gguf", model_path, ": per-head q/k norms (Qwen3) cannot be written for arch llama (needs qwen3)");
-  if (c.rope_scaling == "llama3")
-    fail("gguf", model_path, ": llama3 rope scaling is not supported by this exporter (needs rope_freqs)");
+  const std::string arch = gguf_arch(c, model_path);
   const std::string tok_path = find_tokenizer(model_path, opts.tokenizer);
 
   // Quantizer results of a packed checkpoint, by checkpoint key (sparse entries: their dense values).
@@ -167,7 +189,17 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
       for (auto& [key, e] : read_packed_entries(*reader))
         if (e.quant && !e.sparse && e.quant->codes.dim() == 2) quant.emplace(key, std::move(*e.quant));
   }
-  std::map<std::string, QuantResult> permuted;  // rotate-half q/k results in llama.cpp's row order
+  std::map<std::string, QuantResult> permuted;  // q/k results in llama.cpp's row order
+
+  // llama.cpp's arch llama rotates interleaved pairs (its converter permutes Hugging Face's q/k rows), qwen2
+  // and qwen3 rotate halves (NEOX, rows as Hugging Face stores them). Rows of q/k (and their biases) are
+  // reordered where our model's layout differs from the arch's.
+  const bool neox = arch != "llama";
+  const bool reorder = neox ? c.rope == RopeLayout::Interleaved : c.rope == RopeLayout::RotateHalf;
+  auto row_order = [&](const std::string& role) {
+    const at::Tensor idx = interleave_index(role == "wq" || role == "bq" ? c.n_heads : c.n_kv_heads, c.head_dim);
+    return neox ? at::argsort(idx) : idx;  // argsort: the inverse permutation (interleaved -> halves)
+  };
 
   std::vector<Item> items;
   auto add = [&](const std::string& gguf, const std::string& role, int64_t blk) {
@@ -177,8 +209,8 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
     it.value = llama->param(it.key).to(at::kFloat).contiguous();
     auto q = quant.find(it.key);
     if (q != quant.end()) it.quant = &q->second;
-    if (c.rope == RopeLayout::RotateHalf && (role == "wq" || role == "wk")) {
-      const at::Tensor idx = interleave_index(role == "wq" ? c.n_heads : c.n_kv_heads, c.head_dim);
+    if (reorder && (role == "wq" || role == "wk" || role == "bq" || role == "bk")) {
+      const at::Tensor idx = row_order(role);
       it.value = it.value.index_select(0, idx).contiguous();
       if (it.quant) it.quant = &(permuted[it.key] = permute_rows(*it.quant, idx));
     }
@@ -186,13 +218,31 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
     items.push_back(std::move(it));
   };
   add("token_embd.weight", "embed", -1);
+  if (c.rope_scaling == "llama3" || c.rope_scaling == "factors") {  // arch llama only (gguf_arch)
+    const std::vector<double> f = c.rope_scaling == "llama3" ? llama3_rope_freq_factors(c) : c.rope_freq_factors;
+    Item it;
+    it.gguf = "rope_freqs.weight", it.role = "rope_freqs", it.dtype = DType::F32;
+    it.value = at::tensor(f, at::kDouble).to(at::kFloat).contiguous();
+    it.note = c.rope_scaling == "llama3" ? "llama3 rope scaling" : "rope frequency factors";
+    items.push_back(std::move(it));
+  }
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const std::string b = "blk." + std::to_string(i) + ".";
     add(b + "attn_norm.weight", "attn_norm", i);
     add(b + "attn_q.weight", "wq", i);
     add(b + "attn_k.weight", "wk", i);
     add(b + "attn_v.weight", "wv", i);
+    if (c.qkv_bias) {
+      add(b + "attn_q.bias", "bq", i);
+      add(b + "attn_k.bias", "bk", i);
+      add(b + "attn_v.bias", "bv", i);
+    }
+    if (c.qk_norm) {
+      add(b + "attn_q_norm.weight", "q_norm", i);
+      add(b + "attn_k_norm.weight", "k_norm", i);
+    }
     add(b + "attn_output.weight", "wo", i);
+    if (c.o_bias) add(b + "attn_output.bias", "bo", i);
     add(b + "ffn_norm.weight", "ffn_norm", i);
     add(b + "ffn_gate.weight", "w1", i);
     add(b + "ffn_up.weight", "w3", i);
@@ -203,29 +253,33 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
 
   std::vector<GgufKV> kv;
   const std::string name = opts.name.empty() ? fs::path(model_path).stem().string() : opts.name;
-  kv.emplace_back("general.architecture", gguf_string("llama"));
+  const std::string a = arch + ".";
+  // Mistral's sliding window: llama.cpp's llama/qwen2/qwen3 attend to the whole context, which equals
+  // sliding-window attention up to the window's length, so that is the context length written.
+  const int64_t ctx = c.sliding_window > 0 ? std::min(c.max_seq_len, c.sliding_window) : c.max_seq_len;
+  kv.emplace_back("general.architecture", gguf_string(arch));
   kv.emplace_back("general.name", gguf_string(name));
   kv.emplace_back("general.file_type", gguf_u32(file_type_of(type, items)));
   kv.emplace_back("general.quantization_version", gguf_u32(2));
-  kv.emplace_back("llama.context_length", gguf_u32(uint32_t(c.max_seq_len)));
-  kv.emplace_back("llama.embedding_length", gguf_u32(uint32_t(c.dim)));
-  kv.emplace_back("llama.block_count", gguf_u32(uint32_t(c.n_layers)));
-  kv.emplace_back("llama.feed_forward_length", gguf_u32(uint32_t(c.hidden_dim)));
-  kv.emplace_back("llama.rope.dimension_count", gguf_u32(uint32_t(c.head_dim)));
-  kv.emplace_back("llama.rope.freq_base", gguf_f32(float(c.rope_theta)));
-  kv.emplace_back("llama.attention.head_count", gguf_u32(uint32_t(c.n_heads)));
-  kv.emplace_back("llama.attention.head_count_kv", gguf_u32(uint32_t(c.n_kv_heads)));
-  kv.emplace_back("llama.attention.layer_norm_rms_epsilon", gguf_f32(float(c.norm_eps)));
-  kv.emplace_back("llama.vocab_size", gguf_u32(uint32_t(c.vocab_size)));
+  kv.emplace_back(a + "context_length", gguf_u32(uint32_t(ctx)));
+  kv.emplace_back(a + "embedding_length", gguf_u32(uint32_t(c.dim)));
+  kv.emplace_back(a + "block_count", gguf_u32(uint32_t(c.n_layers)));
+  kv.emplace_back(a + "feed_forward_length", gguf_u32(uint32_t(c.hidden_dim)));
+  kv.emplace_back(a + "rope.dimension_count", gguf_u32(uint32_t(c.head_dim)));
+  kv.emplace_back(a + "rope.freq_base", gguf_f32(float(c.rope_theta)));
+  kv.emplace_back(a + "attention.head_count", gguf_u32(uint32_t(c.n_heads)));
+  kv.emplace_back(a + "attention.head_count_kv", gguf_u32(uint32_t(c.n_kv_heads)));
+  kv.emplace_back(a + "attention.layer_norm_rms_epsilon", gguf_f32(float(c.norm_eps)));
+  kv.emplace_back(a + "vocab_size", gguf_u32(uint32_t(c.vocab_size)));
   if (c.head_dim * c.n_heads != c.dim) {
-    kv.emplace_back("llama.attention.key_length", gguf_u32(uint32_t(c.head_dim)));
-    kv.emplace_back("llama.attention.value_length", gguf_u32(uint32_t(c.head_dim)));
+    kv.emplace_back(a + "attention.key_length", gguf_u32(uint32_t(c.head_dim)));
+    kv.emplace_back(a + "attention.value_length", gguf_u32(uint32_t(c.head_dim)));
   }
   if (c.rope_scaling == "linear") {
-    kv.emplace_back("llama.rope.scaling.type", gguf_string("linear"));
-    kv.emplace_back("llama.rope.scaling.factor", gguf_f32(float(c.rope_factor)));
+    kv.emplace_back(a + "rope.scaling.type", gguf_string("linear"));
+    kv.emplace_back(a + "rope.scaling.factor", gguf_f32(float(c.rope_factor)));
   }
-  for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size)) kv.push_back(std::move(e));
+  for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size, c.bos_id, c.eos_id)) kv.push_back(std::move(e));
 
   std::vector<GgufTensorSource> src;
   std::vector<GgufTensorChoice> choices;

@@ -1,6 +1,7 @@
-// load_gguf_llama: a GGUF file with general.architecture "llama" (as export_gguf or llama.cpp's converters
-// write it) as a LlamaModel: config from the llama.* keys, tensors renamed from blk.N.* to llama2.c's names,
-// interleaved RoPE (the llama arch's convention), block-quantized tensors dequantized to float32.
+// load_gguf_llama: a GGUF file with general.architecture llama, qwen2 or qwen3 (as export_gguf or llama.cpp's
+// converters write it) as a LlamaModel: config from the <arch>.* keys, tensors renamed from blk.N.* to
+// llama2.c's names, interleaved RoPE for llama and rotate-half for qwen2/qwen3 (llama.cpp's NORM / NEOX),
+// rope_freqs.weight as per-frequency divisors, block-quantized tensors dequantized to float32.
 #include <map>
 
 #include "mcompress/checkpoint.h"
@@ -23,7 +24,7 @@ int64_t int_kv(const CheckpointReader& r, const std::string& key, std::optional<
   const GgufValue* v = find_kv(r, key);
   if (!v) {
     if (dflt) return *dflt;
-    fail("gguf", r.path(), ": llama GGUF lacks '", key, "'");
+    fail("gguf", r.path(), ": GGUF lacks '", key, "'");
   }
   if (v->type == GgufType::STRING || v->type == GgufType::ARRAY || v->type == GgufType::F32 || v->type == GgufType::F64)
     fail("gguf", r.path(), ": key '", key, "' is ", v->to_string(), ", expected an integer");
@@ -45,6 +46,8 @@ const std::map<std::string, std::string>& block_roles() {
       {"attn_norm.weight", "attn_norm"}, {"attn_q.weight", "wq"},       {"attn_k.weight", "wk"},
       {"attn_v.weight", "wv"},           {"attn_output.weight", "wo"},  {"ffn_norm.weight", "ffn_norm"},
       {"ffn_gate.weight", "w1"},         {"ffn_up.weight", "w3"},       {"ffn_down.weight", "w2"},
+      {"attn_q.bias", "bq"},             {"attn_k.bias", "bk"},         {"attn_v.bias", "bv"},
+      {"attn_output.bias", "bo"},        {"attn_q_norm.weight", "q_norm"}, {"attn_k_norm.weight", "k_norm"},
   };
   return m;
 }
@@ -55,36 +58,49 @@ bool is_gguf_llama(const std::string& path) {
   if (detect_format(path) != "gguf") return false;
   auto r = open_gguf(path);
   const GgufValue* a = find_kv(*r, "general.architecture");
-  return a && a->type == GgufType::STRING && a->s == "llama";
+  return a && a->type == GgufType::STRING && (a->s == "llama" || a->s == "qwen2" || a->s == "qwen3");
 }
 
 std::unique_ptr<Model> load_gguf_llama(const std::string& path) {
   auto r = open_gguf(path);
   const GgufValue* arch = find_kv(*r, "general.architecture");
-  if (!arch || arch->type != GgufType::STRING || arch->s != "llama")
+  if (!arch || arch->type != GgufType::STRING || (arch->s != "llama" && arch->s != "qwen2" && arch->s != "qwen3"))
     fail("gguf", path, ": general.architecture is ", arch ? arch->to_string() : "missing",
-         ", only 'llama' GGUF files load as models");
+         ", only llama, qwen2 and qwen3 GGUF files load as models");
+  const std::string a = arch->s + ".";
   LlamaConfig c;
   c.names = LlamaNames::Llama2c;
-  c.rope = RopeLayout::Interleaved;
-  c.dim = int_kv(*r, "llama.embedding_length");
-  c.hidden_dim = int_kv(*r, "llama.feed_forward_length");
-  c.n_layers = int_kv(*r, "llama.block_count");
-  c.n_heads = int_kv(*r, "llama.attention.head_count");
-  c.n_kv_heads = int_kv(*r, "llama.attention.head_count_kv", c.n_heads);
-  c.head_dim = int_kv(*r, "llama.attention.key_length", c.n_heads > 0 ? c.dim / c.n_heads : 0);
-  c.max_seq_len = int_kv(*r, "llama.context_length");
-  c.norm_eps = float_kv(*r, "llama.attention.layer_norm_rms_epsilon", 1e-5);
-  c.rope_theta = float_kv(*r, "llama.rope.freq_base", 10000.0);
-  if (const GgufValue* s = find_kv(*r, "llama.rope.scaling.type"); s && s->s == "linear") {
+  c.rope = arch->s == "llama" ? RopeLayout::Interleaved : RopeLayout::RotateHalf;
+  c.dim = int_kv(*r, a + "embedding_length");
+  c.hidden_dim = int_kv(*r, a + "feed_forward_length");
+  c.n_layers = int_kv(*r, a + "block_count");
+  c.n_heads = int_kv(*r, a + "attention.head_count");
+  c.n_kv_heads = int_kv(*r, a + "attention.head_count_kv", c.n_heads);
+  c.head_dim = int_kv(*r, a + "attention.key_length", c.n_heads > 0 ? c.dim / c.n_heads : 0);
+  c.max_seq_len = int_kv(*r, a + "context_length");
+  c.norm_eps = float_kv(*r, a + "attention.layer_norm_rms_epsilon", 1e-5);
+  c.rope_theta = float_kv(*r, a + "rope.freq_base", 10000.0);
+  if (const GgufValue* s = find_kv(*r, a + "rope.scaling.type"); s && s->s == "linear") {
     c.rope_scaling = "linear";
-    c.rope_factor = float_kv(*r, "llama.rope.scaling.factor", 1.0);
+    c.rope_factor = float_kv(*r, a + "rope.scaling.factor", 1.0);
   }
   if (!r->contains("token_embd.weight")) fail("gguf", path, ": no tensor 'token_embd.weight'");
-  c.vocab_size = int_kv(*r, "llama.vocab_size", r->info("token_embd.weight").shape.at(0));
+  c.vocab_size = int_kv(*r, a + "vocab_size", r->info("token_embd.weight").shape.at(0));
   c.tied = !r->contains("output.weight");
+  c.qkv_bias = r->contains("blk.0.attn_q.bias");
+  c.o_bias = r->contains("blk.0.attn_output.bias");
+  c.qk_norm = r->contains("blk.0.attn_q_norm.weight");
   c.bos_id = int_kv(*r, "tokenizer.ggml.bos_token_id", -1);
   c.eos_id = int_kv(*r, "tokenizer.ggml.eos_token_id", -1);
+  if (r->contains("rope_freqs.weight")) {
+    if (c.rope_scaling == "linear") fail("gguf", path, ": both linear rope scaling and rope_freqs.weight");
+    const HostTensor f = r->load("rope_freqs.weight");
+    if (f.dtype != DType::F32 || f.numel() != c.head_dim / 2)
+      fail("gguf", path, ": rope_freqs.weight should be F32 with ", c.head_dim / 2, " values (head_dim / 2)");
+    const std::vector<float> v = to_f32(f);
+    c.rope_scaling = "factors";
+    c.rope_freq_factors.assign(v.begin(), v.end());
+  }
 
   std::map<std::string, HostTensor> weights;
   for (const auto& ti : r->tensors()) {
@@ -99,7 +115,7 @@ std::unique_ptr<Model> load_gguf_llama(const std::string& path) {
         fail("gguf", path, ": tensor '", ti.name, "' is not part of the llama architecture this loader supports");
       key = llama_param_name(c.names, role->second, std::stoll(ti.name.substr(4, dot - 4)));
     } else if (ti.name == "rope_freqs.weight") {
-      fail("gguf", path, ": rope_freqs.weight (llama3 rope scaling) is not supported");
+      continue;  // in the config
     } else {
       fail("gguf", path, ": unexpected tensor '", ti.name, "'");
     }

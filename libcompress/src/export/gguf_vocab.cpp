@@ -10,6 +10,7 @@
 #include "mcompress/error.h"
 #include "mcompress/io/llama2c.h"
 #include "mcompress/tokenizer.h"
+#include "mcompress/tokenizer_config.h"
 
 namespace mc::gguf_detail {
 
@@ -24,8 +25,36 @@ struct Vocab {
   std::vector<int64_t> types;
   std::vector<std::string> merges;
   std::string model;  // "llama" or "gpt2"
-  int64_t bos = -1, eos = -1, unk = -1;
+  std::string pre;    // gpt2: llama.cpp's pre-tokenizer name
+  int64_t bos = -1, eos = -1, unk = -1, pad = -1;
+  bool add_bos = false, add_eos = false;
+  std::string chat_template;
 };
+
+// The split regex of a byte-level tokenizer.json's pre_tokenizer ("" when it has none).
+std::string split_regex(const json& p) {
+  if (!p.is_object()) return "";
+  const std::string type = p.value("type", "");
+  if (type == "Sequence" && p.contains("pretokenizers"))
+    for (const json& x : p["pretokenizers"])
+      if (std::string r = split_regex(x); !r.empty()) return r;
+  if (type == "Split" && p.contains("pattern") && p["pattern"].contains("Regex")) return p["pattern"]["Regex"];
+  return "";
+}
+
+// llama.cpp's name of a pre-tokenizer (tokenizer.ggml.pre), recognised by the split regex as llama.cpp's
+// converter recognises it (by the tokens it gives a test text: the regex decides them). Llama 3 splits digits
+// in runs of up to three, Qwen2/2.5/3 one by one; otherwise the same pattern.
+std::string pre_tokenizer_name(const json& pre) {
+  static const char* kLlama3 =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  static const char* kQwen2 =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  const std::string r = split_regex(pre);
+  if (r == kLlama3) return "llama-bpe";
+  if (r == kQwen2) return "qwen2";
+  return "default";  // GPT-2's own regex (ByteLevel with use_regex) and anything unrecognised
+}
 
 bool is_byte_token(const std::string& t) {
   if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return false;
@@ -64,6 +93,7 @@ Vocab from_tokenizer_json(const std::string& path, const std::string& text) {
   v.bos = tk->bos_id(), v.eos = tk->eos_id();
   try {
     const json j = json::parse(text);
+    if (v.model == "gpt2") v.pre = pre_tokenizer_name(j.value("pre_tokenizer", json()));
     const json& m = j.at("model");
     std::map<int64_t, std::string> by_id;
     for (const auto& [tok, id] : m.at("vocab").items()) by_id[id.get<int64_t>()] = tok;
@@ -116,7 +146,7 @@ Vocab from_tokenizer_json(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size) {
+std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size, int64_t model_bos, int64_t model_eos) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("gguf", path, ": cannot read the tokenizer");
   std::stringstream ss;
@@ -124,7 +154,23 @@ std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size) {
   const std::string text = ss.str();
   size_t i = 0;
   while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
-  Vocab v = i < text.size() && text[i] == '{' ? from_tokenizer_json(path, text) : from_llama2c(path);
+  const bool is_json = i < text.size() && text[i] == '{';
+  Vocab v = is_json ? from_tokenizer_json(path, text) : from_llama2c(path);
+  v.add_bos = v.bos >= 0;
+  if (is_json) {
+    const TokenizerConfig tc = read_tokenizer_config(path);
+    if (tc.found) {
+      // As llama.cpp's converter (gguf-py SpecialVocab): ids from tokenizer_config.json, a null one from
+      // the model's config.json (Qwen: bos_token null, config bos_token_id <|endoftext|>, add_bos false).
+      v.bos = tc.bos_id >= 0 ? tc.bos_id : model_bos;
+      v.eos = tc.eos_id >= 0 ? tc.eos_id : model_eos >= 0 ? model_eos : v.eos;
+      if (tc.unk_id >= 0) v.unk = tc.unk_id;
+      v.pad = tc.pad_id;
+      v.add_bos = tc.add_bos && v.bos >= 0;
+      v.add_eos = tc.add_eos && v.eos >= 0;
+    }
+    v.chat_template = tc.chat_template;
+  }
   if (int64_t(v.tokens.size()) > vocab_size)
     fail("gguf", path, ": the tokenizer has ", v.tokens.size(), " tokens but the model's vocab_size is ", vocab_size);
   while (int64_t(v.tokens.size()) < vocab_size) {
@@ -134,7 +180,7 @@ std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size) {
   }
   std::vector<GgufKV> kv;
   kv.emplace_back("tokenizer.ggml.model", gguf_string(v.model));
-  if (v.model == "gpt2") kv.emplace_back("tokenizer.ggml.pre", gguf_string("default"));
+  if (v.model == "gpt2") kv.emplace_back("tokenizer.ggml.pre", gguf_string(v.pre));
   kv.emplace_back("tokenizer.ggml.tokens", gguf_string_array(v.tokens));
   if (v.model == "llama") kv.emplace_back("tokenizer.ggml.scores", gguf_f32_array(v.scores));
   kv.emplace_back("tokenizer.ggml.token_type", gguf_int_array(GgufType::I32, v.types));
@@ -142,8 +188,10 @@ std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size) {
   if (v.bos >= 0) kv.emplace_back("tokenizer.ggml.bos_token_id", gguf_u32(uint32_t(v.bos)));
   if (v.eos >= 0) kv.emplace_back("tokenizer.ggml.eos_token_id", gguf_u32(uint32_t(v.eos)));
   if (v.unk >= 0) kv.emplace_back("tokenizer.ggml.unknown_token_id", gguf_u32(uint32_t(v.unk)));
-  kv.emplace_back("tokenizer.ggml.add_bos_token", gguf_bool(v.bos >= 0));
-  kv.emplace_back("tokenizer.ggml.add_eos_token", gguf_bool(false));
+  if (v.pad >= 0) kv.emplace_back("tokenizer.ggml.padding_token_id", gguf_u32(uint32_t(v.pad)));
+  kv.emplace_back("tokenizer.ggml.add_bos_token", gguf_bool(v.add_bos));
+  kv.emplace_back("tokenizer.ggml.add_eos_token", gguf_bool(v.add_eos));
+  if (!v.chat_template.empty()) kv.emplace_back("tokenizer.chat_template", gguf_string(v.chat_template));
   return kv;
 }
 

@@ -13,6 +13,11 @@ namespace mc::gguf_detail {
 // tokenizer.json (byte-level BPE -> model "gpt2" with merges; SentencePiece-style BPE -> model "llama",
 // scores = -(rank of the merge that makes the token), 0 for tokens no merge makes). The vocabulary is padded
 // to vocab_size with unused "[PAD<id>]" tokens; InputError when the tokenizer has more tokens than that.
-std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size);
+// Byte-level: tokenizer.ggml.pre is llama.cpp's name of the split regex ("llama-bpe" for Llama 3, "qwen2"
+// for Qwen2/2.5/3, else "default"). With a tokenizer_config.json beside a tokenizer.json: bos/eos/pad/unk
+// ids, add_bos/add_eos and tokenizer.chat_template from it (read_tokenizer_config); a null bos/eos there
+// falls back on model_bos/model_eos (config.json's ids), as llama.cpp's converter does.
+std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size, int64_t model_bos = -1,
+                                 int64_t model_eos = -1);
 
 }  // namespace mc::gguf_detail

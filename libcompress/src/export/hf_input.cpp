@@ -92,6 +92,8 @@ std::string hf_config_json(const LlamaConfig& c, int64_t intermediate_size, cons
     j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", c.rope_factor}, {"low_freq_factor", c.rope_low_freq_factor},
                          {"high_freq_factor", c.rope_high_freq_factor},
                          {"original_max_position_embeddings", c.rope_original_max_pos}};
+  } else if (c.rope_scaling == "factors") {
+    fail("hf-export", "per-frequency rope factors (a GGUF rope_freqs tensor) have no Hugging Face config form");
   } else {
     j["rope_scaling"] = nullptr;
   }

@@ -46,8 +46,14 @@ void LlamaConfig::validate() const {
     bad(str("n_kv_heads ", n_kv_heads, " must divide n_heads ", n_heads));
   if (head_dim <= 0 || head_dim % 2 != 0) bad(str("head_dim ", head_dim, " must be positive and even (RoPE pairs)"));
   if (!(norm_eps > 0) || !(rope_theta > 0)) bad(str("norm_eps ", norm_eps, " and rope_theta ", rope_theta, " must be > 0"));
-  if (!rope_scaling.empty() && rope_scaling != "linear" && rope_scaling != "llama3")
-    bad(str("rope_scaling '", rope_scaling, "' is not supported (allowed: linear, llama3)"));
+  if (!rope_scaling.empty() && rope_scaling != "linear" && rope_scaling != "llama3" && rope_scaling != "factors")
+    bad(str("rope_scaling '", rope_scaling, "' is not supported (allowed: linear, llama3, factors)"));
+  if (rope_scaling == "factors") {
+    if (int64_t(rope_freq_factors.size()) != head_dim / 2)
+      bad(str(rope_freq_factors.size(), " rope frequency factors for head_dim ", head_dim, " (expected ", head_dim / 2, ")"));
+    for (double f : rope_freq_factors)
+      if (!(f > 0) || !std::isfinite(f)) bad(str("rope frequency factor ", f, " must be finite and > 0"));
+  }
   if (!(rope_factor > 0)) bad(str("rope scaling factor ", rope_factor, " must be > 0"));
   if (rope_scaling == "llama3" && !(rope_high_freq_factor > rope_low_freq_factor))
     bad("llama3 rope scaling needs high_freq_factor > low_freq_factor");
@@ -63,7 +69,8 @@ std::string LlamaConfig::json() const {
   j["rope_scaling"] = rope_scaling, j["rope_factor"] = rope_factor;
   j["rope_low_freq_factor"] = rope_low_freq_factor, j["rope_high_freq_factor"] = rope_high_freq_factor;
   j["rope_original_max_pos"] = rope_original_max_pos, j["bos_id"] = bos_id, j["eos_id"] = eos_id;
-  if (qk_norm) j["qk_norm"] = true;  // only when set: metadata of the other families stays as it was
+  if (qk_norm) j["qk_norm"] = true;
+  if (rope_scaling == "factors") j["rope_freq_factors"] = rope_freq_factors;  // only when set: metadata of the other families stays as it was
   return j.dump();
 }
 
@@ -88,6 +95,7 @@ LlamaConfig LlamaConfig::from_json(const std::string& text, const std::string& w
     c.rope_low_freq_factor = get_or(j, "rope_low_freq_factor", 1.0);
     c.rope_high_freq_factor = get_or(j, "rope_high_freq_factor", 4.0);
     c.rope_original_max_pos = get_or<int64_t>(j, "rope_original_max_pos", 8192);
+    c.rope_freq_factors = get_or(j, "rope_freq_factors", std::vector<double>{});
     c.bos_id = get_or<int64_t>(j, "bos_id", -1), c.eos_id = get_or<int64_t>(j, "eos_id", -1);
   } catch (const json::exception& e) {
     fail("llama", where, ": bad model config in metadata 'mcompress.llama.config': ", e.what());
@@ -179,6 +187,27 @@ std::string llama_param_name(LlamaNames names, const std::string& role, int64_t 
   auto it = table.find(role);
   if (it == table.end()) fail<Error>("llama", "unknown parameter role '", role, "'");
   return p + (hf ? it->second.second : it->second.first);
+}
+
+std::vector<double> llama3_rope_freq_factors(const LlamaConfig& c) {
+  if (c.rope_scaling != "llama3") fail("llama", "rope_freqs need llama3 rope scaling, not '", c.rope_scaling, "'");
+  const double orig = double(c.rope_original_max_pos), f = c.rope_factor;
+  const double lo = c.rope_low_freq_factor, hi = c.rope_high_freq_factor;
+  const double low_freq_wavelen = orig / lo, high_freq_wavelen = orig / hi;
+  std::vector<double> out;
+  for (int64_t i = 0; i < c.head_dim / 2; ++i) {
+    const double freq = std::pow(c.rope_theta, -2.0 * double(i) / double(c.head_dim));
+    const double wavelen = 2.0 * M_PI / freq;
+    if (wavelen < high_freq_wavelen) {
+      out.push_back(1.0);
+    } else if (wavelen > low_freq_wavelen) {
+      out.push_back(f);
+    } else {
+      const double smooth = (orig / wavelen - lo) / (hi - lo);
+      out.push_back(1.0 / ((1.0 - smooth) / f + smooth));
+    }
+  }
+  return out;
 }
 
 std::map<std::string, at::Tensor> init_llama_weights(const LlamaConfig& c, uint64_t seed) {

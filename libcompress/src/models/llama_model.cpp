@@ -174,6 +174,8 @@ void LlamaModel::ensure_rope_tables(int64_t length) {
     at::Tensor smoothed = (1 - smooth) * scaled / f + smooth * scaled;
     at::Tensor medium = (wavelen >= old_len / hi).logical_and(wavelen <= old_len / lo);
     inv = at::where(medium, smoothed, scaled);
+  } else if (cfg_.rope_scaling == "factors") {  // llama.cpp rope_freqs: theta_i = pos * f_i / factor_i
+    inv = inv / at::tensor(cfg_.rope_freq_factors, dbl);
   }
   at::Tensor freqs = at::outer(at::arange(0, n, dbl), inv);  // [n, half]
   cos_ = at::cos(freqs).to(at::kFloat).to(device_);

@@ -108,19 +108,29 @@ struct GgufTensorChoice {
   int64_t params = 0;
   uint64_t bytes = 0;
 };
-// Exports the llama model at model_path (anything load_model reads; packed checkpoints give their quantizer
-// results) to a GGUF file llama.cpp runs. InputError "[gguf] ..." for a model that is not llama, a type name
-// not listed above, a missing tokenizer, biases or llama3 rope scaling (not expressible for arch llama).
+// Exports the llama-family model at model_path (anything load_model reads; packed checkpoints give their
+// quantizer results) to a GGUF file llama.cpp runs, with llama.cpp's architecture, <arch>.* keys and tensors:
+//   llama  Llama 2/3.x, Mistral, TinyLlama, SmolLM (q/k rows permuted to interleaved RoPE as llama.cpp's
+//          converter does; optional attn_{q,k,v,output}.bias; llama3 rope scaling as rope_freqs.weight,
+//          F32 [head_dim/2], llama3_rope_freq_factors)
+//   qwen2  q/k/v biases without an output bias (Qwen2/2.5), rows as stored (NEOX RoPE)
+//   qwen3  attn_q_norm / attn_k_norm [head_dim] (Qwen3), rows as stored (NEOX RoPE)
+// key_length/value_length when head_dim != dim / heads; a sliding window caps context_length (llama.cpp
+// attends to the whole context, which equals the window up to its length). Tokenizer: see gguf_vocab.h
+// (pre-tokenizer, tokenizer_config.json's special ids, add_bos/add_eos, chat template).
+// InputError "[gguf] ..." for a model that is not llama-family, what none of those archs can express (q/k
+// norms with biases, llama3 rope scaling with qwen2/qwen3), a type name not listed above, a missing tokenizer.
 std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const std::string& out_path,
                                           const GgufExportOptions& opts);
 // Type names accepted by export_gguf, for help texts: "f32|f16|q8_0|...|auto".
 const char* gguf_export_types();
 
 // ---- llama import (used by load_model) ------------------------------------------------------------
-// True when the file at path is GGUF with general.architecture "llama".
+// True when the file at path is GGUF with general.architecture llama, qwen2 or qwen3.
 bool is_gguf_llama(const std::string& path);
-// A LlamaModel from a GGUF llama file (config from the llama.* keys, blk.N.* names, interleaved RoPE;
-// block types dequantized to float32). InputError naming the file and key for anything missing.
+// A LlamaModel from a GGUF llama/qwen2/qwen3 file (config from the <arch>.* keys, blk.N.* names, interleaved
+// RoPE for llama and rotate-half for qwen2/qwen3, biases, q/k norms, rope_freqs.weight as rope_scaling
+// "factors"; block types dequantized to float32). InputError naming the file and key for anything missing.
 std::unique_ptr<Model> load_gguf_llama(const std::string& path);
 
 }  // namespace mc

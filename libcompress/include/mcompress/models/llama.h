@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "mcompress/model.h"
 #include "mcompress/tensor.h"
@@ -25,8 +26,11 @@ struct LlamaConfig {
   bool o_bias = false;    // Llama with attention_bias
   bool qk_norm = false;   // Qwen3: RMSNorm (weight [head_dim]) on each head's q and k before RoPE
   int64_t sliding_window = 0;  // Mistral; 0 = none
-  // rope_scaling: "" (none), "linear" (positions / factor) or "llama3" (Llama 3.1 frequency bands).
+  // rope_scaling: "" (none), "linear" (positions / factor), "llama3" (Llama 3.1 frequency bands) or
+  // "factors" (each frequency divided by rope_freq_factors[i], head_dim/2 of them: llama.cpp's rope_freqs
+  // tensor, as a GGUF file gives it).
   std::string rope_scaling;
+  std::vector<double> rope_freq_factors;
   double rope_factor = 1.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
   int64_t rope_original_max_pos = 8192;
   int64_t bos_id = -1, eos_id = -1;  // from a Hugging Face config; -1 when unknown
@@ -40,6 +44,13 @@ struct LlamaConfig {
 // Checkpoint key of a parameter: role is one of embed, final_norm, output, attn_norm, ffn_norm, wq, wk, wv,
 // wo, w1 (gate), w2 (down), w3 (up), bq, bk, bv, bo, q_norm, k_norm; block is the layer index (ignored for the global ones).
 std::string llama_param_name(LlamaNames names, const std::string& role, int64_t block = -1);
+
+// llama.cpp's rope_freqs.weight for Llama 3.1 rope scaling (convert_hf_to_gguf.py): for each of the head_dim/2
+// frequencies f_i = theta^(-2i/head_dim) with wavelength w = 2 pi / f_i, the divisor 1 (w < orig/high_freq_factor),
+// factor (w > orig/low_freq_factor), else 1 / ((1 - s) / factor + s) with s = (orig / w - low) / (high - low);
+// f_i / divisor is Hugging Face's _compute_llama3_parameters. Computed in double. InputError unless
+// c.rope_scaling == "llama3".
+std::vector<double> llama3_rope_freq_factors(const LlamaConfig& c);
 
 // Random initial weights for `cfg` by checkpoint name (GPT-2 style: N(0, 0.02), the residual projections
 // wo and w2 N(0, 0.02 / sqrt(2 * n_layers)), norms 1, biases 0), drawn in a fixed order from `seed`.
