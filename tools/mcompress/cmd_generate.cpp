@@ -89,7 +89,8 @@ int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
     j["model"] = model_path, j["prompt"] = prompt, j["seed"] = g.seed, j["temperature"] = g.temperature;
     j["top_p"] = g.top_p, j["prompt_tokens"] = prompt_len, j["ids"] = out, j["text"] = decode(all);
     j["generated_tokens"] = out.size(), j["tokens_per_second"] = tps;
-    std::cout << j.dump(2) << "\n";
+    // Random or partial output can end inside a multi-byte character (byte-fallback tokens): shown as U+FFFD.
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return 0;
   }
   const std::string final_text = decode(all);

@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 
+#include "export/gguf_phi3.h"
 #include "export/gguf_vocab.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
@@ -75,7 +76,7 @@ DType wanted_type(const std::string& type, const Item& it, const LlamaConfig& c,
 }
 
 void choose_type(Item& it, const std::string& type, const LlamaConfig& c) {
-  if (it.role == "attn_norm" || it.role == "ffn_norm" || it.role == "final_norm") {
+  if (it.role == "attn_norm" || it.role == "ffn_norm" || it.role == "final_norm" || it.role == "rope_factors") {
     it.dtype = DType::F32, it.note = "norm";
     return;
   }
@@ -137,6 +138,30 @@ uint32_t file_type_of(const std::string& type, const std::vector<Item>& items) {
   return ft.at(best);
 }
 
+// Encodes the items (lazily, as the writer streams them) and writes the file.
+std::vector<GgufTensorChoice> write_items(const std::string& out_path, const std::vector<GgufKV>& kv,
+                                          std::vector<Item>& items) {
+  std::vector<GgufTensorSource> src;
+  std::vector<GgufTensorChoice> choices;
+  for (Item& it : items) {
+    const Item* p = &it;
+    src.push_back({it.gguf, it.dtype, Shape(it.value.sizes().begin(), it.value.sizes().end()), [p] {
+                     if (p->quant && p->dtype != DType::F32 && p->dtype != DType::F16)
+                       return encode_from_quant(*p->quant, p->dtype);
+                     const at::Tensor& v = p->value;
+                     return encode_matrix(p->dtype, v.data_ptr<float>(), v.dim() == 2 ? v.size(0) : 1, v.size(-1));
+                   }});
+    if (it.quant && maps_exactly(*it.quant, it.dtype) && (it.dtype == DType::Q4_1 || it.dtype == DType::Q5_1)) {
+      int64_t inexact = 0;
+      encode_from_quant(*it.quant, it.dtype, &inexact);  // counts the blocks whose min is not a float16 value
+      if (inexact > 0) it.note += str("; ", inexact, " blocks with the min rounded to float16");
+    }
+    choices.push_back({it.gguf, dtype_name(it.dtype), it.note, it.value.numel(), *dtype_nbytes(it.dtype, it.value.numel())});
+  }
+  write_gguf(out_path, kv, src);
+  return choices;
+}
+
 }  // namespace
 
 const char* gguf_export_types() { return "f32|f16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m|auto"; }
@@ -189,6 +214,14 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const std::string b = "blk." + std::to_string(i) + ".";
     add(b + "attn_norm.weight", "attn_norm", i);
+    if (c.fused_qkv_gate_up) {  // phi3: the fused tensors as they are (NEOX RoPE: HF row order)
+      add(b + "attn_qkv.weight", "wqkv", i);
+      add(b + "attn_output.weight", "wo", i);
+      add(b + "ffn_norm.weight", "ffn_norm", i);
+      add(b + "ffn_up.weight", "w13", i);
+      add(b + "ffn_down.weight", "w2", i);
+      continue;
+    }
     add(b + "attn_q.weight", "wq", i);
     add(b + "attn_k.weight", "wk", i);
     add(b + "attn_v.weight", "wv", i);
@@ -200,13 +233,25 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   }
   add("output_norm.weight", "final_norm", -1);
   if (!c.tied) add("output.weight", "output", -1);
+  for (const auto& [gguf, values] : gguf_detail::phi3_rope_factor_tensors(c)) {
+    Item it;
+    it.gguf = gguf, it.role = "rope_factors";
+    it.value = at::tensor(std::vector<float>(values.begin(), values.end()));
+    choose_type(it, type, c);
+    items.push_back(std::move(it));
+  }
 
   std::vector<GgufKV> kv;
   const std::string name = opts.name.empty() ? fs::path(model_path).stem().string() : opts.name;
-  kv.emplace_back("general.architecture", gguf_string("llama"));
+  kv.emplace_back("general.architecture", gguf_string(c.fused_qkv_gate_up ? "phi3" : "llama"));
   kv.emplace_back("general.name", gguf_string(name));
   kv.emplace_back("general.file_type", gguf_u32(file_type_of(type, items)));
   kv.emplace_back("general.quantization_version", gguf_u32(2));
+  if (c.fused_qkv_gate_up) {
+    for (auto& e : gguf_detail::phi3_model_kv(c)) kv.push_back(std::move(e));
+    for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size)) kv.push_back(std::move(e));
+    return write_items(out_path, kv, items);
+  }
   kv.emplace_back("llama.context_length", gguf_u32(uint32_t(c.max_seq_len)));
   kv.emplace_back("llama.embedding_length", gguf_u32(uint32_t(c.dim)));
   kv.emplace_back("llama.block_count", gguf_u32(uint32_t(c.n_layers)));
@@ -227,25 +272,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   }
   for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size)) kv.push_back(std::move(e));
 
-  std::vector<GgufTensorSource> src;
-  std::vector<GgufTensorChoice> choices;
-  for (Item& it : items) {
-    const Item* p = &it;
-    src.push_back({it.gguf, it.dtype, Shape(it.value.sizes().begin(), it.value.sizes().end()), [p] {
-                     if (p->quant && p->dtype != DType::F32 && p->dtype != DType::F16)
-                       return encode_from_quant(*p->quant, p->dtype);
-                     const at::Tensor& v = p->value;
-                     return encode_matrix(p->dtype, v.data_ptr<float>(), v.dim() == 2 ? v.size(0) : 1, v.size(-1));
-                   }});
-    if (it.quant && maps_exactly(*it.quant, it.dtype) && (it.dtype == DType::Q4_1 || it.dtype == DType::Q5_1)) {
-      int64_t inexact = 0;
-      encode_from_quant(*it.quant, it.dtype, &inexact);  // counts the blocks whose min is not a float16 value
-      if (inexact > 0) it.note += str("; ", inexact, " blocks with the min rounded to float16");
-    }
-    choices.push_back({it.gguf, dtype_name(it.dtype), it.note, it.value.numel(), *dtype_nbytes(it.dtype, it.value.numel())});
-  }
-  write_gguf(out_path, kv, src);
-  return choices;
+  return write_items(out_path, kv, items);
 }
 
 }  // namespace mc

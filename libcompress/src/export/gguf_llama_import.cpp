@@ -3,6 +3,7 @@
 // interleaved RoPE (the llama arch's convention), block-quantized tensors dequantized to float32.
 #include <map>
 
+#include "export/gguf_phi3.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
 #include "mcompress/export/gguf.h"
@@ -61,9 +62,10 @@ bool is_gguf_llama(const std::string& path) {
 std::unique_ptr<Model> load_gguf_llama(const std::string& path) {
   auto r = open_gguf(path);
   const GgufValue* arch = find_kv(*r, "general.architecture");
+  if (arch && arch->type == GgufType::STRING && arch->s == "phi3") return load_gguf_phi3(path);
   if (!arch || arch->type != GgufType::STRING || arch->s != "llama")
     fail("gguf", path, ": general.architecture is ", arch ? arch->to_string() : "missing",
-         ", only 'llama' GGUF files load as models");
+         ", only 'llama' and 'phi3' GGUF files load as models");
   LlamaConfig c;
   c.names = LlamaNames::Llama2c;
   c.rope = RopeLayout::Interleaved;
