@@ -97,7 +97,8 @@ int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
     j["prompt_ids"] = std::vector<int32_t>(ids.begin(), ids.begin() + std::ptrdiff_t(prompt_len));
     j["ids"] = out, j["text"] = decode(all);
     j["generated_tokens"] = out.size(), j["tokens_per_second"] = tps;
-    std::cout << j.dump(2) << "\n";
+    // Random or partial output can end inside a multi-byte character (byte-fallback tokens): shown as U+FFFD.
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return 0;
   }
   const std::string final_text = decode(all);

@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 
+#include "export/gguf_phi3.h"
 #include "export/gguf_vocab.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
@@ -76,7 +77,7 @@ DType wanted_type(const std::string& type, const Item& it, const LlamaConfig& c,
 
 void choose_type(Item& it, const std::string& type, const LlamaConfig& c) {
   if (it.role == "attn_norm" || it.role == "ffn_norm" || it.role == "final_norm" || it.role == "q_norm" ||
-      it.role == "k_norm") {
+      it.role == "k_norm" || it.role == "rope_factors") {
     it.dtype = DType::F32, it.note = "norm";
     return;
   }
@@ -120,7 +121,9 @@ QuantResult permute_rows(const QuantResult& q, const at::Tensor& idx) {
 //   llama  Llama 2/3.x, Mistral, TinyLlama, SmolLM: optional q/k/v/o biases, rope_freqs (llama3 scaling)
 //   qwen2  q/k/v biases, no o bias (Qwen2, Qwen2.5)
 //   qwen3  per-head q/k RMSNorm, no biases (Qwen3)
+//   phi3   fused qkv / gate_up (Phi-3, 3.5, 4-mini), longrope factors as rope_factors_long/short
 std::string gguf_arch(const LlamaConfig& c, const std::string& where) {
+  if (c.fused_qkv_gate_up) return "phi3";
   const bool rope_freqs = c.rope_scaling == "llama3" || c.rope_scaling == "factors";
   std::string arch = "llama";
   if (c.qk_norm) {
@@ -160,6 +163,30 @@ uint32_t file_type_of(const std::string& type, const std::vector<Item>& items) {
                                         {DType::Q8_0, 7}, {DType::Q5_0, 8}, {DType::Q5_1, 9},  {DType::Q4_K, 14},
                                         {DType::Q5_K, 16}, {DType::Q6_K, 18}};
   return ft.at(best);
+}
+
+// Encodes the items (lazily, as the writer streams them) and writes the file.
+std::vector<GgufTensorChoice> write_items(const std::string& out_path, const std::vector<GgufKV>& kv,
+                                          std::vector<Item>& items) {
+  std::vector<GgufTensorSource> src;
+  std::vector<GgufTensorChoice> choices;
+  for (Item& it : items) {
+    const Item* p = &it;
+    src.push_back({it.gguf, it.dtype, Shape(it.value.sizes().begin(), it.value.sizes().end()), [p] {
+                     if (p->quant && p->dtype != DType::F32 && p->dtype != DType::F16)
+                       return encode_from_quant(*p->quant, p->dtype);
+                     const at::Tensor& v = p->value;
+                     return encode_matrix(p->dtype, v.data_ptr<float>(), v.dim() == 2 ? v.size(0) : 1, v.size(-1));
+                   }});
+    if (it.quant && maps_exactly(*it.quant, it.dtype) && (it.dtype == DType::Q4_1 || it.dtype == DType::Q5_1)) {
+      int64_t inexact = 0;
+      encode_from_quant(*it.quant, it.dtype, &inexact);  // counts the blocks whose min is not a float16 value
+      if (inexact > 0) it.note += str("; ", inexact, " blocks with the min rounded to float16");
+    }
+    choices.push_back({it.gguf, dtype_name(it.dtype), it.note, it.value.numel(), *dtype_nbytes(it.dtype, it.value.numel())});
+  }
+  write_gguf(out_path, kv, src);
+  return choices;
 }
 
 }  // namespace
@@ -229,6 +256,14 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const std::string b = "blk." + std::to_string(i) + ".";
     add(b + "attn_norm.weight", "attn_norm", i);
+    if (c.fused_qkv_gate_up) {  // phi3: the fused tensors as they are (NEOX RoPE: HF row order)
+      add(b + "attn_qkv.weight", "wqkv", i);
+      add(b + "attn_output.weight", "wo", i);
+      add(b + "ffn_norm.weight", "ffn_norm", i);
+      add(b + "ffn_up.weight", "w13", i);
+      add(b + "ffn_down.weight", "w2", i);
+      continue;
+    }
     add(b + "attn_q.weight", "wq", i);
     add(b + "attn_k.weight", "wk", i);
     add(b + "attn_v.weight", "wv", i);
@@ -250,17 +285,29 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   }
   add("output_norm.weight", "final_norm", -1);
   if (!c.tied) add("output.weight", "output", -1);
+  for (const auto& [gguf, values] : gguf_detail::phi3_rope_factor_tensors(c)) {
+    Item it;
+    it.gguf = gguf, it.role = "rope_factors";
+    it.value = at::tensor(std::vector<float>(values.begin(), values.end()));
+    choose_type(it, type, c);
+    items.push_back(std::move(it));
+  }
 
   std::vector<GgufKV> kv;
   const std::string name = opts.name.empty() ? fs::path(model_path).stem().string() : opts.name;
   const std::string a = arch + ".";
-  // Mistral's sliding window: llama.cpp's llama/qwen2/qwen3 attend to the whole context, which equals
-  // sliding-window attention up to the window's length, so that is the context length written.
-  const int64_t ctx = c.sliding_window > 0 ? std::min(c.max_seq_len, c.sliding_window) : c.max_seq_len;
   kv.emplace_back("general.architecture", gguf_string(arch));
   kv.emplace_back("general.name", gguf_string(name));
   kv.emplace_back("general.file_type", gguf_u32(file_type_of(type, items)));
   kv.emplace_back("general.quantization_version", gguf_u32(2));
+  if (c.fused_qkv_gate_up) {
+    for (auto& e : gguf_detail::phi3_model_kv(c)) kv.push_back(std::move(e));
+    for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size, c.bos_id, c.eos_id)) kv.push_back(std::move(e));
+    return write_items(out_path, kv, items);
+  }
+  // Mistral's sliding window: llama.cpp's llama/qwen2/qwen3 attend to the whole context, which equals
+  // sliding-window attention up to the window's length, so that is the context length written.
+  const int64_t ctx = c.sliding_window > 0 ? std::min(c.max_seq_len, c.sliding_window) : c.max_seq_len;
   kv.emplace_back(a + "context_length", gguf_u32(uint32_t(ctx)));
   kv.emplace_back(a + "embedding_length", gguf_u32(uint32_t(c.dim)));
   kv.emplace_back(a + "block_count", gguf_u32(uint32_t(c.n_layers)));
@@ -281,25 +328,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   }
   for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size, c.bos_id, c.eos_id)) kv.push_back(std::move(e));
 
-  std::vector<GgufTensorSource> src;
-  std::vector<GgufTensorChoice> choices;
-  for (Item& it : items) {
-    const Item* p = &it;
-    src.push_back({it.gguf, it.dtype, Shape(it.value.sizes().begin(), it.value.sizes().end()), [p] {
-                     if (p->quant && p->dtype != DType::F32 && p->dtype != DType::F16)
-                       return encode_from_quant(*p->quant, p->dtype);
-                     const at::Tensor& v = p->value;
-                     return encode_matrix(p->dtype, v.data_ptr<float>(), v.dim() == 2 ? v.size(0) : 1, v.size(-1));
-                   }});
-    if (it.quant && maps_exactly(*it.quant, it.dtype) && (it.dtype == DType::Q4_1 || it.dtype == DType::Q5_1)) {
-      int64_t inexact = 0;
-      encode_from_quant(*it.quant, it.dtype, &inexact);  // counts the blocks whose min is not a float16 value
-      if (inexact > 0) it.note += str("; ", inexact, " blocks with the min rounded to float16");
-    }
-    choices.push_back({it.gguf, dtype_name(it.dtype), it.note, it.value.numel(), *dtype_nbytes(it.dtype, it.value.numel())});
-  }
-  write_gguf(out_path, kv, src);
-  return choices;
+  return write_items(out_path, kv, items);
 }
 
 }  // namespace mc

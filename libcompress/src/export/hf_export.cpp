@@ -38,6 +38,12 @@ enum class Fmt { Gptq, CompressedTensors };
 const char* fmt_name(Fmt f) { return f == Fmt::Gptq ? "hf-gptq" : "compressed-tensors"; }
 
 const char* kLinearRoles[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+const char* kFusedLinearRoles[] = {"wqkv", "wo", "w13", "w2"};  // Phi-3: exported under their own names
+
+std::vector<const char*> linear_roles(const LlamaConfig& c) {
+  if (c.fused_qkv_gate_up) return {std::begin(kFusedLinearRoles), std::end(kFusedLinearRoles)};
+  return {std::begin(kLinearRoles), std::end(kLinearRoles)};
+}
 
 std::string spec_text(const QuantSpec& s) { return s.describe(); }
 
@@ -72,7 +78,7 @@ Prepared prepare(const ExportInput& in, Fmt fmt) {
     fail("export", in.path, ": no quantized layers: ", fmt_name(fmt), " exports a quantized model "
          "(run mcompress quantize first, e.g. --method gptq --bits 4 --group-size 128)");
   for (int64_t l = 0; l < in.cfg.n_layers; ++l) {
-    for (const char* role : kLinearRoles) {
+    for (const char* role : linear_roles(in.cfg)) {
       const std::string key = hfx::key_of(in, role, l), hf = hfx::hf_name(role, l);
       Linear lin;
       lin.module = hf.substr(0, hf.size() - std::string(".weight").size());
@@ -179,7 +185,12 @@ ExportSummary export_hf_gptq(const std::string& model_path, const std::string& o
   std::vector<std::string> notes;
   add_common_notes(in, notes);
   // The intermediate size can grow: zero rows of gate/up and zero columns of down compute the same.
-  const int64_t inter = round_up(c.hidden_dim, gs > 0 ? std::lcm<int64_t>(32, gs) : 32);
+  const int64_t multiple = gs > 0 ? std::lcm<int64_t>(32, gs) : 32;
+  const int64_t inter = round_up(c.hidden_dim, multiple);
+  if (inter != c.hidden_dim && c.fused_qkv_gate_up)
+    fail("export", model_path, ": intermediate_size ", c.hidden_dim, " is not a multiple of ", multiple,
+         " (32 and group_size), which hf-gptq needs, and a fused gate_up_proj (Phi-3) is not padded; use "
+         "--format compressed-tensors");
   if (inter != c.hidden_dim)
     notes.push_back("intermediate_size padded from " + std::to_string(c.hidden_dim) + " to " + std::to_string(inter) +
                     " (multiple of 32" + (gs > 0 ? " and of group_size" : std::string()) +

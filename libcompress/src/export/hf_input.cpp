@@ -70,6 +70,24 @@ std::string hf_name(const std::string& role, int64_t block) {
   return llama_param_name(LlamaNames::HuggingFace, role, block);
 }
 
+namespace {
+
+// Phi3ForCausalLM's own keys (configuration_phi3): the fused tensors need the architecture to load.
+void add_phi3_keys(nlohmann::ordered_json& j, const LlamaConfig& c) {
+  j["architectures"] = {"Phi3ForCausalLM"};
+  j["model_type"] = "phi3";
+  j.erase("attention_bias"), j.erase("mlp_bias");
+  j["original_max_position_embeddings"] = c.rope_original_max_pos;
+  if (c.rotary_dim > 0) j["partial_rotary_factor"] = double(c.rotary_dim) / double(c.head_dim);
+  if (c.rope_scaling == "longrope") {
+    j["rope_scaling"] = {{"type", "longrope"}, {"rope_type", "longrope"}, {"short_factor", c.rope_short_factor},
+                         {"long_factor", c.rope_long_factor}, {"attention_factor", c.rope_attention_factor}};
+  }
+  j["sliding_window"] = c.sliding_window > 0 ? nlohmann::ordered_json(c.sliding_window) : nlohmann::ordered_json(nullptr);
+}
+
+}  // namespace
+
 std::string hf_config_json(const LlamaConfig& c, int64_t intermediate_size, const std::string& qcfg) {
   nlohmann::ordered_json j;
   std::string arch = "LlamaForCausalLM", type = "llama";
@@ -112,6 +130,7 @@ std::string hf_config_json(const LlamaConfig& c, int64_t intermediate_size, cons
   if (bos >= 0) j["bos_token_id"] = bos;
   if (eos >= 0) j["eos_token_id"] = eos;
   j["use_cache"] = true;
+  if (c.fused_qkv_gate_up) add_phi3_keys(j, c);
   j["quantization_config"] = nlohmann::ordered_json::parse(qcfg);
   return j.dump(2) + "\n";
 }

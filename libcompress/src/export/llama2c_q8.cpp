@@ -66,6 +66,8 @@ ExportSummary export_llama2c_q8(const std::string& model_path, const std::string
   if (c.rope_theta != 10000.0) refuse("rope_theta " + std::to_string(c.rope_theta) + " (runq.c uses 10000)");
   if (!c.rope_scaling.empty()) refuse("rope scaling '" + c.rope_scaling + "'");
   if (c.sliding_window > 0) refuse("sliding-window attention");
+  if (c.fused_qkv_gate_up) refuse("fused qkv_proj / gate_up_proj (Phi-3)");
+  if (c.rotary_dim > 0) refuse("partial rotary embedding");
   const int64_t gs = llama2c_q8_group_size(c.dim, c.hidden_dim);
 
   std::vector<std::string> notes;

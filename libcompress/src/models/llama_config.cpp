@@ -35,6 +35,33 @@ int64_t first_id(const json& j, const char* key) {
   return it->get<int64_t>();
 }
 
+// Phi3ForCausalLM (transformers modeling_phi3 / configuration_phi3): fused tensors, sliding_window (applied by
+// Phi3Attention), partial_rotary_factor, and rope_scaling longrope ("su" in early configs), whose attention
+// factor is modeling_rope_utils._compute_longrope_parameters': factor = max_position_embeddings /
+// original_max_position_embeddings, sqrt(1 + ln(factor) / ln(original)) when factor > 1, else 1, unless
+// rope_scaling gives attention_factor.
+void read_phi3_fields(const json& j, LlamaConfig& c, const std::string& path) {
+  c.fused_qkv_gate_up = true;
+  c.sliding_window = get_or<int64_t>(j, "sliding_window", 0);
+  const double prf = get_or(j, "partial_rotary_factor", 1.0);
+  if (!(prf > 0 && prf <= 1)) fail("llama", path, ": partial_rotary_factor ", prf, " must be in (0, 1]");
+  const int64_t rot = int64_t(double(c.head_dim) * prf);  // HF: int(head_dim * partial_rotary_factor)
+  c.rotary_dim = rot == c.head_dim ? 0 : rot;
+  c.rope_original_max_pos = get_or<int64_t>(j, "original_max_position_embeddings", c.max_seq_len);
+  if (!j.contains("rope_scaling") || !j["rope_scaling"].is_object()) return;
+  const auto& rs = j["rope_scaling"];
+  if (c.rope_scaling == "su") c.rope_scaling = "longrope";
+  if (c.rope_scaling != "longrope") return;  // validate() names anything else
+  if (!j.contains("original_max_position_embeddings"))
+    c.rope_original_max_pos = get_or<int64_t>(rs, "original_max_position_embeddings", c.max_seq_len);
+  c.rope_short_factor = rs.at("short_factor").get<std::vector<double>>();
+  c.rope_long_factor = rs.at("long_factor").get<std::vector<double>>();
+  const double factor = double(c.max_seq_len) / double(c.rope_original_max_pos);
+  c.rope_attention_factor = get_or(rs, "attention_factor", factor <= 1.0 ? 1.0
+                                       : std::sqrt(1.0 + std::log(factor) / std::log(double(c.rope_original_max_pos))));
+  c.rope_factor = 1.0;
+}
+
 }  // namespace
 
 void LlamaConfig::validate() const {
@@ -46,8 +73,9 @@ void LlamaConfig::validate() const {
     bad(str("n_kv_heads ", n_kv_heads, " must divide n_heads ", n_heads));
   if (head_dim <= 0 || head_dim % 2 != 0) bad(str("head_dim ", head_dim, " must be positive and even (RoPE pairs)"));
   if (!(norm_eps > 0) || !(rope_theta > 0)) bad(str("norm_eps ", norm_eps, " and rope_theta ", rope_theta, " must be > 0"));
-  if (!rope_scaling.empty() && rope_scaling != "linear" && rope_scaling != "llama3" && rope_scaling != "factors")
-    bad(str("rope_scaling '", rope_scaling, "' is not supported (allowed: linear, llama3, factors)"));
+  if (!rope_scaling.empty() && rope_scaling != "linear" && rope_scaling != "llama3" && rope_scaling != "factors" &&
+      rope_scaling != "longrope")
+    bad(str("rope_scaling '", rope_scaling, "' is not supported (allowed: linear, llama3, longrope)"));
   if (rope_scaling == "factors") {
     if (int64_t(rope_freq_factors.size()) != head_dim / 2)
       bad(str(rope_freq_factors.size(), " rope frequency factors for head_dim ", head_dim, " (expected ", head_dim / 2, ")"));
@@ -57,6 +85,28 @@ void LlamaConfig::validate() const {
   if (!(rope_factor > 0)) bad(str("rope scaling factor ", rope_factor, " must be > 0"));
   if (rope_scaling == "llama3" && !(rope_high_freq_factor > rope_low_freq_factor))
     bad("llama3 rope scaling needs high_freq_factor > low_freq_factor");
+  validate_phi3_fields();
+}
+
+// Fused tensors, partial rotary and longrope (Phi-3): kept apart so the checks above read as before.
+void LlamaConfig::validate_phi3_fields() const {
+  auto bad = [&](const std::string& what) { fail("llama", "config: ", what); };
+  if (rotary_dim < 0 || rotary_dim > head_dim || rotary_dim % 2 != 0)
+    bad(str("rotary_dim ", rotary_dim, " must be even and within 0..head_dim ", head_dim));
+  if (rotary_dim > 0 && rotary_dim < head_dim && rope != RopeLayout::RotateHalf)
+    bad("partial rotary (rotary_dim < head_dim) needs the rotate-half RoPE layout");
+  if (fused_qkv_gate_up && (qkv_bias || o_bias || qk_norm))
+    bad("fused qkv_proj / gate_up_proj (Phi-3) with attention biases or q/k norms is not supported");
+  if (rope_scaling == "longrope") {
+    const size_t half = size_t(rope_dim() / 2);
+    if (rope_short_factor.size() != half || rope_long_factor.size() != half)
+      bad(str("longrope short_factor (", rope_short_factor.size(), " values) and long_factor (", rope_long_factor.size(),
+              " values) must each hold rotary_dim / 2 = ", half, " values"));
+    for (double f : rope_short_factor) if (!(f > 0)) bad(str("longrope short_factor value ", f, " must be > 0"));
+    for (double f : rope_long_factor) if (!(f > 0)) bad(str("longrope long_factor value ", f, " must be > 0"));
+    if (!(rope_attention_factor > 0)) bad(str("longrope attention_factor ", rope_attention_factor, " must be > 0"));
+    if (rope_original_max_pos <= 0) bad(str("original_max_position_embeddings ", rope_original_max_pos, " must be > 0"));
+  }
 }
 
 std::string LlamaConfig::json() const {
@@ -69,8 +119,14 @@ std::string LlamaConfig::json() const {
   j["rope_scaling"] = rope_scaling, j["rope_factor"] = rope_factor;
   j["rope_low_freq_factor"] = rope_low_freq_factor, j["rope_high_freq_factor"] = rope_high_freq_factor;
   j["rope_original_max_pos"] = rope_original_max_pos, j["bos_id"] = bos_id, j["eos_id"] = eos_id;
+  // Keys only when set: metadata of the other families stays as it was.
   if (qk_norm) j["qk_norm"] = true;
-  if (rope_scaling == "factors") j["rope_freq_factors"] = rope_freq_factors;  // only when set: metadata of the other families stays as it was
+  if (rope_scaling == "factors") j["rope_freq_factors"] = rope_freq_factors;
+  if (fused_qkv_gate_up) j["fused_qkv_gate_up"] = true;
+  if (rotary_dim > 0) j["rotary_dim"] = rotary_dim;
+  if (rope_scaling == "longrope")
+    j["rope_short_factor"] = rope_short_factor, j["rope_long_factor"] = rope_long_factor,
+    j["rope_attention_factor"] = rope_attention_factor;
   return j.dump();
 }
 
@@ -89,6 +145,11 @@ LlamaConfig LlamaConfig::from_json(const std::string& text, const std::string& w
     c.names = names == "llama2c" ? LlamaNames::Llama2c : LlamaNames::HuggingFace;
     c.tied = j.at("tied"), c.qkv_bias = get_or(j, "qkv_bias", false), c.o_bias = get_or(j, "o_bias", false);
     c.qk_norm = get_or(j, "qk_norm", false);
+    c.fused_qkv_gate_up = get_or(j, "fused_qkv_gate_up", false);
+    c.rotary_dim = get_or<int64_t>(j, "rotary_dim", 0);
+    c.rope_short_factor = get_or(j, "rope_short_factor", std::vector<double>{});
+    c.rope_long_factor = get_or(j, "rope_long_factor", std::vector<double>{});
+    c.rope_attention_factor = get_or(j, "rope_attention_factor", 1.0);
     c.sliding_window = get_or<int64_t>(j, "sliding_window", 0);
     c.rope_scaling = get_or<std::string>(j, "rope_scaling", "");
     c.rope_factor = get_or(j, "rope_factor", 1.0);
@@ -118,9 +179,10 @@ LlamaConfig LlamaConfig::from_hf_config(const std::string& path) {
     if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty())
       arch = j["architectures"][0].get<std::string>();
     if (arch != "LlamaForCausalLM" && arch != "Qwen2ForCausalLM" && arch != "Qwen3ForCausalLM" &&
-        arch != "MistralForCausalLM")
+        arch != "MistralForCausalLM" && arch != "Phi3ForCausalLM")
       fail("llama", path, ": architecture '", arch,
-           "' is not supported (allowed: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)");
+           "' is not supported (allowed: LlamaForCausalLM, MistralForCausalLM, Phi3ForCausalLM, Qwen2ForCausalLM, "
+           "Qwen3ForCausalLM)");
     const std::string act = get_or<std::string>(j, "hidden_act", "silu");
     if (act != "silu") fail("llama", path, ": hidden_act '", act, "' is not supported (only silu)");
     if (get_or(j, "mlp_bias", false)) fail("llama", path, ": mlp_bias is not supported");
@@ -150,6 +212,7 @@ LlamaConfig LlamaConfig::from_hf_config(const std::string& path) {
       c.rope_original_max_pos = get_or<int64_t>(rs, "original_max_position_embeddings", 8192);
     }
     c.bos_id = first_id(j, "bos_token_id"), c.eos_id = first_id(j, "eos_token_id");
+    if (arch == "Phi3ForCausalLM") read_phi3_fields(j, c, path);
   } catch (const json::exception& e) {
     fail("llama", path, ": bad config.json: ", e.what());
   }
@@ -183,6 +246,8 @@ std::string llama_param_name(LlamaNames names, const std::string& role, int64_t 
       {"w1", {"feed_forward.w1.weight", "mlp.gate_proj.weight"}},
       {"w2", {"feed_forward.w2.weight", "mlp.down_proj.weight"}},
       {"w3", {"feed_forward.w3.weight", "mlp.up_proj.weight"}},
+      {"wqkv", {"attention.wqkv.weight", "self_attn.qkv_proj.weight"}},
+      {"w13", {"feed_forward.w13.weight", "mlp.gate_up_proj.weight"}},
   };
   auto it = table.find(role);
   if (it == table.end()) fail<Error>("llama", "unknown parameter role '", role, "'");
@@ -225,14 +290,23 @@ std::map<std::string, at::Tensor> init_llama_weights(const LlamaConfig& c, uint6
   normal("embed", -1, {c.vocab_size, c.dim}, std0);
   for (int64_t l = 0; l < c.n_layers; ++l) {
     fill("attn_norm", l, c.dim, 1.0);
-    normal("wq", l, {q_dim, c.dim}, std0);
-    normal("wk", l, {kv_dim, c.dim}, std0);
-    normal("wv", l, {kv_dim, c.dim}, std0);
+    if (c.fused_qkv_gate_up) {
+      normal("wqkv", l, {q_dim + 2 * kv_dim, c.dim}, std0);
+    } else {
+      normal("wq", l, {q_dim, c.dim}, std0);
+      normal("wk", l, {kv_dim, c.dim}, std0);
+      normal("wv", l, {kv_dim, c.dim}, std0);
+    }
     normal("wo", l, {c.dim, q_dim}, std_res);
     fill("ffn_norm", l, c.dim, 1.0);
-    normal("w1", l, {c.hidden_dim, c.dim}, std0);
-    normal("w2", l, {c.dim, c.hidden_dim}, std_res);
-    normal("w3", l, {c.hidden_dim, c.dim}, std0);
+    if (c.fused_qkv_gate_up) {
+      normal("w13", l, {2 * c.hidden_dim, c.dim}, std0);
+      normal("w2", l, {c.dim, c.hidden_dim}, std_res);
+    } else {  // the draw order of the unfused families as before
+      normal("w1", l, {c.hidden_dim, c.dim}, std0);
+      normal("w2", l, {c.dim, c.hidden_dim}, std_res);
+      normal("w3", l, {c.hidden_dim, c.dim}, std0);
+    }
     if (c.qkv_bias) {
       fill("bq", l, q_dim, 0.0);
       fill("bk", l, kv_dim, 0.0);

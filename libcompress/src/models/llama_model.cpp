@@ -15,7 +15,20 @@ namespace {
 
 // The roles of a block. Without q/k norms a role's position in block_layers_[k] is its value; with them
 // (Qwen3) the block runs attn_norm, wq, wk, wv, q_norm, k_norm, wo, ffn_norm, w1, w3, w2.
-enum BlockSlot { kAttnNorm, kWq, kWk, kWv, kWo, kFfnNorm, kW1, kW3, kW2, kQNorm, kKNorm };
+enum BlockSlot { kAttnNorm, kWq, kWk, kWv, kWo, kFfnNorm, kW1, kW3, kW2, kQNorm, kKNorm, kWqkv, kW13 };
+
+// Phi-3 (fused tensors): the block runs attn_norm, wqkv, wo, ffn_norm, w13, w2.
+size_t fused_slot_position(int s) {
+  switch (s) {
+    case kAttnNorm: return 0;
+    case kWqkv: return 1;
+    case kWo: return 2;
+    case kFfnNorm: return 3;
+    case kW13: return 4;
+    case kW2: return 5;
+    default: fail<Error>("llama", "role slot ", s, " does not exist in a block with fused qkv/gate_up");
+  }
+}
 
 size_t slot_position(bool qk_norm, int s) {
   if (!qk_norm) return size_t(s);
@@ -71,6 +84,14 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
       plan.push_back({module_of(w), w, "", LayerKind::Norm, b, false, width, width});
     };
     norm("attn_norm", D);
+    if (cfg_.fused_qkv_gate_up) {  // Phi-3: the checkpoint's own fused tensors stay single layers
+      lin("wqkv", "", false, QD + 2 * KVD, D);
+      lin("wo", "", false, D, QD);
+      norm("ffn_norm", D);
+      lin("w13", "", false, 2 * F, D);
+      lin("w2", "", false, D, F);
+      continue;
+    }
     lin("wq", "bq", cfg_.qkv_bias, QD, D);
     lin("wk", "bk", cfg_.qkv_bias, KVD, D);
     lin("wv", "bv", cfg_.qkv_bias, KVD, D);
@@ -101,6 +122,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
     std::string msg = "checkpoint does not match the llama config (" + std::to_string(cfg_.n_layers) + " layers";
     msg += cfg_.qkv_bias ? ", q/k/v biases" : "";
     msg += cfg_.qk_norm ? ", q/k norms" : "";
+    msg += cfg_.fused_qkv_gate_up ? ", fused qkv_proj and gate_up_proj" : "";
     msg += cfg_.tied ? ", tied classifier)" : ", separate classifier)";
     if (!missing.empty()) msg += "; missing keys: " + list_some(missing);
     if (!unexpected.empty()) msg += "; unexpected keys: " + list_some(unexpected);
@@ -112,7 +134,8 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
     if (h.shape != shape)
       fail("llama", "tensor '", key, "' has shape ", shape_str(h.shape), ", expected ", shape_str(shape),
            " from the config (dim ", D, ", hidden_dim ", F, ", n_heads ", cfg_.n_heads, ", n_kv_heads ",
-           cfg_.n_kv_heads, ", head_dim ", cfg_.head_dim, ", vocab_size ", V, ")");
+           cfg_.n_kv_heads, ", head_dim ", cfg_.head_dim, ", vocab_size ", V,
+           cfg_.fused_qkv_gate_up ? "; qkv_proj holds q, k, v rows, gate_up_proj gate then up rows" : "", ")");
     if (!is_float(h.dtype) && !is_block(h.dtype))
       fail("llama", "tensor '", key, "' has integer dtype ", dtype_name(h.dtype), " (a float weight is needed)");
     at::Tensor t = to_torch(h);
@@ -137,6 +160,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
 }
 
 size_t LlamaModel::slot(int k, int role) const {
+  if (cfg_.fused_qkv_gate_up) return block_layers_[static_cast<size_t>(k)][fused_slot_position(role)];
   return block_layers_[static_cast<size_t>(k)][slot_position(cfg_.qk_norm, role)];
 }
 
@@ -145,6 +169,14 @@ std::vector<ScaleGroup> LlamaModel::scale_groups(int block) const {
   // q_norm/k_norm act on q/k's outputs per head: not a fold target, and scaling q/k's input channels leaves them be.
   auto L = [&](BlockSlot s) -> const LayerInfo& { return layers_[slot(block, s)]; };
   std::vector<ScaleGroup> g;
+  if (cfg_.fused_qkv_gate_up) {
+    // Phi-3: the norms feed the fused layers. v -> o and up -> down are left out: v's rows and up's rows are
+    // part of qkv_proj / gate_up_proj, and a per-channel scale on a fused tensor's output rows cannot be limited
+    // to them without splitting the tensor (which would change the checkpoint's names and quantization groups).
+    g.push_back({L(kAttnNorm).weight, "", true, {L(kWqkv).name}});
+    g.push_back({L(kFfnNorm).weight, "", true, {L(kW13).name}});
+    return g;
+  }
   g.push_back({L(kAttnNorm).weight, "", true, {L(kWq).name, L(kWk).name, L(kWv).name}});
   // o's input channel (head h, d) is v's channel (h / (n_heads / n_kv_heads), d) mixed over positions.
   ScaleGroup vo{L(kWv).weight, L(kWv).bias, false, {L(kWo).name}};
@@ -157,12 +189,17 @@ std::vector<ScaleGroup> LlamaModel::scale_groups(int block) const {
 }
 
 void LlamaModel::ensure_rope_tables(int64_t length) {
-  if (cos_.defined() && cos_.size(0) >= length) return;
+  // longrope (HF longrope_frequency_update): the long factors once the sequence (last position + 1) exceeds the
+  // original context, the short ones otherwise.
+  const bool want_long = cfg_.rope_scaling == "longrope" && length > cfg_.rope_original_max_pos;
+  if (cos_.defined() && cos_.size(0) >= length && want_long == rope_long_) return;
   const int64_t n = std::max(length, cfg_.max_seq_len);
-  const int64_t half = cfg_.head_dim / 2;
+  const int64_t rot = cfg_.rope_dim(), half = rot / 2;
   auto dbl = at::TensorOptions().dtype(at::kDouble);
-  // llama2.c precompute_freqs_cis: 1 / theta^(2i / head_dim); HF _compute_default_rope_parameters is the same.
-  at::Tensor inv = 1.0 / at::pow(cfg_.rope_theta, at::arange(0, half, dbl) * 2.0 / double(cfg_.head_dim));
+  // llama2.c precompute_freqs_cis: 1 / theta^(2i / head_dim); HF _compute_default_rope_parameters is the same
+  // (over the rotated dims only with a partial_rotary_factor).
+  at::Tensor inv = 1.0 / at::pow(cfg_.rope_theta, at::arange(0, half, dbl) * 2.0 / double(rot));
+  double scale = 1.0;
   if (cfg_.rope_scaling == "linear") {
     inv = inv / cfg_.rope_factor;
   } else if (cfg_.rope_scaling == "llama3") {  // HF _compute_llama3_parameters
@@ -176,14 +213,18 @@ void LlamaModel::ensure_rope_tables(int64_t length) {
     inv = at::where(medium, smoothed, scaled);
   } else if (cfg_.rope_scaling == "factors") {  // llama.cpp rope_freqs: theta_i = pos * f_i / factor_i
     inv = inv / at::tensor(cfg_.rope_freq_factors, dbl);
+  } else if (cfg_.rope_scaling == "longrope") {  // HF _compute_longrope_parameters: 1 / (ext_factor * theta^(2i/rot))
+    inv = inv / at::tensor(want_long ? cfg_.rope_long_factor : cfg_.rope_short_factor, dbl);
+    scale = cfg_.rope_attention_factor;
   }
+  rope_long_ = want_long;
   at::Tensor freqs = at::outer(at::arange(0, n, dbl), inv);  // [n, half]
-  cos_ = at::cos(freqs).to(at::kFloat).to(device_);
-  sin_ = at::sin(freqs).to(at::kFloat).to(device_);
+  cos_ = (at::cos(freqs) * scale).to(at::kFloat).to(device_);
+  sin_ = (at::sin(freqs) * scale).to(at::kFloat).to(device_);
 }
 
 at::Tensor LlamaModel::rope(const at::Tensor& x, int64_t pos0) {
-  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), half = cfg_.head_dim / 2;
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), rot = cfg_.rope_dim(), half = rot / 2;
   ensure_rope_tables(pos0 + T);
   at::Tensor c = cos_.narrow(0, pos0, T), s = sin_.narrow(0, pos0, T);  // [T, half]
   if (cfg_.rope == RopeLayout::Interleaved) {
@@ -192,8 +233,10 @@ at::Tensor LlamaModel::rope(const at::Tensor& x, int64_t pos0) {
     at::Tensor xr = xs.select(-1, 0), xi = xs.select(-1, 1);
     return at::stack({xr * c - xi * s, xr * s + xi * c}, -1).flatten(-2);
   }
-  // HF: x * cos + rotate_half(x) * sin, cos = cat(c, c), rotate_half(x) = cat(-x2, x1).
+  // HF: x * cos + rotate_half(x) * sin, cos = cat(c, c), rotate_half(x) = cat(-x2, x1); with a partial rotary
+  // factor over the first rot dims only, the rest passed through (Phi-3 apply_rotary_pos_emb).
   at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  if (rot < cfg_.head_dim) return at::cat({x1 * c - x2 * s, x2 * c + x1 * s, x.narrow(-1, rot, cfg_.head_dim - rot)}, -1);
   return at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, -1);
 }
 
@@ -205,9 +248,17 @@ at::Tensor LlamaModel::rms_norm(const LayerInfo& layer, const at::Tensor& x) {
 
 at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int64_t pos0) {
   const int64_t B = x.size(0), T = x.size(1), H = cfg_.n_heads, HKV = cfg_.n_kv_heads, hd = cfg_.head_dim;
-  at::Tensor q = apply_linear(layers_[slot(k, kWq)], x).view({B, T, H, hd});
-  at::Tensor kk = apply_linear(layers_[slot(k, kWk)], x).view({B, T, HKV, hd});
-  at::Tensor v = apply_linear(layers_[slot(k, kWv)], x).view({B, T, HKV, hd}).transpose(1, 2);
+  at::Tensor q, kk, v;
+  if (cfg_.fused_qkv_gate_up) {  // HF Phi3Attention: qkv_proj rows are q, then k, then v
+    at::Tensor qkv = apply_linear(layers_[slot(k, kWqkv)], x);
+    q = qkv.narrow(-1, 0, H * hd).reshape({B, T, H, hd});
+    kk = qkv.narrow(-1, H * hd, HKV * hd).reshape({B, T, HKV, hd});
+    v = qkv.narrow(-1, (H + HKV) * hd, HKV * hd).reshape({B, T, HKV, hd}).transpose(1, 2);
+  } else {
+    q = apply_linear(layers_[slot(k, kWq)], x).view({B, T, H, hd});
+    kk = apply_linear(layers_[slot(k, kWk)], x).view({B, T, HKV, hd});
+    v = apply_linear(layers_[slot(k, kWv)], x).view({B, T, HKV, hd}).transpose(1, 2);
+  }
   if (cfg_.qk_norm) {  // HF Qwen3Attention: q_norm(q_proj(x).view(..., head_dim)), before RoPE
     q = rms_norm(layers_[slot(k, kQNorm)], q);
     kk = rms_norm(layers_[slot(k, kKNorm)], kk);
@@ -243,6 +294,11 @@ at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int
 at::Tensor LlamaModel::block(int k, const at::Tensor& x, KVCache* cache, int64_t pos0) {
   at::Tensor h = x + attention(k, rms_norm(layers_[slot(k, kAttnNorm)], x), cache, pos0);
   at::Tensor n = rms_norm(layers_[slot(k, kFfnNorm)], h);
+  if (cfg_.fused_qkv_gate_up) {  // HF Phi3MLP: gate, up = gate_up_proj(x).chunk(2, -1); down(up * silu(gate))
+    at::Tensor gu = apply_linear(layers_[slot(k, kW13)], n);
+    const int64_t F = cfg_.hidden_dim;
+    return h + apply_linear(layers_[slot(k, kW2)], at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F));
+  }
   at::Tensor g = apply_linear(layers_[slot(k, kW1)], n);
   at::Tensor u = apply_linear(layers_[slot(k, kW3)], n);
   return h + apply_linear(layers_[slot(k, kW2)], at::silu(g) * u);

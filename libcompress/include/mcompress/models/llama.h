@@ -25,24 +25,34 @@ struct LlamaConfig {
   bool qkv_bias = false;  // Qwen2; Llama with attention_bias
   bool o_bias = false;    // Llama with attention_bias
   bool qk_norm = false;   // Qwen3: RMSNorm (weight [head_dim]) on each head's q and k before RoPE
-  int64_t sliding_window = 0;  // Mistral; 0 = none
-  // rope_scaling: "" (none), "linear" (positions / factor), "llama3" (Llama 3.1 frequency bands) or
+  int64_t sliding_window = 0;  // Mistral, Phi-3; 0 = none
+  // Phi-3: q/k/v stored as one qkv_proj [q_dim + 2 kv_dim, dim] (role wqkv) and gate/up as one gate_up_proj
+  // [2 hidden_dim, dim] (role w13, gate rows first); the forward splits their outputs.
+  bool fused_qkv_gate_up = false;
+  int64_t rotary_dim = 0;  // RoPE rotates the first rotary_dim dims of each head (Phi-4-mini: 0.75 head_dim); 0 = head_dim
+  int64_t rope_dim() const { return rotary_dim > 0 ? rotary_dim : head_dim; }
+  // rope_scaling: "" (none), "linear" (positions / factor), "llama3" (Llama 3.1 frequency bands),
   // "factors" (each frequency divided by rope_freq_factors[i], head_dim/2 of them: llama.cpp's rope_freqs
-  // tensor, as a GGUF file gives it).
+  // tensor, as a GGUF file gives it) or "longrope" (Phi-3: inverse frequencies divided by short factors, or
+  // long ones once a sequence exceeds rope_original_max_pos; cos/sin times rope_attention_factor).
   std::string rope_scaling;
   std::vector<double> rope_freq_factors;
+  std::vector<double> rope_short_factor, rope_long_factor;  // longrope: rope_dim() / 2 each
+  double rope_attention_factor = 1.0;                        // longrope
   double rope_factor = 1.0, rope_low_freq_factor = 1.0, rope_high_freq_factor = 4.0;
   int64_t rope_original_max_pos = 8192;
   int64_t bos_id = -1, eos_id = -1;  // from a Hugging Face config; -1 when unknown
 
   void validate() const;  // throws InputError
+  void validate_phi3_fields() const;  // part of validate(): fused tensors, rotary_dim, longrope
   std::string json() const;                       // for checkpoint metadata
   static LlamaConfig from_json(const std::string& text, const std::string& where);
   static LlamaConfig from_hf_config(const std::string& config_json_path);
 };
 
 // Checkpoint key of a parameter: role is one of embed, final_norm, output, attn_norm, ffn_norm, wq, wk, wv,
-// wo, w1 (gate), w2 (down), w3 (up), bq, bk, bv, bo, q_norm, k_norm; block is the layer index (ignored for the global ones).
+// wo, w1 (gate), w2 (down), w3 (up), bq, bk, bv, bo, q_norm, k_norm, wqkv and w13 (Phi-3's fused qkv_proj and
+// gate_up_proj); block is the layer index (ignored for the global ones).
 std::string llama_param_name(LlamaNames names, const std::string& role, int64_t block = -1);
 
 // llama.cpp's rope_freqs.weight for Llama 3.1 rope scaling (convert_hf_to_gguf.py): for each of the head_dim/2
@@ -91,7 +101,8 @@ class LlamaModel : public Model {
   LlamaConfig cfg_;
   std::vector<std::vector<size_t>> block_layers_;  // per block: indices into layers_ (attn_norm, wq, wk, wv, [q_norm, k_norm,] wo, ffn_norm, w1, w3, w2)
   size_t embed_layer_ = 0, norm_layer_ = 0, output_layer_ = 0;
-  at::Tensor cos_, sin_;  // [n, head_dim/2] float32 on the model's device
+  at::Tensor cos_, sin_;  // [n, rope_dim/2] float32 on the model's device
+  bool rope_long_ = false;  // longrope: the tables hold the long factors
 };
 
 }  // namespace mc
