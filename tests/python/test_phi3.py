@@ -320,7 +320,6 @@ def test_every_method_runs_on_phi3_and_reloads(mc, phi3_quant_model, tmp_path, k
 
 
 
-@pytest.mark.xfail(reason="hf-gptq export of this fixture exits 2 (cause not diagnosed yet; see the branch report)")
 def test_phi3_gptq_exports_keep_phi3_config_and_fused_names(mc, phi3_quant_model, tmp_path):
     from conftest import read_safetensors
     d, text, eval_text = phi3_quant_model
@@ -344,7 +343,10 @@ def test_phi3_gptq_exports_keep_phi3_config_and_fused_names(mc, phi3_quant_model
     # scales are the only rounding: relative 1e-3 is ~10x what that moves a perplexity here).
     ppl = lambda m: json.loads(mc("eval", m, "--data", eval_text, "--tokenizer", d / "tokenizer.json",
                                   "--json").stdout)["result"]["perplexity"]
-    assert ppl(tmp_path / "hf-gptq") == pytest.approx(ppl(q / "model.safetensors"), rel=1e-3)
+    # (mcompress reads hf-gptq directories, not compressed-tensors ones: that export is checked above by names.)
+    packed, gptq = ppl(q / "model.safetensors"), ppl(tmp_path / "hf-gptq")
+    print(f"phi-3 GPTQ W4 g128 perplexity: packed {packed:.6f}, hf-gptq reloaded {gptq:.6f}")
+    assert gptq == pytest.approx(packed, rel=1e-3)
 
 
 def test_fused_tensor_of_wrong_shape_exits_2(mc, tmp_path):

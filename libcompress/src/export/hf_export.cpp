@@ -199,8 +199,11 @@ ExportSummary export_hf_gptq(const std::string& model_path, const std::string& o
   std::vector<HostTensor> tensors;
   for (Linear& lin : p.linears) {
     QuantResult& q = *lin.quant;
-    const bool gate_up = lin.module.find("gate_proj") != std::string::npos || lin.module.find("up_proj") != std::string::npos;
-    const bool down = lin.module.find("down_proj") != std::string::npos;
+    // By the module's last name: Phi-3's fused "gate_up_proj" contains "up_proj" but is never padded (refused
+    // above unless the intermediate size needs no padding).
+    const std::string leaf = lin.module.substr(lin.module.rfind('.') + 1);
+    const bool gate_up = leaf == "gate_proj" || leaf == "up_proj";
+    const bool down = leaf == "down_proj";
     q = pad_quant(q, gate_up ? inter : q.codes.size(0), down ? inter : q.codes.size(1));
     gptq_tensors(model_path, lin, tensors);
   }
