@@ -302,7 +302,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   kv.emplace_back("general.quantization_version", gguf_u32(2));
   if (c.fused_qkv_gate_up) {
     for (auto& e : gguf_detail::phi3_model_kv(c)) kv.push_back(std::move(e));
-    for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size, c.bos_id, c.eos_id)) kv.push_back(std::move(e));
+    for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size, c.bos_id, c.eos_id, name)) kv.push_back(std::move(e));
     return write_items(out_path, kv, items);
   }
   // Mistral's sliding window: llama.cpp's llama/qwen2/qwen3 attend to the whole context, which equals
@@ -326,7 +326,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
     kv.emplace_back(a + "rope.scaling.type", gguf_string("linear"));
     kv.emplace_back(a + "rope.scaling.factor", gguf_f32(float(c.rope_factor)));
   }
-  for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size, c.bos_id, c.eos_id)) kv.push_back(std::move(e));
+  for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size, c.bos_id, c.eos_id, name)) kv.push_back(std::move(e));
 
   return write_items(out_path, kv, items);
 }

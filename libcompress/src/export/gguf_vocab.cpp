@@ -2,6 +2,8 @@
 // 3 control, 4 user defined, 5 unused, 6 byte.
 #include "export/gguf_vocab.h"
 
+#include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -146,7 +148,8 @@ Vocab from_tokenizer_json(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size, int64_t model_bos, int64_t model_eos) {
+std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size, int64_t model_bos, int64_t model_eos,
+                                 const std::string& model_name) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("gguf", path, ": cannot read the tokenizer");
   std::stringstream ss;
@@ -177,6 +180,17 @@ std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size, in
     v.tokens.push_back("[PAD" + std::to_string(v.tokens.size()) + "]");
     v.scores.push_back(0.0);
     v.types.push_back(kUnused);
+  }
+  // llama.cpp's per-token attributes (llama-vocab.cpp, "phi-3"/"phi3" in the lowercased general.name): Phi-3's
+  // tokenizer has these four; another one under such a name (Llama 2's: no <|endoftext|>) fails to load there.
+  std::string lower = model_name;
+  for (char& ch : lower) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (lower.find("phi3") != std::string::npos || lower.find("phi-3") != std::string::npos) {
+    for (const char* t : {"<unk>", "<s>", "</s>", "<|endoftext|>"})
+      if (std::find(v.tokens.begin(), v.tokens.end(), t) == v.tokens.end())
+        fail("gguf", path, ": the model's name '", model_name, "' makes llama.cpp treat it as Phi-3, which needs the token '",
+             t, "' in the vocabulary, and this tokenizer has none (Phi-3's own tokenizer has it; rename the model "
+             "file or directory otherwise)");
   }
   std::vector<GgufKV> kv;
   kv.emplace_back("tokenizer.ggml.model", gguf_string(v.model));

@@ -17,7 +17,10 @@ namespace mc::gguf_detail {
 // for Qwen2/2.5/3, else "default"). With a tokenizer_config.json beside a tokenizer.json: bos/eos/pad/unk
 // ids, add_bos/add_eos and tokenizer.chat_template from it (read_tokenizer_config); a null bos/eos there
 // falls back on model_bos/model_eos (config.json's ids), as llama.cpp's converter does.
+// model_name: general.name. llama.cpp takes a model whose name contains "phi3" or "phi-3" for Phi-3 and
+// looks up <unk>, <s>, </s> and <|endoftext|> by text while loading the vocabulary (it throws
+// "_Map_base::at" when one is missing), so such a name with a tokenizer lacking one of them is an InputError.
 std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size, int64_t model_bos = -1,
-                                 int64_t model_eos = -1);
+                                 int64_t model_eos = -1, const std::string& model_name = "");
 
 }  // namespace mc::gguf_detail
