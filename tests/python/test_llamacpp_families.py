@@ -173,8 +173,6 @@ def family(request, tmp_path_factory):
     return name, spec, cfg, hf, ggufs
 
 
-# WIP (see the branch report): passing for llama-3.2, qwen2.5, qwen3; mistral (llama2 tokenizer) fails.
-@pytest.mark.xfail(strict=False, reason="WIP: the Mistral/llama2-tokenizer case fails; not yet diagnosed")
 def test_gguf_metadata_is_llamacpps(family):
     name, spec, cfg, hf, ggufs = family
     kv, tensors = read_gguf_kv(ggufs["q8_0"])

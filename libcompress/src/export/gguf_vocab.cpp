@@ -114,13 +114,15 @@ Vocab from_tokenizer_json(const std::string& path, const std::string& text) {
       else v.tokens[size_t(id)] = "[PAD" + std::to_string(id) + "]", v.types[size_t(id)] = kUnused;
       if (v.model == "llama" && is_byte_token(v.tokens[size_t(id)])) v.types[size_t(id)] = kByte;
     }
-    for (const auto& [id, a] : added) {
-      v.tokens[size_t(id)] = a.first;
-      v.types[size_t(id)] = a.second ? kControl : kUserDefined;
-    }
+    // UNKNOWN first; an added special token then becomes CONTROL, <unk> included, as llama.cpp's converter
+    // types them (SentencePiece types, then tokenizer_config.json's added_tokens_decoder: special -> CONTROL).
     if (m.contains("unk_token") && m["unk_token"].is_string()) {
       for (const auto& [id, t] : by_id)
         if (t == m["unk_token"].get<std::string>()) v.unk = id, v.types[size_t(id)] = kUnknown;
+    }
+    for (const auto& [id, a] : added) {
+      v.tokens[size_t(id)] = a.first;
+      v.types[size_t(id)] = a.second ? kControl : kUserDefined;
     }
     int64_t rank = 0;
     std::map<std::string, int64_t> index;
