@@ -148,6 +148,8 @@ class HfBpe final : public Tokenizer {
     for (const HfNormalizeStep& st : s_.normalizer) {
       if (st.kind == HfNormalizeStep::Prepend) {
         if (!text.empty()) text.insert(0, st.a);
+      } else if (st.kind == HfNormalizeStep::Nfc) {
+        text = nfc(text);
       } else {
         replace_all(text, st.a, st.b);
       }

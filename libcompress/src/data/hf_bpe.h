@@ -19,10 +19,9 @@ struct HfAddedToken {
   bool special = false;
 };
 
-// A normalizer step of the supported subset: Prepend, Replace (string pattern), NFC (taken as identity:
-// see hf_bpe_load.cpp).
+// A normalizer step of the supported subset: Prepend, Replace (string pattern), NFC (ICU).
 struct HfNormalizeStep {
-  enum Kind { Prepend, Replace } kind = Prepend;
+  enum Kind { Prepend, Replace, Nfc } kind = Prepend;
   std::string a, b;  // Prepend: a = prefix; Replace: a -> b
 };
 

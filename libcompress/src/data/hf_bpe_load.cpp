@@ -3,8 +3,7 @@
 // tokenizing differently from the reference without a word.
 //
 // Supported: model BPE (vocab + merges as "a b" or ["a", "b"], unk_token, fuse_unk, byte_fallback,
-// ignore_merges); normalizers Sequence, Prepend, Replace (string pattern), NFC (treated as the identity:
-// correct for text already in NFC, which most text is); pre-tokenizers Sequence, ByteLevel (GPT-2 split
+// ignore_merges); normalizers Sequence, Prepend, Replace (string pattern), NFC (ICU); pre-tokenizers Sequence, ByteLevel (GPT-2 split
 // when use_regex), Split with the GPT-2, Llama 3 or Qwen2 regex (behavior Isolated), Metaspace;
 // post-processors TemplateProcessing, Roberta/BertProcessing, ByteLevel, Sequence (for BOS/EOS only).
 #include <nlohmann/json.hpp>
@@ -57,7 +56,9 @@ class Loader {
       s_.normalizer.push_back({HfNormalizeStep::Replace, p["String"].get<std::string>(),
                                n.at("content").get<std::string>()});
       if (s_.normalizer.back().a.empty()) bad("normalizer Replace has an empty pattern");
-    } else if (t != "NFC") {
+    } else if (t == "NFC") {
+      s_.normalizer.push_back({HfNormalizeStep::Nfc, "", ""});
+    } else {
       bad("normalizer '" + t + "' is not supported (supported: Sequence, Prepend, Replace, NFC)");
     }
   }

