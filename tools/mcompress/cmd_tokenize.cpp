@@ -72,7 +72,7 @@ int cmd_tokenize(const std::vector<std::string>& args, mc::EventSink& events) {
       ("file", po::value<std::string>(&file), "tokenize this file's whole text (- = stdin)")
       ("jsonl", po::value<std::string>(&jsonl), "a file of JSON strings, one per line: tokenize each alone")
       ("json", po::bool_switch(&json), "print JSON (ids, tokens, decoded text, speed)")
-      ("bos", po::bool_switch(&bos), "put the tokenizer's BOS token first")
+      ("bos", po::bool_switch(&bos), "put BOS first where the tokenizer's pipeline adds one (Llama, Gemma; not Qwen)")
       ("decode", po::bool_switch(&decode), "TEXT / --file hold token ids: print their text");
   po::positional_options_description pos;
   pos.add("text", 1);
@@ -92,7 +92,7 @@ int cmd_tokenize(const std::vector<std::string>& args, mc::EventSink& events) {
   auto tok = mc::load_tokenizer(path);
   auto encode = [&](const std::string& s) {
     std::vector<int32_t> ids;
-    if (bos && tok->bos_id() >= 0) ids.push_back(tok->bos_id());
+    if (bos && tok->adds_bos()) ids.push_back(tok->bos_id());
     for (int32_t id : tok->encode(s)) ids.push_back(id);
     return ids;
   };

@@ -127,4 +127,57 @@ std::vector<std::string_view> pretokenize(std::string_view text, SplitPattern p)
   return pieces;
 }
 
+std::vector<std::string_view> split_literal(std::string_view text, std::string_view pattern, SplitBehavior b) {
+  struct Span {
+    size_t begin, end;
+    bool match;
+  };
+  std::vector<Span> spans;  // covers the text: matches and the non-empty text between them
+  size_t pos = 0;
+  for (size_t hit; !pattern.empty() && (hit = text.find(pattern, pos)) != std::string_view::npos;
+       pos = hit + pattern.size()) {
+    if (hit > pos) spans.push_back({pos, hit, false});
+    spans.push_back({hit, hit + pattern.size(), true});
+  }
+  if (pos < text.size()) spans.push_back({pos, text.size(), false});
+  std::vector<Span> out;
+  bool prev_match = false;
+  switch (b) {
+    case SplitBehavior::Removed:
+      for (const Span& s : spans)
+        if (!s.match) out.push_back(s);
+      break;
+    case SplitBehavior::Isolated:
+      out = spans;
+      break;
+    case SplitBehavior::MergedWithPrevious:
+      for (const Span& s : spans) {
+        if (s.match && !prev_match && !out.empty()) out.back().end = s.end;
+        else out.push_back(s);
+        prev_match = s.match;
+      }
+      break;
+    case SplitBehavior::MergedWithNext:
+      for (size_t i = spans.size(); i-- > 0;) {
+        const Span& s = spans[i];
+        if (s.match && !prev_match && !out.empty()) out.back().begin = s.begin;
+        else out.push_back(s);
+        prev_match = s.match;
+      }
+      std::reverse(out.begin(), out.end());
+      break;
+    case SplitBehavior::Contiguous:
+      for (const Span& s : spans) {
+        if (s.match && prev_match) out.back().end = s.end;
+        else out.push_back(s);
+        prev_match = s.match;
+      }
+      break;
+  }
+  std::vector<std::string_view> pieces;
+  pieces.reserve(out.size());
+  for (const Span& s : out) pieces.push_back(text.substr(s.begin, s.end - s.begin));
+  return pieces;
+}
+
 }  // namespace mc::detail

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "data/unicode_text.h"
+#include "unicode_text.h"  // (relative: the unit tests include this header by path)
 
 namespace mc::detail {
 
@@ -22,5 +22,13 @@ std::string_view split_pattern_regex(SplitPattern p);
 
 // The pieces of `text` (in order, covering it) as the pattern's findall gives them ("Isolated").
 std::vector<std::string_view> pretokenize(std::string_view text, SplitPattern p);
+
+// What a Split pre-tokenizer does with the matches of its pattern (the tokenizers library's
+// SplitDelimiterBehavior): drop them, keep them as pieces, glue each to the piece before / after it
+// (a match right after another match stays alone), or join runs of matches into one piece.
+enum class SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
+
+// The pieces of `text` split on every (non-overlapping, leftmost) occurrence of `pattern` (non-empty).
+std::vector<std::string_view> split_literal(std::string_view text, std::string_view pattern, SplitBehavior b);
 
 }  // namespace mc::detail
