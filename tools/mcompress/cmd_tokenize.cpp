@@ -25,7 +25,10 @@ namespace {
 using ojson = nlohmann::ordered_json;
 
 // Token bytes need not be UTF-8 (a byte token, half a character): invalid bytes print as U+FFFD.
-std::string dump(const ojson& j, int indent = -1) { return j.dump(indent, ' ', false, ojson::error_handler_t::replace); }
+// --jsonl lines are ASCII (\uXXXX escapes), so no reader splits a line at U+0085 / U+2028 inside the text.
+std::string dump(const ojson& j, int indent = -1, bool ascii = false) {
+  return j.dump(indent, ' ', ascii, ojson::error_handler_t::replace);
+}
 
 std::string read_input(const std::string& path) {
   if (path != "-") return read_file_text(path);
@@ -116,7 +119,7 @@ int cmd_tokenize(const std::vector<std::string>& args, mc::EventSink& events) {
       ojson r;
       r["ids"] = ids;
       r["text"] = tok->decode(ids);
-      out += dump(r) + "\n";
+      out += dump(r, -1, true) + "\n";
     }
     std::cout << out << std::flush;
     return 0;
