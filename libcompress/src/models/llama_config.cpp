@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "mcompress/error.h"
+#include "mcompress/error_where.h"
 #include "mcompress/models/llama.h"
 
 namespace mc {
@@ -147,7 +148,7 @@ LlamaConfig LlamaConfig::from_hf_config(const std::string& path) {
   try {
     c.validate();
   } catch (const InputError& e) {
-    fail("llama", path, ": ", e.what());
+    throw InputError(with_where(e.what(), path));
   }
   return c;
 }

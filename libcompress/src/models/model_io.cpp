@@ -6,13 +6,14 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <sstream>
 
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
+#include "mcompress/error_where.h"
 #include "mcompress/export/gguf.h"
 #include "mcompress/export/hf.h"
+#include "mcompress/io/hf_dir.h"
 #include "mcompress/io/safetensors.h"
 #include "mcompress/model.h"
 #include "mcompress/models/classifier.h"
@@ -53,34 +54,20 @@ std::string read_text(const std::string& path, const char* component) {
   return ss.str();
 }
 
-// model.safetensors, or the shards listed by model.safetensors.index.json.
+// model.safetensors, or the shards listed by model.safetensors.index.json (io/hf_dir.h checks the index:
+// a missing shard or a listed tensor its shard lacks is one line naming them).
 Weights read_hf_weights(const fs::path& dir) {
   const fs::path single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
-  if (fs::exists(index)) {
-    std::map<std::string, std::set<std::string>> by_file;
-    try {
-      auto j = nlohmann::json::parse(read_text(index.string(), "llama"));
-      for (const auto& [name, file] : j.at("weight_map").items()) by_file[file.get<std::string>()].insert(name);
-    } catch (const nlohmann::json::exception& e) {
-      fail("llama", index.string(), ": bad shard index: ", e.what());
-    }
-    Weights w;
-    w.format = "safetensors";
-    for (const auto& [file, names] : by_file) {
-      if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
-        fail("llama", index.string(), ": shard name '", file, "' must be a file in the same directory");
-      auto reader = open_safetensors((dir / file).string());
-      for (const auto& name : names) {
-        if (!reader->contains(name))
-          fail("llama", index.string(), ": tensor '", name, "' is not in shard ", file);
-        w.tensors[name] = reader->load(name);
-      }
-    }
-    return w;
-  }
-  if (fs::exists(single)) return read_weights(single.string());
-  fail("llama", dir.string(), ": no model.safetensors or model.safetensors.index.json (pytorch_model.bin "
-       "directories are not supported: convert the weights to safetensors first)");
+  if (!fs::exists(single) && !fs::exists(index))
+    fail("llama", dir.string(), ": no model.safetensors or model.safetensors.index.json (pytorch_model.bin "
+         "directories are not supported: convert the weights to safetensors first)");
+  if (!fs::exists(index)) return read_weights(single.string());  // may be packed (dequantized here)
+  auto reader = open_hf_dir(dir.string());
+  Weights w;
+  w.format = "safetensors";
+  w.metadata = reader->metadata();
+  for (const auto& ti : reader->tensors()) w.tensors[ti.name] = reader->load(ti.name);
+  return w;
 }
 
 int64_t meta_int(const std::map<std::string, std::string>& m, const char* key, const std::string& path) {
@@ -120,6 +107,9 @@ c10::Device parse_device(const std::string& d) {
 std::unique_ptr<Model> build_model(const std::string& path, const LoadOptions& opts) {
   if (fs::is_directory(path)) {
     const fs::path cfg = fs::path(path) / "config.json";
+    const fs::path ours = fs::path(path) / "model.safetensors";
+    // An mcompress output directory: model.safetensors carries its config in the metadata.
+    if (!fs::exists(cfg) && fs::exists(ours)) return build_model(ours.string(), opts);
     if (!fs::exists(cfg))
       fail("model", path, ": a model directory needs a Hugging Face config.json");
     LlamaConfig c = LlamaConfig::from_hf_config(cfg.string());
@@ -127,7 +117,11 @@ std::unique_ptr<Model> build_model(const std::string& path, const LoadOptions& o
     // A GPTQ-layout directory (ours from `mcompress export --format hf-gptq`, or AutoGPTQ's): its
     // int32-packed weights dequantized as AutoGPTQ computes them.
     if (int bits = hf_gptq_bits(cfg.string())) w = dequantize_hf_gptq(w, bits, path);
-    return std::make_unique<LlamaModel>(c, w);
+    try {
+      return std::make_unique<LlamaModel>(c, w);
+    } catch (const InputError& e) {  // missing / unexpected / wrong-shape tensors: name the directory
+      throw InputError(with_where(e.what(), path));
+    }
   }
   // GGUF llama files (llama.cpp's names and keys) have their own loader (export/gguf.h).
   if (opts.arch_file.empty() && detect_format(path) == "gguf") return load_gguf_llama(path);

@@ -167,6 +167,10 @@ at::Tensor JobRun::as_stored(const std::string& key, const at::Tensor& t) {
   return t;
 }
 
+void JobRun::copy_companions() const {
+  copy_companion_files(io.model, ed.tokenizer_path.empty() ? so.text("tokenizer") : ed.tokenizer_path, io.out);
+}
+
 void JobRun::write_report() { mc::write_report(rep, io.out); }
 
 JobResult JobRun::result() const {

@@ -51,6 +51,9 @@ class JobRun {
   // A dense parameter as the output stores it: in the input's own 16-bit float dtype when the input
   // stored it so (a bf16 model's norms stay bf16), else as computed (float32).
   at::Tensor as_stored(const std::string& key, const at::Tensor& t);
+  // Copies the tokenizer and the input's tokenizer/generation configs into the output directory, so
+  // that `mcompress eval|generate|export OUT` needs no --tokenizer (copy_companion_files).
+  void copy_companions() const;
   // Writes report.{json,md,html} to the output directory.
   void write_report();
   // The job's result: its report and whether it was evaluated on labeled examples.

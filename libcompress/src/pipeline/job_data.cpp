@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "mcompress/atomic_file.h"
@@ -299,6 +300,28 @@ void copy_file_atomic(const std::string& from, const std::string& to, const char
   }
   if (in.bad()) fail<FileError>(component, from, ": read error");
   f.commit();
+}
+
+void copy_companion_files(const std::string& model_path, const std::string& tokenizer, const std::string& out) {
+  std::error_code ec;
+  fs::path dir = fs::is_directory(model_path, ec) ? fs::path(model_path) : fs::path(model_path).parent_path();
+  if (dir.empty()) dir = ".";
+  std::vector<fs::path> files;
+  if (!tokenizer.empty()) files.emplace_back(tokenizer);
+  for (const char* n : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                        "tokenizer.model", "chat_template.jinja", "tokenizer.bin"})
+    files.push_back(dir / n);
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("tok", 0) == 0 && n.size() > 4 && n.compare(n.size() - 4, 4, ".bin") == 0) files.push_back(e.path());
+  }
+  std::set<std::string> done;
+  for (const auto& f : files) {
+    const fs::path to = fs::path(out) / f.filename();
+    if (!fs::is_regular_file(f, ec) || !done.insert(f.filename().string()).second) continue;
+    if (fs::exists(to, ec) && fs::equivalent(f, to, ec)) continue;
+    copy_file_atomic(f.string(), to.string(), "output");
+  }
 }
 
 // SHA-256 (FIPS 180-4).

@@ -233,6 +233,7 @@ JobResult run_recipe(const Recipe& recipe, const PipelineInputs& in, const Event
   Report rep = combine(recipe, stage_reports, in);
   const fs::path final_model = fs::path(in.out) / "model.safetensors";
   copy_file_atomic(input, final_model.string(), "run");
+  copy_companion_files(input, in.tokenizer, in.out);
   rep.output = final_model.string();
   if (!recipe.export_format.empty() && recipe.export_format != "safetensors") {
     // The final export: DIR/model.gguf, DIR/model.q8.bin or DIR/hf/.

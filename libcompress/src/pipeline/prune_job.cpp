@@ -69,6 +69,7 @@ JobResult run_structured(JobRun& job, const PruneStage& st) {
   rep.size_after = fs::file_size(out_model);
   job.model.reset(), pruned.reset();
   job.evaluate_output(out_model, "evaluate pruned (reloaded from the file)");
+  job.copy_companions();
   job.write_report();
   return job.result();
 }
@@ -202,6 +203,7 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
   rep.settings["achieved sparsity"] = fmt_num("%.2f%%", 100 * res.sparsity) + " of the pruned layers' weights";
   job.model.reset();
   job.evaluate_output(out_model, "evaluate pruned (reloaded from the file)");
+  job.copy_companions();
   job.write_report();
   out.finish();
   return job.result();

@@ -218,6 +218,7 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   job.model.reset();  // what is left of it; the evaluation reloads the written file
   job.evaluate_output(out_model, "evaluate compressed (reloaded from the file)");
   if (!res.act_bits.empty()) w8a8_runtime_rows(job, out_model, st.simulate_int8);
+  job.copy_companions();
   job.write_report();
   out.finish();
   return job.result();
