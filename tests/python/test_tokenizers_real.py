@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +21,8 @@ from conftest import NPM_DIR, mcompress_bin, npm_tokenizer_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEXT = os.path.join(HERE, "tokenizer_text.jsonl")
+sys.path.insert(0, os.path.join(HERE, "..", "fixtures"))
+import hf_families  # noqa: E402
 FAMILIES = ["llama3_1", "qwen3", "gemma3", "llama2"]
 
 # argv: package name, jsonl path. Prints one JSON object per input line: ids without and with the
@@ -165,3 +168,23 @@ def test_cli_tokenize_plain_json_and_decode(tmp_path):
     p = subprocess.run([mcompress_bin(), "tokenize", "--tokenizer", tok, "--jsonl", str(bad)], capture_output=True,
                        text=True)
     assert p.returncode == 2 and p.stdout == "" and "bad.jsonl:2" in p.stderr
+
+
+def test_cli_tokenize_takes_a_model_directory(tmp_path):
+    """--tokenizer DIR (a Hugging Face model directory, here Qwen3's from tests/fixtures) finds its
+    tokenizer.json; --bos adds nothing for Qwen (its template has no BOS) and <s> for Llama 2."""
+    npm_tokenizer_dir("qwen3")
+    d = tmp_path / "qwen3"
+    cfg = hf_families.write_family(str(d), "qwen3-0.6b")
+    assert cfg["_tokenizer"]
+    text = "Hello <|im_start|>wörld 123"
+
+    def ids(tok, *extra):
+        p = subprocess.run([mcompress_bin(), "tokenize", "--tokenizer", str(tok), text, "-q", *extra],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return [int(x) for x in p.stdout.split()]
+    assert ids(d) == ids(d / "tokenizer.json") == ids(d, "--bos")
+    llama2 = os.path.join(npm_tokenizer_dir("llama2"), "tokenizer.json")
+    assert ids(llama2, "--bos") == [1] + ids(llama2)
+

@@ -1,8 +1,9 @@
 // The tokenizer.json BPE encoder/decoder (the file is read by hf_bpe_load.cpp).
 //
-// encode: the text is split on added tokens (longest match first; matched on the raw text, whatever the
-// token's "normalized" flag); every other segment is normalized, pre-tokenized (byte-level: regex
-// splits, then bytes mapped to GPT-2's byte characters; SentencePiece-style: optional Metaspace), and
+// encode: the text is split on added tokens (added_tokens.h: leftmost-longest; normalized=false ones in
+// the raw text, the others in each remaining segment's normalized text); every other segment is
+// normalized (Prepend, Replace, NFC), pre-tokenized by the file's steps in order (regex or string Split,
+// Metaspace; byte-level: then bytes mapped to GPT-2's byte characters), and
 // each piece is turned into symbols (characters; unknown ones via byte fallback <0xAB> or unk) that are
 // merged by rank, lowest first, leftmost on ties, as the tokenizers library's BPE::merge_word does.
 #include <algorithm>
