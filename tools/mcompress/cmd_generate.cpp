@@ -87,7 +87,7 @@ int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
   if (json) {
     nlohmann::ordered_json j;
     j["model"] = model_path, j["prompt"] = prompt, j["seed"] = g.seed, j["temperature"] = g.temperature;
-    j["top_p"] = g.top_p, j["prompt_tokens"] = prompt_len, j["ids"] = out, j["text"] = decode(all);
+    j["top_p"] = g.top_p, j["prompt_tokens"] = prompt_len, j["prompt_ids"] = ids, j["ids"] = out, j["text"] = decode(all);
     j["generated_tokens"] = out.size(), j["tokens_per_second"] = tps;
     std::cout << j.dump(2) << "\n";
     return 0;

@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 
+#include "export/gguf_gemma.h"
 #include "export/gguf_vocab.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
@@ -154,7 +155,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   if (!llama) fail("gguf", model_path, ": GGUF export needs a llama model, this is '", model->arch(), "'");
   const LlamaConfig& c = llama->config();
   if (c.qkv_bias || c.o_bias) fail("gguf", model_path, ": attention biases cannot be written for arch llama");
-  if (c.qk_norm) fail("gguf", model_path, ": per-head q/k norms (Qwen3) cannot be written for arch llama (needs qwen3)");
+  if (c.qk_norm && c.family.empty()) fail("gguf", model_path, ": per-head q/k norms (Qwen3) cannot be written for arch llama (needs qwen3)");
   if (c.rope_scaling == "llama3")
     fail("gguf", model_path, ": llama3 rope scaling is not supported by this exporter (needs rope_freqs)");
   const std::string tok_path = find_tokenizer(model_path, opts.tokenizer);
@@ -167,6 +168,9 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
       for (auto& [key, e] : read_packed_entries(*reader))
         if (e.quant && !e.sparse && e.quant->codes.dim() == 2) quant.emplace(key, std::move(*e.quant));
   }
+  if (!c.family.empty())  // Gemma 2 / 3: llama.cpp's gemma2 / gemma3 archs (gguf_gemma.cpp)
+    return gguf_detail::export_gguf_gemma(*llama, quant, model_path, out_path, type, tok_path,
+                                          opts.name.empty() ? fs::path(model_path).stem().string() : opts.name);
   std::map<std::string, QuantResult> permuted;  // rotate-half q/k results in llama.cpp's row order
 
   std::vector<Item> items;

@@ -3,6 +3,7 @@
 // interleaved RoPE (the llama arch's convention), block-quantized tensors dequantized to float32.
 #include <map>
 
+#include "export/gguf_gemma.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
 #include "mcompress/export/gguf.h"
@@ -61,6 +62,7 @@ bool is_gguf_llama(const std::string& path) {
 std::unique_ptr<Model> load_gguf_llama(const std::string& path) {
   auto r = open_gguf(path);
   const GgufValue* arch = find_kv(*r, "general.architecture");
+  if (arch && arch->type == GgufType::STRING && gguf_detail::is_gemma_arch(arch->s)) return gguf_detail::load_gguf_gemma(path);
   if (!arch || arch->type != GgufType::STRING || arch->s != "llama")
     fail("gguf", path, ": general.architecture is ", arch ? arch->to_string() : "missing",
          ", only 'llama' GGUF files load as models");

@@ -146,6 +146,7 @@ void check_structured(const Model& model, const StructuredOptions& o) {
   if (!lm) fail(kC, "structured pruning needs a llama model, got arch '", model.arch(), "'");
   const LlamaConfig& c = lm->config();
   const int64_t H = c.n_heads, HKV = c.n_kv_heads, n = c.n_layers;
+  if (!c.family.empty()) fail(kC, "structured pruning of ", c.family, " models (sandwich norms) is not supported yet");
   if (!(o.ffn >= 0 && o.ffn < 1)) fail(kC, "ffn fraction ", o.ffn, " is outside [0, 1)");
   if (!(o.heads >= 0 && o.heads < 1)) fail(kC, "heads fraction ", o.heads, " is outside [0, 1)");
   if (o.blocks < 0 || o.blocks >= n)
