@@ -9,6 +9,7 @@ PKGS=(
   libeigen3-dev libboost-program-options-dev libhdf5-dev
   catch2 pybind11-dev python3-dev python3-numpy python3-torch python3-h5py python3-pytest
   libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev zlib1g-dev
+  libicu-dev  # Unicode categories and NFC for the tokenizers
   clang libclang-rt-14-dev
   chromium  # tests/python/test_report_html.py renders report.html headless
   slurm-wlm munge  # scripts/slurm_local.sh: a single-node Slurm cluster for tests/python/test_slurm_local.py

@@ -381,7 +381,7 @@ def test_fused_tensor_of_wrong_shape_exits_2(mc, tmp_path):
 
 
 # ---- llama.cpp runs our phi3 GGUF like we do ----
-# Driven as test_llamacpp_families.py drives the other families (its node script, near-tie rule and margins).
+# Driven as test_llamacpp_families.py drives the other families (its node script and near-tie rule).
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
 def test_llamacpp_runs_our_phi3_gguf_like_we_do(mc, tmp_path, fmt):
     """phi-3-mini-4k (tiny widths, the real 32064 rows) with Phi-3's tokenizer (Llama 2's + its added tokens, the
@@ -416,20 +416,23 @@ def test_llamacpp_runs_our_phi3_gguf_like_we_do(mc, tmp_path, fmt):
                          "--tokenizer", d / "tokenizer.json", "--json", "-q").stdout)
     assert ours["prompt_ids"] == theirs["prompt_ids"] and ours["prompt_ids"][0] == 1
     assert len(theirs["ids"]) == fam.TOKENS, theirs
-    m = fam._margins(g, ours["prompt_ids"] + ours["ids"], len(ours["prompt_ids"]), tmp_path)
-    # Token for token; the first difference must fall on a near-tie of our logits (top-1 margin <= MIN_MARGIN,
-    # where llama.cpp's 8-bit activations may take the runner-up), and at least MIN_AGREE tokens come before it.
-    # A near-tie both sides resolve alike is passed over (the stricter reading of the families test's rule).
-    agree = 0
-    for i, (a, b) in enumerate(zip(ours["ids"], theirs["ids"])):
-        if a != b:
-            assert m is not None and m[i] <= fam.MIN_MARGIN, \
-                f"phi3 {fmt}: step {i} differs with margin {None if m is None else m[i]}: llama.cpp {theirs['ids']}\nmcompress {ours['ids']}"
-            break
-        agree += 1
-    print(f"phi3 {fmt}: top-1 margins {None if m is None else np.round(m, 3).tolist()}; llama.cpp agrees on {agree} "
-          f"of {fam.TOKENS} tokens")
-    assert agree >= fam.MIN_AGREE, (ours["ids"], theirs["ids"])
+    # As test_llamacpp_families: llama.cpp's continuation teacher-forced through our model; each of its tokens is
+    # our top-1 or within REL_TOL (of the largest |logit|) of it, and where the sequences part our margin was that
+    # small (llama.cpp's 8-bit activations may then take the runner-up).
+    n0 = len(theirs["prompt_ids"])
+    logits = fam._our_logits(g, theirs["prompt_ids"] + theirs["ids"], tmp_path)[n0 - 1:n0 - 1 + len(theirs["ids"])]
+    gap = logits.max(axis=1) - logits[np.arange(len(theirs["ids"])), theirs["ids"]]
+    tol = fam.REL_TOL * np.abs(logits).max(axis=1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    same = 0
+    while same < min(len(ours["ids"]), len(theirs["ids"])) and ours["ids"][same] == theirs["ids"][same]:
+        same += 1
+    print(f"phi3 {fmt}: {same}/{len(theirs['ids'])} tokens equal; gap to our top-1 {np.round(gap, 3).tolist()} "
+          f"(tolerance {np.round(tol, 3).tolist()}); our top-1 margins {np.round(margin, 3).tolist()}")
+    assert (gap <= tol).all(), f"phi3 {fmt}: llama.cpp chose tokens our model ranks well below its top-1: gaps {gap}"
+    if same < len(theirs["ids"]):
+        assert margin[same] <= tol[same], f"phi3 {fmt}: parted at step {same} with a margin of {margin[same]}"
 
 
 def test_gguf_export_refuses_a_phi3_name_without_phi3s_tokens(mc, tmp_path):

@@ -177,3 +177,66 @@ TEST_CASE("HF tokenizer.json: unsupported or malformed files are refused by name
   CHECK_THAT(load_error(dir, re), Catch::Contains("regex is not one of"));
   CHECK_THAT(load_error(dir, {{"model", 3}}), Catch::StartsWith("[tokenizer] " + dir.file("bad.json")));
 }
+
+TEST_CASE("HF added tokens: lstrip, rstrip, single_word, normalized; NFC; BOS only where the template adds it",
+          "[tokenizer]") {
+  mctest::TempDir dir;
+  json j = byte_level_json();
+  j["normalizer"] = {{"type", "NFC"}};
+  auto add = [&](int id, const char* content, bool special, bool normalized, const char* flag) {
+    json a = {{"id", id}, {"content", content}, {"special", special}, {"normalized", normalized},
+              {"lstrip", false}, {"rstrip", false}, {"single_word", false}};
+    if (flag) a[flag] = true;
+    j["added_tokens"].push_back(a);
+  };
+  add(31, "<m>", true, false, "lstrip");
+  add(32, "<r>", false, false, "rstrip");
+  add(33, "wor", false, false, "single_word");
+  add(34, "\u00e9", false, true, nullptr);  // "é" composed, matched in the NFC text
+  auto t = load_json(dir, j);
+  CHECK_FALSE(t->adds_bos());  // no TemplateProcessing
+  // lstrip: the two spaces before <m> go into it; the rest is "hello" | <m> | "hello".
+  CHECK(t->encode("hello  <m>hello") == Ids{23, 31, 23});
+  // rstrip: the spaces after <r> go into it; "world" without its space: w, o r (rank 5), l d (rank 7).
+  CHECK(t->encode("hello<r>  world") == Ids{23, 32, 6, 25, 27});
+  CHECK(t->decode({32}) == "<r>");  // not special: decodes to its content
+  // single_word: "wor" between a space and "!" is a word; inside "world" it is not.
+  CHECK(t->encode("hello wor!") == Ids{23, 5, 33, 9});
+  CHECK(t->encode("hello world") == Ids{23, 26, 27});
+  // normalized: "e" + U+0301 becomes "é" under NFC, and then matches the added token.
+  CHECK(t->encode("cafe\u0301") == Ids{14, 15, 16, 34});
+  CHECK(t->encode("caf\u00e9") == Ids{14, 15, 16, 34});
+
+  // NFC itself on the plain vocab: the decomposed text tokenizes as the composed one ("Ã©" = C3 A9);
+  // without NFC, U+0301 (CC 81) has no token and encode() would throw.
+  json q = byte_level_json();
+  q["normalizer"] = {{"type", "NFC"}};
+  CHECK(load_json(dir, q, "nfc.json")->encode("cafe\u0301") == Ids{14, 15, 16, 30});
+  CHECK_THROWS_AS(load_json(dir, byte_level_json(), "raw.json")->encode("cafe\u0301"), mc::InputError);
+
+  CHECK(load_json(dir, sentencepiece_json(), "sp.json")->adds_bos());
+}
+
+TEST_CASE("HF SentencePiece-style BPE: byte fallback of a 4-byte character, Gemma's Split on a string",
+          "[tokenizer]") {
+  mctest::TempDir dir;
+  json j = sentencepiece_json();
+  // Gemma 3: no Prepend, Replace " " -> "▁", then Split on " " MergedWithPrevious (a no-op after the
+  // Replace, as in the real file).
+  j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "▁"}};
+  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "MergedWithPrevious"},
+                        {"invert", false}};
+  auto t = load_json(dir, j);
+  // "hello" without a dummy prefix: h e l l o -> ll (rank 1) only; "▁world" merges fully.
+  // U+1F600 is F0 9F 98 80: four byte tokens 3 + byte.
+  const Ids ids = {260, 261, 265, 263, 276, 3 + 0xF0, 3 + 0x9F, 3 + 0x98, 3 + 0x80};
+  CHECK(t->encode("hello world\U0001F600") == ids);
+  CHECK(t->decode(ids) == "hello world\U0001F600");
+  // A string Split that does cut: on "l", MergedWithPrevious gives "hel" | "l" | "o" (the second "l"
+  // follows a match, so it stays alone); no merge applies inside "hel" (only "▁h e", not "h e") and
+  // "l l" no longer meets: h e l | l | o.
+  json k = j;
+  k["normalizer"] = nullptr;
+  k["pre_tokenizer"]["pattern"] = {{"String", "l"}};
+  CHECK(load_json(dir, k, "l.json")->encode("hello") == Ids{260, 261, 262, 262, 263});
+}

@@ -67,5 +67,6 @@ MC_COMMAND(cmd_distill);
 MC_COMMAND(cmd_run);
 MC_COMMAND(cmd_sweep);
 MC_COMMAND(cmd_export);
+MC_COMMAND(cmd_tokenize);
 
 }  // namespace mcli

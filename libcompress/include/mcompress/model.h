@@ -49,6 +49,8 @@ struct ScaleGroup {
   // value head `repeat` times (channel (h, d) of o's input is channel (h / repeat, d) of v's output,
   // head_dim = `width`). 1: one to one (in_features == C).
   int64_t repeat = 1, width = 0;
+  // A norm that applies (norm_offset + w) (Gemma's 1 + w): the fold is w' = (norm_offset + w) / s - norm_offset.
+  double norm_offset = 0;
   // s [C] -> the scale of each of the layers' input channels.
   at::Tensor expand(const at::Tensor& s) const;
   // Statistics per layer input channel [C * repeat] -> per prev channel [C] (mean over the repeats).

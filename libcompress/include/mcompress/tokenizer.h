@@ -32,6 +32,10 @@ class Tokenizer {
   virtual int32_t vocab_size() const = 0;
   virtual int32_t bos_id() const = 0;  // -1 when the tokenizer has none
   virtual int32_t eos_id() const = 0;
+  // Whether the tokenizer's own pipeline puts bos_id() before a text (tokenizer.json: its post-processor
+  // template starts with a special token; llama2.c: yes). Qwen's files name no BOS in their template,
+  // so they add none although bos_id() may name one.
+  virtual bool adds_bos() const { return bos_id() >= 0; }
 };
 
 // Chooses by content: tokenizer.json (JSON: first non-space byte '{') or llama2.c tokenizer.bin.

@@ -1,14 +1,17 @@
 // The tokenizer.json BPE encoder/decoder (the file is read by hf_bpe_load.cpp).
 //
-// encode: the text is split on added tokens (longest match first; matched on the raw text, whatever the
-// token's "normalized" flag); every other segment is normalized, pre-tokenized (byte-level: regex
-// splits, then bytes mapped to GPT-2's byte characters; SentencePiece-style: optional Metaspace), and
+// encode: the text is split on added tokens (added_tokens.h: leftmost-longest; normalized=false ones in
+// the raw text, the others in each remaining segment's normalized text); every other segment is
+// normalized (Prepend, Replace, NFC), pre-tokenized by the file's steps in order (regex or string Split,
+// Metaspace; byte-level: then bytes mapped to GPT-2's byte characters), and
 // each piece is turned into symbols (characters; unknown ones via byte fallback <0xAB> or unk) that are
 // merged by rank, lowest first, leftmost on ties, as the tokenizers library's BPE::merge_word does.
 #include <algorithm>
 #include <array>
+#include <deque>
 #include <unordered_map>
 
+#include "data/added_tokens.h"
 #include "data/bpe_merge.h"
 #include "data/hf_bpe.h"
 #include "mcompress/error.h"
@@ -86,13 +89,17 @@ class HfBpe final : public Tokenizer {
         }
       }
     }
+    std::vector<const HfAddedToken*> raw, normalized;
+    std::vector<std::string> raw_pat, norm_pat;
     for (const HfAddedToken& a : s_.added) {
-      bytes_[size_t(a.id)] = a.special ? std::string() : a.content;
-      added_by_byte_[static_cast<unsigned char>(a.content[0])].push_back(&a);
+      std::string text = a.content;  // what the decoder makes of the token (special ones: nothing)
+      if (!s_.byte_level) replace_all(text, kMetaspace, " ");
+      bytes_[size_t(a.id)] = a.special ? std::string() : text;
+      if (a.normalized) normalized.push_back(&a), norm_pat.push_back(normalize(a.content));
+      else raw.push_back(&a), raw_pat.push_back(a.content);
     }
-    for (auto& list : added_by_byte_)
-      std::stable_sort(list.begin(), list.end(),
-                       [](const HfAddedToken* a, const HfAddedToken* b) { return a->content.size() > b->content.size(); });
+    raw_added_ = std::make_unique<AddedTokenMatcher>(std::move(raw), raw_pat);
+    norm_added_ = std::make_unique<AddedTokenMatcher>(std::move(normalized), norm_pat);
   }
 
   std::string kind() const override { return s_.byte_level ? "hf-bpe-bytelevel" : "hf-bpe-sentencepiece"; }
@@ -100,27 +107,29 @@ class HfBpe final : public Tokenizer {
   int32_t bos_id() const override { return s_.bos_id; }
   int32_t eos_id() const override { return s_.eos_id; }
 
+  bool adds_bos() const override { return s_.adds_bos && s_.bos_id >= 0; }
+
+  // The tokenizers library's order: added tokens matched in the raw text; each other part normalized on
+  // its own, normalized added tokens matched in it; each remaining part pre-tokenized and run by BPE.
   std::vector<int32_t> encode(std::string_view text) const override {
     std::vector<int32_t> out;
     Cache cache;
-    size_t seg = 0;
-    for (size_t i = 0; i < text.size();) {
-      const HfAddedToken* hit = nullptr;
-      for (const HfAddedToken* a : added_by_byte_[static_cast<unsigned char>(text[i])])
-        if (text.compare(i, a->content.size(), a->content) == 0) {
-          hit = a;
-          break;
-        }
-      if (!hit) {
-        ++i;
+    for (const auto& part : raw_added_->split(text)) {
+      if (part.token) {
+        out.push_back(part.token->id);
         continue;
       }
-      encode_segment(text.substr(seg, i - seg), seg == 0, cache, out);
-      out.push_back(hit->id);
-      i += hit->content.size();
-      seg = i;
+      const std::string norm = normalize(text.substr(part.begin, part.end - part.begin));
+      if (norm_added_->empty()) {
+        encode_segment(norm, part.begin == 0, cache, out);
+        continue;
+      }
+      for (const auto& sub : norm_added_->split(norm)) {
+        if (sub.token) out.push_back(sub.token->id);
+        else encode_segment(std::string_view(norm).substr(sub.begin, sub.end - sub.begin),
+                            part.begin == 0 && sub.begin == 0, cache, out);
+      }
     }
-    encode_segment(text.substr(seg), seg == 0, cache, out);
     return out;
   }
 
@@ -142,59 +151,70 @@ class HfBpe final : public Tokenizer {
     return size_t(id);
   }
 
-  void encode_segment(std::string_view seg, bool at_start, Cache& cache, std::vector<int32_t>& out) const {
-    if (seg.empty()) return;
+  std::string normalize(std::string_view seg) const {
     std::string text(seg);
+    if (text.empty()) return text;
     for (const HfNormalizeStep& st : s_.normalizer) {
       if (st.kind == HfNormalizeStep::Prepend) {
         if (!text.empty()) text.insert(0, st.a);
+      } else if (st.kind == HfNormalizeStep::Nfc) {
+        text = nfc(text);
       } else {
         replace_all(text, st.a, st.b);
       }
     }
-    if (s_.byte_level) {
-      if (s_.byte_level_prefix_space && !text.empty() && text[0] != ' ') text.insert(0, " ");
-      std::vector<std::string_view> pieces{text};
-      for (SplitPattern p : s_.splits) {
-        std::vector<std::string_view> finer;
-        for (std::string_view piece : pieces)
-          for (std::string_view sub : pretokenize(piece, p)) finer.push_back(sub);
-        pieces.swap(finer);
-      }
-      const auto& table = byte_to_unicode_table();
-      std::string mapped;
-      for (std::string_view piece : pieces) {
-        mapped.clear();
-        for (char c : piece) mapped += table[static_cast<unsigned char>(c)];
-        auto it = cache.find(mapped);
-        if (it == cache.end()) {
-          if (cache.size() >= kWordCacheLimit) cache.clear();
-          it = cache.emplace(mapped, word_ids(mapped)).first;
-        }
-        out.insert(out.end(), it->second.begin(), it->second.end());
-      }
-      return;
-    }
-    if (s_.metaspace) {
-      replace_all(text, " ", kMetaspace);
-      const bool prepend = s_.metaspace_prepend == "always" || (s_.metaspace_prepend == "first" && at_start);
-      if (prepend && text.compare(0, 3, kMetaspace) != 0) text.insert(0, kMetaspace);
-      if (s_.metaspace_split) {
-        // Split before every "▁" (MergedWithNext): each piece starts with its "▁".
-        size_t start = 0;
-        for (size_t hit = text.find(kMetaspace, 1); hit != std::string::npos; hit = text.find(kMetaspace, hit + 3)) {
-          append(out, word_ids(std::string_view(text).substr(start, hit - start)));
-          start = hit;
-        }
-        append(out, word_ids(std::string_view(text).substr(start)));
-        return;
-      }
-    }
-    append(out, word_ids(text));
+    return text;
   }
 
-  static void append(std::vector<int32_t>& out, const std::vector<int32_t>& ids) {
-    out.insert(out.end(), ids.begin(), ids.end());
+  // Pre-tokenizes normalized text (`at_start`: it begins the input, for Metaspace's "first") and
+  // appends the BPE ids of its pieces.
+  void encode_segment(std::string_view text, bool at_start, Cache& cache, std::vector<int32_t>& out) const {
+    if (text.empty()) return;
+    std::string prefixed;
+    if (s_.byte_level && s_.byte_level_prefix_space && text[0] != ' ') text = prefixed = " " + std::string(text);
+    std::deque<std::string> store;  // pieces a step rewrote (Metaspace)
+    std::vector<std::string_view> pieces{text}, finer;
+    for (const HfPreTokStep& step : s_.pretok) {
+      finer.clear();
+      for (size_t k = 0; k < pieces.size(); ++k) {
+        const std::string_view piece = pieces[k];
+        if (step.kind == HfPreTokStep::Regex) {
+          for (std::string_view sub : pretokenize(piece, step.pattern)) finer.push_back(sub);
+          continue;
+        }
+        if (step.kind == HfPreTokStep::Literal) {
+          for (std::string_view sub : split_literal(piece, step.literal, step.behavior)) finer.push_back(sub);
+          continue;
+        }
+        std::string m(piece);  // Metaspace: ' ' -> "▁", a "▁" before the piece, split before each "▁"
+        replace_all(m, " ", kMetaspace);
+        const bool prepend =
+            s_.metaspace_prepend == "always" || (s_.metaspace_prepend == "first" && at_start && k == 0);
+        if (prepend && m.compare(0, 3, kMetaspace) != 0) m.insert(0, kMetaspace);
+        store.push_back(std::move(m));
+        if (!s_.metaspace_split) finer.push_back(store.back());
+        else
+          for (std::string_view sub : split_literal(store.back(), kMetaspace, SplitBehavior::MergedWithNext))
+            finer.push_back(sub);
+      }
+      pieces.swap(finer);
+    }
+    const auto& table = byte_to_unicode_table();
+    std::string key;
+    for (std::string_view piece : pieces) {
+      if (s_.byte_level) {
+        key.clear();
+        for (char c : piece) key += table[static_cast<unsigned char>(c)];
+      } else {
+        key.assign(piece);
+      }
+      auto it = cache.find(key);
+      if (it == cache.end()) {
+        if (cache.size() >= kWordCacheLimit) cache.clear();
+        it = cache.emplace(key, word_ids(key)).first;
+      }
+      out.insert(out.end(), it->second.begin(), it->second.end());
+    }
   }
 
   int32_t vocab_id(std::string_view t) const {
@@ -245,7 +265,7 @@ class HfBpe final : public Tokenizer {
   HfBpeSpec s_;
   std::array<int32_t, 256> byte_ids_{};
   std::vector<std::string> bytes_;  // token_bytes per id
-  std::array<std::vector<const HfAddedToken*>, 256> added_by_byte_;  // by first byte, longest first
+  std::unique_ptr<AddedTokenMatcher> raw_added_, norm_added_;  // normalized=false / true added tokens
 };
 
 }  // namespace

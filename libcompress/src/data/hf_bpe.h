@@ -13,16 +13,29 @@
 
 namespace mc::detail {
 
+// An added token (tokenizer.json "added_tokens"), found in the text before the model runs. Tokens with
+// normalized=false are matched in the raw text, the others in the normalized text of what is left;
+// lstrip / rstrip take the whitespace before / after a match into it; single_word matches only where no
+// word character (\w) touches the match.
 struct HfAddedToken {
   std::string content;
   int32_t id = -1;
   bool special = false;
+  bool normalized = false;
+  bool lstrip = false, rstrip = false, single_word = false;
 };
 
-// A normalizer step of the supported subset: Prepend, Replace (string pattern), NFC (taken as identity:
-// see hf_bpe_load.cpp).
+// One pre-tokenizer step, applied in order to every piece the steps before it made.
+struct HfPreTokStep {
+  enum Kind { Regex, Literal, Metaspace } kind = Regex;
+  SplitPattern pattern = SplitPattern::Gpt2;         // Regex (behavior Isolated)
+  std::string literal;                              // Literal: the string split on
+  SplitBehavior behavior = SplitBehavior::Isolated;  // Literal
+};
+
+// A normalizer step of the supported subset: Prepend, Replace (string pattern), NFC (ICU).
 struct HfNormalizeStep {
-  enum Kind { Prepend, Replace } kind = Prepend;
+  enum Kind { Prepend, Replace, Nfc } kind = Prepend;
   std::string a, b;  // Prepend: a = prefix; Replace: a -> b
 };
 
@@ -42,10 +55,11 @@ struct HfBpeSpec {
   bool ignore_merges = false;
 
   std::vector<HfNormalizeStep> normalizer;
-  // Pre-tokenization: regex splits applied in order (byte-level), and/or a Metaspace split.
-  std::vector<SplitPattern> splits;
+  // Pre-tokenization: the steps in order; byte-level tokenizers then map each piece's bytes to GPT-2's
+  // byte characters.
+  std::vector<HfPreTokStep> pretok;
   bool byte_level_prefix_space = false;  // ByteLevel add_prefix_space
-  bool metaspace = false;                // Metaspace pre-tokenizer: ' ' -> "▁", optional prefix, split
+  bool metaspace = false;                // a Metaspace step: ' ' -> "▁", optional prefix, split
   bool metaspace_split = true;
   std::string metaspace_prepend = "always";  // "always", "first", "never"
   // The encoder puts a "▁" before the text: decode() then drops the first space.
@@ -53,6 +67,7 @@ struct HfBpeSpec {
 
   std::vector<HfAddedToken> added;
   int32_t bos_id = -1, eos_id = -1;
+  bool adds_bos = false;  // the post-processor puts bos_id before the text
 };
 
 std::unique_ptr<Tokenizer> make_hf_bpe_tokenizer(HfBpeSpec spec);

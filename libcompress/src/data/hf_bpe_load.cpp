@@ -3,10 +3,9 @@
 // tokenizing differently from the reference without a word.
 //
 // Supported: model BPE (vocab + merges as "a b" or ["a", "b"], unk_token, fuse_unk, byte_fallback,
-// ignore_merges); normalizers Sequence, Prepend, Replace (string pattern), NFC (treated as the identity:
-// correct for text already in NFC, which most text is); pre-tokenizers Sequence, ByteLevel (GPT-2 split
+// ignore_merges); normalizers Sequence, Prepend, Replace (string pattern), NFC (ICU); pre-tokenizers Sequence, ByteLevel (GPT-2 split
 // when use_regex), Split with the GPT-2, Llama 3 or Qwen2 regex (behavior Isolated), Metaspace;
-// post-processors TemplateProcessing, Roberta/BertProcessing, ByteLevel, Sequence (for BOS/EOS only).
+// pre-tokenizer Split with a string pattern (any behavior, no invert); post-processors TemplateProcessing, Roberta/BertProcessing, ByteLevel, Sequence (for BOS/EOS only).
 #include <nlohmann/json.hpp>
 
 #include "data/hf_bpe.h"
@@ -57,7 +56,9 @@ class Loader {
       s_.normalizer.push_back({HfNormalizeStep::Replace, p["String"].get<std::string>(),
                                n.at("content").get<std::string>()});
       if (s_.normalizer.back().a.empty()) bad("normalizer Replace has an empty pattern");
-    } else if (t != "NFC") {
+    } else if (t == "NFC") {
+      s_.normalizer.push_back({HfNormalizeStep::Nfc, "", ""});
+    } else {
       bad("normalizer '" + t + "' is not supported (supported: Sequence, Prepend, Replace, NFC)");
     }
   }
@@ -70,21 +71,41 @@ class Loader {
     } else if (t == "ByteLevel") {
       s_.byte_level = true;
       s_.byte_level_prefix_space = flag(p, "add_prefix_space", false);
-      if (flag(p, "use_regex", true)) s_.splits.push_back(SplitPattern::Gpt2);
+      if (flag(p, "use_regex", true)) s_.pretok.push_back({detail::HfPreTokStep::Regex, SplitPattern::Gpt2, "", {}});
     } else if (t == "Split") {
       const json& pat = p.at("pattern");
-      if (!pat.contains("Regex")) bad("Split pre-tokenizer with a string pattern is not supported");
-      const std::string re = pat["Regex"].get<std::string>();
       const std::string behavior = p.value("behavior", "Isolated");
-      if (behavior != "Isolated" || flag(p, "invert", false))
-        bad("Split pre-tokenizer with behavior '" + behavior + "' or invert is not supported (only Isolated)");
+      if (flag(p, "invert", false)) bad("Split pre-tokenizer with invert is not supported");
+      if (pat.contains("String")) {
+        detail::HfPreTokStep step{detail::HfPreTokStep::Literal, {}, pat["String"].get<std::string>(), {}};
+        if (step.literal.empty()) bad("Split pre-tokenizer has an empty string pattern");
+        const std::pair<const char*, detail::SplitBehavior> names[] = {
+            {"Removed", detail::SplitBehavior::Removed},
+            {"Isolated", detail::SplitBehavior::Isolated},
+            {"MergedWithPrevious", detail::SplitBehavior::MergedWithPrevious},
+            {"MergedWithNext", detail::SplitBehavior::MergedWithNext},
+            {"Contiguous", detail::SplitBehavior::Contiguous}};
+        bool known = false;
+        for (const auto& [name, b] : names)
+          if (behavior == name) step.behavior = b, known = true;
+        if (!known) bad("Split pre-tokenizer behavior '" + behavior + "' is unknown");
+        s_.pretok.push_back(step);
+        return;
+      }
+      if (!pat.contains("Regex")) bad("Split pre-tokenizer pattern is neither {\"String\": ...} nor {\"Regex\": ...}");
+      const std::string re = pat["Regex"].get<std::string>();
+      if (behavior != "Isolated")
+        bad("Split pre-tokenizer with a regex and behavior '" + behavior + "' is not supported (only Isolated)");
       bool known = false;
       for (SplitPattern sp : {SplitPattern::Gpt2, SplitPattern::Llama3, SplitPattern::Qwen2})
-        if (re == detail::split_pattern_regex(sp)) s_.splits.push_back(sp), known = true;
+        if (re == detail::split_pattern_regex(sp))
+          s_.pretok.push_back({detail::HfPreTokStep::Regex, sp, "", {}}), known = true;
       if (!known)
         bad("Split pre-tokenizer regex is not one of the GPT-2, Llama 3 or Qwen2 patterns implemented here: " + re);
     } else if (t == "Metaspace") {
+      if (s_.metaspace) bad("two Metaspace pre-tokenizers are not supported");
       s_.metaspace = true;
+      s_.pretok.push_back({detail::HfPreTokStep::Metaspace, {}, "", {}});
       if (p.value("replacement", std::string(kMetaspace)) != kMetaspace)
         bad("Metaspace pre-tokenizer with a replacement other than U+2581 is not supported");
       s_.metaspace_split = flag(p, "split", true);
@@ -157,6 +178,10 @@ class Loader {
       if (id < 0 || id >= kMaxId) bad("added token id " + std::to_string(id) + " is out of range");
       tok.id = int32_t(id);
       tok.special = flag(t, "special", false);
+      tok.normalized = flag(t, "normalized", !tok.special);  // the tokenizers library's default
+      tok.lstrip = flag(t, "lstrip", false);
+      tok.rstrip = flag(t, "rstrip", false);
+      tok.single_word = flag(t, "single_word", false);
       if (tok.content.empty()) bad("added token " + std::to_string(id) + " has empty content");
       if (size_t(id) >= s_.id_to_token.size()) s_.id_to_token.resize(size_t(id) + 1);
       if (s_.id_to_token[size_t(id)].empty()) s_.id_to_token[size_t(id)] = tok.content;
@@ -182,9 +207,10 @@ class Loader {
         }
         if (id < 0) id = token_id(name);
         (seen_sequence ? s_.eos_id : s_.bos_id) = id;
+        if (!seen_sequence && id >= 0) s_.adds_bos = true;
       }
     } else if (t == "RobertaProcessing" || t == "BertProcessing") {
-      if (p.contains("cls")) s_.bos_id = p["cls"].at(1).get<int32_t>();
+      if (p.contains("cls")) s_.bos_id = p["cls"].at(1).get<int32_t>(), s_.adds_bos = true;
       if (p.contains("sep")) s_.eos_id = p["sep"].at(1).get<int32_t>();
     }
   }
@@ -233,8 +259,6 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path, const std:
     load.bad(std::string("malformed tokenizer.json: ") + e.what());
   }
   if (spec.byte_level && spec.metaspace) load.bad("ByteLevel and Metaspace pre-tokenizers together are not supported");
-  if (!spec.byte_level && !spec.splits.empty())
-    load.bad("a Split pre-tokenizer without ByteLevel is not supported");
   if (spec.token_to_id.empty()) load.bad("the BPE vocab is empty");
   return detail::make_hf_bpe_tokenizer(std::move(spec));
 }

@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 
+#include "export/gguf_gemma.h"
 #include "export/gguf_phi3.h"
 #include "export/gguf_vocab.h"
 #include "mcompress/checkpoint.h"
@@ -205,7 +206,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   auto* llama = dynamic_cast<LlamaModel*>(model.get());
   if (!llama) fail("gguf", model_path, ": GGUF export needs a llama model, this is '", model->arch(), "'");
   const LlamaConfig& c = llama->config();
-  const std::string arch = gguf_arch(c, model_path);
+  const std::string arch = c.family.empty() ? gguf_arch(c, model_path) : c.family;
   const std::string tok_path = find_tokenizer(model_path, opts.tokenizer);
 
   // Quantizer results of a packed checkpoint, by checkpoint key (sparse entries: their dense values).
@@ -216,6 +217,9 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
       for (auto& [key, e] : read_packed_entries(*reader))
         if (e.quant && !e.sparse && e.quant->codes.dim() == 2) quant.emplace(key, std::move(*e.quant));
   }
+  if (!c.family.empty())  // Gemma 2 / 3: llama.cpp's gemma2 / gemma3 archs (gguf_gemma.cpp)
+    return gguf_detail::export_gguf_gemma(*llama, quant, model_path, out_path, type, tok_path,
+                                          opts.name.empty() ? fs::path(model_path).stem().string() : opts.name);
   std::map<std::string, QuantResult> permuted;  // q/k results in llama.cpp's row order
 
   // llama.cpp's arch llama rotates interleaved pairs (its converter permutes Hugging Face's q/k rows), qwen2

@@ -4,6 +4,7 @@
 // rope_freqs.weight as per-frequency divisors, block-quantized tensors dequantized to float32.
 #include <map>
 
+#include "export/gguf_gemma.h"
 #include "export/gguf_phi3.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
@@ -66,9 +67,10 @@ std::unique_ptr<Model> load_gguf_llama(const std::string& path) {
   auto r = open_gguf(path);
   const GgufValue* arch = find_kv(*r, "general.architecture");
   if (arch && arch->type == GgufType::STRING && arch->s == "phi3") return load_gguf_phi3(path);
+  if (arch && arch->type == GgufType::STRING && gguf_detail::is_gemma_arch(arch->s)) return gguf_detail::load_gguf_gemma(path);
   if (!arch || arch->type != GgufType::STRING || (arch->s != "llama" && arch->s != "qwen2" && arch->s != "qwen3"))
     fail("gguf", path, ": general.architecture is ", arch ? arch->to_string() : "missing",
-         ", only llama, qwen2, qwen3 and phi3 GGUF files load as models");
+         ", only llama, qwen2, qwen3, phi3, gemma2 and gemma3 GGUF files load as models");
   const std::string a = arch->s + ".";
   LlamaConfig c;
   c.names = LlamaNames::Llama2c;

@@ -126,7 +126,11 @@ void add_dense(const ExportInput& in, std::vector<HostTensor>& out, std::vector<
   add("final_norm", -1);
   if (!c.tied) add("output", -1);
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    add("attn_norm", l), add("ffn_norm", l);
+    if (c.sandwich_norms)  // Gemma: HF names of their own (post_attention_layernorm is not the MLP's norm)
+      add("attn_norm", l), add("post_attn_norm", l), add("pre_ffn_norm", l), add("post_ffn_norm", l);
+    else
+      add("attn_norm", l), add("ffn_norm", l);
+    if (c.qk_norm) add("q_norm", l), add("k_norm", l);
     if (c.qkv_bias) add("bq", l), add("bk", l), add("bv", l);
     if (c.o_bias) add("bo", l);
   }

@@ -28,7 +28,7 @@ ExportInput read_export_input(const std::string& path) {
   auto* llama = dynamic_cast<LlamaModel*>(model.get());
   if (!llama) fail("export", path, ": a ", model->arch(), " model; only llama models can be exported");
   in.cfg = llama->config();
-  if (in.cfg.qk_norm)  // the writers know Llama/Mistral/Qwen2 tensors and config.json only
+  if (in.cfg.qk_norm && in.cfg.family.empty())  // the writers know Llama/Mistral/Qwen2 tensors and config.json only
     fail("export", path, ": per-head q/k norms (Qwen3) are not supported by the hf-gptq, compressed-tensors and "
          "llama2c-q8 exporters yet");
   for (const auto& [k, t] : llama->params())
@@ -56,7 +56,7 @@ ExportInput read_export_input(const std::string& path) {
 
 std::string key_of(const ExportInput& in, const std::string& role, int64_t block) {
   if (role == "output" && in.cfg.tied) return llama_param_name(in.cfg.names, "embed");
-  return llama_param_name(in.cfg.names, role, block);
+  return llama_param_name(in.cfg, role, block);
 }
 
 const at::Tensor& param_of(const ExportInput& in, const std::string& role, int64_t block) {
@@ -89,6 +89,7 @@ void add_phi3_keys(nlohmann::ordered_json& j, const LlamaConfig& c) {
 }  // namespace
 
 std::string hf_config_json(const LlamaConfig& c, int64_t intermediate_size, const std::string& qcfg) {
+  if (!c.family.empty()) return gemma_hf_config_json(c, intermediate_size, qcfg);
   nlohmann::ordered_json j;
   std::string arch = "LlamaForCausalLM", type = "llama";
   if (c.qkv_bias && !c.o_bias) arch = "Qwen2ForCausalLM", type = "qwen2";

@@ -61,6 +61,7 @@ ExportSummary export_llama2c_q8(const std::string& model_path, const std::string
   hfx::ExportInput in = hfx::read_export_input(model_path);
   const LlamaConfig& c = in.cfg;
   auto refuse = [&](const std::string& why) { fail("export", model_path, ": ", why, "; llama2.c's runq.c cannot run it"); };
+  if (!c.family.empty()) refuse(c.family + " ((1 + w) and sandwich norms, GELU, softcaps)");
   if (c.head_dim * c.n_heads != c.dim) refuse("head_dim * n_heads != dim");
   if (c.qkv_bias || c.o_bias) refuse("attention biases");
   if (c.rope_theta != 10000.0) refuse("rope_theta " + std::to_string(c.rope_theta) + " (runq.c uses 10000)");

@@ -5,9 +5,11 @@
 
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "gemma_config.h"
 #include "mcompress/error.h"
 #include "mcompress/error_where.h"
 #include "mcompress/models/llama.h"
@@ -85,6 +87,10 @@ void LlamaConfig::validate() const {
   if (!(rope_factor > 0)) bad(str("rope scaling factor ", rope_factor, " must be > 0"));
   if (rope_scaling == "llama3" && !(rope_high_freq_factor > rope_low_freq_factor))
     bad("llama3 rope scaling needs high_freq_factor > low_freq_factor");
+  if (!sliding_layers.empty() && static_cast<int64_t>(sliding_layers.size()) != n_layers)
+    bad(str("sliding_layers lists ", sliding_layers.size(), " layers for n_layers ", n_layers));
+  if (query_pre_attn_scalar < 0 || attn_softcap < 0 || final_softcap < 0 || embed_scale < 0 || rope_local_theta < 0)
+    bad("query_pre_attn_scalar, softcaps, embed_scale and rope_local_theta must be >= 0");
   validate_phi3_fields();
 }
 
@@ -127,6 +133,7 @@ std::string LlamaConfig::json() const {
   if (rope_scaling == "longrope")
     j["rope_short_factor"] = rope_short_factor, j["rope_long_factor"] = rope_long_factor,
     j["rope_attention_factor"] = rope_attention_factor;
+  gemma_fields_to_json(*this, j);
   return j.dump();
 }
 
@@ -158,6 +165,7 @@ LlamaConfig LlamaConfig::from_json(const std::string& text, const std::string& w
     c.rope_original_max_pos = get_or<int64_t>(j, "rope_original_max_pos", 8192);
     c.rope_freq_factors = get_or(j, "rope_freq_factors", std::vector<double>{});
     c.bos_id = get_or<int64_t>(j, "bos_id", -1), c.eos_id = get_or<int64_t>(j, "eos_id", -1);
+    gemma_fields_from_json(j, c);
   } catch (const json::exception& e) {
     fail("llama", where, ": bad model config in metadata 'mcompress.llama.config': ", e.what());
   }
@@ -170,6 +178,7 @@ LlamaConfig LlamaConfig::from_hf_config(const std::string& path) {
   if (!in) fail<FileError>("llama", path, ": cannot read");
   std::stringstream ss;
   ss << in.rdbuf();
+  if (std::optional<LlamaConfig> g = gemma_config_from_hf_text(ss.str(), path)) return *g;
   LlamaConfig c;
   c.names = LlamaNames::HuggingFace;
   c.rope = RopeLayout::RotateHalf;
@@ -182,7 +191,7 @@ LlamaConfig LlamaConfig::from_hf_config(const std::string& path) {
         arch != "MistralForCausalLM" && arch != "Phi3ForCausalLM")
       fail("llama", path, ": architecture '", arch,
            "' is not supported (allowed: LlamaForCausalLM, MistralForCausalLM, Phi3ForCausalLM, Qwen2ForCausalLM, "
-           "Qwen3ForCausalLM)");
+           "Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM)");
     const std::string act = get_or<std::string>(j, "hidden_act", "silu");
     if (act != "silu") fail("llama", path, ": hidden_act '", act, "' is not supported (only silu)");
     if (get_or(j, "mlp_bias", false)) fail("llama", path, ": mlp_bias is not supported");
@@ -242,6 +251,9 @@ std::string llama_param_name(LlamaNames names, const std::string& role, int64_t 
       {"bv", {"attention.wv.bias", "self_attn.v_proj.bias"}},
       {"bo", {"attention.wo.bias", "self_attn.o_proj.bias"}},
       {"q_norm", {"attention.q_norm.weight", "self_attn.q_norm.weight"}},
+      {"post_attn_norm", {"post_attention_norm.weight", "post_attention_layernorm.weight"}},  // Gemma's sandwich
+      {"pre_ffn_norm", {"pre_ffn_norm.weight", "pre_feedforward_layernorm.weight"}},
+      {"post_ffn_norm", {"post_ffn_norm.weight", "post_feedforward_layernorm.weight"}},
       {"k_norm", {"attention.k_norm.weight", "self_attn.k_norm.weight"}},
       {"w1", {"feed_forward.w1.weight", "mlp.gate_proj.weight"}},
       {"w2", {"feed_forward.w2.weight", "mlp.down_proj.weight"}},
@@ -275,6 +287,10 @@ std::vector<double> llama3_rope_freq_factors(const LlamaConfig& c) {
   return out;
 }
 
+std::string llama_param_name(const LlamaConfig& c, const std::string& role, int64_t block) {
+  return llama_param_name(c.names, c.sandwich_norms && role == "ffn_norm" ? "pre_ffn_norm" : role, block);
+}
+
 std::map<std::string, at::Tensor> init_llama_weights(const LlamaConfig& c, uint64_t seed) {
   c.validate();
   at::Generator gen = at::detail::createCPUGenerator(seed);
@@ -282,10 +298,11 @@ std::map<std::string, at::Tensor> init_llama_weights(const LlamaConfig& c, uint6
   const double std0 = 0.02, std_res = 0.02 / std::sqrt(2.0 * double(c.n_layers));
   std::map<std::string, at::Tensor> w;
   auto normal = [&](const std::string& role, int64_t l, std::vector<int64_t> shape, double sd) {
-    w[llama_param_name(c.names, role, l)] = at::normal(0.0, sd, shape, gen);
+    w[llama_param_name(c, role, l)] = at::normal(0.0, sd, shape, gen);
   };
   auto fill = [&](const std::string& role, int64_t l, int64_t n, double v) {
-    w[llama_param_name(c.names, role, l)] = at::full({n}, v, at::kFloat);
+    // A (1 + w) norm (Gemma) starts at w = 0: the same identity scale.
+    w[llama_param_name(c, role, l)] = at::full({n}, c.norm_plus_one ? v - 1.0 : v, at::kFloat);
   };
   normal("embed", -1, {c.vocab_size, c.dim}, std0);
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -314,6 +331,7 @@ std::map<std::string, at::Tensor> init_llama_weights(const LlamaConfig& c, uint6
     }
     if (c.o_bias) fill("bo", l, c.dim, 0.0);
     if (c.qk_norm) fill("q_norm", l, c.head_dim, 1.0), fill("k_norm", l, c.head_dim, 1.0);
+    if (c.sandwich_norms) fill("post_attn_norm", l, c.dim, 1.0), fill("post_ffn_norm", l, c.dim, 1.0);
   }
   fill("final_norm", -1, c.dim, 1.0);
   if (!c.tied) normal("output", -1, {c.vocab_size, c.dim}, std0);

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstdint>
 
 #include "mcompress/error.h"
 #include "mcompress/models/llama.h"
@@ -13,28 +14,11 @@ namespace mc {
 
 namespace {
 
-// The roles of a block. Without q/k norms a role's position in block_layers_[k] is its value; with them
-// (Qwen3) the block runs attn_norm, wq, wk, wv, q_norm, k_norm, wo, ffn_norm, w1, w3, w2.
-enum BlockSlot { kAttnNorm, kWq, kWk, kWv, kWo, kFfnNorm, kW1, kW3, kW2, kQNorm, kKNorm, kWqkv, kW13 };
-
-// Phi-3 (fused tensors): the block runs attn_norm, wqkv, wo, ffn_norm, w13, w2.
-size_t fused_slot_position(int s) {
-  switch (s) {
-    case kAttnNorm: return 0;
-    case kWqkv: return 1;
-    case kWo: return 2;
-    case kFfnNorm: return 3;
-    case kW13: return 4;
-    case kW2: return 5;
-    default: fail<Error>("llama", "role slot ", s, " does not exist in a block with fused qkv/gate_up");
-  }
-}
-
-size_t slot_position(bool qk_norm, int s) {
-  if (!qk_norm) return size_t(s);
-  if (s == kQNorm || s == kKNorm) return size_t(kWo + (s - kQNorm));
-  return size_t(s >= kWo ? s + 2 : s);
-}
+// The roles of a block. A block runs attn_norm, wq, wk, wv, [q_norm, k_norm (Qwen3, Gemma 3)], wo,
+// [post_attn_norm (Gemma)], ffn_norm, w1, w3, w2, [post_ffn_norm (Gemma)], or with fused tensors (Phi-3)
+// attn_norm, wqkv, wo, ffn_norm, w13, w2; slot_pos_ maps a role to its position in block_layers_[k].
+enum BlockSlot { kAttnNorm, kWq, kWk, kWv, kWo, kFfnNorm, kW1, kW3, kW2, kQNorm, kKNorm, kPostAttnNorm, kPostFfnNorm,
+                 kWqkv, kW13, kNumSlots };
 
 std::string module_of(const std::string& key) {
   const std::string suffix = ".weight";
@@ -59,13 +43,14 @@ std::string list_some(const std::vector<std::string>& v) {
 LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostTensor>& weights) : cfg_(cfg) {
   cfg_.validate();
   const auto N = cfg_.names;
+  std::vector<int> block_roles;  // block 0's roles in execution order (every block has the same)
   const int64_t D = cfg_.dim, F = cfg_.hidden_dim, V = cfg_.vocab_size;
   const int64_t QD = cfg_.n_heads * cfg_.head_dim, KVD = cfg_.n_kv_heads * cfg_.head_dim;
 
   // Expected parameters with their shapes, and the layers in execution order.
   std::vector<std::pair<std::string, Shape>> expected;
   auto want = [&](const std::string& role, int64_t blk, Shape s) {
-    std::string key = llama_param_name(N, role, blk);
+    std::string key = llama_param_name(cfg_, role, blk);
     expected.emplace_back(key, std::move(s));
     return key;
   };
@@ -74,34 +59,40 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
   plan.push_back({module_of(embed_key), embed_key, "", LayerKind::Embedding, -1, false, D, V});
   for (int64_t i = 0; i < cfg_.n_layers; ++i) {
     const int b = static_cast<int>(i);
-    auto lin = [&](const char* role, const char* bias_role, bool has_bias, int64_t out, int64_t in) {
+    auto lin = [&](BlockSlot slot, const char* role, const char* bias_role, bool has_bias, int64_t out, int64_t in) {
+      if (i == 0) block_roles.push_back(slot);
       std::string w = want(role, i, {out, in});
       std::string bias = has_bias ? want(bias_role, i, {out}) : "";
       plan.push_back({module_of(w), w, bias, LayerKind::Linear, b, false, out, in});
     };
-    auto norm = [&](const char* role, int64_t width) {
+    auto norm = [&](BlockSlot slot, const char* role, int64_t width) {
+      if (i == 0) block_roles.push_back(slot);
       std::string w = want(role, i, {width});
       plan.push_back({module_of(w), w, "", LayerKind::Norm, b, false, width, width});
     };
-    norm("attn_norm", D);
+    norm(kAttnNorm, "attn_norm", D);
     if (cfg_.fused_qkv_gate_up) {  // Phi-3: the checkpoint's own fused tensors stay single layers
-      lin("wqkv", "", false, QD + 2 * KVD, D);
-      lin("wo", "", false, D, QD);
-      norm("ffn_norm", D);
-      lin("w13", "", false, 2 * F, D);
-      lin("w2", "", false, D, F);
+      lin(kWqkv, "wqkv", "", false, QD + 2 * KVD, D);
+      lin(kWo, "wo", "", false, D, QD);
+      norm(kFfnNorm, "ffn_norm", D);
+      lin(kW13, "w13", "", false, 2 * F, D);
+      lin(kW2, "w2", "", false, D, F);
       continue;
     }
-    lin("wq", "bq", cfg_.qkv_bias, QD, D);
-    lin("wk", "bk", cfg_.qkv_bias, KVD, D);
-    lin("wv", "bv", cfg_.qkv_bias, KVD, D);
-    if (cfg_.qk_norm) norm("q_norm", cfg_.head_dim), norm("k_norm", cfg_.head_dim);
-    lin("wo", "bo", cfg_.o_bias, D, QD);
-    norm("ffn_norm", D);
-    lin("w1", "", false, F, D);
-    lin("w3", "", false, F, D);
-    lin("w2", "", false, D, F);
+    lin(kWq, "wq", "bq", cfg_.qkv_bias, QD, D);
+    lin(kWk, "wk", "bk", cfg_.qkv_bias, KVD, D);
+    lin(kWv, "wv", "bv", cfg_.qkv_bias, KVD, D);
+    if (cfg_.qk_norm) norm(kQNorm, "q_norm", cfg_.head_dim), norm(kKNorm, "k_norm", cfg_.head_dim);
+    lin(kWo, "wo", "bo", cfg_.o_bias, D, QD);
+    if (cfg_.sandwich_norms) norm(kPostAttnNorm, "post_attn_norm", D);
+    norm(kFfnNorm, "ffn_norm", D);
+    lin(kW1, "w1", "", false, F, D);
+    lin(kW3, "w3", "", false, F, D);
+    lin(kW2, "w2", "", false, D, F);
+    if (cfg_.sandwich_norms) norm(kPostFfnNorm, "post_ffn_norm", D);
   }
+  slot_pos_.assign(kNumSlots, SIZE_MAX);
+  for (size_t p = 0; p < block_roles.size(); ++p) slot_pos_[size_t(block_roles[p])] = p;
   const std::string norm_key = want("final_norm", -1, {D});
   plan.push_back({module_of(norm_key), norm_key, "", LayerKind::Norm, -1, false, D, D});
   const std::string out_key = llama_param_name(N, "output");
@@ -123,6 +114,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
     msg += cfg_.qkv_bias ? ", q/k/v biases" : "";
     msg += cfg_.qk_norm ? ", q/k norms" : "";
     msg += cfg_.fused_qkv_gate_up ? ", fused qkv_proj and gate_up_proj" : "";
+    msg += cfg_.sandwich_norms ? ", Gemma sandwich norms" : "";
     msg += cfg_.tied ? ", tied classifier)" : ", separate classifier)";
     if (!missing.empty()) msg += "; missing keys: " + list_some(missing);
     if (!unexpected.empty()) msg += "; unexpected keys: " + list_some(unexpected);
@@ -160,8 +152,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
 }
 
 size_t LlamaModel::slot(int k, int role) const {
-  if (cfg_.fused_qkv_gate_up) return block_layers_[static_cast<size_t>(k)][fused_slot_position(role)];
-  return block_layers_[static_cast<size_t>(k)][slot_position(cfg_.qk_norm, role)];
+  return block_layers_[static_cast<size_t>(k)][slot_pos_[static_cast<size_t>(role)]];
 }
 
 std::vector<ScaleGroup> LlamaModel::scale_groups(int block) const {
@@ -177,12 +168,19 @@ std::vector<ScaleGroup> LlamaModel::scale_groups(int block) const {
     g.push_back({L(kFfnNorm).weight, "", true, {L(kW13).name}});
     return g;
   }
+  // Gemma's (1 + w) norms fold a scale s as w' = (1 + w) / s - 1 (norm_offset 1). Its post_attn_norm and
+  // post_ffn_norm take o's and down's outputs: an RMSNorm of a scaled vector is not the scaled norm (the RMS
+  // mixes the channels), so neither o nor down can pass a scale on to anything: no group has them as prev.
+  // The groups below stay exact: gelu_tanh(gate) * up is linear in up as silu(gate) * up is.
+  const double off = cfg_.norm_plus_one ? 1.0 : 0.0;
   g.push_back({L(kAttnNorm).weight, "", true, {L(kWq).name, L(kWk).name, L(kWv).name}});
+  g.back().norm_offset = off;
   // o's input channel (head h, d) is v's channel (h / (n_heads / n_kv_heads), d) mixed over positions.
   ScaleGroup vo{L(kWv).weight, L(kWv).bias, false, {L(kWo).name}};
   vo.repeat = cfg_.n_heads / cfg_.n_kv_heads, vo.width = cfg_.head_dim;
   g.push_back(vo);
   g.push_back({L(kFfnNorm).weight, "", true, {L(kW1).name, L(kW3).name}});
+  g.back().norm_offset = off;
   // down's input is silu(gate) * up: scaling up's output channels scales it.
   g.push_back({L(kW3).weight, "", false, {L(kW2).name}});
   return g;
@@ -196,6 +194,12 @@ void LlamaModel::ensure_rope_tables(int64_t length) {
   const int64_t n = std::max(length, cfg_.max_seq_len);
   const int64_t rot = cfg_.rope_dim(), half = rot / 2;
   auto dbl = at::TensorOptions().dtype(at::kDouble);
+  if (cfg_.rope_local_theta > 0) {  // Gemma 3's sliding layers: their own base, no rope_scaling
+    at::Tensor inv = 1.0 / at::pow(cfg_.rope_local_theta, at::arange(0, half, dbl) * 2.0 / double(rot));
+    at::Tensor freqs = at::outer(at::arange(0, n, dbl), inv);
+    cos_local_ = at::cos(freqs).to(at::kFloat).to(device_);
+    sin_local_ = at::sin(freqs).to(at::kFloat).to(device_);
+  }
   // llama2.c precompute_freqs_cis: 1 / theta^(2i / head_dim); HF _compute_default_rope_parameters is the same
   // (over the rotated dims only with a partial_rotary_factor).
   at::Tensor inv = 1.0 / at::pow(cfg_.rope_theta, at::arange(0, half, dbl) * 2.0 / double(rot));
@@ -223,10 +227,11 @@ void LlamaModel::ensure_rope_tables(int64_t length) {
   sin_ = (at::sin(freqs) * scale).to(at::kFloat).to(device_);
 }
 
-at::Tensor LlamaModel::rope(const at::Tensor& x, int64_t pos0) {
+at::Tensor LlamaModel::rope(const at::Tensor& x, int64_t pos0, bool local) {
   const int64_t B = x.size(0), H = x.size(1), T = x.size(2), rot = cfg_.rope_dim(), half = rot / 2;
   ensure_rope_tables(pos0 + T);
-  at::Tensor c = cos_.narrow(0, pos0, T), s = sin_.narrow(0, pos0, T);  // [T, half]
+  const bool own = local && cos_local_.defined();
+  at::Tensor c = (own ? cos_local_ : cos_).narrow(0, pos0, T), s = (own ? sin_local_ : sin_).narrow(0, pos0, T);  // [T, half]
   if (cfg_.rope == RopeLayout::Interleaved) {
     // llama2.c apply_rotary_emb: pairs (x[2i], x[2i+1]) rotated as complex numbers.
     at::Tensor xs = x.reshape({B, H, T, half, 2});
@@ -241,7 +246,8 @@ at::Tensor LlamaModel::rope(const at::Tensor& x, int64_t pos0) {
 }
 
 at::Tensor LlamaModel::rms_norm(const LayerInfo& layer, const at::Tensor& x) {
-  at::Tensor y = x * at::rsqrt(x.pow(2).mean(-1, true) + cfg_.norm_eps) * params_.at(layer.weight);
+  const at::Tensor& w = params_.at(layer.weight);
+  at::Tensor y = x * at::rsqrt(x.pow(2).mean(-1, true) + cfg_.norm_eps) * (cfg_.norm_plus_one ? w + 1.0 : w);
   run_hooks(layer, x, y);
   return y;
 }
@@ -264,8 +270,10 @@ at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int
     kk = rms_norm(layers_[slot(k, kKNorm)], kk);
   }
   q = q.transpose(1, 2), kk = kk.transpose(1, 2);
-  q = rope(q, pos0);
-  kk = rope(kk, pos0);
+  // Gemma 3: a sliding layer's RoPE base goes with its layer type (rotary_emb_local), whatever the window.
+  const bool local = !cfg_.sliding_layers.empty() && cfg_.sliding_layers[static_cast<size_t>(k)];
+  q = rope(q, pos0, local);
+  kk = rope(kk, pos0, local);
   int64_t S = T;
   if (cache) {
     auto& ck = cache->k[static_cast<size_t>(k)];
@@ -278,11 +286,13 @@ at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int
   }
   // Grouped-query attention: query head h uses kv head h / (H / HKV), as llama2.c repeat_kv.
   at::Tensor qg = q.reshape({B, HKV, H / HKV, T, hd});
-  at::Tensor scores = at::matmul(qg, kk.unsqueeze(2).transpose(-1, -2)) * (1.0 / std::sqrt(double(hd)));
+  const double scalar = cfg_.query_pre_attn_scalar > 0 ? cfg_.query_pre_attn_scalar : double(hd);
+  at::Tensor scores = at::matmul(qg, kk.unsqueeze(2).transpose(-1, -2)) * (1.0 / std::sqrt(scalar));
+  if (cfg_.attn_softcap > 0) scores = at::tanh(scores / cfg_.attn_softcap) * cfg_.attn_softcap;  // Gemma 2
   auto lopts = at::TensorOptions().dtype(at::kLong).device(x.device());
   at::Tensor qpos = at::arange(pos0, pos0 + T, lopts).unsqueeze(1), kpos = at::arange(0, S, lopts).unsqueeze(0);
   at::Tensor masked = kpos > qpos;
-  if (cfg_.sliding_window > 0) masked = masked.logical_or(qpos - kpos >= cfg_.sliding_window);
+  if (cfg_.is_sliding(k)) masked = masked.logical_or(qpos - kpos >= cfg_.sliding_window);
   scores.masked_fill_(masked, -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores, -1);  // [B, HKV, rep, T, S]
   if (attention_observer_) attention_observer_(k, probs.reshape({B, H, T, S}));
@@ -292,6 +302,7 @@ at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int
 }
 
 at::Tensor LlamaModel::block(int k, const at::Tensor& x, KVCache* cache, int64_t pos0) {
+  if (cfg_.sandwich_norms) return gemma_block(k, x, cache, pos0);
   at::Tensor h = x + attention(k, rms_norm(layers_[slot(k, kAttnNorm)], x), cache, pos0);
   at::Tensor n = rms_norm(layers_[slot(k, kFfnNorm)], h);
   if (cfg_.fused_qkv_gate_up) {  // HF Phi3MLP: gate, up = gate_up_proj(x).chunk(2, -1); down(up * silu(gate))
@@ -302,6 +313,17 @@ at::Tensor LlamaModel::block(int k, const at::Tensor& x, KVCache* cache, int64_t
   at::Tensor g = apply_linear(layers_[slot(k, kW1)], n);
   at::Tensor u = apply_linear(layers_[slot(k, kW3)], n);
   return h + apply_linear(layers_[slot(k, kW2)], at::silu(g) * u);
+}
+
+// HF Gemma2DecoderLayer / Gemma3DecoderLayer: each sublayer's output is normed before it joins the residual.
+at::Tensor LlamaModel::gemma_block(int k, const at::Tensor& x, KVCache* cache, int64_t pos0) {
+  at::Tensor a = attention(k, rms_norm(layers_[slot(k, kAttnNorm)], x), cache, pos0);
+  at::Tensor h = x + rms_norm(layers_[slot(k, kPostAttnNorm)], a);
+  at::Tensor n = rms_norm(layers_[slot(k, kFfnNorm)], h);
+  at::Tensor g = apply_linear(layers_[slot(k, kW1)], n);
+  at::Tensor u = apply_linear(layers_[slot(k, kW3)], n);
+  at::Tensor m = apply_linear(layers_[slot(k, kW2)], at::gelu(g, "tanh") * u);
+  return h + rms_norm(layers_[slot(k, kPostFfnNorm)], m);
 }
 
 at::Tensor LlamaModel::embed(const at::Tensor& tokens) {
@@ -316,6 +338,7 @@ at::Tensor LlamaModel::embed(const at::Tensor& tokens) {
   }
   const LayerInfo& L = layers_[embed_layer_];
   at::Tensor y = at::embedding(params_.at(L.weight), ids);
+  if (cfg_.embed_scale > 0) y = y * cfg_.embed_scale;  // Gemma: sqrt(hidden_size)
   run_hooks(L, ids, y);
   return y;
 }
@@ -326,7 +349,9 @@ at::Tensor LlamaModel::run_block(int k, const at::Tensor& hidden) {
 }
 
 at::Tensor LlamaModel::head(const at::Tensor& hidden) {
-  return apply_linear(layers_[output_layer_], rms_norm(layers_[norm_layer_], hidden));
+  at::Tensor logits = apply_linear(layers_[output_layer_], rms_norm(layers_[norm_layer_], hidden));
+  if (cfg_.final_softcap > 0) logits = at::tanh(logits / cfg_.final_softcap) * cfg_.final_softcap;  // Gemma 2
+  return logits;
 }
 
 at::Tensor LlamaModel::forward(const at::Tensor& tokens) {
@@ -370,6 +395,7 @@ std::map<std::string, std::string> LlamaModel::config_metadata() const {
 void LlamaModel::to(c10::Device device) {
   Model::to(device);
   if (cos_.defined()) cos_ = cos_.to(device), sin_ = sin_.to(device);
+  if (cos_local_.defined()) cos_local_ = cos_local_.to(device), sin_local_ = sin_local_.to(device);
 }
 
 }  // namespace mc

@@ -191,7 +191,9 @@ void Model::apply_scale_group(const ScaleGroup& g, const at::Tensor& s_in) {
     fail("model", "scale group of '", g.prev, "': ", s.numel(), " scales for ", prev.size(0), " channels");
   if (!at::isfinite(s).all().item<bool>() || s.le(0).any().item<bool>())
     fail("model", "scale group of '", g.prev, "': scales must be positive and finite");
-  if (prev.dim() == 1)
+  if (prev.dim() == 1 && g.norm_offset != 0)
+    set_param(g.prev, (prev + g.norm_offset).div(s) - g.norm_offset);
+  else if (prev.dim() == 1)
     set_param(g.prev, prev.div(s));
   else
     set_param(g.prev, prev.div(s.unsqueeze(1)));

@@ -149,6 +149,7 @@ void check_structured(const Model& model, const StructuredOptions& o) {
   if (c.fused_qkv_gate_up)
     fail(kC, "structured pruning of fused qkv_proj / gate_up_proj (Phi-3) is not supported yet (unstructured "
          "methods and quantization are)");
+  if (!c.family.empty()) fail(kC, "structured pruning of ", c.family, " models (sandwich norms) is not supported yet");
   if (!(o.ffn >= 0 && o.ffn < 1)) fail(kC, "ffn fraction ", o.ffn, " is outside [0, 1)");
   if (!(o.heads >= 0 && o.heads < 1)) fail(kC, "heads fraction ", o.heads, " is outside [0, 1)");
   if (o.blocks < 0 || o.blocks >= n)

@@ -43,6 +43,27 @@ struct LlamaConfig {
   int64_t rope_original_max_pos = 8192;
   int64_t bos_id = -1, eos_id = -1;  // from a Hugging Face config; -1 when unknown
 
+  // Gemma 2 / Gemma 3 (family "gemma2" / "gemma3"; "" for the others, and then none of these is set).
+  // HF modeling_gemma2 / modeling_gemma3: RMSNorm weights applied as (1 + w) in float; embeddings times
+  // embed_scale (sqrt(hidden_size)); sandwich norms (post_attention_layernorm after attention's o,
+  // pre_feedforward_layernorm before the MLP, post_feedforward_layernorm after its down projection);
+  // GELU-tanh gated MLP; attention scale 1/sqrt(query_pre_attn_scalar); softcap(x) = cap * tanh(x / cap) on
+  // attention scores and final logits (0 = off); per-layer sliding windows and, on sliding layers, RoPE
+  // base rope_local_theta without rope_scaling (Gemma 3).
+  std::string family;
+  bool norm_plus_one = false;
+  double embed_scale = 0;  // 0: embeddings unscaled
+  bool sandwich_norms = false;
+  bool gelu_tanh = false;  // MLP activation gelu_pytorch_tanh instead of silu
+  double query_pre_attn_scalar = 0;  // 0: head_dim
+  double attn_softcap = 0, final_softcap = 0;
+  std::vector<char> sliding_layers;  // per layer: 1 = sliding window `sliding_window`; empty: every layer alike
+  double rope_local_theta = 0;       // sliding layers' RoPE base; 0: rope_theta (with rope_scaling)
+
+  bool is_sliding(int64_t layer) const {
+    return sliding_window > 0 && (sliding_layers.empty() || sliding_layers[static_cast<size_t>(layer)] != 0);
+  }
+
   void validate() const;  // throws InputError
   void validate_phi3_fields() const;  // part of validate(): fused tensors, rotary_dim, longrope
   std::string json() const;                       // for checkpoint metadata
@@ -52,8 +73,16 @@ struct LlamaConfig {
 
 // Checkpoint key of a parameter: role is one of embed, final_norm, output, attn_norm, ffn_norm, wq, wk, wv,
 // wo, w1 (gate), w2 (down), w3 (up), bq, bk, bv, bo, q_norm, k_norm, wqkv and w13 (Phi-3's fused qkv_proj and
-// gate_up_proj); block is the layer index (ignored for the global ones).
+// gate_up_proj); block is the layer index (ignored for the global ones). Gemma's sandwich norms add the roles
+// post_attn_norm, pre_ffn_norm and post_ffn_norm.
 std::string llama_param_name(LlamaNames names, const std::string& role, int64_t block = -1);
+// The same for a config: with sandwich norms (Gemma) "ffn_norm" is the norm before the MLP,
+// pre_feedforward_layernorm (Hugging Face's post_attention_layernorm is Gemma's post_attn_norm).
+std::string llama_param_name(const LlamaConfig& cfg, const std::string& role, int64_t block = -1);
+
+// config.json for a Gemma config (the keys Transformers reads), with `quantization_config_json` ("" for none).
+std::string gemma_hf_config_json(const LlamaConfig& cfg, int64_t intermediate_size,
+                                 const std::string& quantization_config_json);
 
 // llama.cpp's rope_freqs.weight for Llama 3.1 rope scaling (convert_hf_to_gguf.py): for each of the head_dim/2
 // frequencies f_i = theta^(-2i/head_dim) with wavelength w = 2 pi / f_i, the divisor 1 (w < orig/high_freq_factor),
@@ -95,14 +124,17 @@ class LlamaModel : public Model {
   at::Tensor attention(int k, const at::Tensor& x, KVCache* cache, int64_t pos0);
   at::Tensor rms_norm(const LayerInfo& layer, const at::Tensor& x);
   size_t slot(int k, int role) const;  // index into layers_ of a BlockSlot of block k
-  at::Tensor rope(const at::Tensor& x, int64_t pos0);  // x [B, H, T, head_dim]
+  at::Tensor rope(const at::Tensor& x, int64_t pos0, bool local = false);  // x [B, H, T, head_dim]
   void ensure_rope_tables(int64_t length);
+  at::Tensor gemma_block(int k, const at::Tensor& x, KVCache* cache, int64_t pos0);  // sandwich norms
 
   LlamaConfig cfg_;
   std::vector<std::vector<size_t>> block_layers_;  // per block: indices into layers_ (attn_norm, wq, wk, wv, [q_norm, k_norm,] wo, ffn_norm, w1, w3, w2)
   size_t embed_layer_ = 0, norm_layer_ = 0, output_layer_ = 0;
   at::Tensor cos_, sin_;  // [n, rope_dim/2] float32 on the model's device
   bool rope_long_ = false;  // longrope: the tables hold the long factors
+  at::Tensor cos_local_, sin_local_;  // sliding layers' tables when rope_local_theta is set (Gemma 3)
+  std::vector<size_t> slot_pos_;  // BlockSlot -> position in block_layers_[k]
 };
 
 }  // namespace mc
