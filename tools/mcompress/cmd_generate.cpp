@@ -49,8 +49,8 @@ int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
   if (tok_path.empty())
     mc::fail("generate", "no tokenizer beside ", model_path, " (tokenizer.bin, tok*.bin, tokenizer.json): pass --tokenizer");
   auto tok = mc::load_tokenizer(tok_path);
-  if (tok->vocab_size() > model->vocab_size())  // fewer tokens than embedding rows: a padded vocabulary (Qwen)
-    mc::fail("generate", tok_path, ": tokenizer has ", tok->vocab_size(), " tokens but the model's vocabulary has ",
+  if (tok->text_vocab_size() > model->vocab_size())  // fewer tokens than embedding rows: a padded vocabulary (Qwen)
+    mc::fail("generate", tok_path, ": tokenizer has ", tok->text_vocab_size(), " tokens but the model's vocabulary has ",
              "only ", model->vocab_size());
   // A padded embedding's extra rows have no text: ids the tokenizer lacks decode as nothing.
   auto decode = [&](const std::vector<int32_t>& v) {
@@ -68,7 +68,11 @@ int cmd_generate(const std::vector<std::string>& args, mc::EventSink& events) {
   int32_t bos = tok->bos_id() >= 0 ? tok->bos_id() : tok->eos_id();
   if (tc.found) bos = tc.add_bos ? int32_t(tc.bos_id >= 0 ? tc.bos_id : tok->bos_id()) : -1;
   if (bos >= 0) ids.push_back(bos);
-  for (int32_t id : tok->encode(prompt)) ids.push_back(id);
+  for (int32_t id : tok->encode(prompt)) {
+    if (id >= model->vocab_size())  // a special token beyond the embedding (Gemma 3's image token)
+      mc::fail("generate", "the prompt holds token id ", id, ", outside the model's vocabulary of ", model->vocab_size());
+    ids.push_back(id);
+  }
   if (ids.empty()) mc::fail("generate", "empty prompt and the tokenizer has no BOS/EOS to start from");
   for (int64_t s : {int64_t(tok->bos_id()), int64_t(tok->eos_id()), tc.eos_id})
     if (s >= 0) g.stop_ids.push_back(int32_t(s));  // run.c stops at BOS; HF models at EOS

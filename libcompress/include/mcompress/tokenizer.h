@@ -30,6 +30,11 @@ class Tokenizer {
   // Special tokens give nothing; byte tokens give their raw byte (no UTF-8 repair).
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
   virtual int32_t vocab_size() const = 0;
+  // One past the largest id a model needs an embedding row for: every id but special added tokens that
+  // lie beyond the rest (Gemma 3's tokenizer.json has <image_soft_token> at 262144, one past the 1B text
+  // model's 262144 rows). A tokenizer whose text_vocab_size() exceeds the model's vocabulary is refused;
+  // such a special token in a text fails when the ids reach the model.
+  virtual int32_t text_vocab_size() const { return vocab_size(); }
   virtual int32_t bos_id() const = 0;  // -1 when the tokenizer has none
   virtual int32_t eos_id() const = 0;
   // Whether the tokenizer's own pipeline puts bos_id() before a text (tokenizer.json: its post-processor

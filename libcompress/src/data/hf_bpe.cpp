@@ -104,6 +104,14 @@ class HfBpe final : public Tokenizer {
 
   std::string kind() const override { return s_.byte_level ? "hf-bpe-bytelevel" : "hf-bpe-sentencepiece"; }
   int32_t vocab_size() const override { return int32_t(s_.id_to_token.size()); }
+  int32_t text_vocab_size() const override {
+    int32_t n = vocab_size();  // drop special added tokens from the top while they are the last ids
+    std::vector<bool> special(size_t(n), false);
+    for (const HfAddedToken& a : s_.added)
+      if (a.special && a.id >= 0 && a.id < n) special[size_t(a.id)] = true;
+    while (n > 0 && special[size_t(n - 1)]) --n;
+    return n;
+  }
   int32_t bos_id() const override { return s_.bos_id; }
   int32_t eos_id() const override { return s_.eos_id; }
 

@@ -29,7 +29,7 @@ LmCorpus make_lm_corpus(const Tokenizer& tok, const std::vector<std::string>& do
   if (bos < 0) bos = tok.bos_id() >= 0 ? tok.bos_id() : tok.eos_id();
   const auto table = byte_lengths(tok);
   LmCorpus c;
-  c.vocab_size = tok.vocab_size();
+  c.vocab_size = tok.text_vocab_size();
   for (const auto& d : docs) {
     auto enc = tok.encode(d);
     if (enc.empty()) continue;
@@ -69,7 +69,7 @@ LmCorpus make_lm_corpus(std::vector<int32_t> tokens, const Tokenizer* tok) {
       bytes.push_back(table[size_t(id)]);
     }
     c.bytes.push_back(std::move(bytes));
-    c.vocab_size = tok->vocab_size();
+    c.vocab_size = tok->text_vocab_size();
   }
   c.docs.push_back(std::move(tokens));
   c.description = "the token file scored as one document (no BOS added)";
@@ -98,6 +98,9 @@ LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptio
   const int64_t V = model.vocab_size();
   if (corpus.vocab_size > V)  // fewer tokens than embedding rows is a padded vocabulary (Qwen)
     fail("eval", "tokenizer vocabulary has ", corpus.vocab_size, " tokens but the model's has ", V);
+  for (const auto& doc : corpus.docs)  // a special token beyond the embedding written in the text
+    for (int32_t id : doc)
+      if (id < 0 || id >= V) fail("eval", "the data holds token id ", id, ", outside the model's vocabulary of ", V);
   const bool have_bytes = !corpus.bytes.empty();
   if (have_bytes && corpus.bytes.size() != corpus.docs.size())
     fail<Error>("eval", "corpus has byte counts for ", corpus.bytes.size(), " of ", corpus.docs.size(), " documents");

@@ -174,8 +174,8 @@ JobResult run_distill(const StageOptions& so, const JobIO& io, const EventSink& 
   if (lm) {
     const std::string tp = tokenizer.empty() ? find_tokenizer(teacher_path) : tokenizer;
     if (!tp.empty()) tok = load_tokenizer(tp);
-    if (tok && tok->vocab_size() > teacher->vocab_size())  // a padded embedding (more rows) is fine
-      fail("distill", tp, ": tokenizer has ", tok->vocab_size(), " tokens, the teacher only ", teacher->vocab_size());
+    if (tok && tok->text_vocab_size() > teacher->vocab_size())  // a padded embedding (more rows) is fine
+      fail("distill", tp, ": tokenizer has ", tok->text_vocab_size(), " tokens, the teacher only ", teacher->vocab_size());
   }
 
   // ---- teacher-generated data (kept in memory until every check has passed) ----

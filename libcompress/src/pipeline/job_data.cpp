@@ -126,7 +126,7 @@ EvalData load_eval_data(const Model& model, const std::string& model_path, const
   if (!ed.tokenizer_path.empty()) tok = load_tokenizer(ed.tokenizer_path);
   // An embedding padded beyond the tokenizer (Qwen: 151936 rows, 151669 tokens) is normal; a tokenizer with
   // ids the embedding lacks is not.
-  if (tok && tok->vocab_size() > model.vocab_size())
+  if (tok && tok->text_vocab_size() > model.vocab_size())
     fail("eval", ed.tokenizer_path, ": tokenizer has ", tok->vocab_size(), " tokens but the model's vocabulary has ",
              "only ", model.vocab_size());
   const bool tokens = o.tokens_u16 || o.tokens_u32 || has_ext(data, {".u16", ".u32", ".tok16", ".tok32"});
