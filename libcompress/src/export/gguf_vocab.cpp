@@ -176,6 +176,13 @@ std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size, in
     }
     v.chat_template = tc.chat_template;
   }
+  // Control tokens beyond the embedding (Gemma 3's <image_soft_token> at 262144, one past the 1B text model's
+  // rows) have no row for llama.cpp to read: dropped, as the file's vocabulary must match the embedding.
+  while (int64_t(v.tokens.size()) > vocab_size && v.types.back() == kControl &&
+         v.bos != int64_t(v.tokens.size()) - 1 && v.eos != int64_t(v.tokens.size()) - 1) {
+    v.tokens.pop_back(), v.types.pop_back();
+    if (v.scores.size() > v.tokens.size()) v.scores.pop_back();
+  }
   if (int64_t(v.tokens.size()) > vocab_size)
     fail("gguf", path, ": the tokenizer has ", v.tokens.size(), " tokens but the model's vocab_size is ", vocab_size);
   while (int64_t(v.tokens.size()) < vocab_size) {
