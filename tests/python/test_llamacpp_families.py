@@ -228,11 +228,12 @@ def _our_logits(gguf, ids, tmp_path):
 
 
 # llama.cpp's matmuls on quantized weights round the activations to 8 bits (Q8_0 / Q8_K blocks: 127 levels
-# of the block's largest magnitude), so its logits differ from ours (float activations) by a fraction of a
-# percent of their scale. A step where our top-1 and top-2 are closer than that may go either way; a wrong
-# RoPE, norm, bias or tensor layout moves logits by whole units. REL_TOL: the gap allowed between our
-# best logit and the logit of the token llama.cpp chose, relative to the largest |logit| at that step.
-REL_TOL = 0.01
+# of the block's largest magnitude), so its logits differ from ours (float activations) by a small fraction of
+# their scale; on correct files the largest gap seen was 1.2% of the largest |logit| (Llama 3.2, q8_0, at a
+# near-tie). A step where our top-1 and top-2 are closer than that may go either way; a wrong RoPE, norm,
+# bias or tensor layout moves logits by whole units. REL_TOL: the gap allowed between our best logit and the
+# logit of the token llama.cpp chose, relative to the largest |logit| at that step.
+REL_TOL = 0.02
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
