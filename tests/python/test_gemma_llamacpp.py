@@ -88,12 +88,7 @@ def gemma_gguf(tmp_path_factory):
     return d, script
 
 
-# With Gemma 3's real tokenizer llama.cpp tokenizes the prompt with a space prefix and without <bos>: our
-# GGUF does not yet write tokenizer.ggml.add_space_prefix = false (a SentencePiece-style tokenizer.json
-# without a Prepend normalizer) nor tokenizer_config's add_bos on the gemma path. Known, strict: fixing it
-# turns these into failures to remove the mark.
-@pytest.mark.parametrize("tok", ["letters", pytest.param("gemma3", marks=pytest.mark.xfail(
-    strict=True, reason="GGUF lacks add_space_prefix=false / add_bos for Gemma 3's tokenizer (prompt ids differ)"))])
+@pytest.mark.parametrize("tok", ["letters", "gemma3"])
 @pytest.mark.parametrize("fmt", ["q8_0", "q4_0"])
 def test_llamacpp_runs_our_gemma3_gguf_like_we_do(gemma_gguf, mc, tmp_path, fmt, tok):
     d, script = gemma_gguf

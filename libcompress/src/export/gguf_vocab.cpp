@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -30,8 +31,29 @@ struct Vocab {
   std::string pre;    // gpt2: llama.cpp's pre-tokenizer name
   int64_t bos = -1, eos = -1, unk = -1, pad = -1;
   bool add_bos = false, add_eos = false;
+  bool add_space_prefix = true;  // SentencePiece-style: a "▁" before the text (Llama 2); Gemma 3's has none
   std::string chat_template;
 };
+
+// Whether a SentencePiece-style tokenizer.json puts "▁" before the text: a Prepend normalizer, or a
+// Metaspace pre-tokenizer whose prepend_scheme is not "never" (add_prefix_space in older files).
+bool prepends_space(const json& j) {
+  std::function<bool(const json&)> any = [&](const json& n) -> bool {
+    if (n.is_array()) {
+      for (const auto& e : n) if (any(e)) return true;
+      return false;
+    }
+    if (!n.is_object()) return false;
+    const std::string type = n.value("type", "");
+    if (type == "Prepend") return true;
+    if (type == "Metaspace")
+      return n.value("prepend_scheme", std::string(n.value("add_prefix_space", true) ? "always" : "never")) != "never";
+    for (const char* k : {"normalizers", "pretokenizers"})
+      if (n.contains(k) && any(n[k])) return true;
+    return false;
+  };
+  return any(j.value("normalizer", json())) || any(j.value("pre_tokenizer", json()));
+}
 
 // The split regex of a byte-level tokenizer.json's pre_tokenizer ("" when it has none).
 std::string split_regex(const json& p) {
@@ -96,6 +118,7 @@ Vocab from_tokenizer_json(const std::string& path, const std::string& text) {
   try {
     const json j = json::parse(text);
     if (v.model == "gpt2") v.pre = pre_tokenizer_name(j.value("pre_tokenizer", json()));
+    if (v.model == "llama") v.add_space_prefix = prepends_space(j);
     const json& m = j.at("model");
     std::map<int64_t, std::string> by_id;
     for (const auto& [tok, id] : m.at("vocab").items()) by_id[id.get<int64_t>()] = tok;
@@ -214,6 +237,7 @@ std::vector<GgufKV> tokenizer_kv(const std::string& path, int64_t vocab_size, in
   if (v.pad >= 0) kv.emplace_back("tokenizer.ggml.padding_token_id", gguf_u32(uint32_t(v.pad)));
   kv.emplace_back("tokenizer.ggml.add_bos_token", gguf_bool(v.add_bos));
   kv.emplace_back("tokenizer.ggml.add_eos_token", gguf_bool(v.add_eos));
+  if (v.model == "llama") kv.emplace_back("tokenizer.ggml.add_space_prefix", gguf_bool(v.add_space_prefix));
   if (!v.chat_template.empty()) kv.emplace_back("tokenizer.chat_template", gguf_string(v.chat_template));
   return kv;
 }
