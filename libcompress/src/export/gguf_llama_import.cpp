@@ -7,6 +7,7 @@
 #include "export/gguf_gemma.h"
 #include "export/gguf_phi3.h"
 #include "mcompress/checkpoint.h"
+#include "export/gguf_kv_read.h"
 #include "mcompress/error.h"
 #include "mcompress/export/gguf.h"
 #include "mcompress/io/gguf.h"
@@ -16,30 +17,11 @@ namespace mc {
 
 namespace {
 
-const GgufValue* find_kv(const CheckpointReader& r, const std::string& key) {
-  for (const auto& [k, v] : gguf_kv(r))
-    if (k == key) return &v;
-  return nullptr;
-}
-
-int64_t int_kv(const CheckpointReader& r, const std::string& key, std::optional<int64_t> dflt = {}) {
-  const GgufValue* v = find_kv(r, key);
-  if (!v) {
-    if (dflt) return *dflt;
-    fail("gguf", r.path(), ": GGUF lacks '", key, "'");
-  }
-  if (v->type == GgufType::STRING || v->type == GgufType::ARRAY || v->type == GgufType::F32 || v->type == GgufType::F64)
-    fail("gguf", r.path(), ": key '", key, "' is ", v->to_string(), ", expected an integer");
-  return v->type == GgufType::U64 ? int64_t(v->u) : v->i;
-}
+using gguf_detail::find_kv;
+using gguf_detail::int_kv;
 
 double float_kv(const CheckpointReader& r, const std::string& key, double dflt) {
-  const GgufValue* v = find_kv(r, key);
-  if (!v) return dflt;
-  if (v->type == GgufType::F32 || v->type == GgufType::F64) return v->f;
-  if (v->type == GgufType::STRING || v->type == GgufType::ARRAY)
-    fail("gguf", r.path(), ": key '", key, "' is ", v->to_string(), ", expected a number");
-  return double(v->i);
+  return gguf_detail::number_kv(r, key, dflt);
 }
 
 // blk.N.<name> -> llama2.c role.

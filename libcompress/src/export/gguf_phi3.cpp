@@ -13,6 +13,7 @@
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
 #include "mcompress/io/gguf.h"
+#include "export/gguf_kv_read.h"
 
 namespace mc {
 
@@ -46,23 +47,8 @@ std::vector<std::pair<std::string, std::vector<double>>> phi3_rope_factor_tensor
 
 namespace {
 
-const GgufValue* find_kv(const CheckpointReader& r, const std::string& key) {
-  for (const auto& [k, v] : gguf_kv(r))
-    if (k == key) return &v;
-  return nullptr;
-}
-
-double number_kv(const CheckpointReader& r, const std::string& key, std::optional<double> dflt = {}) {
-  const GgufValue* v = find_kv(r, key);
-  if (!v) {
-    if (dflt) return *dflt;
-    fail("gguf", r.path(), ": phi3 GGUF lacks '", key, "'");
-  }
-  if (v->type == GgufType::STRING || v->type == GgufType::ARRAY)
-    fail("gguf", r.path(), ": key '", key, "' is ", v->to_string(), ", expected a number");
-  if (v->type == GgufType::F32 || v->type == GgufType::F64) return v->f;
-  return v->type == GgufType::U64 ? double(v->u) : double(v->i);
-}
+using gguf_detail::find_kv;
+using gguf_detail::number_kv;
 
 std::vector<double> factors(const CheckpointReader& r, const std::string& name) {
   HostTensor t = r.load(name);
