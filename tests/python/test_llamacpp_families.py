@@ -236,6 +236,30 @@ def _our_logits(gguf, ids, tmp_path):
 REL_TOL = 0.02
 
 
+def check_teacher_forced(label, gguf, theirs, ours, tmp_path):
+    """llama.cpp's continuation theirs["ids"] (after theirs["prompt_ids"]), teacher-forced through our model on
+    the same file: each of its tokens is our top-1 or within REL_TOL (of the largest |logit|) of it, and where
+    its tokens and ours (ours["ids"]) part, our own top-1 margin was that small (a near-tie llama.cpp's 8-bit
+    activations may break the other way)."""
+    n0 = len(theirs["prompt_ids"])
+    logits = _our_logits(gguf, theirs["prompt_ids"] + theirs["ids"], tmp_path)[n0 - 1:n0 - 1 + len(theirs["ids"])]
+    best = logits.max(axis=1)
+    chosen = logits[np.arange(len(theirs["ids"])), theirs["ids"]]
+    gap = best - chosen
+    tol = REL_TOL * np.abs(logits).max(axis=1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    same = 0
+    while same < min(len(ours["ids"]), len(theirs["ids"])) and ours["ids"][same] == theirs["ids"][same]:
+        same += 1
+    print(f"{label}: {same}/{len(theirs['ids'])} tokens equal; gap to our top-1 {np.round(gap, 3).tolist()} "
+          f"(tolerance {np.round(tol, 3).tolist()}); our top-1 margins {np.round(margin, 3).tolist()}")
+    assert (gap <= tol).all(), f"{label}: llama.cpp chose tokens our model ranks well below its top-1: gaps {gap}"
+    # Where the sequences part, our own margin there was a near-tie.
+    if same < len(theirs["ids"]) and same < len(ours["ids"]):
+        assert margin[same] <= tol[same], f"{label}: parted at step {same} with a margin of {margin[same]}"
+
+
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_llamacpp_continues_like_we_do(llamacpp, family, mc, fmt, tmp_path):
     """llama.cpp's greedy continuation, teacher-forced through our model: at every step its token is our
@@ -246,20 +270,4 @@ def test_llamacpp_continues_like_we_do(llamacpp, family, mc, fmt, tmp_path):
                          "--tokenizer", hf / "tokenizer.json", "--json", "-q").stdout)
     assert ours["prompt_ids"] == theirs["prompt_ids"], "llama.cpp tokenizes the prompt differently"
     assert len(theirs["ids"]) >= TOKENS // 2, theirs  # a real continuation
-    n0 = len(theirs["prompt_ids"])
-    logits = _our_logits(ggufs[fmt], theirs["prompt_ids"] + theirs["ids"], tmp_path)[n0 - 1:n0 - 1 + len(theirs["ids"])]
-    best = logits.max(axis=1)
-    chosen = logits[np.arange(len(theirs["ids"])), theirs["ids"]]
-    gap = best - chosen
-    tol = REL_TOL * np.abs(logits).max(axis=1)
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
-    same = 0
-    while same < min(len(ours["ids"]), len(theirs["ids"])) and ours["ids"][same] == theirs["ids"][same]:
-        same += 1
-    print(f"{name} {fmt}: {same}/{len(theirs['ids'])} tokens equal; gap to our top-1 {np.round(gap, 3).tolist()} "
-          f"(tolerance {np.round(tol, 3).tolist()}); our top-1 margins {np.round(margin, 3).tolist()}")
-    assert (gap <= tol).all(), f"{name} {fmt}: llama.cpp chose tokens our model ranks well below its top-1: gaps {gap}"
-    # Where the sequences part, our own margin there was a near-tie.
-    if same < len(theirs["ids"]) and same < len(ours["ids"]):
-        assert margin[same] <= tol[same], f"{name} {fmt}: parted at step {same} with a margin of {margin[same]}"
+    check_teacher_forced(f"{name} {fmt}", ggufs[fmt], theirs, ours, tmp_path)

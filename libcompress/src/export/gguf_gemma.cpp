@@ -42,21 +42,6 @@ const Role kBlockRoles[] = {
     {"post_ffw_norm", "post_ffn_norm"},
 };
 
-struct TypeName {
-  const char* name;
-  DType dtype;
-};
-const TypeName kTypes[] = {{"f32", DType::F32},   {"f16", DType::F16},   {"q8_0", DType::Q8_0}, {"q4_0", DType::Q4_0},
-                           {"q4_1", DType::Q4_1}, {"q5_0", DType::Q5_0}, {"q5_1", DType::Q5_1}, {"q4_k", DType::Q4_K},
-                           {"q5_k", DType::Q5_K}, {"q6_k", DType::Q6_K}};
-
-uint32_t file_type(DType t) {
-  const std::map<DType, uint32_t> ft = {{DType::F32, 0},  {DType::F16, 1},  {DType::Q4_0, 2},  {DType::Q4_1, 3},
-                                        {DType::Q8_0, 7}, {DType::Q5_0, 8}, {DType::Q5_1, 9},  {DType::Q4_K, 14},
-                                        {DType::Q5_K, 16}, {DType::Q6_K, 18}};
-  return ft.at(t);
-}
-
 // The checks llama.cpp's fixed choices impose (see the top of this file).
 void check_expressible(const LlamaConfig& c, const std::string& path) {
   const bool g3 = c.family == "gemma3";
@@ -80,81 +65,20 @@ void check_expressible(const LlamaConfig& c, const std::string& path) {
 
 bool is_gemma_arch(const std::string& arch) { return arch == "gemma2" || arch == "gemma3"; }
 
-std::vector<GgufTensorChoice> export_gguf_gemma(const LlamaModel& m, const std::map<std::string, QuantResult>& quant,
-                                                const std::string& model_path, const std::string& out_path,
-                                                const std::string& type, const std::string& tok_path,
-                                                const std::string& name) {
-  const LlamaConfig& c = m.config();
+std::vector<std::pair<std::string, std::string>> gemma_block_tensors(const LlamaConfig& c) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const Role& r : kBlockRoles) {
+    const std::string role = r.role;
+    if (!c.qk_norm && (role == "q_norm" || role == "k_norm")) continue;
+    out.emplace_back(r.gguf, role);
+  }
+  return out;
+}
+
+std::vector<GgufKV> gemma_model_kv(const LlamaConfig& c, const std::string& model_path) {
   check_expressible(c, model_path);
-  const bool is_auto = type == "auto";
-  DType requested = DType::F16;
-  bool known = is_auto;
-  for (const auto& t : kTypes)
-    if (type == t.name) requested = t.dtype, known = true;
-  if (!known) fail("gguf", model_path, ": type '", type, "' is not available for ", c.family, " (f32, f16, q8_0, q4_0, "
-                   "q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, auto)");
-
-  struct Item {
-    std::string gguf;
-    at::Tensor value;
-    const QuantResult* quant = nullptr;
-    DType dtype = DType::F32;
-    std::string note;
-  };
-  std::vector<Item> items;
-  std::map<DType, int64_t> params_of;
-  auto add = [&](const std::string& gguf, const std::string& role, int64_t blk) {
-    Item it;
-    it.gguf = gguf;
-    const std::string key = llama_param_name(c.names, role, blk);
-    it.value = m.param(key).to(at::kFloat).contiguous();
-    if (it.value.dim() == 1) {  // norms: F32, stored as 1 + w (llama.cpp multiplies by the weight)
-      it.value = (it.value + 1.0).contiguous();
-      it.dtype = DType::F32, it.note = "norm, 1 + w";
-      items.push_back(std::move(it));
-      return;
-    }
-    auto q = quant.find(key);
-    if (q != quant.end()) it.quant = &q->second;
-    DType t = requested;
-    if (is_auto) {
-      t = DType::F16, it.note = "dense -> F16";
-      if (it.quant) {
-        t = DType::Q8_0, it.note = "fitted to " + it.quant->spec.describe();
-        for (DType e : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0})
-          if (maps_exactly(*it.quant, e)) { t = e, it.note = "exact from " + it.quant->spec.describe(); break; }
-      }
-    }
-    const int64_t be = dtype_info(t).block_elems;
-    if (it.value.size(1) % be != 0) {
-      it.note = str("fallback ", dtype_name(t), " -> F16: row length ", it.value.size(1), " not a multiple of ", be);
-      t = DType::F16;
-    } else if (it.quant && maps_exactly(*it.quant, t) && it.note.find("exact") == std::string::npos) {
-      it.note += std::string(it.note.empty() ? "" : "; ") + "exact from " + it.quant->spec.describe();
-    }
-    it.dtype = t;
-    params_of[t] += it.value.numel();
-    items.push_back(std::move(it));
-  };
-  add("token_embd.weight", "embed", -1);
-  for (int64_t i = 0; i < c.n_layers; ++i)
-    for (const Role& r : kBlockRoles) {
-      if (!c.qk_norm && (std::string(r.role) == "q_norm" || std::string(r.role) == "k_norm")) continue;
-      add("blk." + std::to_string(i) + "." + r.gguf + ".weight", r.role, i);
-    }
-  add("output_norm.weight", "final_norm", -1);
-
-  DType main_type = requested;
-  int64_t most = -1;
-  if (is_auto)
-    for (const auto& [t, n] : params_of)
-      if (n > most) most = n, main_type = t;
   const std::string a = c.family;
   std::vector<GgufKV> kv;
-  kv.emplace_back("general.architecture", gguf_string(a));
-  kv.emplace_back("general.name", gguf_string(name));
-  kv.emplace_back("general.file_type", gguf_u32(file_type(main_type)));
-  kv.emplace_back("general.quantization_version", gguf_u32(2));
   kv.emplace_back(a + ".context_length", gguf_u32(uint32_t(c.max_seq_len)));
   kv.emplace_back(a + ".embedding_length", gguf_u32(uint32_t(c.dim)));
   kv.emplace_back(a + ".block_count", gguf_u32(uint32_t(c.n_layers)));
@@ -177,22 +101,7 @@ std::vector<GgufTensorChoice> export_gguf_gemma(const LlamaModel& m, const std::
     kv.emplace_back(a + ".rope.scaling.type", gguf_string("linear"));
     kv.emplace_back(a + ".rope.scaling.factor", gguf_f32(float(c.rope_factor)));
   }
-  for (auto& e : tokenizer_kv(tok_path, c.vocab_size)) kv.push_back(std::move(e));
-
-  std::vector<GgufTensorSource> src;
-  std::vector<GgufTensorChoice> choices;
-  for (Item& it : items) {
-    const Item* p = &it;
-    src.push_back({it.gguf, it.dtype, Shape(it.value.sizes().begin(), it.value.sizes().end()), [p] {
-                     if (p->quant && p->dtype != DType::F32 && p->dtype != DType::F16)
-                       return encode_from_quant(*p->quant, p->dtype);
-                     const at::Tensor& v = p->value;
-                     return encode_matrix(p->dtype, v.data_ptr<float>(), v.dim() == 2 ? v.size(0) : 1, v.size(-1));
-                   }});
-    choices.push_back({it.gguf, dtype_name(it.dtype), it.note, it.value.numel(), *dtype_nbytes(it.dtype, it.value.numel())});
-  }
-  write_gguf(out_path, kv, src);
-  return choices;
+  return kv;
 }
 
 namespace {

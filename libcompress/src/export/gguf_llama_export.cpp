@@ -61,6 +61,7 @@ DType wanted_type(const std::string& type, const Item& it, const LlamaConfig& c,
     if (output) return *why = "q4_k_m: output", DType::Q6_K;
     if ((it.role == "wv" || it.role == "w2") && use_more_bits(it.block, c.n_layers))
       return *why = "q4_k_m: use_more_bits layer", DType::Q6_K;
+    if (it.role == "wqkv") return *why = "q4_k_m: fused qkv", DType::Q5_K;  // llama-quantize's attn_qkv rule
     return DType::Q4_K;
   }
   // auto
@@ -78,8 +79,9 @@ DType wanted_type(const std::string& type, const Item& it, const LlamaConfig& c,
 
 void choose_type(Item& it, const std::string& type, const LlamaConfig& c) {
   if (it.role == "attn_norm" || it.role == "ffn_norm" || it.role == "final_norm" || it.role == "q_norm" ||
-      it.role == "k_norm" || it.role == "rope_factors") {
-    it.dtype = DType::F32, it.note = "norm";
+      it.role == "k_norm" || it.role == "post_attn_norm" || it.role == "pre_ffn_norm" ||
+      it.role == "post_ffn_norm" || it.role == "rope_factors") {
+    it.dtype = DType::F32, it.note = c.norm_plus_one && it.role != "rope_factors" ? "norm, 1 + w" : "norm";
     return;
   }
   if (it.value.dim() == 1) {  // biases
@@ -217,9 +219,8 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
       for (auto& [key, e] : read_packed_entries(*reader))
         if (e.quant && !e.sparse && e.quant->codes.dim() == 2) quant.emplace(key, std::move(*e.quant));
   }
-  if (!c.family.empty())  // Gemma 2 / 3: llama.cpp's gemma2 / gemma3 archs (gguf_gemma.cpp)
-    return gguf_detail::export_gguf_gemma(*llama, quant, model_path, out_path, type, tok_path,
-                                          opts.name.empty() ? fs::path(model_path).stem().string() : opts.name);
+  const bool gemma = gguf_detail::is_gemma_arch(arch);  // llama.cpp's gemma2 / gemma3 (gguf_gemma.cpp)
+  const std::vector<GgufKV> gemma_kv = gemma ? gguf_detail::gemma_model_kv(c, model_path) : std::vector<GgufKV>{};
   std::map<std::string, QuantResult> permuted;  // q/k results in llama.cpp's row order
 
   // llama.cpp's arch llama rotates interleaved pairs (its converter permutes Hugging Face's q/k rows), qwen2
@@ -238,6 +239,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
     it.gguf = gguf, it.role = role, it.block = blk;
     it.key = llama_param_name(c.names, role, blk);
     it.value = llama->param(it.key).to(at::kFloat).contiguous();
+    if (c.norm_plus_one && it.value.dim() == 1) it.value = (it.value + 1.0).contiguous();  // Gemma norms as 1 + w
     auto q = quant.find(it.key);
     if (q != quant.end()) it.quant = &q->second;
     if (reorder && (role == "wq" || role == "wk" || role == "bq" || role == "bk")) {
@@ -259,6 +261,10 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   }
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const std::string b = "blk." + std::to_string(i) + ".";
+    if (gemma) {
+      for (const auto& [gguf, role] : gguf_detail::gemma_block_tensors(c)) add(b + gguf + ".weight", role, i);
+      continue;
+    }
     add(b + "attn_norm.weight", "attn_norm", i);
     if (c.fused_qkv_gate_up) {  // phi3: the fused tensors as they are (NEOX RoPE: HF row order)
       add(b + "attn_qkv.weight", "wqkv", i);
@@ -304,8 +310,8 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   kv.emplace_back("general.name", gguf_string(name));
   kv.emplace_back("general.file_type", gguf_u32(file_type_of(type, items)));
   kv.emplace_back("general.quantization_version", gguf_u32(2));
-  if (c.fused_qkv_gate_up) {
-    for (auto& e : gguf_detail::phi3_model_kv(c)) kv.push_back(std::move(e));
+  if (c.fused_qkv_gate_up || gemma) {
+    for (auto& e : gemma ? gemma_kv : gguf_detail::phi3_model_kv(c)) kv.push_back(std::move(e));
     for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size, c.bos_id, c.eos_id, name)) kv.push_back(std::move(e));
     return write_items(out_path, kv, items);
   }
