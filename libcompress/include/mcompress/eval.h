@@ -10,6 +10,7 @@
 // in the text; decode() drops it too). This reproduces the published stories260K figure (0.8132).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -36,12 +37,31 @@ LmCorpus make_lm_corpus(const Tokenizer& tok, const std::vector<std::string>& do
 // A pre-tokenized stream scored as one document (no BOS added); bytes from tok when given.
 LmCorpus make_lm_corpus(std::vector<int32_t> tokens, const Tokenizer* tok);
 
+// Progress of an evaluation: a "plan" once (the work and its estimate), then one per block of each pass and
+// one per pass's classifier ("head"), then "done".
+struct LmEvalProgress {
+  std::string stage;                 // plan, block, head, done
+  int64_t pass = 0, passes = 0;      // passes over the blocks (see pass_budget_mb)
+  int64_t block = 0, blocks = 0;     // stage block: blocks done in this pass
+  int64_t tokens = 0, tokens_total = 0;  // window tokens through the model so far (stage head/done), all of them
+  double elapsed_s = 0, eta_s = 0;
+  double tokens_per_s = 0;           // window tokens per second so far
+  std::string message;               // plan: what will run and the estimate
+};
+
 struct LmEvalOptions {
   int64_t window = 128;    // tokens per window (>= 2)
   bool truncate = false;   // only each document's first window
   int64_t max_docs = 0;    // 0: all documents
-  int64_t batch_size = 16; // windows per forward pass, fewer for large vocabularies (padded to the longest;
+  int64_t max_tokens = 0;  // > 0: stop after this many predicted tokens (the last window is shortened)
+  int64_t batch_size = 16; // windows per classifier call, fewer for large vocabularies (padded to the longest;
                            // causal attention makes the padding inert)
+  // Windows go through the model block by block: all windows of a pass through block k, then block k+1, as
+  // one batched matmul per layer; a pass holds as many windows as its activations (hidden states, MLP and
+  // attention intermediates) fit in pass_budget_mb.
+  int64_t pass_budget_mb = 1024;
+  bool page_out = false;   // hand back each block's pages after it ran (weights mapped in their stored dtype)
+  std::function<void(const LmEvalProgress&)> progress;
 };
 
 struct LmEvalResult {
@@ -53,6 +73,10 @@ struct LmEvalResult {
   double mean_kl = 0;         // nats per predicted token, KL(reference || model)
   double top1_agreement = 0;  // fraction of predicted positions where both argmaxes agree
   double seconds = 0;
+  // Throughput: the forward's matmul work (2 x weights x tokens, plus attention's q.k and p.v) per second of
+  // the forward passes, and what a plain at::matmul of the model's own layer shapes reaches in this process.
+  double forward_flops = 0, forward_seconds = 0, forward_gflops = 0, matmul_gflops = 0;
+  int64_t passes = 0;
 };
 
 // Throws InputError when nothing is predicted, when the window is < 2, or when the corpus's

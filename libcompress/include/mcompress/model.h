@@ -95,6 +95,19 @@ class Model {
   // its pages handed back to the kernel (madvise MADV_PAGEOUT: pages mapped from the checkpoint stop
   // counting against the process; nothing is lost, they are read again if touched).
   void set_low_memory(bool on) { low_memory_ = on; }
+  // Hands back the pages of block k's parameters (MADV_PAGEOUT, as above, whatever low memory says):
+  // streamed evaluation calls it when a block is done, so a model mapped from its checkpoint in its stored
+  // dtype (LoadOptions::keep_dtype) is never resident whole.
+  void page_out_block(int k);
+  void page_out_param(const std::string& key);
+  // A narrow parameter widened once and kept while pinned (the classifier over a pass's windows).
+  void pin_float(const std::string& key);
+  void unpin_floats() { pinned_.clear(); }
+  // bf16 compute: linear layers multiply bf16 inputs by bf16 weights (oneDNN's AVX512-BF16 kernels on CPU,
+  // ~2x float32 here) and hand float32 outputs on; norms, attention and softmax stay float32. Not exact:
+  // each input and output is rounded to bf16 (relative error ~2^-9 per element); off by default.
+  void set_compute_bf16(bool on) { compute_bf16_ = on; }
+  bool compute_bf16() const { return compute_bf16_; }
 
   // Scale groups whose prev and layers all lie in block k (empty for models without any).
   virtual std::vector<ScaleGroup> scale_groups(int block) const { (void)block; return {}; }
@@ -154,6 +167,9 @@ class Model {
  protected:
   // y = x W^T (+ b), calling the hooks.
   at::Tensor apply_linear(const LayerInfo& layer, const at::Tensor& x);
+  // A parameter as float32 for computing: the tensor itself, or a widened temporary when it is kept in a
+  // narrower stored dtype (bf16/f16, LoadOptions::keep_dtype).
+  at::Tensor float_param(const std::string& key) const;
   void run_hooks(const LayerInfo& layer, const at::Tensor& input, const at::Tensor& output);
   void add_layer(LayerInfo info);
 
@@ -168,6 +184,8 @@ class Model {
   std::map<std::string, Int8Weight> int8_weights_;  // by layer name
   bool int8_kernel_ = true;
   bool low_memory_ = false;
+  bool compute_bf16_ = false;
+  std::map<std::string, at::Tensor> pinned_;  // key -> float32 copy (pin_float)
   AttentionObserver attention_observer_;
   c10::Device device_ = c10::Device(c10::kCPU);
 };
@@ -179,6 +197,24 @@ struct LoadOptions {
   std::string arch_file;           // classifier architecture YAML (when the checkpoint has none inside)
   std::string device = "cpu";      // "cpu" or "cuda" (when the LibTorch build has it)
   bool int8_kernel = true;         // W8A8 layers: real int8 matmul on CPU (false: simulate in float)
+  // Llama models: keep bf16/f16 weights in their stored dtype (zero-copy views of the mapped checkpoint),
+  // widened to float32 only while a layer computes. Memory stays at the checkpoint's size, not twice it;
+  // results are identical (the widening is exact). For evaluation and generation: parameters stay narrow.
+  bool keep_dtype = false;
+};
+
+// While alive, llama models built on this thread keep bf16/f16 weights in their stored dtype (load_model
+// sets it from LoadOptions::keep_dtype).
+class KeepStoredDtype {
+ public:
+  explicit KeepStoredDtype(bool on);
+  ~KeepStoredDtype();
+  KeepStoredDtype(const KeepStoredDtype&) = delete;
+  KeepStoredDtype& operator=(const KeepStoredDtype&) = delete;
+  static bool active();
+
+ private:
+  bool prev_;
 };
 
 // Metadata key of W8A8 checkpoints: {"layers": {"<layer>": {"bits": 8, "granularity": "per-token",

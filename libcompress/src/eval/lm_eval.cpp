@@ -6,11 +6,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "mcompress/error.h"
 #include "mcompress/eval.h"
+#include "mcompress/events.h"
 #include "mcompress/model.h"
+#include "mcompress/models/llama.h"
 #include "mcompress/tokenizer.h"
 
 namespace mc {
@@ -90,11 +93,67 @@ struct WindowScore {
 
 }  // namespace
 
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// What one token costs the model: matmul FLOPs of its weights (2 x in x out per linear layer, classifier
+// included) and bytes of activations a pass holds per token (hidden states, MLP and attention intermediates).
+struct TokenCost {
+  double linear_flops = 0;
+  double attn_flops_per_pos = 0;  // times the window length: q.k and p.v over all heads, full L x L
+  double bytes = 0;
+  std::vector<std::pair<int64_t, int64_t>> block_shapes;  // (in, out) of block 0's linear layers
+};
+
+TokenCost token_cost(const Model& model, int64_t window) {
+  TokenCost c;
+  int64_t widest = 0;
+  for (const LayerInfo& l : model.layers()) {
+    if (l.kind != LayerKind::Linear) continue;
+    c.linear_flops += 2.0 * double(l.in_features) * double(l.out_features);
+    if (l.block == 0) c.block_shapes.emplace_back(l.in_features, l.out_features);
+    if (!l.is_classifier) widest = std::max(widest, l.out_features);
+  }
+  int64_t dim = 0, heads = 0, head_dim = 0;
+  if (const auto* m = dynamic_cast<const LlamaModel*>(&model)) {
+    dim = m->config().dim, heads = m->config().n_heads, head_dim = m->config().head_dim;
+    c.attn_flops_per_pos = 4.0 * double(heads * head_dim) * double(m->num_blocks());
+  }
+  // Hidden + residual + norm output, q/k/v/attention output, the MLP's gate/up/product, scores and probs.
+  c.bytes = 4.0 * double(4 * dim + 4 * heads * head_dim + 3 * widest + 3 * heads * window);
+  return c;
+}
+
+// GFLOP/s of at::linear on block 0's layer shapes with `tokens` rows, each shape at least once and the set
+// repeated until ~0.3 s have passed.
+double matmul_gflops(const std::vector<std::pair<int64_t, int64_t>>& shapes, int64_t tokens, c10::Device dev) {
+  if (shapes.empty() || tokens <= 0) return 0;
+  auto o = at::TensorOptions().dtype(at::kFloat).device(dev);
+  std::vector<std::pair<at::Tensor, at::Tensor>> ops;
+  for (auto [in, out] : shapes) ops.emplace_back(at::randn({tokens, in}, o), at::randn({out, in}, o) * 0.01);
+  double flops = 0;
+  at::linear(ops[0].first, ops[0].second);  // warm-up
+  const auto t0 = Clock::now();
+  do {
+    for (auto& [x, w] : ops) {
+      at::Tensor y = at::linear(x, w);
+      if (dev.is_cuda()) y.cpu();
+      flops += 2.0 * double(x.size(0)) * double(x.size(1)) * double(w.size(0));
+    }
+  } while (since(t0) < 0.3);
+  return flops / since(t0) / 1e9;
+}
+
+}  // namespace
+
 LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptions& opts, Model* reference) {
   if (!model.is_language_model()) fail("eval", "model is a ", model.arch(), ", not a language model");
   if (reference && !reference->is_language_model()) fail("eval", "reference model is not a language model");
   if (opts.window < 2) fail("eval", "window ", opts.window, " must be >= 2 (a window's first token is not predicted)");
   if (opts.batch_size < 1) fail("eval", "batch size ", opts.batch_size, " must be >= 1");
+  if (opts.max_tokens < 0) fail("eval", "--max-tokens ", opts.max_tokens, " must be >= 0");
   const int64_t V = model.vocab_size();
   if (corpus.vocab_size > V)  // fewer tokens than embedding rows is a padded vocabulary (Qwen)
     fail("eval", "tokenizer vocabulary has ", corpus.vocab_size, " tokens but the model's has ", V);
@@ -106,15 +165,18 @@ LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptio
     fail<Error>("eval", "corpus has byte counts for ", corpus.bytes.size(), " of ", corpus.docs.size(), " documents");
   if (reference && reference->vocab_size() != V)
     fail("eval", "reference vocabulary (", reference->vocab_size(), ") differs from the model's (", V, ")");
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
 
   const size_t ndocs = opts.max_docs > 0 ? std::min(corpus.docs.size(), size_t(opts.max_docs)) : corpus.docs.size();
   std::vector<Window> windows;
-  for (size_t d = 0; d < ndocs; ++d) {
+  int64_t left = opts.max_tokens > 0 ? opts.max_tokens : (int64_t(1) << 62);
+  size_t used_docs = 0;
+  for (size_t d = 0; d < ndocs && left > 0; ++d) {
     const int64_t n = int64_t(corpus.docs[d].size());
-    for (int64_t s = 0; s < n; s += opts.window) {
-      const int64_t len = std::min(opts.window, n - s);
-      if (len >= 2) windows.push_back({d, s, len});
+    used_docs = d + 1;
+    for (int64_t s = 0; s < n && left > 0; s += opts.window) {
+      const int64_t len = std::min({opts.window, n - s, left + 1});
+      if (len >= 2) windows.push_back({d, s, len}), left -= len - 1;
       if (opts.truncate) break;
     }
   }
@@ -130,57 +192,136 @@ LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptio
   at::NoGradGuard no_grad;
   const c10::Device dev = model.device();
 
-  // At most ~64M logits per forward (256 MB in float32; a 150k vocabulary gets 3 windows of 128).
+  // Passes: consecutive windows (in `order`) whose activations fit the budget; at least one window each.
+  const TokenCost cost = token_cost(model, windows[order[0]].length);
+  const double per_token = cost.bytes * (reference ? 2.0 : 1.0);
+  const double budget = double(std::max<int64_t>(1, opts.pass_budget_mb)) * double(1 << 20);
+  std::vector<std::pair<size_t, size_t>> passes;  // [begin, end) into order
+  int64_t total_tokens = 0;
+  double flops = 0;
+  for (size_t b = 0; b < order.size();) {
+    const int64_t L = windows[order[b]].length;
+    size_t e = b + 1;
+    while (e < order.size() && double(e + 1 - b) * double(L) * per_token <= budget) ++e;
+    passes.emplace_back(b, e);
+    total_tokens += int64_t(e - b) * L;
+    flops += double(e - b) * double(L) * (cost.linear_flops + cost.attn_flops_per_pos * double(L));
+    b = e;
+  }
+  if (reference) flops *= 2;  // the reference runs the same windows (its own shapes, assumed alike)
+  const int blocks = model.num_blocks();
+  const double probe = matmul_gflops(cost.block_shapes, std::min<int64_t>(512, windows[order[0]].length *
+                                     int64_t(passes[0].second - passes[0].first)), dev);
+  LmEvalProgress pr;
+  pr.passes = int64_t(passes.size()), pr.blocks = blocks, pr.tokens_total = total_tokens;
+  if (opts.progress) {
+    pr.stage = "plan";
+    pr.eta_s = probe > 0 ? flops / (probe * 1e9) : 0;
+    pr.message = str(total_tokens, " tokens (", windows.size(), " windows) through ", blocks, " blocks",
+                     reference ? " and the reference's" : "", " in ", passes.size(), passes.size() == 1 ? " pass" : " passes",
+                     ": ", flops / 1e12 >= 0.1 ? str(std::lround(flops / 1e11) / 10.0, " TFLOP") : str(std::lround(flops / 1e8) / 10.0, " GFLOP"),
+                     probe > 0 ? ", about " + eta_text(pr.eta_s) + " at this machine's matmul speed (" +
+                                     str(std::lround(probe), " GFLOP/s)") : std::string());
+    opts.progress(pr);
+  }
+
+  // At most ~64M logits per classifier call (256 MB in float32; a 150k vocabulary gets 3 windows of 128).
   constexpr int64_t kMaxLogits = int64_t(1) << 26;
-  for (size_t b0 = 0, nb = 0; b0 < order.size(); b0 += nb) {
-    const int64_t L = windows[order[b0]].length;
-    const int64_t cap = std::max<int64_t>(1, std::min(opts.batch_size, kMaxLogits / std::max<int64_t>(1, L * V)));
-    nb = std::min(order.size() - b0, size_t(cap));
-    std::vector<int64_t> ids(nb * size_t(L), 0), lens(nb);
-    for (size_t i = 0; i < nb; ++i) {
-      const Window& w = windows[order[b0 + i]];
+  int64_t tokens_done = 0;
+  double forward_s = 0;
+  const auto tf = Clock::now();
+  // Work done counts a pass's tokens in (blocks + 1) equal parts: its blocks, then its classifier.
+  auto report = [&](const std::string& stage, int64_t pass, int64_t block, int64_t pass_tokens) {
+    if (!opts.progress) return;
+    pr.stage = stage, pr.pass = pass, pr.block = block, pr.tokens = tokens_done;
+    pr.elapsed_s = since(tf);
+    const double work = double(tokens_done) + double(pass_tokens) * double(block) / double(blocks + 1);
+    pr.tokens_per_s = work > 0 && pr.elapsed_s > 0 ? work / pr.elapsed_s : 0;
+    pr.eta_s = pr.tokens_per_s > 0 ? (double(total_tokens) - work) / pr.tokens_per_s : 0;
+    opts.progress(pr);
+  };
+  for (size_t p = 0; p < passes.size(); ++p) {
+    const auto [b, e] = passes[p];
+    const size_t n = e - b;
+    const int64_t L = windows[order[b]].length;
+    std::vector<int64_t> ids(n * size_t(L), 0), lens(n);
+    for (size_t i = 0; i < n; ++i) {
+      const Window& w = windows[order[b + i]];
       const auto& doc = corpus.docs[w.doc];
       for (int64_t t = 0; t < w.length; ++t) ids[i * size_t(L) + size_t(t)] = doc[size_t(w.start + t)];
       lens[i] = w.length;
     }
-    at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({int64_t(nb), L}).to(dev);
-    at::Tensor lens_t = at::tensor(lens, at::TensorOptions().dtype(at::kLong)).to(dev);
-    at::Tensor logp = at::log_softmax(model.forward(tokens).to(at::kFloat), -1).narrow(1, 0, L - 1);
-    at::Tensor targets = tokens.narrow(1, 1, L - 1);
-    at::Tensor valid = at::arange(1, L, lens_t.options()).unsqueeze(0) < lens_t.unsqueeze(1);  // [nb, L-1]
-    at::Tensor validf = valid.to(at::kDouble);
-    at::Tensor nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(at::kDouble);
-    at::Tensor nll_sum = (nll * validf).sum(1).cpu();
-    at::Tensor npred = valid.sum(1).cpu();
-    at::Tensor kl_sum, agree;
-    if (reference) {
-      at::Tensor ref = at::log_softmax(reference->forward(tokens).to(at::kFloat), -1).narrow(1, 0, L - 1);
-      at::Tensor kl = (ref.exp() * (ref - logp)).sum(-1).to(at::kDouble);
-      kl_sum = (kl * validf).sum(1).cpu();
-      agree = ((ref.argmax(-1) == logp.argmax(-1)).logical_and(valid)).sum(1).cpu();
-    }
-    for (size_t i = 0; i < nb; ++i) {
-      WindowScore& s = scores[order[b0 + i]];
-      s.nll = nll_sum[int64_t(i)].item<double>();
-      s.predicted = npred[int64_t(i)].item<int64_t>();
-      if (have_bytes) {
-        const Window& w = windows[order[b0 + i]];
-        const auto& b = corpus.bytes[w.doc];
-        for (int64_t t = w.start + 1; t < w.start + w.length; ++t) s.bytes += b.at(size_t(t));
+    at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({int64_t(n), L}).to(dev);
+    at::Tensor lens_all = at::tensor(lens, at::TensorOptions().dtype(at::kLong)).to(dev);
+    const auto tp = Clock::now();
+    at::Tensor x = model.embed(tokens), xr = reference ? reference->embed(tokens) : at::Tensor();
+    for (int k = 0; k < blocks; ++k) {
+      x = model.run_block(k, x);
+      if (opts.page_out) model.page_out_block(k);
+      if (reference) {
+        xr = reference->run_block(k, xr);
+        if (opts.page_out) reference->page_out_block(k);
       }
-      if (reference) s.kl = kl_sum[int64_t(i)].item<double>(), s.agree = agree[int64_t(i)].item<int64_t>();
+      report("block", int64_t(p) + 1, k + 1, int64_t(n) * L);
     }
+    // The classifier widened once for the pass's windows, not once per call (weights kept narrow).
+    for (const LayerInfo& l : model.layers())
+      if (l.is_classifier && !model.compute_bf16()) model.pin_float(l.weight);
+    if (reference)
+      for (const LayerInfo& l : reference->layers())
+        if (l.is_classifier && !reference->compute_bf16()) reference->pin_float(l.weight);
+    const int64_t cap = std::max<int64_t>(1, std::min(opts.batch_size, kMaxLogits / std::max<int64_t>(1, L * V)));
+    for (size_t i0 = 0, nb = 0; i0 < n; i0 += nb) {
+      nb = std::min(n - i0, size_t(cap));
+      at::Tensor tok = tokens.narrow(0, int64_t(i0), int64_t(nb));
+      at::Tensor lens_t = lens_all.narrow(0, int64_t(i0), int64_t(nb));
+      at::Tensor logp = at::log_softmax(model.head(x.narrow(0, int64_t(i0), int64_t(nb))).to(at::kFloat), -1).narrow(1, 0, L - 1);
+      at::Tensor targets = tok.narrow(1, 1, L - 1);
+      at::Tensor valid = at::arange(1, L, lens_t.options()).unsqueeze(0) < lens_t.unsqueeze(1);  // [nb, L-1]
+      at::Tensor validf = valid.to(at::kDouble);
+      at::Tensor nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(at::kDouble);
+      at::Tensor nll_sum = (nll * validf).sum(1).cpu();
+      at::Tensor npred = valid.sum(1).cpu();
+      at::Tensor kl_sum, agree;
+      if (reference) {
+        at::Tensor ref = at::log_softmax(reference->head(xr.narrow(0, int64_t(i0), int64_t(nb))).to(at::kFloat), -1).narrow(1, 0, L - 1);
+        at::Tensor kl = (ref.exp() * (ref - logp)).sum(-1).to(at::kDouble);
+        kl_sum = (kl * validf).sum(1).cpu();
+        agree = ((ref.argmax(-1) == logp.argmax(-1)).logical_and(valid)).sum(1).cpu();
+      }
+      for (size_t i = 0; i < nb; ++i) {
+        WindowScore& sc = scores[order[b + i0 + i]];
+        sc.nll = nll_sum[int64_t(i)].item<double>();
+        sc.predicted = npred[int64_t(i)].item<int64_t>();
+        if (have_bytes) {
+          const Window& w = windows[order[b + i0 + i]];
+          const auto& bt = corpus.bytes[w.doc];
+          for (int64_t t = w.start + 1; t < w.start + w.length; ++t) sc.bytes += bt.at(size_t(t));
+        }
+        if (reference) sc.kl = kl_sum[int64_t(i)].item<double>(), sc.agree = agree[int64_t(i)].item<int64_t>();
+      }
+    }
+    model.unpin_floats();
+    if (reference) reference->unpin_floats();
+    if (opts.page_out) {  // embedding, final norm, classifier
+      model.page_out_block(-1);
+      if (reference) reference->page_out_block(-1);
+    }
+    forward_s += since(tp);
+    tokens_done += int64_t(n) * L;
+    report("head", int64_t(p) + 1, blocks, 0);
   }
 
   LmEvalResult r;
   int64_t agree_total = 0;
   double kl_total = 0;
-  for (const auto& s : scores) {  // document order: fixed summation order
-    r.nll_sum += s.nll, r.predicted_tokens += s.predicted, r.bytes += s.bytes;
-    kl_total += s.kl, agree_total += s.agree;
+  for (const auto& sc : scores) {  // document order: fixed summation order
+    r.nll_sum += sc.nll, r.predicted_tokens += sc.predicted, r.bytes += sc.bytes;
+    kl_total += sc.kl, agree_total += sc.agree;
   }
-  r.documents = int64_t(ndocs);
+  r.documents = int64_t(used_docs);
   r.windows = int64_t(windows.size());
+  r.passes = int64_t(passes.size());
   r.mean_nll = r.nll_sum / double(r.predicted_tokens);
   r.perplexity = std::exp(r.mean_nll);
   if (have_bytes && r.bytes > 0) r.bits_per_byte = r.nll_sum / std::log(2.0) / double(r.bytes);
@@ -193,9 +334,18 @@ LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptio
                    "; non-overlapping windows of ", opts.window, " tokens",
                    opts.truncate ? ", only each document's first window" : "",
                    "; every token after a window's first is predicted",
+                   opts.max_tokens > 0 ? str("; stopped after ", opts.max_tokens, " predicted tokens (--max-tokens)") : "",
                    have_bytes ? "; bits per byte over the UTF-8 bytes of the predicted tokens" : "",
                    have_bytes && !corpus.bytes_note.empty() ? " (" + corpus.bytes_note + ")" : "");
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.forward_flops = flops, r.forward_seconds = forward_s;
+  r.forward_gflops = forward_s > 0 ? flops / forward_s / 1e9 : 0;
+  r.matmul_gflops = probe;
+  r.seconds = since(t0);
+  if (opts.progress) {
+    pr.stage = "done", pr.tokens = tokens_done, pr.elapsed_s = since(tf), pr.eta_s = 0;
+    pr.tokens_per_s = pr.elapsed_s > 0 ? double(tokens_done) / pr.elapsed_s : 0;
+    opts.progress(pr);
+  }
   return r;
 }
 
@@ -204,7 +354,9 @@ void to_json(nlohmann::json& j, const LmEvalResult& r) {
                      {"windows", r.windows},             {"predicted_tokens", r.predicted_tokens},
                      {"bytes", r.bytes},                 {"nll_sum", r.nll_sum},
                      {"mean_nll", r.mean_nll},           {"perplexity", r.perplexity},
-                     {"seconds", r.seconds}};
+                     {"seconds", r.seconds},             {"passes", r.passes},
+                     {"forward_gflops", r.forward_gflops}, {"matmul_gflops", r.matmul_gflops},
+                     {"forward_seconds", r.forward_seconds}};
   j["bits_per_byte"] = r.bits_per_byte >= 0 ? nlohmann::json(r.bits_per_byte) : nlohmann::json(nullptr);
   if (r.has_reference) j["mean_kl"] = r.mean_kl, j["top1_agreement"] = r.top1_agreement;
 }

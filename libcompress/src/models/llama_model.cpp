@@ -131,6 +131,8 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, const std::map<std::string, HostT
     if (!is_float(h.dtype) && !is_block(h.dtype))
       fail("llama", "tensor '", key, "' has integer dtype ", dtype_name(h.dtype), " (a float weight is needed)");
     at::Tensor t = to_torch(h);
+    const bool narrow = t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+    if (narrow && KeepStoredDtype::active()) return t;  // widened per use (Model::float_param)
     return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
   };
   for (const auto& [key, shape] : expected) params_[key] = to_param(key, shape);
@@ -246,7 +248,7 @@ at::Tensor LlamaModel::rope(const at::Tensor& x, int64_t pos0, bool local) {
 }
 
 at::Tensor LlamaModel::rms_norm(const LayerInfo& layer, const at::Tensor& x) {
-  const at::Tensor& w = params_.at(layer.weight);
+  const at::Tensor w = float_param(layer.weight);
   at::Tensor y = x * at::rsqrt(x.pow(2).mean(-1, true) + cfg_.norm_eps) * (cfg_.norm_plus_one ? w + 1.0 : w);
   run_hooks(layer, x, y);
   return y;
@@ -337,7 +339,7 @@ at::Tensor LlamaModel::embed(const at::Tensor& tokens) {
       fail("llama", "token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
   }
   const LayerInfo& L = layers_[embed_layer_];
-  at::Tensor y = at::embedding(params_.at(L.weight), ids);
+  at::Tensor y = at::embedding(params_.at(L.weight), ids).to(at::kFloat);  // rows widened, not the table
   if (cfg_.embed_scale > 0) y = y * cfg_.embed_scale;  // Gemma: sqrt(hidden_size)
   run_hooks(L, ids, y);
   return y;

@@ -3,6 +3,7 @@
 #include "mcompress/model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -68,8 +69,11 @@ void Model::set_param(const std::string& key, const at::Tensor& value) {
     fail("model", "set_param '", key, "': shape ", shape_str(Shape(value.sizes().begin(), value.sizes().end())),
          " differs from the parameter's ", shape_str(Shape(old.sizes().begin(), old.sizes().end())));
   }
-  // May alias `value` (no copy when dtype and device already match).
-  at::Tensor v = value.detach().to(old.device(), old.scalar_type()).contiguous();
+  // May alias `value` (no copy when dtype and device already match). A float value replacing a weight kept
+  // in its narrower stored dtype (LoadOptions::keep_dtype) stays float: rounding it would change the model.
+  const bool narrow = old.scalar_type() == at::kBFloat16 || old.scalar_type() == at::kHalf;
+  const auto dtype = narrow && value.scalar_type() == at::kFloat ? at::kFloat : old.scalar_type();
+  at::Tensor v = value.detach().to(old.device(), dtype).contiguous();
   if (low_memory_ && !v.is_same(old) && old.defined() && (!v.defined() || v.data_ptr() != old.data_ptr()))
     page_out(old);
   it->second = v;
@@ -149,11 +153,75 @@ std::string Model::input_quant_runtime(const std::string& name) const {
   return std::string("int8 kernel (") + int8_gemm_kernel_name() + ")";
 }
 
+namespace {
+thread_local bool keep_stored_dtype = false;
+}  // namespace
+
+KeepStoredDtype::KeepStoredDtype(bool on) : prev_(keep_stored_dtype) { keep_stored_dtype = on; }
+KeepStoredDtype::~KeepStoredDtype() { keep_stored_dtype = prev_; }
+bool KeepStoredDtype::active() { return keep_stored_dtype; }
+
+// bf16 -> float32 is exact (the 16 bits become the top half of the float); ATen's conversion runs ~70M
+// values/s here, this loop at memory speed.
+at::Tensor widen(const at::Tensor& p) {
+  if (p.scalar_type() != at::kBFloat16 || !p.is_cpu() || !p.is_contiguous()) return p.to(at::kFloat);
+  at::Tensor out = at::empty(p.sizes(), p.options().dtype(at::kFloat));
+  const auto* src = static_cast<const uint16_t*>(p.data_ptr());
+  auto* dst = static_cast<uint32_t*>(out.data_ptr());
+  at::parallel_for(0, p.numel(), int64_t(1) << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) dst[i] = uint32_t(src[i]) << 16;
+  });
+  return out;
+}
+
+// float32 -> bf16, rounding to nearest even as ATen does (NaN stays NaN), at memory speed.
+at::Tensor to_bf16(const at::Tensor& x) {
+  if (x.scalar_type() != at::kFloat || !x.is_cpu()) return x.to(at::kBFloat16);
+  const at::Tensor c = x.contiguous();
+  at::Tensor out = at::empty(c.sizes(), c.options().dtype(at::kBFloat16));
+  const auto* src = static_cast<const uint32_t*>(c.data_ptr());
+  auto* dst = static_cast<uint16_t*>(out.data_ptr());
+  at::parallel_for(0, c.numel(), int64_t(1) << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const uint32_t u = src[i];
+      const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+      dst[i] = nan ? uint16_t((u >> 16) | 0x40) : uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+  });
+  return out;
+}
+
+at::Tensor Model::float_param(const std::string& key) const {
+  const at::Tensor& p = params_.at(key);
+  const auto t = p.scalar_type();
+  if (t != at::kBFloat16 && t != at::kHalf) return p;
+  auto it = pinned_.find(key);
+  return it != pinned_.end() ? it->second : widen(p);
+}
+
+void Model::pin_float(const std::string& key) {
+  const at::Tensor& p = params_.at(key);
+  if (p.scalar_type() == at::kBFloat16 || p.scalar_type() == at::kHalf) pinned_[key] = widen(p);
+}
+
+void Model::page_out_param(const std::string& key) {
+  auto it = params_.find(key);
+  if (it != params_.end()) page_out(it->second);
+}
+
+void Model::page_out_block(int k) {
+  for (const LayerInfo& l : layers_) {
+    if (l.block != k) continue;
+    page_out_param(l.weight);
+    if (!l.bias.empty()) page_out_param(l.bias);
+  }
+}
+
 at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x) {
-  const at::Tensor& w = params_.at(layer.weight);
   at::Tensor y;
   if (layer.act_bits > 0) {
-    const at::Tensor bias = layer.bias.empty() ? at::Tensor() : params_.at(layer.bias);
+    const at::Tensor w = float_param(layer.weight);
+    const at::Tensor bias = layer.bias.empty() ? at::Tensor() : float_param(layer.bias);
     auto it = int8_weights_.find(layer.name);
     if (layer.act_bits == 8 && int8_kernel_ && x.is_cpu() && it != int8_weights_.end()) {
       y = int8_linear(x, it->second.q, it->second.scale, bias);
@@ -167,8 +235,14 @@ at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x) {
       if (x.requires_grad()) xq = xq - (x.detach() - x);  // training: straight-through gradient
       y = bias.defined() ? at::linear(xq, w, bias) : at::linear(xq, w);
     }
+  } else if (compute_bf16_ && !x.requires_grad()) {
+    const at::Tensor& p = params_.at(layer.weight);
+    const at::Tensor wb = p.scalar_type() == at::kBFloat16 ? p : to_bf16(p);
+    const at::Tensor xb = to_bf16(x);
+    y = widen(layer.bias.empty() ? at::linear(xb, wb) : at::linear(xb, wb, to_bf16(float_param(layer.bias))));
   } else {
-    y = layer.bias.empty() ? at::linear(x, w) : at::linear(x, w, params_.at(layer.bias));
+    const at::Tensor w = float_param(layer.weight);
+    y = layer.bias.empty() ? at::linear(x, w) : at::linear(x, w, float_param(layer.bias));
   }
   run_hooks(layer, x, y);
   return y;

@@ -183,7 +183,11 @@ void apply_activation_metadata(Model& model, const std::string& path) {
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts) {
   const c10::Device device = parse_device(opts.device);
-  auto model = build_model(path, opts);
+  std::unique_ptr<Model> model;
+  {
+    KeepStoredDtype keep(opts.keep_dtype);
+    model = build_model(path, opts);
+  }
   apply_activation_metadata(*model, path);
   model->set_int8_kernel(opts.int8_kernel);
   if (!device.is_cpu()) model->to(device);

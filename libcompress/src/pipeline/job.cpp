@@ -143,8 +143,10 @@ void JobRun::stored_bits(const std::string& out_model, bool exact_parts_only) {
 void JobRun::evaluate_output(const std::string& out_model, const std::string& step_name) {
   if (!have_eval) return;
   start();
-  reloaded = load_model(out_model, lo);
-  auto base = load_model(io.model, lo);
+  LoadOptions narrow = lo;  // evaluated only: bf16/f16 weights stay as stored (half the memory, same scores)
+  narrow.keep_dtype = true;
+  reloaded = load_model(out_model, narrow);
+  auto base = load_model(io.model, narrow);
   evaluate_into(*reloaded, base.get(), ed, eo, true, rep.metrics, rep.eval_protocol);
   step(step_name);
 }

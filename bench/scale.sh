@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# How long will my model take, and how much memory: wall time and peak RSS of each step on full-size
+# checkpoints of real shapes (random bf16 weights written by tests/fixtures/hf_families.py with the
+# published config.json, tensor names and tokenizer), on this machine.
+#   bash bench/scale.sh [WORK_DIR]        (default /tmp/mcompress-bench; the 8B shape needs 16 GB of disk)
+#   FAMILIES="qwen2.5-0.5b llama-3.2-1b llama-3.1-8b"   which shapes (default: these three)
+#   STEPS="eval eval-bf16 rtn gguf gptq awq model-free"  which steps (default: all but gptq and awq, which
+#                                                        take hours at 128x512 calibration tokens on 8B)
+# Steps: eval = 2,048 WikiText-2 test tokens (window 512) with the throughput ratio against at::matmul
+# measured in the same process; eval-bf16 the same with --compute bf16; rtn = W4 g128; gptq / awq = W4 g128
+# with 128 x 512 calibration tokens of WikiText-2 valid; model-free = RTN W4 g128 tensor by tensor
+# (quantize --model-free, compressed-tensors); gguf = GGUF q4_0 of the bf16 input.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+BIN=$BUILD_DIR/tools/mcompress/mcompress
+WORK=${1:-/tmp/mcompress-bench}
+FAMILIES=${FAMILIES:-"qwen2.5-0.5b llama-3.2-1b llama-3.1-8b"}
+STEPS=${STEPS:-"eval eval-bf16 rtn gguf model-free"}
+DATA=${MC_DATA:-../shared/data}
+PY=/usr/bin/python3
+mkdir -p "$WORK"
+[[ -f $DATA/wikitext-2/test.txt ]] || { echo "bench/scale.sh: needs $DATA/wikitext-2 (see ../shared/data/README)"; exit 0; }
+
+printf "| %-14s | %-10s | %9s | %9s | %s |\n" model step wall peak_RSS notes
+printf "|%s|%s|%s|%s|%s|\n" "----------------" "------------" "-----------" "-----------" "------"
+for f in $FAMILIES; do
+  src=$WORK/$f
+  [[ -f $src/config.json ]] || $PY tests/fixtures/hf_families.py --family "$f" --size full -o "$src" >/dev/null 2>&1
+  for step in $STEPS; do
+    out=$WORK/$f-$step
+    rm -rf "$out" "$out.gguf"
+    notes=""
+    start=$(date +%s.%N)
+    case $step in
+      eval|eval-bf16)
+        extra=()
+        [[ $step == eval-bf16 ]] && extra=(--compute bf16)
+        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" eval "$src" --data "$DATA/wikitext-2/test.txt" --separator "" \
+          --window 512 --max-tokens 2048 "${extra[@]}" > "$WORK/eval.log"
+        notes="$(grep -E '^(throughput|perplexity)' "$WORK/eval.log" | sed 's/  */ /g' | paste -sd ';' -)";;
+      rtn)
+        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize "$src" --method rtn --bits 4 --group-size 128 -o "$out" -q;;
+      gptq|awq)
+        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize "$src" --method "$step" --bits 4 --group-size 128 \
+          --calib "$DATA/wikitext-2/valid.txt" --calib-samples 128 --calib-seqlen 512 -o "$out" -q;;
+      model-free)
+        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize --model-free "$src" --bits 4 --group-size 128 -o "$out" -q;;
+      gguf)
+        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" export --format gguf:q4_0 "$src" -o "$out.gguf" -q;;
+      *) echo "unknown step $step"; exit 2;;
+    esac
+    t=$(echo "$(date +%s.%N) - $start" | bc)
+    printf "| %-14s | %-10s | %8.1fs | %7.2fGB | %s |\n" "$f" "$step" "$t" \
+      "$(echo "$(cat "$WORK/rss") / 1048576" | bc -l)" "$notes"
+    rm -rf "$out" "$out.gguf"
+  done
+done
