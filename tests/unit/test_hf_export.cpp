@@ -162,6 +162,33 @@ TEST_CASE("pack_int32_rows: words computed by hand", "[hf_export]") {
   CHECK_THROWS_AS(pack_int32_rows(codes_of({16}), 4), InputError);
 }
 
+TEST_CASE("pack_int32_words: whole codes per word (compressed-tensors pack_to_int32)", "[hf_export]") {
+  // int3: 10 codes per word in bits 0..29, bits 30,31 unused; the 11th code starts word 1
+  std::vector<int> c3(11, 0);
+  c3[9] = 5, c3[10] = 3;
+  at::Tensor p3 = pack_int32_words(codes_of(c3), 3);
+  REQUIRE(p3.sizes() == at::IntArrayRef({1, 2}));
+  CHECK(word(p3, 0, 0) == (5u << 27));
+  CHECK(word(p3, 0, 1) == 3u);
+  // int5: 6 codes per word; int6, int7: 5 and 4
+  CHECK(word(pack_int32_words(codes_of({31, 0, 0, 0, 0, 1}), 5), 0, 0) == (31u | (1u << 25)));
+  CHECK(pack_int32_words(codes_of(std::vector<int>(11, 1)), 6).size(1) == 3);
+  CHECK(word(pack_int32_words(codes_of({127, 0, 0, 127}), 7), 0, 0) == (127u | (127u << 21)));
+  // widths dividing 32: the same words as pack_int32_rows
+  for (int bits : {2, 4, 8}) {
+    auto gen = at::detail::createCPUGenerator(uint64_t(bits));
+    at::Tensor codes = at::randint(0, 1 << bits, {3, 37}, gen, at::kByte);
+    CHECK(at::equal(pack_int32_words(codes, bits), pack_int32_rows(codes, bits)));
+  }
+  // the inverse, every width
+  for (int bits = 2; bits <= 8; ++bits) {
+    auto gen = at::detail::createCPUGenerator(uint64_t(100 + bits));
+    at::Tensor codes = at::randint(0, 1 << bits, {4, 29}, gen, at::kByte);
+    CHECK(at::equal(unpack_int32_words(pack_int32_words(codes, bits), 29, bits), codes));
+  }
+  CHECK_THROWS_AS(pack_int32_words(codes_of({8}), 3), InputError);
+}
+
 TEST_CASE("pack_int32_rows along the input dimension equals AutoGPTQ's pack loop", "[hf_export]") {
   for (int bits : {2, 3, 4, 8}) {
     const int64_t in = 64, out = 5;

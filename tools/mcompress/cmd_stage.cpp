@@ -5,6 +5,7 @@
 //   mcompress distill --teacher T --student-init prune:every=2 --generate N --steps K -o OUT
 // quantize and prune take --dry-run: the plan (layers, what happens to each, estimated sizes) from the
 // same selection code the job runs, without calibrating or writing anything.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -17,6 +18,29 @@
 namespace mcli {
 
 namespace {
+
+// quantize --model-free: the quantized tensors with their weight errors, then sizes and bits per weight.
+void print_model_free_summary(const mc::Report& rep, const std::string& out) {
+  size_t w = 6;
+  for (const auto& l : rep.layers) w = std::max(w, l.name.size());
+  std::printf("\n%-*s %-14s %9s %12s %12s\n", int(w), "tensor", "shape", "bits/w", "rel. error", "max abs err");
+  double bits = 0, params = 0;
+  for (const auto& l : rep.layers) {
+    std::printf("%-*s %-14s %9.3f %12.3e %12.3e\n", int(w), l.name.c_str(), l.shape.c_str(), l.bits_per_weight,
+                l.rel_weight_error.value_or(0), l.max_abs_error.value_or(0));
+    bits += l.bits_per_weight * double(l.params), params += double(l.params);
+  }
+  std::printf("\n%zu tensors quantized (%s), %s copied unchanged\n", rep.layers.size(),
+              rep.layers.empty() ? "" : rep.layers.front().scheme.c_str(), rep.settings.at("copied unchanged").c_str());
+  if (params > 0)
+    std::printf("bits per quantized weight: %.3f -> %.3f\n", rep.baseline_bits, bits / params);
+  std::printf("file size: %s -> %s (%.2fx smaller)\n", human_bytes(rep.size_before).c_str(),
+              human_bytes(rep.size_after).c_str(), rep.size_after ? double(rep.size_before) / double(rep.size_after) : 0.0);
+  for (const auto& s : rep.steps)
+    if (s.peak_rss_mib > 0) std::printf("peak memory: %.0f MiB\n", s.peak_rss_mib);
+  for (const auto& x : rep.warnings) std::printf("warning: %s\n", x.c_str());
+  std::printf("output: %s (report.md, report.json)\n", out.c_str());
+}
 
 int run_stage_command(const std::string& pass, const std::string& usage, const std::vector<std::string>& args,
                       mc::EventSink& events) {
@@ -47,7 +71,9 @@ int run_stage_command(const std::string& pass, const std::string& usage, const s
     return 0;
   }
   if (res.status != 0 || events.quiet) return res.status;
-  if (pass == "quantize") {
+  if (pass == "quantize" && so.flag("model-free")) {
+    print_model_free_summary(rep, io.out);
+  } else if (pass == "quantize") {
     print_summary(rep, res.labeled, io.out, "bits per quantized weight");
   } else if (pass == "prune") {
     if (rep.method == "structured")
@@ -68,7 +94,8 @@ int cmd_quantize(const std::vector<std::string>& args, mc::EventSink& events) {
   return run_stage_command("quantize",
                            "--method rtn|imatrix|gptq|awq|smoothquant --bits B (--group-size G | --per-channel) "
                            "[--sym|--asym] [--calib DATA | --calib-from-eval] [--target-bpw 3.5] MODEL -o OUT "
-                           "[--eval DATA] [--dry-run]",
+                           "[--eval DATA] [--dry-run]\n   or: mcompress quantize --model-free --bits B [--group-size G] "
+                           "[--targets P,..] [--ignore P,..] CHECKPOINT.safetensors|HF_DIR -o OUT",
                            args, events);
 }
 

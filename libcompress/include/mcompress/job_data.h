@@ -71,8 +71,9 @@ void write_file_atomic(const std::string& path, const std::string& bytes, const 
 void copy_file_atomic(const std::string& from, const std::string& to, const char* component);
 // The files that make an output directory usable on its own: the tokenizer the job used (`tokenizer`,
 // may be empty) and, from beside the input model, tokenizer.json, tokenizer_config.json,
-// special_tokens_map.json, generation_config.json, tokenizer.model, chat_template.jinja, tokenizer.bin
-// and tok*.bin. Existing files in `out` are replaced; config.json is not copied (the output's own
+// special_tokens_map.json, generation_config.json, tokenizer.model, chat_template.jinja, tokenizer.bin,
+// the processor and vocabulary files of encoder/speech models (preprocessor_config.json,
+// processor_config.json, vocab.txt, vocab.json, merges.txt, added_tokens.json, normalizer.json) and tok*.bin. Existing files in `out` are replaced; config.json is not copied (the output's own
 // metadata holds its config, and a dense config.json would misdescribe packed tensors).
 void copy_companion_files(const std::string& model_path, const std::string& tokenizer, const std::string& out);
 

@@ -25,4 +25,10 @@ class MappedFile {
   uint64_t size_ = 0;
 };
 
+// Drops the pages of [p, p + n) of a mapping from this process's resident set (MADV_DONTNEED): the
+// page cache keeps them and a later read faults them back in. For streaming through a mapped checkpoint
+// one tensor at a time, so that what was read does not stay counted in the process's memory. Only for
+// ranges read and never written (a MAP_PRIVATE mapping's written pages would be lost). Best effort.
+void release_mapped_pages(const void* p, uint64_t n);
+
 }  // namespace mc

@@ -28,6 +28,8 @@ struct LayerRow {
   int64_t params = 0;
   double bits_per_weight = 32;          // stored bits including scales/zeros
   std::optional<double> rel_output_error;  // ||WX - ŴX||² / ||WX||² on calibration inputs
+  std::optional<double> rel_weight_error;  // ||W - Ŵ||_F / ||W||_F (model-free quantization: no inputs)
+  std::optional<double> max_abs_error;     // max |W - Ŵ|
   std::string note;                     // e.g. "last group of 4 columns"
   std::string runtime;                  // W8A8: "int8 kernel (avx512-vnni)" or "simulated in float: why"
 };
@@ -53,6 +55,9 @@ struct StepRow {
 // The process's peak resident set (VmHWM) since the previous call, in MiB, and resets it (Linux:
 // /proc/self/clear_refs), so consecutive calls give each step's own peak. 0 where unavailable.
 double take_peak_rss_mib();
+// The process's peak resident set (VmHWM) in MiB without resetting it, so that getrusage / time -v still
+// see the whole run's peak (a one-job process: model-free quantization). 0 where unavailable.
+double peak_rss_mib();
 
 struct Report {
   std::string title;                    // "stories260K: RTN int4 sym g32"

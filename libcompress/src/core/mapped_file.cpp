@@ -42,6 +42,14 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path, cons
   return m;
 }
 
+void release_mapped_pages(const void* p, uint64_t n) {
+  if (!p || n == 0) return;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(p) / page * page;
+  const auto end = reinterpret_cast<uintptr_t>(p) + n;
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }

@@ -272,32 +272,9 @@ ExportSummary export_compressed_tensors(const std::string& model_path, const std
   add_dense(in, tensors, notes);
   write_safetensors(dir.file("model.safetensors"), tensors, {{"format", "pt"}});
 
-  nlohmann::ordered_json w;
-  w["num_bits"] = s.bits;
-  w["type"] = "int";
-  w["symmetric"] = s.symmetric;
-  w["group_size"] = s.group_size > 0 ? nlohmann::ordered_json(s.group_size) : nlohmann::ordered_json(nullptr);
-  w["strategy"] = s.group_size > 0 ? "group" : "channel";
-  w["block_structure"] = nullptr;
-  w["dynamic"] = false;
-  w["actorder"] = p.act_order ? nlohmann::ordered_json("group") : nlohmann::ordered_json(nullptr);
-  w["observer"] = "minmax";
-  w["observer_kwargs"] = nlohmann::ordered_json::object();
-  nlohmann::ordered_json g;
-  g["targets"] = {"Linear"};
-  g["weights"] = w;
-  g["input_activations"] = nullptr;
-  g["output_activations"] = nullptr;
-  nlohmann::ordered_json qc;
-  qc["quant_method"] = "compressed-tensors";
-  qc["format"] = "pack-quantized";
-  qc["config_groups"] = {{"group_0", g}};
-  nlohmann::ordered_json ignore = {"lm_head"};
-  for (const auto& m : p.unquantized) ignore.push_back(m);
-  qc["ignore"] = ignore;
-  qc["kv_cache_scheme"] = nullptr;
-  qc["quantization_status"] = "compressed";
-  qc["global_compression_ratio"] = nullptr;
+  std::vector<std::string> ignore = {"lm_head"};
+  ignore.insert(ignore.end(), p.unquantized.begin(), p.unquantized.end());
+  const nlohmann::ordered_json qc = hfx::compressed_tensors_qconfig(s, p.act_order, ignore);
   dir.write_text("config.json", hfx::hf_config_json(in.cfg, in.cfg.hidden_dim, qc.dump()));
   if (!p.unquantized.empty())
     notes.push_back(std::to_string(p.unquantized.size()) + " linear layers not quantized in the input: stored as float16 and listed in 'ignore'");
@@ -309,5 +286,38 @@ ExportSummary export_compressed_tensors(const std::string& model_path, const std
   hfx::copy_tokenizer(model_path, dir, notes);
   return dir.commit(std::move(notes));
 }
+
+
+namespace hfx {
+
+nlohmann::ordered_json compressed_tensors_qconfig(const QuantSpec& s, bool act_order, const std::vector<std::string>& ignore) {
+  nlohmann::ordered_json w;
+  w["num_bits"] = s.bits;
+  w["type"] = "int";
+  w["symmetric"] = s.symmetric;
+  w["group_size"] = s.group_size > 0 ? nlohmann::ordered_json(s.group_size) : nlohmann::ordered_json(nullptr);
+  w["strategy"] = s.group_size > 0 ? "group" : "channel";
+  w["block_structure"] = nullptr;
+  w["dynamic"] = false;
+  w["actorder"] = act_order ? nlohmann::ordered_json("group") : nlohmann::ordered_json(nullptr);
+  w["observer"] = "minmax";
+  w["observer_kwargs"] = nlohmann::ordered_json::object();
+  nlohmann::ordered_json g;
+  g["targets"] = {"Linear"};
+  g["weights"] = w;
+  g["input_activations"] = nullptr;
+  g["output_activations"] = nullptr;
+  nlohmann::ordered_json qc;
+  qc["quant_method"] = "compressed-tensors";
+  qc["format"] = "pack-quantized";
+  qc["config_groups"] = {{"group_0", g}};
+  qc["ignore"] = ignore;
+  qc["kv_cache_scheme"] = nullptr;
+  qc["quantization_status"] = "compressed";
+  qc["global_compression_ratio"] = nullptr;
+  return qc;
+}
+
+}  // namespace hfx
 
 }  // namespace mc

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 
 #include "mcompress/atomic_file.h"
@@ -147,10 +148,16 @@ namespace {
 
 // Files an export may have written: a directory holding only these can be replaced.
 bool export_owned(const fs::path& p) {
-  static const std::set<std::string> names = {"config.json", "model.safetensors", "quantize_config.json",
-                                              "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                              "tokenizer.model", "generation_config.json"};
-  return fs::is_regular_file(p) && names.count(p.filename().string()) > 0;
+  static const std::set<std::string> names = {
+      "config.json", "model.safetensors", "quantize_config.json", "tokenizer.json", "tokenizer_config.json",
+      "special_tokens_map.json", "tokenizer.model", "generation_config.json", "model.safetensors.index.json",
+      "report.json", "report.md", "report.html", "preprocessor_config.json", "processor_config.json",
+      "chat_template.jinja", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json", "normalizer.json"};
+  if (!fs::is_regular_file(p)) return false;
+  const std::string n = p.filename().string();
+  // shards: model-00001-of-00003.safetensors
+  static const std::regex shard("model-[0-9]+-of-[0-9]+\\.safetensors");
+  return names.count(n) > 0 || std::regex_match(n, shard);
 }
 
 }  // namespace

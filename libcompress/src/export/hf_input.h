@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -39,12 +40,17 @@ std::string hf_name(const std::string& role, int64_t block = -1);
 // else llama2.c's 1 / 2 when the model uses llama2.c names.
 std::string hf_config_json(const LlamaConfig& cfg, int64_t intermediate_size, const std::string& quantization_config_json);
 
+// The quantization_config of a compressed-tensors "pack-quantized" directory: one config group with
+// targets ["Linear"] and the weights' grid (strategy group or channel; per-tensor grids are written as
+// channel with every row the same scale), `ignore` as given (module names left in float).
+nlohmann::ordered_json compressed_tensors_qconfig(const QuantSpec& s, bool act_order, const std::vector<std::string>& ignore);
+
 // fp16 copy of a float tensor; InputError naming the tensor when a value does not fit float16.
 HostTensor to_f16(const std::string& name, const at::Tensor& t, const std::string& path);
 
 // A directory written atomically: files go into <out>.tmp-<pid>/ and commit() renames it to <out>.
-// <out> may exist only as an empty directory or one holding nothing but files an export writes (it
-// is then replaced); anything else is refused before any work. Destructor removes an uncommitted
+// <out> may exist only as an empty directory or one holding nothing but files an export (or a model-free
+// quantization: shards, index, reports, tokenizer/processor files) writes (it is then replaced); anything else is refused before any work. Destructor removes an uncommitted
 // temp directory.
 class AtomicDir {
  public:
@@ -53,6 +59,7 @@ class AtomicDir {
   AtomicDir(const AtomicDir&) = delete;
   AtomicDir& operator=(const AtomicDir&) = delete;
   std::string file(const std::string& name) const;  // path inside the temp directory
+  const std::string& path() const { return tmp_; }  // the temp directory
   void write_text(const std::string& name, const std::string& text);
   void copy_file(const std::string& from, const std::string& name);
   ExportSummary commit(std::vector<std::string> notes);

@@ -64,6 +64,44 @@ at::Tensor unpack_int32_rows(const at::Tensor& packed, int64_t cols, int bits) {
   return out;
 }
 
+at::Tensor pack_int32_words(const at::Tensor& codes, int bits) {
+  if (bits < 1 || bits > 8) fail("export", "pack_int32_words: bits ", bits, " outside 1..8");
+  if (32 % bits == 0) return pack_int32_rows(codes, bits);
+  if (codes.dim() != 2) fail("export", "pack_int32_words: codes must be 2-D, got ", codes.dim(), "-D");
+  at::Tensor c = codes.to(at::kByte).contiguous();
+  const int64_t rows = c.size(0), cols = c.size(1), per_word = 32 / bits, words = (cols + per_word - 1) / per_word;
+  at::Tensor out = at::zeros({rows, words}, at::kInt);
+  const uint8_t* src = c.data_ptr<uint8_t>();
+  auto* dst = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
+  const uint32_t limit = 1u << bits;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k) {
+      const uint8_t v = src[r * cols + k];
+      if (v >= limit) fail("export", "pack_int32_words: code ", int(v), " at [", r, ", ", k, "] does not fit ", bits, " bits");
+      dst[r * words + k / per_word] |= uint32_t(v) << (bits * (k % per_word));
+    }
+  return out;
+}
+
+at::Tensor unpack_int32_words(const at::Tensor& packed, int64_t cols, int bits) {
+  if (bits < 1 || bits > 8) fail("export", "unpack_int32_words: bits ", bits, " outside 1..8");
+  if (32 % bits == 0) return unpack_int32_rows(packed, cols, bits);
+  if (packed.dim() != 2 || packed.scalar_type() != at::kInt)
+    fail("export", "unpack_int32_words: expected a 2-D int32 tensor");
+  const int64_t rows = packed.size(0), words = packed.size(1), per_word = 32 / bits;
+  if (words != (cols + per_word - 1) / per_word)
+    fail("export", "unpack_int32_words: ", words, " words per row do not hold ", cols, " codes of ", bits, " bits");
+  at::Tensor p = packed.contiguous();
+  at::Tensor out = at::empty({rows, cols}, at::kByte);
+  const auto* src = reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>());
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  const uint32_t mask = (1u << bits) - 1;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < cols; ++k)
+      dst[r * cols + k] = uint8_t((src[r * words + k / per_word] >> (bits * (k % per_word))) & mask);
+  return out;
+}
+
 at::Tensor rope_row_permutation(int64_t n_heads, int64_t head_dim, bool to_hf) {
   if (n_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0)
     fail("export", "rope permutation: n_heads ", n_heads, " and head_dim ", head_dim, " must be positive, head_dim even");

@@ -223,16 +223,17 @@ uint64_t SafetensorsStreamWriter::spooled_bytes() const {
   return spool_size_[0] + spool_size_[1] + spool_size_[2] + spool_size_[3];
 }
 
-void SafetensorsStreamWriter::add(const HostTensor& t) {
+void SafetensorsStreamWriter::add(const HostTensor& t, const std::function<void(uint64_t, uint64_t)>& written) {
   const int k = spool_of(path_, t);
   if (!names_.insert(t.name).second) fail(kComp, path_, ": duplicate tensor name '", t.name, "'");
   if (spool_fd_[k] < 0) spool_fd_[k] = open_spool(path_);
   uint64_t done = 0;
   while (done < t.nbytes) {
-    const ssize_t n = ::pwrite(spool_fd_[k], t.data + done, std::min<uint64_t>(t.nbytes - done, 1u << 30),
+    const ssize_t n = ::pwrite(spool_fd_[k], t.data + done, std::min<uint64_t>(t.nbytes - done, 16u << 20),
                                static_cast<off_t>(spool_size_[k] + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) fail(kComp, path_, ": writing tensor '", t.name, "' to the spool failed: ", std::strerror(errno));
+    if (written) written(done, static_cast<uint64_t>(n));
     done += static_cast<uint64_t>(n);
   }
   entries_[k].push_back({t.name, t.dtype, t.shape, spool_size_[k], t.nbytes});

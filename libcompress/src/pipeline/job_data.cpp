@@ -309,7 +309,9 @@ void copy_companion_files(const std::string& model_path, const std::string& toke
   std::vector<fs::path> files;
   if (!tokenizer.empty()) files.emplace_back(tokenizer);
   for (const char* n : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-                        "tokenizer.model", "chat_template.jinja", "tokenizer.bin"})
+                        "tokenizer.model", "chat_template.jinja", "tokenizer.bin", "preprocessor_config.json",
+                        "processor_config.json", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json",
+                        "normalizer.json"})
     files.push_back(dir / n);
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string n = e.path().filename().string();

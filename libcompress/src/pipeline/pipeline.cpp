@@ -12,6 +12,7 @@
 #include "mcompress/distill.h"
 #include "mcompress/error.h"
 #include "mcompress/export_job.h"
+#include "mcompress/export/model_free.h"
 #include "mcompress/model.h"
 #include "mcompress/train.h"
 #include "prune_stage.h"
@@ -24,9 +25,14 @@ namespace fs = std::filesystem;
 JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink& events);
 JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& events);
 JobResult run_distill(const StageOptions& so, const JobIO& io, const EventSink& events);
+JobResult run_model_free(const StageOptions& so, const JobIO& io, const EventSink& events);
+// model_free_job.cpp: the options of quantize --model-free, checked.
+ModelFreeOptions model_free_options(const StageOptions& so);
 
 void check_stage(const StageOptions& so) {
-  if (so.pass() == "quantize") {
+  if (so.pass() == "quantize" && so.flag("model-free")) {
+    model_free_options(so);
+  } else if (so.pass() == "quantize") {
     quantize_stage(so);
   } else if (so.pass() == "prune") {
     prune_stage(so);
@@ -47,6 +53,7 @@ void check_stage(const StageOptions& so) {
 
 JobResult run_stage(const StageOptions& so, const JobIO& io, const EventSink& events) {
   check_stage(so);
+  if (so.pass() == "quantize" && so.flag("model-free")) return run_model_free(so, io, events);
   if (so.pass() == "quantize") return run_quantize(so, io, events);
   if (so.pass() == "prune") return run_prune(so, io, events);
   if (io.dry_run) fail("pipeline", so.where(), ": --dry-run plans quantize and prune stages, not ", so.pass());

@@ -80,6 +80,8 @@ QuantizeStage quantize_stage(const StageOptions& so) {
   st.w8a8 = method.quantizes_activations;
   st.calib_samples = samples == 0 ? (st.needs_calibration ? 128 : 8) : samples;
   if (so.flag("sym") && so.flag("asym")) so.fail("sym", "and --asym exclude each other");
+  if (so.has("format"))
+    so.fail("format", "applies to --model-free only (a quantized model is exported with mcompress export --format)");
   if (per_channel && per_tensor) so.fail("per-channel", "and --per-tensor exclude each other");
   if (st.w8a8) {  // W8A8: int8 per channel unless the grid is given explicitly
     if (!so.has("bits")) spec.bits = 8;

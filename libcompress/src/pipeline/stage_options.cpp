@@ -78,6 +78,17 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
                 {"bits-candidates", T::List, "3,4,8", "mixed precision: bit widths to choose from"},
                 {"override", T::Repeated, "",
                  "per-layer grid, repeatable: PATTERN:bits=8,group-size=64|per-channel,sym|asym (first match wins)"},
+                {"model-free", T::Flag, "",
+                 "RTN on the tensors of any safetensors checkpoint (file or Hugging Face directory, sharded or "
+                 "not; ViT, BERT, Whisper, MoE ...) without running the model, one tensor in memory at a time; "
+                 "writes a compressed-tensors pack-quantized directory (vLLM) with report.json/md. Default "
+                 "targets: every 2-D floating-point tensor named *.weight except embeddings (names containing "
+                 "'embed', GPT-2's wte/wpe), lm_head, norms and MoE routers (modules ending in .gate/_gate); "
+                 "--targets/--ignore match tensor or module names (plain name, glob, or re:REGEX); --group-size "
+                 "0 or -1: per channel. Other tensors are copied unchanged; one output shard per input shard"},
+                {"format", T::Text, "compressed-tensors",
+                 "with --model-free: compressed-tensors (pack-quantized, as vLLM loads it) | mcompress (our packed "
+                 "file)"},
             },
             data_options("0", "calibration sequences / examples (default: 128; 8 for rtn's per-layer errors)"))},
       {"prune",

@@ -4,6 +4,7 @@
 
 #include <torch/version.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -122,6 +123,8 @@ std::string Report::to_json() const {
     o["params"] = l.params;
     o["bits_per_weight"] = l.bits_per_weight;
     o["rel_output_error"] = l.rel_output_error ? nlohmann::json(*l.rel_output_error) : nlohmann::json(nullptr);
+    if (l.rel_weight_error) o["rel_weight_error"] = *l.rel_weight_error;
+    if (l.max_abs_error) o["max_abs_error"] = *l.max_abs_error;
     if (!l.note.empty()) o["note"] = l.note;
     if (!l.runtime.empty()) o["runtime"] = l.runtime;
     j["layers"].push_back(o);
@@ -190,7 +193,21 @@ std::string Report::to_markdown() const {
     md << "\n## Warnings\n\n";
     for (const auto& w : warnings) md << "- " << w << "\n";
   }
-  if (!layers.empty()) {
+  const bool weight_errors =
+      std::any_of(layers.begin(), layers.end(), [](const LayerRow& l) { return l.rel_weight_error.has_value(); });
+  if (weight_errors) {  // model-free: errors of the weights themselves, no calibration inputs
+    md << "\n## Tensors\n\nRelative weight error = ||W - Ŵ||_F / ||W||_F; max abs error = max |W - Ŵ|.\n\n"
+       << "| tensor | shape | scheme | params | bits/weight | rel. weight error | max abs error |\n"
+       << "|---|---|---|---:|---:|---:|---:|\n";
+    for (const auto& l : layers) {
+      char bpw[32], err[32] = "", mx[32] = "";
+      std::snprintf(bpw, sizeof bpw, "%.3f", l.bits_per_weight);
+      if (l.rel_weight_error) std::snprintf(err, sizeof err, "%.3e", *l.rel_weight_error);
+      if (l.max_abs_error) std::snprintf(mx, sizeof mx, "%.3e", *l.max_abs_error);
+      md << "| " << l.name << " | " << l.shape << " | " << l.scheme << " | " << l.params << " | " << bpw << " | "
+         << err << " | " << mx << " |\n";
+    }
+  } else if (!layers.empty()) {
     md << "\n## Layers\n\nRelative output error = ||WX - ŴX||² / ||WX||² on the calibration inputs.\n\n"
        << "| layer | shape | scheme | params | bits/weight | rel. output error | note |\n"
        << "|---|---|---|---:|---:|---:|---|\n";
@@ -226,15 +243,20 @@ void write_report(const Report& r, const std::string& dir) {
   write_text(dir + "/report.html", stamped.to_html());
 }
 
-double take_peak_rss_mib() {
+double peak_rss_mib() {
   std::ifstream f("/proc/self/status");
   std::string line;
   double kib = 0;
   while (std::getline(f, line))
     if (line.rfind("VmHWM:", 0) == 0) kib = std::strtod(line.c_str() + 6, nullptr);
+  return kib / 1024.0;
+}
+
+double take_peak_rss_mib() {
+  const double mib = peak_rss_mib();
   std::ofstream reset("/proc/self/clear_refs");
   if (reset) reset << "5";  // reset the peak to the current resident set
-  return kib / 1024.0;
+  return mib;
 }
 
 Report report_from_json(const std::string& text, const std::string& where) {
@@ -272,6 +294,8 @@ Report report_from_json(const std::string& text, const std::string& where) {
       row.bits_per_weight = l.value("bits_per_weight", 32.0);
       if (l.contains("rel_output_error") && !l["rel_output_error"].is_null())
         row.rel_output_error = l["rel_output_error"].get<double>();
+      if (l.contains("rel_weight_error")) row.rel_weight_error = l["rel_weight_error"].get<double>();
+      if (l.contains("max_abs_error")) row.max_abs_error = l["max_abs_error"].get<double>();
       row.note = l.value("note", "");
       row.runtime = l.value("runtime", "");
       r.layers.push_back(row);

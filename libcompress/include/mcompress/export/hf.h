@@ -55,6 +55,12 @@ int hf_gptq_bits(const std::string& config_json_path);
 // straddling words (AutoGPTQ's 3-bit packing). unpack_int32_rows is the inverse (uint8 [rows, cols]).
 at::Tensor pack_int32_rows(const at::Tensor& codes, int bits);
 at::Tensor unpack_int32_rows(const at::Tensor& packed, int64_t cols, int bits);
+// compressed-tensors' pack_to_int32 for any width 1..8: each int32 word holds 32/bits whole codes (the
+// first in the lowest bits), so for 3, 5, 6 and 7 bits the top 32 % bits bits of every word stay zero and
+// no code straddles two words; int32 [rows, ceil(cols / (32/bits))]. For 1, 2, 4 and 8 bits it is
+// pack_int32_rows (the same bits). unpack_int32_words is the inverse (uint8 [rows, cols]).
+at::Tensor pack_int32_words(const at::Tensor& codes, int bits);
+at::Tensor unpack_int32_words(const at::Tensor& packed, int64_t cols, int bits);
 
 // Rows of q/k projections between RoPE layouts: out[r] = in[perm[r]] (int64 [n_heads * head_dim]).
 // to_hf: Meta/llama2.c interleaved pairs -> Hugging Face rotate-half, the permutation of

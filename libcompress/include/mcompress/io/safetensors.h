@@ -1,4 +1,5 @@
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -28,7 +29,9 @@ class SafetensorsStreamWriter {
   SafetensorsStreamWriter(const SafetensorsStreamWriter&) = delete;
   SafetensorsStreamWriter& operator=(const SafetensorsStreamWriter&) = delete;
 
-  void add(const HostTensor& t);
+  // written(offset, n): called after each piece of t's bytes [offset, offset + n) went to the spool (pieces
+  // of at most 16 MiB), e.g. to release the mapped pages just read (release_mapped_pages).
+  void add(const HostTensor& t, const std::function<void(uint64_t offset, uint64_t n)>& written = {});
   bool contains(const std::string& name) const;
   uint64_t spooled_bytes() const;
   void finish(const std::map<std::string, std::string>& metadata);
