@@ -17,6 +17,11 @@ if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release ${MCOMPRESS_CMAKE_ARGS:-} >/dev/null
 fi
 start=$(date +%s)
-ninja -C "$BUILD_DIR" | grep -vE '^\[[0-9]+/[0-9]+\] (Building|Linking)' || true
-test "${PIPESTATUS[0]}" -eq 0
+# grep may print nothing (exit 1): only ninja's status counts (pipefail), and a failed build stops here.
+status=0
+ninja -C "$BUILD_DIR" | { grep -vE '^\[[0-9]+/[0-9]+\] (Building|Linking)' || true; } || status=$?
+if [[ $status -ne 0 ]]; then
+  echo "[build] FAILED: ninja exited with status $status" >&2
+  exit "$status"
+fi
 echo "[build] $BUILD_DIR up to date ($(( $(date +%s) - start )) s)"
