@@ -36,7 +36,7 @@ for f in $FAMILIES; do
       eval|eval-bf16)
         extra=()
         [[ $step == eval-bf16 ]] && extra=(--compute bf16)
-        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" eval "$src" --data "$DATA/wikitext-2/test.txt" --separator "" \
+        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" eval "$src" --data "$DATA/wikitext-2/test.txt" \
           --window 512 --max-tokens 2048 "${extra[@]}" > "$WORK/eval.log"
         notes="$(grep -E '^(throughput|perplexity)' "$WORK/eval.log" | sed 's/  */ /g' | paste -sd ';' -)";;
       rtn)

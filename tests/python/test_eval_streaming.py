@@ -9,12 +9,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import read_safetensors, write_safetensors
+from conftest import mcompress_bin, read_safetensors, write_safetensors
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))
 import hf_families  # noqa: E402
@@ -115,3 +116,43 @@ def test_bad_options_exit_2(mc, models, args, expect):
     d, bf, f32, toks, cfg = models
     p = mc("eval", bf, "--data", toks, "--tokens-u32", *args, check=False)
     assert p.returncode == 2 and expect in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+@pytest.fixture(scope="module")
+def small_vocab(tmp_path_factory):
+    """A 512-token model (so a top-k file can hold every logit) and its RTN W3 g32 quantization."""
+    d = tmp_path_factory.mktemp("topk")
+    base = d / "base"
+    cfg = hf_families.write_family(base, "llama-3.2-1b", seed=9, tokenizer=False, residual_scale=4.0, vocab_size=512,
+                                   bos_token_id=1, eos_token_id=2)
+    q = d / "w3"
+    subprocess.run([mcompress_bin(), "quantize", base, "--method", "rtn", "--bits", "3", "--group-size", "32", "-o", q,
+                    "-q"], check=True, capture_output=True)
+    toks = d / "tokens.u32"
+    _tokens(toks, 3 * WINDOW + 5, 512, seed=4)
+    return base, q, toks
+
+
+def test_kl_against_saved_topk_equals_kl_against_the_model(mc, small_vocab, tmp_path):
+    base, q, toks = small_vocab
+    full = tmp_path / "full.safetensors"
+    r0 = _eval(mc, base, toks, "--save-topk", full, "--topk", 512)
+    ref = _eval(mc, q, toks, "--reference", base)
+    saved = _eval(mc, q, toks, "--kl-base", full)
+    print(f"KL vs the model {ref['mean_kl']:.6g}, vs its saved logits {saved['mean_kl']:.6g}")
+    assert saved["mean_kl"] == pytest.approx(ref["mean_kl"], rel=1e-4)
+    assert saved["top1_agreement"] == ref["top1_agreement"]
+    assert "KL against the saved top-512 baseline" in saved["protocol"]
+    # The base against itself: zero and full agreement.
+    same = _eval(mc, base, toks, "--kl-base", full)
+    assert abs(same["mean_kl"]) < 1e-6 and same["top1_agreement"] == 1.0
+    # Top 8 only: a lower bound of the full KL (the other 504 tokens pooled in one bucket).
+    k8 = tmp_path / "k8.safetensors"
+    _eval(mc, base, toks, "--save-topk", k8, "--topk", 8)
+    low = _eval(mc, q, toks, "--kl-base", k8)
+    assert 0 < low["mean_kl"] <= ref["mean_kl"] * (1 + 1e-6)
+    assert low["top1_agreement"] == ref["top1_agreement"]
+    # Another protocol predicts other positions: one line, exit 2.
+    p = mc("eval", q, "--data", toks, "--tokens-u32", "--window", WINDOW, "--max-tokens", 40, "--kl-base", full,
+           check=False)
+    assert p.returncode == 2 and "predicted positions" in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -71,7 +71,8 @@ int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
   std::string model_path, data, tokenizer, arch, reference, separator, device;
   int64_t window = 128, max_docs = 0, batch = 0, max_tokens = 0, pass_mb = 1024;
   bool truncate = false, json = false, u16 = false, u32 = false;
-  std::string compute = "f32";
+  std::string compute = "f32", save_topk, kl_base;
+  int64_t topk = 32;
   desc.add_options()
       ("model", po::value<std::string>(&model_path)->required(),
        "llama2.c checkpoint, Hugging Face directory, mcompress checkpoint, or classifier weights (with --arch)")
@@ -84,6 +85,11 @@ int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
       ("separator", po::value<std::string>(&separator)->default_value("<|endoftext|>"),
        "document separator of text files (\"\" = blank lines)")
       ("reference", po::value<std::string>(&reference), "baseline model: adds KL(reference || model) and top-1 agreement")
+      ("save-topk", po::value<std::string>(&save_topk),
+       "LM: write this model's top-k log-probabilities per predicted token (a baseline for --kl-base)")
+      ("topk", po::value<int64_t>(&topk)->default_value(32), "k of --save-topk")
+      ("kl-base", po::value<std::string>(&kl_base),
+       "LM: KL and top-1 agreement against a file written by --save-topk (without loading the baseline model)")
       ("max-docs", po::value<int64_t>(&max_docs)->default_value(0), "evaluate at most N documents / examples (0 = all)")
       ("max-tokens", po::value<int64_t>(&max_tokens)->default_value(0),
        "LM: stop after N predicted tokens, windows taken in document order (0 = all; as llama-perplexity's --chunks)")
@@ -103,7 +109,7 @@ int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
   CommonOptions common;
   const std::string usage =
       "MODEL --data DATA [--tokenizer T] [--arch A] [--window 128] [--truncate] [--separator S] "
-      "[--reference BASELINE] [--max-docs N] [--max-tokens N] [--pass-mb MB] [--compute f32|bf16] [--json] [--device cpu|cuda] [--threads N]";
+      "[--reference BASELINE | --kl-base TOPK] [--save-topk FILE [--topk 32]] [--max-docs N] [--max-tokens N] [--pass-mb MB] [--compute f32|bf16] [--json] [--device cpu|cuda] [--threads N]";
   if (!parse_command_line("eval", usage, args, desc, pos, vm, common, events)) return 0;
   if (u16 && u32) mc::fail("cli", "--tokens-u16 and --tokens-u32 exclude each other");
   if (max_docs < 0 || batch < 0 || max_tokens < 0) mc::fail("cli", "--max-docs, --max-tokens and --batch-size must be >= 0");
@@ -168,12 +174,14 @@ int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
   eo.max_docs = max_docs;
   if (batch > 0) eo.batch_size = batch;
   eo.max_tokens = max_tokens;
+  eo.save_topk = save_topk, eo.kl_base = kl_base, eo.topk = topk;
   eo.pass_budget_mb = pass_mb;
   eo.page_out = has_narrow_params(*model) || (ref && has_narrow_params(*ref));
   eo.progress = eval_progress_printer(events, json);
   auto r = mc::evaluate_lm(*model, corpus, eo, ref.get());
   events.end_progress();
   if (!tok_path.empty()) j["tokenizer"] = tok_path;
+  if (!kl_base.empty()) j["kl_base"] = kl_base;
   if (json || events.json) {
     j["result"] = r;
     print_result(j);
@@ -195,7 +203,8 @@ int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
             << fmt("%.0f", double(r.predicted_tokens) / std::max(r.seconds, 1e-9)) << " tokens/s)\n";
   if (r.matmul_gflops > 0)
     std::cout << "throughput  forward " << fmt("%.1f", r.forward_gflops) << " GFLOP/s = "
-              << fmt("%.2f", r.forward_gflops / r.matmul_gflops) << "x at::matmul on the same layer shapes ("
+              << fmt("%.2f", r.forward_gflops / r.matmul_gflops) << "x at::matmul on the same layer shapes"
+              << (compute == "bf16" ? " in bf16 (" : " (")
               << fmt("%.1f", r.matmul_gflops) << " GFLOP/s), " << r.passes << (r.passes == 1 ? " pass" : " passes")
               << "\n";
   return 0;

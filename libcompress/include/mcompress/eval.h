@@ -61,6 +61,14 @@ struct LmEvalOptions {
   // attention intermediates) fit in pass_budget_mb.
   int64_t pass_budget_mb = 1024;
   bool page_out = false;   // hand back each block's pages after it ran (weights mapped in their stored dtype)
+  // A baseline without holding two models (as llama-perplexity's --kl-divergence-base): save_topk writes, per
+  // predicted position in document order, the model's top-k token ids and log-probabilities and the log of the
+  // mass beyond them (safetensors: ids int32 [P, k], logp float32 [P, k], rest float32 [P]); kl_base reads such
+  // a file and reports KL(base || model) over those k + 1 buckets (a lower bound of the full KL) and top-1
+  // agreement, as --reference does. The evaluation must predict the same positions (same data, window,
+  // --max-tokens), else InputError.
+  std::string save_topk, kl_base;
+  int64_t topk = 32;
   std::function<void(const LmEvalProgress&)> progress;
 };
 

@@ -9,12 +9,14 @@
 #include <limits>
 #include <numeric>
 
+#include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
 #include "mcompress/eval.h"
 #include "mcompress/events.h"
 #include "mcompress/model.h"
 #include "mcompress/models/llama.h"
 #include "mcompress/tokenizer.h"
+#include "mcompress/torch_bridge.h"
 
 namespace mc {
 
@@ -126,13 +128,16 @@ TokenCost token_cost(const Model& model, int64_t window) {
   return c;
 }
 
-// GFLOP/s of at::linear on block 0's layer shapes with `tokens` rows, each shape at least once and the set
+// GFLOP/s of at::linear (in bf16 when the model computes in bf16) on block 0's layer shapes with `tokens` rows, each shape at least once and the set
 // repeated until ~0.3 s have passed.
-double matmul_gflops(const std::vector<std::pair<int64_t, int64_t>>& shapes, int64_t tokens, c10::Device dev) {
+double matmul_gflops(const std::vector<std::pair<int64_t, int64_t>>& shapes, int64_t tokens, c10::Device dev,
+                     bool bf16) {
   if (shapes.empty() || tokens <= 0) return 0;
   auto o = at::TensorOptions().dtype(at::kFloat).device(dev);
+  const auto dt = bf16 ? at::kBFloat16 : at::kFloat;
   std::vector<std::pair<at::Tensor, at::Tensor>> ops;
-  for (auto [in, out] : shapes) ops.emplace_back(at::randn({tokens, in}, o), at::randn({out, in}, o) * 0.01);
+  for (auto [in, out] : shapes)
+    ops.emplace_back(at::randn({tokens, in}, o).to(dt), (at::randn({out, in}, o) * 0.01).to(dt));
   double flops = 0;
   at::linear(ops[0].first, ops[0].second);  // warm-up
   const auto t0 = Clock::now();
@@ -145,6 +150,28 @@ double matmul_gflops(const std::vector<std::pair<int64_t, int64_t>>& shapes, int
   } while (since(t0) < 0.3);
   return flops / since(t0) / 1e9;
 }
+
+// The saved baseline of LmEvalOptions::save_topk / kl_base.
+struct TopK {
+  at::Tensor ids, logp, rest;  // int64 [P, k], float [P, k], float [P]
+};
+
+TopK read_topk(const std::string& path, int64_t predicted) {
+  auto r = open_checkpoint(path);
+  for (const char* n : {"ids", "logp", "rest"})
+    if (!r->contains(n)) fail("eval", path, ": no tensor '", n, "' (not a file written by eval --save-topk)");
+  TopK t{to_torch(r->load("ids")).to(at::kLong), to_torch(r->load("logp")).to(at::kFloat),
+         to_torch(r->load("rest")).to(at::kFloat)};
+  if (t.ids.dim() != 2 || !t.logp.sizes().equals(t.ids.sizes()) || t.rest.dim() != 1 || t.rest.size(0) != t.ids.size(0))
+    fail("eval", path, ": ids/logp must be [P, k] and rest [P]");
+  if (t.ids.size(0) != predicted)
+    fail("eval", path, ": the baseline holds ", t.ids.size(0), " predicted positions, this evaluation predicts ",
+         predicted, " (use the same data, --window, --max-tokens and --max-docs as when it was saved)");
+  return t;
+}
+
+// log(1 - sum(exp(lp))) along the last dim, floored so an exhausted remainder stays finite.
+at::Tensor log_rest(const at::Tensor& lp) { return at::log(at::clamp_min(1.0 - lp.exp().sum(-1), 1e-12)); }
 
 }  // namespace
 
@@ -182,6 +209,17 @@ LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptio
   }
   if (windows.empty())
     fail("eval", "nothing to predict: ", ndocs, " documents, none with a window of 2 or more tokens");
+  if (!opts.kl_base.empty() && reference) fail("eval", "--kl-base and --reference exclude each other");
+  if (!opts.save_topk.empty() && (opts.topk < 1 || opts.topk > V)) fail("eval", "--topk ", opts.topk, " must be in 1..", V);
+  // Predicted positions in document order: window w's first one.
+  std::vector<int64_t> first_pos(windows.size());
+  int64_t predicted_total = 0;
+  for (size_t w = 0; w < windows.size(); ++w) first_pos[w] = predicted_total, predicted_total += windows[w].length - 1;
+  TopK base, saved;
+  if (!opts.kl_base.empty()) base = read_topk(opts.kl_base, predicted_total);
+  if (!opts.save_topk.empty())
+    saved = {at::zeros({predicted_total, opts.topk}, at::kLong), at::zeros({predicted_total, opts.topk}, at::kFloat),
+             at::zeros({predicted_total}, at::kFloat)};
 
   // Longest first, so each batch pads little; ties keep document order.
   std::vector<size_t> order(windows.size());
@@ -211,7 +249,7 @@ LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptio
   if (reference) flops *= 2;  // the reference runs the same windows (its own shapes, assumed alike)
   const int blocks = model.num_blocks();
   const double probe = matmul_gflops(cost.block_shapes, std::min<int64_t>(512, windows[order[0]].length *
-                                     int64_t(passes[0].second - passes[0].first)), dev);
+                                     int64_t(passes[0].second - passes[0].first)), dev, model.compute_bf16());
   LmEvalProgress pr;
   pr.passes = int64_t(passes.size()), pr.blocks = blocks, pr.tokens_total = total_tokens;
   if (opts.progress) {
@@ -299,6 +337,24 @@ LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptio
           for (int64_t t = w.start + 1; t < w.start + w.length; ++t) sc.bytes += bt.at(size_t(t));
         }
         if (reference) sc.kl = kl_sum[int64_t(i)].item<double>(), sc.agree = agree[int64_t(i)].item<int64_t>();
+        const size_t w = order[b + i0 + i];
+        const int64_t np = windows[w].length - 1, at0 = first_pos[w];
+        if (!opts.save_topk.empty() || base.ids.defined()) {
+          at::Tensor rows = logp[int64_t(i)].narrow(0, 0, np).cpu();  // [np, V]
+          if (saved.ids.defined()) {
+            auto [v, idx] = rows.topk(opts.topk, -1);
+            saved.ids.narrow(0, at0, np).copy_(idx);
+            saved.logp.narrow(0, at0, np).copy_(v);
+            saved.rest.narrow(0, at0, np).copy_(log_rest(v));
+          }
+          if (base.ids.defined()) {  // KL over the baseline's top-k buckets and the rest
+            at::Tensor bi = base.ids.narrow(0, at0, np), bl = base.logp.narrow(0, at0, np), br = base.rest.narrow(0, at0, np);
+            at::Tensor q = rows.gather(-1, bi), qr = log_rest(q);
+            at::Tensor kl = (bl.exp() * (bl - q)).sum(-1) + br.exp() * (br - qr);
+            sc.kl = kl.to(at::kDouble).sum().item<double>();
+            sc.agree = (rows.argmax(-1) == bi.select(1, 0)).sum().item<int64_t>();
+          }
+        }
       }
     }
     model.unpin_floats();
@@ -325,7 +381,15 @@ LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptio
   r.mean_nll = r.nll_sum / double(r.predicted_tokens);
   r.perplexity = std::exp(r.mean_nll);
   if (have_bytes && r.bytes > 0) r.bits_per_byte = r.nll_sum / std::log(2.0) / double(r.bytes);
-  if (reference) {
+  if (saved.ids.defined()) {
+    std::vector<HostTensor> t = {from_torch("ids", saved.ids.to(at::kInt).contiguous()),
+                                 from_torch("logp", saved.logp.contiguous()), from_torch("rest", saved.rest.contiguous())};
+    WriteOptions wo;
+    wo.metadata = {{"mcompress.topk", std::to_string(opts.topk)}, {"mcompress.window", std::to_string(opts.window)},
+                   {"mcompress.predicted", std::to_string(predicted_total)}};
+    write_checkpoint(opts.save_topk, t, wo);
+  }
+  if (reference || base.ids.defined()) {
     r.has_reference = true;
     r.mean_kl = kl_total / double(r.predicted_tokens);
     r.top1_agreement = double(agree_total) / double(r.predicted_tokens);
@@ -336,7 +400,9 @@ LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptio
                    "; every token after a window's first is predicted",
                    opts.max_tokens > 0 ? str("; stopped after ", opts.max_tokens, " predicted tokens (--max-tokens)") : "",
                    have_bytes ? "; bits per byte over the UTF-8 bytes of the predicted tokens" : "",
-                   have_bytes && !corpus.bytes_note.empty() ? " (" + corpus.bytes_note + ")" : "");
+                   have_bytes && !corpus.bytes_note.empty() ? " (" + corpus.bytes_note + ")" : "",
+                   base.ids.defined() ? str("; KL against the saved top-", base.ids.size(1), " baseline ", opts.kl_base,
+                                            " (its top tokens and the rest of its mass as one bucket: a lower bound)") : "");
   r.forward_flops = flops, r.forward_seconds = forward_s;
   r.forward_gflops = forward_s > 0 ? flops / forward_s / 1e9 : 0;
   r.matmul_gflops = probe;
