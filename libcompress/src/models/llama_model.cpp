@@ -314,7 +314,18 @@ at::Tensor LlamaModel::block(int k, const at::Tensor& x, KVCache* cache, int64_t
   }
   at::Tensor g = apply_linear(layers_[slot(k, kW1)], n);
   at::Tensor u = apply_linear(layers_[slot(k, kW3)], n);
-  return h + apply_linear(layers_[slot(k, kW2)], at::silu(g) * u);
+  return h + apply_linear(layers_[slot(k, kW2)], gated(g, u, false));
+}
+
+// silu(g) * u (gelu_tanh for Gemma). In place when nothing else can see g (no hooks, no autograd): the same
+// values, without two fresh [tokens, hidden_dim] buffers (each a page-faulted mmap at these sizes, which cost
+// as much as the multiply itself here).
+at::Tensor LlamaModel::gated(at::Tensor& g, const at::Tensor& u, bool gelu) {
+  if (hooks_.empty() && !at::GradMode::is_enabled() && !g.requires_grad() && !u.requires_grad()) {
+    if (gelu) return g.copy_(at::gelu(g, "tanh")).mul_(u);
+    return at::silu_(g).mul_(u);
+  }
+  return (gelu ? at::gelu(g, "tanh") : at::silu(g)) * u;
 }
 
 // HF Gemma2DecoderLayer / Gemma3DecoderLayer: each sublayer's output is normed before it joins the residual.
@@ -324,7 +335,7 @@ at::Tensor LlamaModel::gemma_block(int k, const at::Tensor& x, KVCache* cache, i
   at::Tensor n = rms_norm(layers_[slot(k, kFfnNorm)], h);
   at::Tensor g = apply_linear(layers_[slot(k, kW1)], n);
   at::Tensor u = apply_linear(layers_[slot(k, kW3)], n);
-  at::Tensor m = apply_linear(layers_[slot(k, kW2)], at::gelu(g, "tanh") * u);
+  at::Tensor m = apply_linear(layers_[slot(k, kW2)], gated(g, u, true));
   return h + rms_norm(layers_[slot(k, kPostFfnNorm)], m);
 }
 

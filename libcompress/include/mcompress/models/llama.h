@@ -127,6 +127,7 @@ class LlamaModel : public Model {
   at::Tensor rope(const at::Tensor& x, int64_t pos0, bool local = false);  // x [B, H, T, head_dim]
   void ensure_rope_tables(int64_t length);
   at::Tensor gemma_block(int k, const at::Tensor& x, KVCache* cache, int64_t pos0);  // sandwich norms
+  at::Tensor gated(at::Tensor& g, const at::Tensor& u, bool gelu);  // the MLP's act(g) * u
 
   LlamaConfig cfg_;
   std::vector<std::vector<size_t>> block_layers_;  // per block: indices into layers_ (attn_norm, wq, wk, wv, [q_norm, k_norm,] wo, ffn_norm, w1, w3, w2)
