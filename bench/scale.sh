@@ -40,14 +40,14 @@ for f in $FAMILIES; do
           --window 512 --max-tokens 2048 "${extra[@]}" > "$WORK/eval.log"
         notes="$(grep -E '^(throughput|perplexity)' "$WORK/eval.log" | sed 's/  */ /g' | paste -sd ';' -)";;
       rtn)
-        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize "$src" --method rtn --bits 4 --group-size 128 -o "$out" -q;;
+        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize "$src" --method rtn --bits 4 --group-size 128 -o "$out" -q > "$WORK/step.log";;
       gptq|awq)
         /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize "$src" --method "$step" --bits 4 --group-size 128 \
-          --calib "$DATA/wikitext-2/valid.txt" --calib-samples 128 --calib-seqlen 512 -o "$out" -q;;
+          --calib "$DATA/wikitext-2/valid.txt" --calib-samples 128 --calib-seqlen 512 -o "$out" -q > "$WORK/step.log";;
       model-free)
-        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize --model-free "$src" --bits 4 --group-size 128 -o "$out" -q;;
+        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize --model-free "$src" --bits 4 --group-size 128 -o "$out" -q > "$WORK/step.log";;
       gguf)
-        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" export --format gguf:q4_0 "$src" -o "$out.gguf" -q;;
+        /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" export --format gguf:q4_0 "$src" -o "$out.gguf" -q > "$WORK/step.log";;
       *) echo "unknown step $step"; exit 2;;
     esac
     t=$(echo "$(date +%s.%N) - $start" | bc)
