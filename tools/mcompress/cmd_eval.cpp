@@ -178,6 +178,7 @@ int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
   eo.pass_budget_mb = pass_mb;
   eo.page_out = has_narrow_params(*model) || (ref && has_narrow_params(*ref));
   eo.progress = eval_progress_printer(events, json);
+  eo.measure_throughput = true;
   auto r = mc::evaluate_lm(*model, corpus, eo, ref.get());
   events.end_progress();
   if (!tok_path.empty()) j["tokenizer"] = tok_path;

@@ -70,6 +70,9 @@ struct LmEvalOptions {
   std::string save_topk, kl_base;
   int64_t topk = 32;
   std::function<void(const LmEvalProgress&)> progress;
+  // Time a plain at::linear on block 0's layer shapes (~0.3 s) for the plan's estimate and the result's
+  // matmul_gflops; off for the reports' evaluations, which need neither.
+  bool measure_throughput = false;
 };
 
 struct LmEvalResult {

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <limits>
 #include <numeric>
 
 #include "mcompress/checkpoint.h"
@@ -92,10 +91,6 @@ struct WindowScore {
   double nll = 0, kl = 0;
   int64_t predicted = 0, bytes = 0, agree = 0;
 };
-
-}  // namespace
-
-namespace {
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -248,7 +243,7 @@ LmEvalResult evaluate_lm(Model& model, const LmCorpus& corpus, const LmEvalOptio
   }
   if (reference) flops *= 2;  // the reference runs the same windows (its own shapes, assumed alike)
   const int blocks = model.num_blocks();
-  const double probe = matmul_gflops(cost.block_shapes, std::min<int64_t>(512, windows[order[0]].length *
+  const double probe = !opts.measure_throughput ? 0.0 : matmul_gflops(cost.block_shapes, std::min<int64_t>(512, windows[order[0]].length *
                                      int64_t(passes[0].second - passes[0].first)), dev, model.compute_bf16());
   LmEvalProgress pr;
   pr.passes = int64_t(passes.size()), pr.blocks = blocks, pr.tokens_total = total_tokens;

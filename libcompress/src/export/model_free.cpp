@@ -59,14 +59,6 @@ std::pair<double, double> weight_errors(const at::Tensor& w, const QuantResult& 
   return {sw > 0 ? std::sqrt(se / sw) : 0.0, mx};
 }
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) fail<FileError>(kComp, p.string(), ": cannot read");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // The input's config.json (key order kept), or nothing when there is none beside the weights.
 std::optional<nlohmann::ordered_json> input_config(const std::string& input) {
   const fs::path dir = fs::is_directory(input) ? fs::path(input) : fs::path(input).parent_path();
@@ -74,7 +66,7 @@ std::optional<nlohmann::ordered_json> input_config(const std::string& input) {
   if (!fs::is_regular_file(p)) return std::nullopt;
   nlohmann::ordered_json j;
   try {
-    j = nlohmann::ordered_json::parse(read_text(p));
+    j = nlohmann::ordered_json::parse(read_file_text(p.string()));
   } catch (const nlohmann::json::exception& e) {
     fail(kComp, p.string(), ": expected a JSON object (the model's Hugging Face config), but it is not valid JSON (",
          e.what(), ")");
