@@ -10,6 +10,8 @@
 # measured in the same process; eval-bf16 the same with --compute bf16; rtn = W4 g128; gptq / awq = W4 g128
 # with 128 x 512 calibration tokens of WikiText-2 valid; model-free = RTN W4 g128 tensor by tensor
 # (quantize --model-free, compressed-tensors); gguf = GGUF q4_0 of the bf16 input.
+#   CALIB_SAMPLES=128   calibration sequences of 512 tokens for gptq / awq (fewer for a quick memory check:
+#                       the peak holds the hidden states of all of them, the time grows with them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
@@ -18,6 +20,7 @@ WORK=${1:-/tmp/mcompress-bench}
 FAMILIES=${FAMILIES:-"qwen2.5-0.5b llama-3.2-1b llama-3.1-8b"}
 STEPS=${STEPS:-"eval eval-bf16 rtn gguf model-free"}
 DATA=${MC_DATA:-../shared/data}
+CALIB_SAMPLES=${CALIB_SAMPLES:-128}
 PY=/usr/bin/python3
 mkdir -p "$WORK"
 [[ -f $DATA/wikitext-2/test.txt ]] || { echo "bench/scale.sh: needs $DATA/wikitext-2 (see ../shared/data/README)"; exit 0; }
@@ -43,7 +46,8 @@ for f in $FAMILIES; do
         /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize "$src" --method rtn --bits 4 --group-size 128 -o "$out" -q > "$WORK/step.log";;
       gptq|awq)
         /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize "$src" --method "$step" --bits 4 --group-size 128 \
-          --calib "$DATA/wikitext-2/valid.txt" --calib-samples 128 --calib-seqlen 512 -o "$out" -q > "$WORK/step.log";;
+          --calib "$DATA/wikitext-2/valid.txt" --calib-samples "$CALIB_SAMPLES" --calib-seqlen 512 -o "$out" -q > "$WORK/step.log"
+        notes="$CALIB_SAMPLES x 512 calibration tokens";;
       model-free)
         /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize --model-free "$src" --bits 4 --group-size 128 -o "$out" -q > "$WORK/step.log";;
       gguf)

@@ -38,7 +38,8 @@ class AtomicFile {
   int slot_ = -1;  // index in the signal handler's list of live temp files
 };
 
-// Installs SIGINT/SIGTERM handlers that delete live temp files and exit with 128+signal.
+// Installs SIGINT/SIGTERM handlers that delete live temp files and exit with 128+signal, and a SIGBUS
+// handler that names a mapped input truncated while it was read (one line, exit status 2).
 void install_cleanup_handlers();
 
 }  // namespace mc

@@ -31,4 +31,10 @@ class MappedFile {
 // ranges read and never written (a MAP_PRIVATE mapping's written pages would be lost). Best effort.
 void release_mapped_pages(const void* p, uint64_t n);
 
+// Async-signal-safe (for a SIGBUS handler): when addr lies in a live mapping, copies its path into
+// path[0, n) (NUL-terminated, cut if longer), its size when it was opened into *size, and returns true.
+// A mapped file truncated by someone else while it is read raises SIGBUS on the lost pages; the CLI's
+// handler (install_cleanup_handlers) names the file instead of dying with "Bus error".
+bool mapped_file_at(const void* addr, char* path, uint64_t n, uint64_t* size);
+
 }  // namespace mc

@@ -89,8 +89,9 @@ struct PtqOptions {
   // the journal; blocks an earlier run with the same journal identity finished are restored instead of
   // computed (and passed to after_block in order), so the result is the same as an uninterrupted run.
   BlockJournal* journal = nullptr;
-  // Called after each block is finished, with the result so far (its quantized weights are in it: a
-  // caller may write them out, erase them and release the model's copies, see Model::release_param).
+  // Called after each block is finished, and after each layer quantized outside the blocks (block -1:
+  // every layer of a run without calibration), with the result so far (its quantized weights are in it:
+  // a caller may write them out, erase them and release the model's copies, see Model::release_param).
   std::function<void(int block, PtqResult& partial)> after_block;
 };
 

@@ -1,6 +1,7 @@
 #include "mcompress/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -9,6 +10,7 @@
 #include <mutex>
 
 #include "mcompress/error.h"
+#include "mcompress/mapped_file.h"
 
 namespace mc {
 
@@ -38,11 +40,61 @@ void unregister_live(int slot) {
   g_live_used[slot] = 0;
 }
 
-extern "C" void cleanup_on_signal(int sig) {
+void remove_live_temps() {
   for (int i = 0; i < kMaxLive; ++i)
     if (g_live_used[i]) ::unlink(g_live[i]);
+}
+
+extern "C" void cleanup_on_signal(int sig) {
+  remove_live_temps();
   std::signal(sig, SIG_DFL);
   std::raise(sig);
+}
+
+// Async-signal-safe output for the SIGBUS handler.
+void put(const char* s) {
+  size_t n = 0;
+  while (s[n]) ++n;
+  while (n > 0) {
+    const ssize_t w = ::write(2, s, n);
+    if (w <= 0) return;
+    s += w, n -= static_cast<size_t>(w);
+  }
+}
+void put_number(uint64_t v) {
+  char buf[24];
+  int i = 23;
+  buf[i] = 0;
+  do buf[--i] = static_cast<char>('0' + v % 10), v /= 10;
+  while (v && i > 0);
+  put(buf + i);
+}
+
+// A page of a mapped input is gone: the file was truncated (or replaced in place) while it was read.
+// One line naming it, the temp files removed, exit status 2 (bad input), as for any input error.
+extern "C" void on_bus_error(int sig, siginfo_t* info, void*) {
+  static char path[1024];
+  uint64_t size = 0;
+  if (!info || !mapped_file_at(info->si_addr, path, sizeof path, &size)) {
+    std::signal(sig, SIG_DFL);  // not one of our mappings: the usual crash
+    std::raise(sig);
+    return;
+  }
+  remove_live_temps();
+  struct stat st {};
+  put("[io] ");
+  put(path);
+  put(": the file shrank while it was being read (");
+  put_number(size);
+  if (::stat(path, &st) == 0) {
+    put(" bytes when opened, ");
+    put_number(static_cast<uint64_t>(st.st_size));
+    put(" now");
+  } else {
+    put(" bytes when opened, now gone");
+  }
+  put("): a truncated or rewritten checkpoint; nothing was written\n");
+  ::_exit(2);
 }
 
 }  // namespace
@@ -51,6 +103,11 @@ void install_cleanup_handlers() {
   std::signal(SIGINT, cleanup_on_signal);
   std::signal(SIGTERM, cleanup_on_signal);
   std::signal(SIGHUP, cleanup_on_signal);
+  struct sigaction sa {};
+  sa.sa_sigaction = on_bus_error;
+  sa.sa_flags = SA_SIGINFO;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGBUS, &sa, nullptr);
 }
 
 AtomicFile::AtomicFile(std::string path, const char* component)

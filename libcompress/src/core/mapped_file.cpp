@@ -5,12 +5,62 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
+#include <mutex>
 
 #include "mcompress/error.h"
 
 namespace mc {
+
+namespace {
+// Live mappings, in fixed storage a signal handler can read without locking or allocating: a slot is
+// filled before `used` is set and cleared after it is reset.
+constexpr int kMaxMaps = 256;
+struct MapSlot {
+  uintptr_t begin, end;
+  uint64_t size;
+  char path[1024];
+};
+MapSlot g_maps[kMaxMaps];
+volatile sig_atomic_t g_map_used[kMaxMaps];
+std::mutex g_map_mutex;
+
+void register_map(const void* p, uint64_t size, const std::string& path) {
+  std::lock_guard<std::mutex> lock(g_map_mutex);
+  for (int i = 0; i < kMaxMaps; ++i)
+    if (!g_map_used[i]) {
+      MapSlot& s = g_maps[i];
+      s.begin = reinterpret_cast<uintptr_t>(p), s.end = s.begin + size, s.size = size;
+      const size_t n = std::min(path.size(), sizeof s.path - 1);
+      std::memcpy(s.path, path.data(), n);
+      s.path[n] = 0;
+      g_map_used[i] = 1;
+      return;
+    }
+}
+
+void unregister_map(const void* p) {
+  std::lock_guard<std::mutex> lock(g_map_mutex);
+  for (int i = 0; i < kMaxMaps; ++i)
+    if (g_map_used[i] && g_maps[i].begin == reinterpret_cast<uintptr_t>(p)) g_map_used[i] = 0;
+}
+}  // namespace
+
+bool mapped_file_at(const void* addr, char* path, uint64_t n, uint64_t* size) {
+  const auto a = reinterpret_cast<uintptr_t>(addr);
+  for (int i = 0; i < kMaxMaps; ++i) {
+    if (!g_map_used[i] || a < g_maps[i].begin || a >= g_maps[i].end) continue;
+    uint64_t k = 0;
+    for (; k + 1 < n && g_maps[i].path[k]; ++k) path[k] = g_maps[i].path[k];
+    if (n) path[k] = 0;
+    if (size) *size = g_maps[i].size;
+    return true;
+  }
+  return false;
+}
 
 std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path, const char* component) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -37,6 +87,7 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path, cons
       fail(component, path, ": cannot map: ", std::strerror(e));
     }
     m->data_ = static_cast<const uint8_t*>(p);
+    register_map(p, m->size_, path);
   }
   ::close(fd);
   return m;
@@ -51,7 +102,10 @@ void release_mapped_pages(const void* p, uint64_t n) {
 }
 
 MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (data_) {
+    unregister_map(data_);
+    ::munmap(const_cast<uint8_t*>(data_), size_);
+  }
 }
 
 }  // namespace mc

@@ -260,7 +260,8 @@ at::Tensor ScaleGroup::reduce(const at::Tensor& x) const {
 
 void Model::apply_scale_group(const ScaleGroup& g, const at::Tensor& s_in) {
   const at::Tensor s = s_in.to(at::kFloat).to(device_);
-  const at::Tensor& prev = param(g.prev);
+  // In float32 whatever the stored dtype (a bf16 norm kept narrow would add the offset in bf16).
+  const at::Tensor prev = param(g.prev).to(at::kFloat);
   if (s.dim() != 1 || s.size(0) != prev.size(0))
     fail("model", "scale group of '", g.prev, "': ", s.numel(), " scales for ", prev.size(0), " channels");
   if (!at::isfinite(s).all().item<bool>() || s.le(0).any().item<bool>())
@@ -271,11 +272,11 @@ void Model::apply_scale_group(const ScaleGroup& g, const at::Tensor& s_in) {
     set_param(g.prev, prev.div(s));
   else
     set_param(g.prev, prev.div(s.unsqueeze(1)));
-  if (!g.prev_bias.empty()) set_param(g.prev_bias, param(g.prev_bias).div(s));
+  if (!g.prev_bias.empty()) set_param(g.prev_bias, param(g.prev_bias).to(at::kFloat).div(s));
   const at::Tensor se = g.expand(s);
   for (const auto& name : g.layers) {
     const LayerInfo& l = layer(name);
-    const at::Tensor& w = param(l.weight);
+    const at::Tensor w = param(l.weight).to(at::kFloat);
     if (w.dim() != 2 || w.size(1) != se.size(0))
       fail("model", "scale group of '", g.prev, "': layer ", name, " has ", w.dim() == 2 ? w.size(1) : -1,
            " input columns, expected ", se.size(0));

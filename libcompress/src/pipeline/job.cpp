@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -64,9 +65,10 @@ void JobRun::step(const std::string& name) {
                        take_peak_rss_mib()});
 }
 
-void JobRun::load(bool int8_kernel) {
+void JobRun::load(bool int8_kernel, bool keep_dtype) {
   start();
   lo.int8_kernel = int8_kernel;
+  lo.keep_dtype = keep_dtype;
   model = load_model(io.model, lo);
   step("load model");
 }
@@ -138,6 +140,29 @@ void JobRun::stored_bits(const std::string& out_model, bool exact_parts_only) {
     }
     row.bits_per_weight = 8.0 * double(bytes) / double(row.params);
   }
+}
+
+void JobRun::check_disk(bool calibrated) {
+  double out = double(model_bytes(io.model)), codes = 0;
+  for (const auto& p : rep.plan) {
+    out += double(p.params) * (p.bits_after - p.bits_before) / 8;
+    codes += double(p.params);  // the journal keeps a block's codes a byte each
+  }
+  double hidden = 0;
+  if (calibrated && calib_x.defined() && calib_x.dim() == 2)
+    for (const auto& l : model->layers())
+      if (l.block == 0 && l.in_features > 0) {  // the block's input width: the hidden size
+        hidden = 2.0 * double(calib_x.numel()) * double(l.in_features) * 4;
+        break;
+      }
+  const auto need = static_cast<uint64_t>(2 * std::max(0.0, out) + (calibrated ? codes + hidden : 0));
+  fs::path dir = fs::absolute(io.out);
+  while (!dir.empty() && dir != dir.root_path() && !fs::exists(dir)) dir = dir.parent_path();
+  std::error_code ec;
+  const fs::space_info sp = fs::space(dir, ec);
+  if (!ec && sp.available < need)
+    fail("pipeline", io.out, ": needs about ", human_size(need), " of free disk (the output written and assembled",
+         calibrated ? ", and the resume journal" : "", "), ", dir.string(), " has ", human_size(sp.available));
 }
 
 void JobRun::evaluate_output(const std::string& out_model, const std::string& step_name) {

@@ -27,7 +27,9 @@ class JobRun {
   JobRun(const StageOptions& so, const JobIO& io, const EventSink& events);
 
   // Loads the model (int8_kernel: W8A8 layers run the real int8 matmul) and records the step.
-  void load(bool int8_kernel = true);
+  // keep_dtype: bf16/f16 weights stay as mapped views of the input, widened per layer while it
+  // computes (LoadOptions::keep_dtype), so a model larger than memory can be compressed block by block.
+  void load(bool int8_kernel = true, bool keep_dtype = false);
   // Evaluates the baseline when --eval is given.
   void baseline();
   // The calibration set: `needed` = the method cannot run without one. From --calib, or the --eval
@@ -43,6 +45,10 @@ class JobRun {
   void sizes(const std::string& out_model);
   // Stored bits per weight of each report layer from the written file: tensors named KEY or KEY.* .
   void stored_bits(const std::string& out_model, bool exact_parts_only);
+  // Fails up front (InputError naming the output, what it needs and what is free) when the output's file
+  // system has less room than this run will write: the output spooled then assembled (twice its size)
+  // and, for block-sequential methods, the resume journal (each block's codes, the hidden states twice).
+  void check_disk(bool calibrated);
   // Reloads the written file and evaluates it against the baseline (when --eval is given).
   void evaluate_output(const std::string& out_model, const std::string& step_name);
   // After the pass: its settings, layer rows and warnings into the report, the step timed.

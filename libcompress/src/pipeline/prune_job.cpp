@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <set>
 
 #include "job.h"
 #include "mcompress/checkpoint.h"
@@ -133,7 +134,7 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
                                        : fmt_num("%.0f%%", 100 * o.sparsity) + " (" + o.distribution + ")";
   if (o.quant) rep.settings["quantization"] = o.quant->describe() + ", fp16 scales";
   rep.settings["storage"] = st.storage;
-  job.load();
+  job.load(true, !st.is_structured);  // unstructured: bf16/f16 weights stay mapped, widened a layer at a time
   Model& model = *job.model;
   rep.title = fs::path(io.model).filename().string() + ": " + o.method + " " +
               (o.prune_n ? st.pattern : fmt_num("%.0f%%", 100 * o.sparsity)) + (o.quant ? " + " + o.quant->describe() : "");
@@ -146,24 +147,21 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
                 so.integer("calib-seqlen"));
   if (st.is_structured) return run_structured(job, st);
 
+  job.check_disk(st.needs_calibration);  // before any work: the estimate from the plan and the calibration set
   job.start();
   o.progress = events.layer_progress(o.method);
   // Resume: each finished block goes to OUT/.resume; a rerun after an interruption restores them.
   // A directory this run created goes again if the run fails (bad input found while pruning).
   JobOutput out(io.out, job_identity(so, io), events);
   o.journal = &out.journal();
-  PruneResult res = prune_model(model, job.calib_x, o);
-  out.keep();
-  job.pass_done("prune " + std::to_string(res.layers.size()) + " layers", res.settings, res.layers, res.warnings);
-
-  job.start();
+  // The output is written while pruning: each finished block's weights go to disk and the model's
+  // copies are released, so memory stays that of one block (Model::set_low_memory).
   const std::string out_model = (fs::path(io.out) / "model.safetensors").string();
-  {
-    PackedCheckpointWriter writer(out_model);
-    for (const auto& [k, v] : model.params())
-      if (!res.pruned.count(k)) writer.add_dense(k, job.as_stored(k, v));
-    for (const auto& [key, p] : res.pruned) {
-      const at::Tensor w = p.weight.reshape(model.param(key).sizes());
+  PackedCheckpointWriter writer(out_model);
+  std::set<std::string> written;
+  model.set_low_memory(true);
+  o.after_block = [&](int, PruneResult& partial) {
+    for (auto& [key, p] : partial.pruned) {
       if (st.storage == "sparse") {
         SparseLayout layout;
         layout.n = o.prune_n, layout.m = o.prune_m;
@@ -171,11 +169,22 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
       } else if (p.quant) {
         writer.add_quantized(key, *p.quant);
       } else {
-        writer.add_dense(key, w);
+        writer.add_dense(key, p.weight.reshape(model.param(key).sizes()));
       }
+      written.insert(key);
+      model.release_param(key);
     }
-    writer.finish(model.config_metadata());
-  }
+    partial.pruned.clear();
+  };
+  PruneResult res = prune_model(model, job.calib_x, o);
+  job.pass_done("prune " + std::to_string(res.layers.size()) + " layers (writing each block)", res.settings,
+                res.layers, res.warnings);
+
+  job.start();
+  for (const auto& [k, v] : model.params())
+    if (!written.count(k) && v.defined()) writer.add_dense(k, job.as_stored(k, v));
+  writer.finish(model.config_metadata());
+  out.keep();
   rep.output = out_model;
   job.step("write");
   job.sizes(out_model);

@@ -150,18 +150,23 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   if (so.has("ignore")) rep.settings["ignore"] = so.text("ignore");
 
   const bool needs = st.needs_calibration;
-  job.load(!st.simulate_int8);
+  job.load(!st.simulate_int8, true);  // bf16/f16 weights stay mapped: widened a layer at a time
   Model& model = *job.model;
   rep.title = quantize_title(st, io.model);
   rep.plan = plan_stage(model, io.model, so);  // bad patterns fail here, before any data is read
   if (io.dry_run) return job.result();
   job.check_calibration(needs, st.calibration_for);  // before any data is read
   {
-    // a pruned input without --keep-sparsity is worth a word
+    // A pruned input without --keep-sparsity is worth a word. The first block's layers tell (a pruned
+    // model is pruned throughout): reading every weight would be a pass over the whole file.
     double zeros = 0, n = 0;
+    int first = -2;
     for (const LayerInfo* l : select_layers(model, po)) {
+      if (first == -2) first = l->block;
+      if (l->block != first) continue;
       const at::Tensor& w = model.param(l->weight);
-      zeros += w.eq(0).sum().item<double>(), n += double(w.numel());
+      zeros += double(w.numel() - at::count_nonzero(w).item<int64_t>()), n += double(w.numel());
+      model.page_out_param(l->weight);  // a mapped weight read here is not kept resident
     }
     if (!po.keep_sparsity && n > 0 && zeros / n >= 0.25)
       rep.warnings.push_back(fmt_num("%.0f%% of the selected weights are exactly zero (a pruned model?): ", 100 * zeros / n) +
@@ -172,6 +177,7 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   job.calibrate(needs, st.calibration_for, st.calib_samples,
                 needs ? so.integer("calib-seqlen") : so.integer("window"), !needs);
 
+  job.check_disk(needs);  // before any work: the estimate from the plan and the calibration set
   job.start();
   po.progress = events.layer_progress(method);
   // The output is written while quantizing: each finished block's packed weights go to disk and the

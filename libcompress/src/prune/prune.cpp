@@ -132,8 +132,14 @@ PruneResult prune_model(Model& model, const at::Tensor& calib, const PruneOption
       ++done;
     }
   };
+  pass.after_block = [&](int k) {
+    if (o.after_block) o.after_block(k, res);
+  };
   run_block_pass(model, calib, split.in_blocks, so, o.journal, pass);
-  for (const LayerInfo* l : split.outside) prune_one(*l, nullptr);
+  for (const LayerInfo* l : split.outside) {
+    prune_one(*l, nullptr);
+    if (o.after_block) o.after_block(-1, res);
+  }
   res.sparsity = count > 0 ? zeros / count : 0.0;
   sort_rows(model, res.layers);
   return res;

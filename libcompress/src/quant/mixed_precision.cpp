@@ -114,7 +114,7 @@ std::map<std::string, std::vector<double>> sensitivity_scan(Model& model, const 
       const std::vector<double> e = scan.quantize_at(k, ls, st, c);
       for (size_t i = 0; i < ls.size(); ++i) errors[ls[i]->name][c] = e[i];
       for (const auto& [key, t] : saved)
-        if (!model.param(key).is_same(t)) model.set_param(key, t);
+        if (!model.param(key).is_same(t)) model.bind_param(key, t);  // the saved tensor itself (kept narrow)
     }
   };
   // Finished blocks of an interrupted scan: their errors from the journal, the scan goes on after them.

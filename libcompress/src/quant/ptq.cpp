@@ -335,7 +335,10 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
     if (o.journal) saver.snapshot();
   };
   run_block_pass(model, calib, split.in_blocks, so, o.journal, pass);
-  for (const LayerInfo* l : split.outside) run.outside(*l);
+  for (const LayerInfo* l : split.outside) {
+    run.outside(*l);
+    if (o.after_block) o.after_block(-1, res);  // written and released one layer at a time
+  }
   sort_rows(model, res.layers);  // report rows in execution order
   return res;
 }

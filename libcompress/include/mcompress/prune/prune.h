@@ -31,6 +31,7 @@ namespace mc {
 class Model;
 struct LayerInfo;
 class BlockJournal;
+struct PruneResult;
 
 struct PruneOptions {
   std::string method = "sparsegpt";  // magnitude | wanda | sparsegpt
@@ -46,6 +47,10 @@ struct PruneOptions {
   std::function<void(const std::string& phase, const LayerInfo& layer, int64_t i, int64_t n)> progress;
   // Resume (journal.h): finished blocks are saved, and restored instead of computed on a rerun.
   BlockJournal* journal = nullptr;
+  // Called after each finished (or restored) block, and after each layer pruned outside the blocks
+  // (block -1), with the result so far: a caller may write res.pruned out, erase it and release the
+  // model's copies (Model::release_param), so memory stays that of one block.
+  std::function<void(int block, PruneResult& partial)> after_block;
 };
 
 struct PrunedLayer {
