@@ -7,6 +7,7 @@ give the same file: every quantized part (codes, scales, zeros, masks, sparse va
 dense tensor equal after widening (the bf16 input keeps its norms bf16), the same per-layer errors and the
 same evaluation."""
 import json
+import math
 import os
 import shutil
 import struct
@@ -177,3 +178,27 @@ def test_output_disk_too_small_fails_up_front(mc, models, tmp_path):
         assert not os.listdir(small)
     finally:
         subprocess.run(["umount", str(small)])
+
+
+def test_compute_bf16_calibration_forward_within_tolerance(mc, models, tmp_path):
+    """--compute bf16: the calibration forward multiplies in bf16 (faster on AVX512-BF16); the report says so,
+    the evaluations stay float32 (same baseline), and the GPTQ result scores within 1% of the float32-calibrated
+    one: mean NLL (log perplexity) within 0.5% (stated tolerance; 0.07% here). An unknown value is one line,
+    exit 2."""
+    bf, f32, calib, evald = models
+    common = ["--method", "gptq", "--bits", "4", "--group-size", "32", "--calib", calib, "--calib-samples", "8",
+              "--calib-seqlen", "64", "--eval", evald, "--window", "64", "-q"]
+    mc("quantize", bf, *common, "-o", tmp_path / "f32")
+    mc("quantize", bf, *common, "--compute", "bf16", "-o", tmp_path / "bf16")
+    a = json.loads((tmp_path / "f32" / "report.json").read_text())
+    b = json.loads((tmp_path / "bf16" / "report.json").read_text())
+    assert "calibration forward" not in a["settings"]
+    assert b["settings"]["calibration forward"].startswith("bf16 matmuls")
+    pa = next(m for m in a["metrics"] if m["primary"])
+    pb = next(m for m in b["metrics"] if m["primary"])
+    assert pa["baseline"] == pb["baseline"]
+    assert pa["name"] == "perplexity"
+    assert math.log(pb["compressed"]) == pytest.approx(math.log(pa["compressed"]), rel=5e-3)
+    p = mc("quantize", bf, *common, "--compute", "fp8", "-o", tmp_path / "bad", check=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--compute" in p.stderr, p.stderr
+    assert not (tmp_path / "bad").exists()

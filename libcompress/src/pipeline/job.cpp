@@ -58,6 +58,14 @@ JobRun::JobRun(const StageOptions& o, const JobIO& i, const EventSink& e) : so(o
   lo.device = so.text("device");
   have_eval = so.has("eval");
   eo.window = so.integer("window"), eo.truncate = so.flag("truncate"), eo.max_docs = so.integer("max-docs");
+  if (so.has("compute")) {
+    const std::string c = so.text("compute");
+    if (c != "f32" && c != "bf16") so.fail("compute", "must be f32 or bf16, not '" + c + "'");
+    bf16_compute_ = c == "bf16";
+    if (bf16_compute_)
+      compute_note_ = "bf16 matmuls (--compute bf16): inputs and weights rounded to bf16; float32 accumulation, "
+                      "outputs, Hessians and evaluations";
+  }
 }
 
 void JobRun::step(const std::string& name) {

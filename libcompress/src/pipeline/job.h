@@ -36,6 +36,18 @@ class JobRun {
   // data with --calib-from-eval (then the report says so); fails with what to pass when needed and
   // missing. allow_short: a text shorter than seqlen gives shorter sequences.
   void calibrate(bool needed, const std::string& why, int64_t samples, int64_t seqlen, bool allow_short = false);
+  // Runs `pass` (the calibration forward and the method) with --compute's matmul precision, then back to
+  // float32 for everything else (the evaluations); the report says so.
+  template <typename F>
+  auto with_compute(F&& pass) {
+    struct Reset {
+      Model* m;
+      ~Reset() { m->set_compute_bf16(false); }
+    } reset{model.get()};
+    model->set_compute_bf16(bf16_compute_);
+    if (bf16_compute_) rep.settings["calibration forward"] = compute_note_;
+    return pass();
+  }
   // The same checks alone, before anything is loaded: missing or contradictory calibration options.
   void check_calibration(bool needed, const std::string& why) const;
   // Starts / ends a timed step.
@@ -82,6 +94,8 @@ class JobRun {
  private:
   std::chrono::steady_clock::time_point t_ = std::chrono::steady_clock::now();
   std::optional<std::map<std::string, DType>> input_dtypes_;
+  bool bf16_compute_ = false;
+  std::string compute_note_;
 };
 
 // Report-level identity of a job for its resume journal.

@@ -176,13 +176,16 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
     }
     partial.pruned.clear();
   };
-  PruneResult res = prune_model(model, job.calib_x, o);
+  PruneResult res = job.with_compute([&] { return prune_model(model, job.calib_x, o); });
   job.pass_done("prune " + std::to_string(res.layers.size()) + " layers (writing each block)", res.settings,
                 res.layers, res.warnings);
 
   job.start();
   for (const auto& [k, v] : model.params())
-    if (!written.count(k) && v.defined()) writer.add_dense(k, job.as_stored(k, v));
+    if (!written.count(k) && v.defined()) {
+      writer.add_dense(k, job.as_stored(k, v));
+      model.page_out_param(k);  // a mapped embedding / head read here does not stay resident
+    }
   writer.finish(model.config_metadata());
   out.keep();
   rep.output = out_model;

@@ -201,7 +201,7 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
     }
     partial.quantized.clear();
   };
-  PtqResult res = quantize_model(model, job.calib_x, po);
+  PtqResult res = job.with_compute([&] { return quantize_model(model, job.calib_x, po); });
   job.pass_done("quantize " + std::to_string(res.layers.size()) + " layers (writing each block)", res.settings,
                 res.layers, res.warnings);
 
@@ -210,7 +210,10 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   for (const auto& [key, q] : res.quantized) add(key, q), written.insert(key);
   if (po.keep_sparsity) rep.settings["sparsity"] = std::to_string(sparse_layers) + " layers kept sparse (sparse layout)";
   for (const auto& [k, v] : model.params())
-    if (!written.count(k) && v.defined()) writer.add_dense(k, job.as_stored(k, v));
+    if (!written.count(k) && v.defined()) {
+      writer.add_dense(k, job.as_stored(k, v));
+      model.page_out_param(k);  // a mapped embedding / head read here does not stay resident
+    }
   auto meta = model.config_metadata();
   if (!res.act_bits.empty()) meta[kActivationMetadataKey] = activation_metadata(res.act_bits);
   writer.finish(meta);

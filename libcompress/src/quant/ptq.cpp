@@ -129,6 +129,7 @@ class Runner {
 
   // A layer without calibration statistics (outside the blocks, or no calibration data): RTN.
   void outside(const LayerInfo& l) {
+    if (o_.progress) o_.progress("quantize", l, ++done, total);
     const at::Tensor w_full = m_.param(l.weight);
     const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
     const QuantSpec& sp = spec_of.at(l.name);
@@ -254,7 +255,7 @@ void choose_bits(Model& model, const at::Tensor& calib, const std::vector<const 
   for (size_t i = 0; i < names.size(); ++i) run.spec_of[names[i]].bits = a.bits[i];
   res.settings["mixed precision"] = a.summary;
   run.done = 0;
-  run.total = static_cast<int64_t>(in_blocks.size());
+  run.total = static_cast<int64_t>(layers.size());  // the blocks' layers, then any outside them
 }
 
 }  // namespace
@@ -312,7 +313,7 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   Runner run(model, o, method, res);
   for (const LayerInfo* l : layers) run.spec_of[l->name] = spec_for(o, l->name);
   const LayerSplit split = split_layers(layers, calibrated);
-  run.total = static_cast<int64_t>(split.in_blocks.size());
+  run.total = static_cast<int64_t>(layers.size());
   SequentialOptions so;
   so.batch = o.batch, so.fp64 = o.fp64;
   so.true_sequential = o.true_sequential && method.true_sequential;
