@@ -202,3 +202,28 @@ def test_compute_bf16_calibration_forward_within_tolerance(mc, models, tmp_path)
     p = mc("quantize", bf, *common, "--compute", "fp8", "-o", tmp_path / "bad", check=False)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--compute" in p.stderr, p.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_calibration_plan_counts_the_work(mc, models, tmp_path):
+    """The up-front estimate: FLOPs of two forward passes per block over the calibration tokens plus XᵀX of
+    each distinct layer input (q/k/v share one, gate/up another), computed here by hand from config.json."""
+    bf, f32, calib, evald = models
+    cfg = json.loads((bf / "config.json").read_text())
+    h, f, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    seqs, seqlen = 8, 64
+    tokens = seqs * seqlen
+    linear = 2 * (h * q + 2 * h * kv + q * h + 2 * h * f + f * h) * L
+    attn = 4 * q * L * seqlen
+    hessian = 2 * (h * h + q * q + h * h + f * f) * L  # attention input, o's input, MLP input, down's input
+    want = tokens * (linear + attn) * 2 + tokens * hessian
+    p = mc("quantize", bf, "--method", "gptq", "--bits", "4", "--group-size", "32", "--calib", calib,
+           "--calib-samples", seqs, "--calib-seqlen", seqlen, "-o", tmp_path / "o", "--log-json")
+    plan = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{") and '"plan"' in l]
+    assert len(plan) == 1 and plan[0]["tokens"] == tokens and plan[0]["blocks"] == L
+    assert plan[0]["flops"] == pytest.approx(want, rel=1e-9)
+    assert plan[0]["matmul_gflops"] > 0 and plan[0]["eta_s"] > 0
+    text = mc("quantize", bf, "--method", "gptq", "--bits", "4", "--group-size", "32", "--calib", calib,
+              "--calib-samples", seqs, "--calib-seqlen", seqlen, "-o", tmp_path / "t").stdout
+    assert text.startswith("calibration: %d tokens (%d x %d) through %d blocks" % (tokens, seqs, seqlen, L)), text[:300]

@@ -11,6 +11,7 @@
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
 #include "mcompress/eval.h"
+#include "mcompress/throughput.h"
 #include "mcompress/events.h"
 #include "mcompress/model.h"
 #include "mcompress/models/llama.h"
@@ -94,57 +95,6 @@ struct WindowScore {
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// What one token costs the model: matmul FLOPs of its weights (2 x in x out per linear layer, classifier
-// included) and bytes of activations a pass holds per token (hidden states, MLP and attention intermediates).
-struct TokenCost {
-  double linear_flops = 0;
-  double attn_flops_per_pos = 0;  // times the window length: q.k and p.v over all heads, full L x L
-  double bytes = 0;
-  std::vector<std::pair<int64_t, int64_t>> block_shapes;  // (in, out) of block 0's linear layers
-};
-
-TokenCost token_cost(const Model& model, int64_t window) {
-  TokenCost c;
-  int64_t widest = 0;
-  for (const LayerInfo& l : model.layers()) {
-    if (l.kind != LayerKind::Linear) continue;
-    c.linear_flops += 2.0 * double(l.in_features) * double(l.out_features);
-    if (l.block == 0) c.block_shapes.emplace_back(l.in_features, l.out_features);
-    if (!l.is_classifier) widest = std::max(widest, l.out_features);
-  }
-  int64_t dim = 0, heads = 0, head_dim = 0;
-  if (const auto* m = dynamic_cast<const LlamaModel*>(&model)) {
-    dim = m->config().dim, heads = m->config().n_heads, head_dim = m->config().head_dim;
-    c.attn_flops_per_pos = 4.0 * double(heads * head_dim) * double(m->num_blocks());
-  }
-  // Hidden + residual + norm output, q/k/v/attention output, the MLP's gate/up/product, scores and probs.
-  c.bytes = 4.0 * double(4 * dim + 4 * heads * head_dim + 3 * widest + 3 * heads * window);
-  return c;
-}
-
-// GFLOP/s of at::linear (in bf16 when the model computes in bf16) on block 0's layer shapes with `tokens` rows, each shape at least once and the set
-// repeated until ~0.3 s have passed.
-double matmul_gflops(const std::vector<std::pair<int64_t, int64_t>>& shapes, int64_t tokens, c10::Device dev,
-                     bool bf16) {
-  if (shapes.empty() || tokens <= 0) return 0;
-  auto o = at::TensorOptions().dtype(at::kFloat).device(dev);
-  const auto dt = bf16 ? at::kBFloat16 : at::kFloat;
-  std::vector<std::pair<at::Tensor, at::Tensor>> ops;
-  for (auto [in, out] : shapes)
-    ops.emplace_back(at::randn({tokens, in}, o).to(dt), (at::randn({out, in}, o) * 0.01).to(dt));
-  double flops = 0;
-  at::linear(ops[0].first, ops[0].second);  // warm-up
-  const auto t0 = Clock::now();
-  do {
-    for (auto& [x, w] : ops) {
-      at::Tensor y = at::linear(x, w);
-      if (dev.is_cuda()) y.cpu();
-      flops += 2.0 * double(x.size(0)) * double(x.size(1)) * double(w.size(0));
-    }
-  } while (since(t0) < 0.3);
-  return flops / since(t0) / 1e9;
-}
 
 // The saved baseline of LmEvalOptions::save_topk / kl_base.
 struct TopK {
@@ -420,6 +370,47 @@ void to_json(nlohmann::json& j, const LmEvalResult& r) {
                      {"forward_seconds", r.forward_seconds}};
   j["bits_per_byte"] = r.bits_per_byte >= 0 ? nlohmann::json(r.bits_per_byte) : nlohmann::json(nullptr);
   if (r.has_reference) j["mean_kl"] = r.mean_kl, j["top1_agreement"] = r.top1_agreement;
+}
+
+TokenCost token_cost(const Model& model, int64_t window) {
+  TokenCost c;
+  int64_t widest = 0;
+  for (const LayerInfo& l : model.layers()) {
+    if (l.kind != LayerKind::Linear) continue;
+    c.linear_flops += 2.0 * double(l.in_features) * double(l.out_features);
+    if (l.block >= 0) c.block_linear_flops += 2.0 * double(l.in_features) * double(l.out_features);
+    if (l.block == 0) c.block_shapes.emplace_back(l.in_features, l.out_features);
+    if (!l.is_classifier) widest = std::max(widest, l.out_features);
+  }
+  int64_t dim = 0, heads = 0, head_dim = 0;
+  if (const auto* m = dynamic_cast<const LlamaModel*>(&model)) {
+    dim = m->config().dim, heads = m->config().n_heads, head_dim = m->config().head_dim;
+    c.attn_flops_per_pos = 4.0 * double(heads * head_dim) * double(m->num_blocks());
+  }
+  // Hidden + residual + norm output, q/k/v/attention output, the MLP's gate/up/product, scores and probs.
+  c.bytes = 4.0 * double(4 * dim + 4 * heads * head_dim + 3 * widest + 3 * heads * window);
+  return c;
+}
+
+double matmul_gflops(const std::vector<std::pair<int64_t, int64_t>>& shapes, int64_t tokens, c10::Device dev,
+                     bool bf16) {
+  if (shapes.empty() || tokens <= 0) return 0;
+  auto o = at::TensorOptions().dtype(at::kFloat).device(dev);
+  const auto dt = bf16 ? at::kBFloat16 : at::kFloat;
+  std::vector<std::pair<at::Tensor, at::Tensor>> ops;
+  for (auto [in, out] : shapes)
+    ops.emplace_back(at::randn({tokens, in}, o).to(dt), (at::randn({out, in}, o) * 0.01).to(dt));
+  double flops = 0;
+  at::linear(ops[0].first, ops[0].second);  // warm-up
+  const auto t0 = Clock::now();
+  do {
+    for (auto& [x, w] : ops) {
+      at::Tensor y = at::linear(x, w);
+      if (dev.is_cuda()) y.cpu();
+      flops += 2.0 * double(x.size(0)) * double(x.size(1)) * double(w.size(0));
+    }
+  } while (since(t0) < 0.3);
+  return flops / since(t0) / 1e9;
 }
 
 }  // namespace mc

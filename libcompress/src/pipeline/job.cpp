@@ -7,9 +7,12 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <set>
+#include <nlohmann/json.hpp>
 
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
+#include "mcompress/throughput.h"
 
 namespace mc {
 
@@ -171,6 +174,42 @@ void JobRun::check_disk(bool calibrated) {
   if (!ec && sp.available < need)
     fail("pipeline", io.out, ": needs about ", human_size(need), " of free disk (the output written and assembled",
          calibrated ? ", and the resume journal" : "", "), ", dir.string(), " has ", human_size(sp.available));
+}
+
+void JobRun::calibration_plan(const std::string& method) {
+  if (!calib_x.defined() || calib_x.dim() != 2 || (events.quiet && !events.json) || model->num_blocks() == 0) return;
+  const int64_t seqs = calib_x.size(0), len = calib_x.size(1), tokens = seqs * len;
+  const TokenCost c = token_cost(*model, len);
+  // Per block: a statistics pass and an output pass over every sequence (and one batch to find which
+  // layers share an input), plus XᵀX for each distinct input (q/k/v and gate/up share one).
+  double hessian = 0;
+  std::set<std::string> shared;  // layers after a norm read its output together (one H)
+  for (const ScaleGroup& g : model->scale_groups(0))
+    if (g.prev_is_norm && !g.layers.empty()) {
+      const double in = double(model->layer(g.layers[0]).in_features);
+      hessian += 2.0 * in * in;
+      shared.insert(g.layers.begin(), g.layers.end());
+    }
+  for (const auto& l : model->layers())
+    if (l.block == 0 && l.kind == LayerKind::Linear && !shared.count(l.name))
+      hessian += 2.0 * double(l.in_features) * double(l.in_features);
+  const double blocks = model->num_blocks();
+  const double forward = double(tokens) * (c.block_linear_flops + c.attn_flops_per_pos * double(len)) * 2.0;
+  const double flops = forward + double(tokens) * hessian * blocks;
+  const double probe = matmul_gflops(c.block_shapes, std::min<int64_t>(tokens, 2048), model->device(), bf16_compute_);
+  const double eta = probe > 0 ? flops / (probe * 1e9) : 0;
+  const std::string line = "calibration: " + commas(uint64_t(tokens)) + " tokens (" + std::to_string(seqs) + " x " +
+                           std::to_string(len) + ") through " + std::to_string(model->num_blocks()) +
+                           " blocks, two passes each plus Hessians: " +
+                           (flops >= 1e11 ? fmt_num("%.1f TFLOP", flops / 1e12) : fmt_num("%.1f GFLOP", flops / 1e9)) +
+                           ", about " + eta_text(eta) + " at this machine's matmul speed (" +
+                           fmt_num("%.0f", probe) + " GFLOP/s" + (bf16_compute_ ? ", bf16" : "") + "), plus " +
+                           method + "'s own work per layer";
+  if (events.json)
+    events.emit("plan", nlohmann::json({{"tokens", tokens}, {"blocks", model->num_blocks()}, {"flops", flops},
+                                        {"matmul_gflops", probe}, {"eta_s", eta}}).dump());
+  else
+    events.print(line);
 }
 
 void JobRun::evaluate_output(const std::string& out_model, const std::string& step_name) {

@@ -61,6 +61,10 @@ class JobRun {
   // system has less room than this run will write: the output spooled then assembled (twice its size)
   // and, for block-sequential methods, the resume journal (each block's codes, the hidden states twice).
   void check_disk(bool calibrated);
+  // Before a block-sequential pass: the work it will do and how long that takes at this machine's matmul
+  // speed on the model's layer shapes (a ~0.3 s probe), as a line ("calibration: 65,536 tokens through
+  // 16 blocks: ...") and a "plan" event. Nothing without calibration data or when quiet.
+  void calibration_plan(const std::string& method);
   // Reloads the written file and evaluates it against the baseline (when --eval is given).
   void evaluate_output(const std::string& out_model, const std::string& step_name);
   // After the pass: its settings, layer rows and warnings into the report, the step timed.

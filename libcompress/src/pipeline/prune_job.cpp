@@ -148,6 +148,7 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
   if (st.is_structured) return run_structured(job, st);
 
   job.check_disk(st.needs_calibration);  // before any work: the estimate from the plan and the calibration set
+  if (st.needs_calibration) job.calibration_plan(o.method);
   job.start();
   o.progress = events.layer_progress(o.method);
   // Resume: each finished block goes to OUT/.resume; a rerun after an interruption restores them.

@@ -178,6 +178,7 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
                 needs ? so.integer("calib-seqlen") : so.integer("window"), !needs);
 
   job.check_disk(needs);  // before any work: the estimate from the plan and the calibration set
+  if (st.calibrated) job.calibration_plan(method);
   job.start();
   po.progress = events.layer_progress(method);
   // The output is written while quantizing: each finished block's packed weights go to disk and the
