@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <filesystem>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "mcompress/error.h"
 
@@ -19,6 +22,12 @@ namespace fs = std::filesystem;
 constexpr int64_t kBlockElems = int64_t(1) << 22;
 
 }  // namespace
+
+void return_free_heap() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
+}
 
 int64_t export_block_rows(int64_t cols) { return std::max<int64_t>(1, kBlockElems / std::max<int64_t>(1, cols)); }
 

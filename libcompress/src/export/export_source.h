@@ -56,6 +56,11 @@ class ExportSource {
   bool entries_visible_ = false;
 };
 
+// Hands the heap's free pages back to the kernel (glibc's malloc_trim). The freed temporaries of a block's
+// tensors otherwise stay in the process, fragmented, and the peak grows with the model (hf-gptq of an 8B
+// model: 4.07 GB instead of 1.3 GB). Reusing them costs page faults again: call it once per block.
+void return_free_heap();
+
 // Rows of a [rows, cols] tensor per block of for_row_blocks (about 4 Mi values): for exporters that
 // encode other sources (quantizer results) in the same blocks.
 int64_t export_block_rows(int64_t cols);
