@@ -13,6 +13,7 @@
 #include "mcompress/io/safetensors.h"
 #include "mcompress/prune/prune.h"
 #include "mcompress/quant/packed.h"
+#include "mcompress/quant/packed_entries.h"
 #include "mcompress/torch_bridge.h"
 #include "quant_helpers.h"
 #include "test_utils.h"
@@ -160,6 +161,53 @@ TEST_CASE("sparse entries round trip exactly: bitmask and N:M, float16 values an
   }
   CHECK(at::equal(got.at("dense.q.weight"), dq.dequantize()));
   CHECK(at::equal(got.at("norm.weight"), at::ones({7})));
+}
+
+TEST_CASE("PackedEntryReader reads each entry as read_packed_entries and read_packed_checkpoint do", "[pack][sparse]") {
+  mctest::TempDir dir;
+  const std::string path = dir.file("sparse.safetensors");
+  const auto entries = sample_entries();
+  QuantResult dq = rtn_quantize(weights(4, 64, 20), spec_of(4, true, 32));
+  write_packed_checkpoint(path, {{"norm.weight", at::ones({7})}}, {{"dense.q.weight", dq}}, {}, entries);
+  auto whole = open_safetensors(path);
+  const auto all = read_packed_entries(*whole);
+  const std::vector<HostTensor> dense = read_packed_checkpoint(*whole);
+  PackedEntryReader r(open_safetensors(path));
+  CHECK(r.keys().size() == all.size());
+  // placeholders in read_packed_checkpoint's order: no data, the parameter's shape (a conv kernel's own shape)
+  const std::vector<HostTensor> unread = r.parameters_unread();
+  REQUIRE(unread.size() == dense.size());
+  for (size_t i = 0; i < unread.size(); ++i) {
+    INFO(dense[i].name);
+    CHECK(unread[i].name == dense[i].name);
+    CHECK(unread[i].shape == dense[i].shape);
+    CHECK((unread[i].data == nullptr) == r.contains(dense[i].name));
+    if (r.contains(dense[i].name)) {
+      CHECK(unread[i].dtype == DType::F32);
+      CHECK(at::equal(r.dequantized(dense[i].name), to_torch(dense[i])));
+      CHECK(r.info(dense[i].name).shape() == dense[i].shape);
+    }
+  }
+  for (const auto& [key, want] : all) {
+    INFO(key);
+    const PackedEntryParts got = r.load(key);
+    const PackedEntryInfo& info = r.info(key);
+    CHECK(info.sparse == want.sparse.has_value());
+    CHECK(info.spec.has_value() == want.quant.has_value());
+    CHECK(got.quant.has_value() == want.quant.has_value());
+    if (want.quant) {
+      CHECK(at::equal(got.quant->codes, want.quant->codes));
+      CHECK(at::equal(got.quant->scales, want.quant->scales));
+      CHECK(info.g_idx == want.quant->g_idx.defined());
+      CHECK(info.spec->bits == want.quant->spec.bits);
+    }
+    CHECK(got.mask.defined() == want.mask.defined());
+    if (want.mask.defined()) CHECK(at::equal(got.mask, want.mask));
+    r.release(key);  // pages handed back; reading again gives the same values
+    CHECK(at::equal(r.dequantized(key), r.dequantized(key)));
+  }
+  CHECK_FALSE(r.contains("norm.weight"));
+  CHECK_THROWS_WITH(r.info("norm.weight"), Catch::Contains("no packed tensor 'norm.weight'"));
 }
 
 TEST_CASE("sparse float16 values are rounded to float16 on write", "[pack][sparse]") {

@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 
+#include "export/export_source.h"
 #include "export/gguf_gemma.h"
 #include "export/gguf_phi3.h"
 #include "export/gguf_vocab.h"
@@ -34,14 +35,19 @@ const TypeName kTypes[] = {
     {"q5_k", DType::Q5_K, 16}, {"q6_k", DType::Q6_K, 18}, {"q4_k_m", {}, 15},      {"auto", {}, 0},
 };
 
-// One weight to export: where it comes from and what it becomes.
+// One weight to export: where it comes from and what it becomes. Nothing of its values is held: they are
+// read, encoded and written one weight at a time (encode_item).
 struct Item {
   std::string gguf, key, role;
   int64_t block = -1;
-  at::Tensor value;               // float32, already in llama.cpp's row order
-  const QuantResult* quant = nullptr;
+  Shape shape;
+  at::Tensor fixed;                         // float32 values made here (rope factors); else the parameter `key`
+  const PackedEntryInfo* packed = nullptr;  // a packed checkpoint's quantizer result for it (dense entries)
+  at::Tensor order;                         // int64 [rows]: llama.cpp's row i is row order[i] (q/k); else undefined
+  bool plus_one = false;                    // written as 1 + w (Gemma norms)
   DType dtype = DType::F32;
   std::string note;
+  int64_t numel() const { return shape_numel(shape); }
 };
 
 // llama.cpp: use_more_bits in llama_tensor_get_type.
@@ -52,8 +58,9 @@ bool f16_exact(const at::Tensor& w) {
   return at::equal(back, w);
 }
 
-// The type requested for a 2-D weight before the row-length check.
-DType wanted_type(const std::string& type, const Item& it, const LlamaConfig& c, std::string* why) {
+// The type requested for a 2-D weight before the row-length check (q: its quantizer result, for auto).
+DType wanted_type(const std::string& type, const Item& it, const QuantResult* q_in, const LlamaConfig& c,
+                  std::string* why) {
   for (const auto& t : kTypes)
     if (type == t.name && t.dtype) return *t.dtype;
   if (type == "q4_k_m") {
@@ -65,8 +72,8 @@ DType wanted_type(const std::string& type, const Item& it, const LlamaConfig& c,
     return DType::Q4_K;
   }
   // auto
-  if (!it.quant) return *why = "dense -> F16", DType::F16;
-  const QuantResult& q = *it.quant;
+  if (!q_in) return *why = "dense -> F16", DType::F16;
+  const QuantResult& q = *q_in;
   const std::string grid = q.spec.describe() + (q.g_idx.defined() ? " act-order" : "");
   for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0})  // smallest first
     if (maps_exactly(q, t)) return *why = "exact from " + grid, t;
@@ -77,31 +84,32 @@ DType wanted_type(const std::string& type, const Item& it, const LlamaConfig& c,
   return DType::Q8_0;
 }
 
-void choose_type(Item& it, const std::string& type, const LlamaConfig& c) {
+// it.dtype and the note saying why (the note on an exact mapping is added when the weight is encoded).
+void choose_type(Item& it, const std::string& type, const LlamaConfig& c, const ExportSource& src) {
   if (it.role == "attn_norm" || it.role == "ffn_norm" || it.role == "final_norm" || it.role == "q_norm" ||
       it.role == "k_norm" || it.role == "post_attn_norm" || it.role == "pre_ffn_norm" ||
       it.role == "post_ffn_norm" || it.role == "rope_factors") {
     it.dtype = DType::F32, it.note = c.norm_plus_one && it.role != "rope_factors" ? "norm, 1 + w" : "norm";
     return;
   }
-  if (it.value.dim() == 1) {  // biases
+  if (it.shape.size() == 1) {  // biases
     it.dtype = DType::F32, it.note = "bias";
     return;
   }
+  std::optional<QuantResult> q;  // auto maps each packed grid to the type it fits
+  if (type == "auto" && it.packed) q = src.entry(it.key).quant, src.release(it.key);
   std::string why;
-  DType t = wanted_type(type, it, c, &why);
-  const int64_t cols = it.value.size(1);
+  DType t = wanted_type(type, it, q ? &*q : nullptr, c, &why);
+  const int64_t cols = it.shape[1];
   const int64_t be = dtype_info(t).block_elems;
   if (cols % be != 0) {
     DType fb = t == DType::Q4_K ? DType::Q5_0 : t == DType::Q5_K ? DType::Q5_1 : t == DType::Q6_K ? DType::Q8_0 : DType::F16;
     if (cols % 32 != 0) fb = DType::F16;
-    if (fb == DType::F16 && type == "auto" && !f16_exact(it.value)) fb = DType::F32;
+    if (fb == DType::F16 && type == "auto" && !f16_exact(src.value(it.key))) fb = DType::F32;
     why = str("fallback ", dtype_name(t), " -> ", dtype_name(fb), ": row length ", cols, " not a multiple of ", be,
               why.empty() ? "" : " (" + why + ")");
     t = fb;
   }
-  if (it.quant && maps_exactly(*it.quant, t) && why.find("exact") == std::string::npos)
-    why += std::string(why.empty() ? "" : "; ") + "exact from " + it.quant->spec.describe();
   it.dtype = t, it.note = why;
 }
 
@@ -157,7 +165,7 @@ uint32_t file_type_of(const std::string& type, const std::vector<Item>& items) {
     if (type == t.name && type != "auto") return t.file_type;
   std::map<DType, int64_t> params;  // auto: the type holding most parameters
   for (const auto& it : items)
-    if (it.value.dim() == 2) params[it.dtype] += it.value.numel();
+    if (it.shape.size() == 2) params[it.dtype] += it.numel();
   DType best = DType::F16;
   int64_t most = -1;
   for (const auto& [t, n] : params)
@@ -168,27 +176,56 @@ uint32_t file_type_of(const std::string& type, const std::vector<Item>& items) {
   return ft.at(best);
 }
 
-// Encodes the items (lazily, as the writer streams them) and writes the file.
-std::vector<GgufTensorChoice> write_items(const std::string& out_path, const std::vector<GgufKV>& kv,
-                                          std::vector<Item>& items) {
-  std::vector<GgufTensorSource> src;
-  std::vector<GgufTensorChoice> choices;
-  for (Item& it : items) {
-    const Item* p = &it;
-    src.push_back({it.gguf, it.dtype, Shape(it.value.sizes().begin(), it.value.sizes().end()), [p] {
-                     if (p->quant && p->dtype != DType::F32 && p->dtype != DType::F16)
-                       return encode_from_quant(*p->quant, p->dtype);
-                     const at::Tensor& v = p->value;
-                     return encode_matrix(p->dtype, v.data_ptr<float>(), v.dim() == 2 ? v.size(0) : 1, v.size(-1));
-                   }});
-    if (it.quant && maps_exactly(*it.quant, it.dtype) && (it.dtype == DType::Q4_1 || it.dtype == DType::Q5_1)) {
-      int64_t inexact = 0;
-      encode_from_quant(*it.quant, it.dtype, &inexact);  // counts the blocks whose min is not a float16 value
-      if (inexact > 0) it.note += str("; ", inexact, " blocks with the min rounded to float16");
+QuantResult rows_of(const QuantResult& q, int64_t first, int64_t n) {
+  QuantResult r = q;
+  r.codes = q.codes.narrow(0, first, n), r.scales = q.scales.narrow(0, first, n), r.zeros = q.zeros.narrow(0, first, n);
+  return r;
+}
+
+// The bytes of one weight, encoded a block of rows at a time from its source (its pages handed back after);
+// adds the notes on exact mappings. Rows are encoded independently, so the blocks give the whole-matrix bytes.
+std::vector<uint8_t> encode_item(const ExportSource& src, Item& it) {
+  if (it.fixed.defined()) return encode_matrix(it.dtype, it.fixed.data_ptr<float>(), 1, it.fixed.numel());
+  const int64_t rows = it.shape.size() == 2 ? it.shape[0] : 1, cols = it.shape.back();
+  const uint64_t row_bytes = *dtype_nbytes(it.dtype, cols);
+  std::vector<uint8_t> out(size_t(rows) * row_bytes);
+  auto put = [&](const std::vector<uint8_t>& b, int64_t first) { std::copy(b.begin(), b.end(), out.begin() + first * row_bytes); };
+  if (it.packed && it.dtype != DType::F32 && it.dtype != DType::F16) {
+    QuantResult q = *src.entry(it.key).quant;
+    if (it.order.defined()) q = permute_rows(q, it.order);
+    const bool exact = maps_exactly(q, it.dtype);
+    if (exact && it.note.find("exact") == std::string::npos)
+      it.note += std::string(it.note.empty() ? "" : "; ") + "exact from " + q.spec.describe();
+    int64_t inexact = 0;  // blocks whose min is not a float16 value (Q4_1, Q5_1)
+    for (int64_t r = 0, step = export_block_rows(cols); r < rows; r += step) {
+      int64_t k = 0;
+      put(encode_from_quant(rows_of(q, r, std::min(step, rows - r)), it.dtype, &k), r);
+      inexact += k;
     }
-    choices.push_back({it.gguf, dtype_name(it.dtype), it.note, it.value.numel(), *dtype_nbytes(it.dtype, it.value.numel())});
+    if (exact && (it.dtype == DType::Q4_1 || it.dtype == DType::Q5_1) && inexact > 0)
+      it.note += str("; ", inexact, " blocks with the min rounded to float16");
+    src.release(it.key);
+    return out;
   }
-  write_gguf(out_path, kv, src);
+  src.for_row_blocks(it.key, it.order, [&](const at::Tensor& v, int64_t first) {
+    const at::Tensor x = it.plus_one ? (v + 1.0).contiguous() : v;  // Gemma norms as 1 + w
+    put(encode_matrix(it.dtype, x.data_ptr<float>(), x.size(0), x.size(1)), first);
+  });
+  return out;
+}
+
+// Writes the file, each weight encoded as the writer reaches it; returns what each became.
+std::vector<GgufTensorChoice> write_items(const ExportSource& src, const std::string& out_path,
+                                          const std::vector<GgufKV>& kv, std::vector<Item>& items) {
+  std::vector<GgufTensorSource> tensors;
+  for (Item& it : items) {
+    Item* p = &it;
+    tensors.push_back({it.gguf, it.dtype, it.shape, [&src, p] { return encode_item(src, *p); }});
+  }
+  write_gguf(out_path, kv, tensors);
+  std::vector<GgufTensorChoice> choices;
+  for (const Item& it : items)
+    choices.push_back({it.gguf, dtype_name(it.dtype), it.note, it.numel(), *dtype_nbytes(it.dtype, it.numel())});
   return choices;
 }
 
@@ -204,24 +241,14 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   for (const auto& t : kTypes) known = known || type == t.name;
   if (!known) fail("gguf", "unknown type '", opts.type, "' (allowed: ", gguf_export_types(), ")");
 
-  auto model = load_model(model_path);
-  auto* llama = dynamic_cast<LlamaModel*>(model.get());
-  if (!llama) fail("gguf", model_path, ": GGUF export needs a llama model, this is '", model->arch(), "'");
-  const LlamaConfig& c = llama->config();
+  const ExportSource src(model_path);  // bf16/f16 weights stay mapped, packed entries packed, until written
+  if (!src.is_llama()) fail("gguf", model_path, ": GGUF export needs a llama model, this is '", src.arch(), "'");
+  const LlamaConfig& c = src.config();
   const std::string arch = c.family.empty() ? gguf_arch(c, model_path) : c.family;
   const std::string tok_path = find_tokenizer(model_path, opts.tokenizer);
 
-  // Quantizer results of a packed checkpoint, by checkpoint key (sparse entries: their dense values).
-  std::map<std::string, QuantResult> quant;
-  if (!fs::is_directory(model_path)) {
-    auto reader = open_checkpoint(model_path);
-    if (is_packed_checkpoint(*reader))
-      for (auto& [key, e] : read_packed_entries(*reader))
-        if (e.quant && !e.sparse && e.quant->codes.dim() == 2) quant.emplace(key, std::move(*e.quant));
-  }
   const bool gemma = gguf_detail::is_gemma_arch(arch);  // llama.cpp's gemma2 / gemma3 (gguf_gemma.cpp)
   const std::vector<GgufKV> gemma_kv = gemma ? gguf_detail::gemma_model_kv(c, model_path) : std::vector<GgufKV>{};
-  std::map<std::string, QuantResult> permuted;  // q/k results in llama.cpp's row order
 
   // llama.cpp's arch llama rotates interleaved pairs (its converter permutes Hugging Face's q/k rows), qwen2
   // and qwen3 rotate halves (NEOX, rows as Hugging Face stores them). Rows of q/k (and their biases) are
@@ -238,16 +265,12 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
     Item it;
     it.gguf = gguf, it.role = role, it.block = blk;
     it.key = llama_param_name(c.names, role, blk);
-    it.value = llama->param(it.key).to(at::kFloat).contiguous();
-    if (c.norm_plus_one && it.value.dim() == 1) it.value = (it.value + 1.0).contiguous();  // Gemma norms as 1 + w
-    auto q = quant.find(it.key);
-    if (q != quant.end()) it.quant = &q->second;
-    if (reorder && (role == "wq" || role == "wk" || role == "bq" || role == "bk")) {
-      const at::Tensor idx = row_order(role);
-      it.value = it.value.index_select(0, idx).contiguous();
-      if (it.quant) it.quant = &(permuted[it.key] = permute_rows(*it.quant, idx));
-    }
-    choose_type(it, type, c);
+    it.shape = src.shape(it.key);
+    it.plus_one = c.norm_plus_one && it.shape.size() == 1;
+    // Quantizer results of a packed checkpoint (sparse entries: their dense values).
+    if (const PackedEntryInfo* e = src.entry_info(it.key); e && e->spec && !e->sparse) it.packed = e;
+    if (reorder && (role == "wq" || role == "wk" || role == "bq" || role == "bk")) it.order = row_order(role);
+    choose_type(it, type, c, src);
     items.push_back(std::move(it));
   };
   add("token_embd.weight", "embed", -1);
@@ -255,7 +278,8 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
     const std::vector<double> f = c.rope_scaling == "llama3" ? llama3_rope_freq_factors(c) : c.rope_freq_factors;
     Item it;
     it.gguf = "rope_freqs.weight", it.role = "rope_freqs", it.dtype = DType::F32;
-    it.value = at::tensor(f, at::kDouble).to(at::kFloat).contiguous();
+    it.fixed = at::tensor(f, at::kDouble).to(at::kFloat).contiguous();
+    it.shape = {it.fixed.numel()};
     it.note = c.rope_scaling == "llama3" ? "llama3 rope scaling" : "rope frequency factors";
     items.push_back(std::move(it));
   }
@@ -298,8 +322,9 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   for (const auto& [gguf, values] : gguf_detail::phi3_rope_factor_tensors(c)) {
     Item it;
     it.gguf = gguf, it.role = "rope_factors";
-    it.value = at::tensor(std::vector<float>(values.begin(), values.end()));
-    choose_type(it, type, c);
+    it.fixed = at::tensor(std::vector<float>(values.begin(), values.end()));
+    it.shape = {it.fixed.numel()};
+    choose_type(it, type, c, src);
     items.push_back(std::move(it));
   }
 
@@ -313,7 +338,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   if (c.fused_qkv_gate_up || gemma) {
     for (auto& e : gemma ? gemma_kv : gguf_detail::phi3_model_kv(c)) kv.push_back(std::move(e));
     for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size, c.bos_id, c.eos_id, name)) kv.push_back(std::move(e));
-    return write_items(out_path, kv, items);
+    return write_items(src, out_path, kv, items);
   }
   // Mistral's sliding window: llama.cpp's llama/qwen2/qwen3 attend to the whole context, which equals
   // sliding-window attention up to the window's length, so that is the context length written.
@@ -338,7 +363,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
   }
   for (auto& e : gguf_detail::tokenizer_kv(tok_path, c.vocab_size, c.bos_id, c.eos_id, name)) kv.push_back(std::move(e));
 
-  return write_items(out_path, kv, items);
+  return write_items(src, out_path, kv, items);
 }
 
 }  // namespace mc

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <set>
 
+#include "export/free_space.h"
 #include "mcompress/atomic_file.h"
 #include "mcompress/error.h"
 #include "mcompress/export/gguf.h"
@@ -79,6 +80,27 @@ void put_value(AtomicFile& f, const std::string& key, const GgufValue& v) {
 }
 
 uint64_t pad(uint64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
+
+uint64_t scalar_bytes(GgufType t) {
+  switch (t) {
+    case GgufType::U8: case GgufType::I8: case GgufType::BOOL: return 1;
+    case GgufType::U16: case GgufType::I16: return 2;
+    case GgufType::U32: case GgufType::I32: case GgufType::F32: return 4;
+    default: return 8;  // U64, I64, F64
+  }
+}
+
+// Bytes put_value writes for v.
+uint64_t value_bytes(const GgufValue& v) {
+  if (v.type == GgufType::STRING) return 4 + 8 + v.s.size();
+  if (v.type != GgufType::ARRAY) return 4 + scalar_bytes(v.type);
+  uint64_t n = 4 + 4 + 8;
+  if (v.elem_type == GgufType::STRING)
+    for (const auto& s : v.as) n += 8 + s.size();
+  else
+    n += (is_float_type(v.elem_type) ? v.af.size() : v.ai.size()) * scalar_bytes(v.elem_type);
+  return n;
+}
 
 }  // namespace
 
@@ -157,6 +179,12 @@ void write_gguf(const std::string& path, const std::vector<GgufKV>& kv_in, const
     sizes.push_back(*nb);
     off = pad(off + *nb);
   }
+  // The file's size, known before anything is written: refused up front when the disk cannot hold it.
+  uint64_t header = 4 + 4 + 8 + 8;
+  for (const auto& [k, v] : kv) header += 8 + k.size() + value_bytes(v);
+  for (const auto& t : tensors) header += 8 + t.name.size() + 4 + 8 * t.shape.size() + 4 + 8;
+  const uint64_t file_bytes = pad(header) + off;
+  require_free_space(path, file_bytes, "gguf");
 
   AtomicFile f(path, "gguf");
   f.write("GGUF", 4);
@@ -185,6 +213,7 @@ void write_gguf(const std::string& path, const std::vector<GgufKV>& kv_in, const
     f.write(bytes.data(), bytes.size());
     f.pad_to(kAlignment);
   }
+  if (f.tell() != file_bytes) fail<Error>("gguf", path, ": wrote ", f.tell(), " bytes, expected ", file_bytes);
   f.commit();
 }
 

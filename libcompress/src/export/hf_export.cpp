@@ -22,6 +22,7 @@
 #include <numeric>
 #include <optional>
 
+#include "export/free_space.h"
 #include "hf_input.h"
 #include "mcompress/error.h"
 #include "mcompress/export/hf.h"
@@ -47,13 +48,13 @@ std::vector<const char*> linear_roles(const LlamaConfig& c) {
 
 std::string spec_text(const QuantSpec& s) { return s.describe(); }
 
-// One linear layer as the export writes it: its HF module name and its codes/grid in HF row order
-// (undefined quant: not quantized).
+// One linear layer as the export writes it: its HF module name and where its weight comes from. Its
+// codes, or its float values, are read when it is written (quant / weight below).
 struct Linear {
   std::string module;  // model.layers.N.self_attn.q_proj
-  std::optional<QuantResult> quant;
-  at::Tensor weight;  // float, HF row order (for unquantized layers)
-  bool g_idx = false;
+  std::string role, key;
+  int64_t layer = 0;
+  bool quantized = false;
 };
 
 struct Prepared {
@@ -74,7 +75,7 @@ at::Tensor rope_perm(const LlamaConfig& c, const std::string& role) {
 
 Prepared prepare(const ExportInput& in, Fmt fmt) {
   Prepared p;
-  if (in.quant.empty())
+  if (in.quantized.empty())
     fail("export", in.path, ": no quantized layers: ", fmt_name(fmt), " exports a quantized model "
          "(run mcompress quantize first, e.g. --method gptq --bits 4 --group-size 128)");
   for (int64_t l = 0; l < in.cfg.n_layers; ++l) {
@@ -82,45 +83,68 @@ Prepared prepare(const ExportInput& in, Fmt fmt) {
       const std::string key = hfx::key_of(in, role, l), hf = hfx::hf_name(role, l);
       Linear lin;
       lin.module = hf.substr(0, hf.size() - std::string(".weight").size());
-      auto it = in.quant.find(key);
-      if (it == in.quant.end()) {
+      lin.role = role, lin.key = key, lin.layer = l;
+      lin.quantized = in.quantized.count(key) > 0;
+      if (!lin.quantized) {
         if (fmt == Fmt::Gptq)
           fail("export", in.path, ": ", key, " is not quantized; hf-gptq needs every linear layer of the blocks "
                "quantized (quantize the model with mcompress quantize first, or use --format compressed-tensors, "
                "which can leave layers in float16)");
-        lin.weight = hfx::param_of(in, role, l);
-        if (permutes(in.cfg, role)) lin.weight = lin.weight.index_select(0, rope_perm(in.cfg, role));
         p.unquantized.push_back(lin.module);
       } else {
-        QuantResult q = it->second;
-        if (p.spec && (p.spec->bits != q.spec.bits || p.spec->symmetric != q.spec.symmetric ||
-                       p.spec->group_size != q.spec.group_size))
-          fail("export", in.path, ": ", key, " is ", spec_text(q.spec), " but other layers are ", spec_text(*p.spec),
+        const PackedEntryInfo& e = *in.src.entry_info(key);
+        if (p.spec && (p.spec->bits != e.spec->bits || p.spec->symmetric != e.spec->symmetric ||
+                       p.spec->group_size != e.spec->group_size))
+          fail("export", in.path, ": ", key, " is ", spec_text(*e.spec), " but other layers are ", spec_text(*p.spec),
                "; ", fmt_name(fmt), " holds one grid for the whole model (mixed precision cannot be exported)");
-        p.spec = q.spec;
-        if (permutes(in.cfg, role)) q = permute_quant_rows(q, rope_perm(in.cfg, role));
-        lin.g_idx = q.g_idx.defined();
-        p.act_order = p.act_order || lin.g_idx;
-        lin.quant = std::move(q);
+        p.spec = e.spec;
+        p.act_order = p.act_order || e.g_idx;
       }
       p.linears.push_back(std::move(lin));
     }
   }
   if (!p.spec)
     fail("export", in.path, ": none of the blocks' linear layers is quantized (only ",
-         in.quant.begin()->first, "...); ", fmt_name(fmt), " exports quantized linear layers");
+         *in.quantized.begin(), "...); ", fmt_name(fmt), " exports quantized linear layers");
   return p;
 }
 
-void add_dense(const ExportInput& in, std::vector<HostTensor>& out, std::vector<std::string>& notes) {
+// A quantized linear's codes and grid in HF row order, read now.
+QuantResult quant(const ExportInput& in, const Linear& lin) {
+  QuantResult q = *hfx::quant_of(in, lin.key);
+  if (permutes(in.cfg, lin.role)) q = permute_quant_rows(q, rope_perm(in.cfg, lin.role));
+  return q;
+}
+
+// A float parameter in HF row order as float16, read now.
+HostTensor weight_f16(const ExportInput& in, const std::string& name, const std::string& role, int64_t block) {
+  const at::Tensor order = permutes(in.cfg, role) ? rope_perm(in.cfg, role) : at::Tensor();
+  return hfx::param_f16(in, name, hfx::key_of(in, role, block), order);
+}
+
+// Bytes of the file an export of `p` writes, estimated from the shapes (the codes, their grids, float16 for
+// the embedding and classifier; norms left out), twice: the tensors are spooled next to the output and copied
+// into it.
+uint64_t estimated_bytes(const ExportInput& in, const Prepared& p) {
+  uint64_t n = 0;
+  for (const Linear& lin : p.linears) {
+    const Shape s = in.src.shape(lin.key);
+    const uint64_t out = uint64_t(s[0]), cols = uint64_t(s[1]);
+    const uint64_t groups = p.spec->group_size > 0 ? (cols + uint64_t(p.spec->group_size) - 1) / uint64_t(p.spec->group_size) : 1;
+    n += lin.quantized ? out * cols * uint64_t(p.spec->bits) / 8 + groups * out * 3 + cols * 4 : out * cols * 2;
+  }
+  for (const char* role : {"embed", "output"})
+    if (std::string(role) == "embed" || !in.cfg.tied) n += uint64_t(shape_numel(in.src.shape(hfx::key_of(in, role)))) * 2;
+  return 2 * n;
+}
+
+void add_dense(const ExportInput& in, SafetensorsStreamWriter& out, std::vector<std::string>& notes) {
   const LlamaConfig& c = in.cfg;
   auto add = [&](const std::string& role, int64_t block) {
-    const std::string hf = hfx::hf_name(role, block);
-    at::Tensor t = hfx::param_of(in, role, block);
-    if (permutes(c, role)) t = t.index_select(0, rope_perm(c, role));
-    if (in.quant.count(hfx::key_of(in, role, block)))
+    const std::string hf = hfx::hf_name(role, block), key = hfx::key_of(in, role, block);
+    if (in.quantized.count(key))
       notes.push_back(hf + ": quantized in the input; stored as its dequantized values rounded to float16");
-    out.push_back(hfx::to_f16(hf, t, in.path));
+    out.add(weight_f16(in, hf, role, block));
   };
   add("embed", -1);
   add("final_norm", -1);
@@ -148,21 +172,20 @@ void add_common_notes(const ExportInput& in, std::vector<std::string>& notes) {
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-void gptq_tensors(const std::string& path, const Linear& lin, std::vector<HostTensor>& out) {
-  const QuantResult& q = *lin.quant;
+void gptq_tensors(const std::string& path, const Linear& lin, const QuantResult& q, SafetensorsStreamWriter& out) {
   const int bits = q.spec.bits;
   const int64_t in_f = q.codes.size(1);
-  out.push_back(from_torch(lin.module + ".qweight", pack_int32_rows(q.codes, bits).t().contiguous()));
+  out.add(from_torch(lin.module + ".qweight", pack_int32_rows(q.codes, bits).t().contiguous()));
   at::Tensor z = q.zeros.round() - 1;
   if (z.min().item<float>() < 0)
     fail("export", path, ": ", lin.module, ": a group has zero point 0, which the GPTQ format (it stores zero - 1) "
          "cannot hold; export this model with --format compressed-tensors, or quantize it with --sym");
-  out.push_back(from_torch(lin.module + ".qzeros", pack_int32_rows(z.to(at::kByte).t().contiguous(), bits)));
-  out.push_back(hfx::to_f16(lin.module + ".scales", q.scales.t().contiguous(), path));
+  out.add(from_torch(lin.module + ".qzeros", pack_int32_rows(z.to(at::kByte).t().contiguous(), bits)));
+  out.add(hfx::to_f16(lin.module + ".scales", q.scales.t().contiguous(), path));
   at::Tensor g = q.g_idx.defined() ? q.g_idx.to(at::kInt)
                  : q.spec.group_size > 0 ? at::floor_divide(at::arange(in_f, at::kInt), q.spec.group_size)
                                          : at::zeros({in_f}, at::kInt);
-  out.push_back(from_torch(lin.module + ".g_idx", g.contiguous()));
+  out.add(from_torch(lin.module + ".g_idx", g.contiguous()));
 }
 
 }  // namespace
@@ -200,19 +223,22 @@ ExportSummary export_hf_gptq(const std::string& model_path, const std::string& o
                     " (multiple of 32" + (gs > 0 ? " and of group_size" : std::string()) +
                     " for GPTQ packing): the added gate/up rows and down columns hold the zero-point code and "
                     "dequantize to exactly 0, so the model computes the same function");
-  std::vector<HostTensor> tensors;
-  for (Linear& lin : p.linears) {
-    QuantResult& q = *lin.quant;
+  require_free_space(out_dir, estimated_bytes(in, p), "export");
+  SafetensorsStreamWriter tensors(dir.file("model.safetensors"));
+  for (const Linear& lin : p.linears) {
+    if (&lin != &p.linears.front() && lin.layer != (&lin - 1)->layer) return_free_heap();
+    QuantResult q = quant(in, lin);
     // By the module's last name: Phi-3's fused "gate_up_proj" contains "up_proj" but is never padded (refused
     // above unless the intermediate size needs no padding).
     const std::string leaf = lin.module.substr(lin.module.rfind('.') + 1);
     const bool gate_up = leaf == "gate_proj" || leaf == "up_proj";
     const bool down = leaf == "down_proj";
     q = pad_quant(q, gate_up ? inter : q.codes.size(0), down ? inter : q.codes.size(1));
-    gptq_tensors(model_path, lin, tensors);
+    gptq_tensors(model_path, lin, q, tensors);
+    in.src.release(lin.key);
   }
   add_dense(in, tensors, notes);
-  write_safetensors(dir.file("model.safetensors"), tensors, {{"format", "pt"}});
+  tensors.finish({{"format", "pt"}});
 
   nlohmann::ordered_json qc;
   qc["quant_method"] = "gptq";
@@ -245,32 +271,35 @@ ExportSummary export_compressed_tensors(const std::string& model_path, const std
          "(PackedQuantizationCompressor); use --format hf-gptq for 2 or 3 bits");
   std::vector<std::string> notes;
   add_common_notes(in, notes);
-  std::vector<HostTensor> tensors;
+  require_free_space(out_dir, estimated_bytes(in, p), "export");
+  SafetensorsStreamWriter tensors(dir.file("model.safetensors"));
   bool ragged = false;
   for (const Linear& lin : p.linears) {
-    if (!lin.quant) {
-      tensors.push_back(hfx::to_f16(lin.module + ".weight", lin.weight, model_path));
+    if (&lin != &p.linears.front() && lin.layer != (&lin - 1)->layer) return_free_heap();
+    if (!lin.quantized) {
+      tensors.add(weight_f16(in, lin.module + ".weight", lin.role, lin.layer));
       continue;
     }
-    const QuantResult& q = *lin.quant;
+    const QuantResult q = quant(in, lin);
     const int64_t out_f = q.codes.size(0), in_f = q.codes.size(1);
     ragged = ragged || (s.group_size > 0 && in_f % s.group_size != 0);
-    tensors.push_back(from_torch(lin.module + ".weight_packed", pack_int32_rows(q.codes, s.bits)));
-    tensors.push_back(hfx::to_f16(lin.module + ".weight_scale", q.scales.contiguous(), model_path));
+    tensors.add(from_torch(lin.module + ".weight_packed", pack_int32_rows(q.codes, s.bits)));
+    tensors.add(hfx::to_f16(lin.module + ".weight_scale", q.scales.contiguous(), model_path));
     if (!s.symmetric) {
       at::Tensor zp = q.zeros.round().to(at::kByte).t().contiguous();  // [G, out]: pack along out
-      tensors.push_back(from_torch(lin.module + ".weight_zero_point", pack_int32_rows(zp, s.bits).t().contiguous()));
+      tensors.add(from_torch(lin.module + ".weight_zero_point", pack_int32_rows(zp, s.bits).t().contiguous()));
     }
-    tensors.push_back(from_torch(lin.module + ".weight_shape", at::tensor({out_f, in_f}, at::kLong)));
+    tensors.add(from_torch(lin.module + ".weight_shape", at::tensor({out_f, in_f}, at::kLong)));
     if (p.act_order) {
       at::Tensor g = q.g_idx.defined() ? q.g_idx.to(at::kInt)
                      : s.group_size > 0 ? at::floor_divide(at::arange(in_f, at::kInt), s.group_size)
                                         : at::zeros({in_f}, at::kInt);
-      tensors.push_back(from_torch(lin.module + ".weight_g_idx", g.contiguous()));
+      tensors.add(from_torch(lin.module + ".weight_g_idx", g.contiguous()));
     }
+    in.src.release(lin.key);
   }
   add_dense(in, tensors, notes);
-  write_safetensors(dir.file("model.safetensors"), tensors, {{"format", "pt"}});
+  tensors.finish({{"format", "pt"}});
 
   std::vector<std::string> ignore = {"lm_head"};
   ignore.insert(ignore.end(), p.unquantized.begin(), p.unquantized.end());

@@ -5,16 +5,14 @@
 #include <ATen/ATen.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
 
 #include "mcompress/atomic_file.h"
-#include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
-#include "mcompress/model.h"
-#include "mcompress/quant/packed.h"
 #include "mcompress/torch_bridge.h"
 
 namespace mc::hfx {
@@ -23,36 +21,33 @@ namespace fs = std::filesystem;
 
 ExportInput read_export_input(const std::string& path) {
   if (!fs::exists(path)) fail("export", path, ": no such file or directory");
-  ExportInput in;
-  in.path = path;
-  auto model = load_model(path);
-  auto* llama = dynamic_cast<LlamaModel*>(model.get());
-  if (!llama) fail("export", path, ": a ", model->arch(), " model; only llama models can be exported");
-  in.cfg = llama->config();
+  ExportInput in(path);
+  if (!in.src.is_llama()) fail("export", path, ": a ", in.src.arch(), " model; only llama models can be exported");
+  in.cfg = in.src.config();
   if (in.cfg.qk_norm && in.cfg.family.empty())  // the writers know Llama/Mistral/Qwen2 tensors and config.json only
     fail("export", path, ": per-head q/k norms (Qwen3) are not supported by the hf-gptq, compressed-tensors and "
          "llama2c-q8 exporters yet");
-  for (const auto& [k, t] : llama->params())
-    if (t.defined()) in.params[k] = t.to(at::kFloat).contiguous();
-  if (fs::is_regular_file(path)) {
-    auto reader = open_checkpoint(path);
-    if (is_packed_checkpoint(*reader)) {
-      for (auto& [key, parts] : read_packed_entries(*reader)) {
-        if (!parts.quant) continue;  // sparse float16 values: a float weight
-        QuantResult q = *parts.quant;
-        if (!q.weight_shape.empty()) fail("export", path, ": ", key, ": a non-matrix weight cannot be exported");
-        if (parts.mask.defined()) {  // pruned places hold code 0: give them the zero point (value 0)
-          at::Tensor g = q.g_idx.defined() ? q.g_idx.to(at::kLong)
-                         : q.spec.group_size > 0 ? at::floor_divide(at::arange(q.codes.size(1), at::kLong), q.spec.group_size)
-                                                 : at::zeros({q.codes.size(1)}, at::kLong);
-          at::Tensor zero_codes = q.zeros.index_select(1, g).to(at::kByte);
-          q.codes = at::where(parts.mask, q.codes, zero_codes);
-        }
-        in.quant.emplace(key, std::move(q));
-      }
-    }
+  for (const std::string& key : in.src.entry_keys()) {
+    const PackedEntryInfo& e = *in.src.entry_info(key);
+    if (!e.spec) continue;  // sparse float16 values: a float weight
+    if (!e.weight_shape.empty()) fail("export", path, ": ", key, ": a non-matrix weight cannot be exported");
+    in.quantized.insert(key);
   }
   return in;
+}
+
+std::optional<QuantResult> quant_of(const ExportInput& in, const std::string& key) {
+  if (!in.quantized.count(key)) return std::nullopt;
+  PackedEntryParts parts = in.src.entry(key);
+  QuantResult q = std::move(*parts.quant);
+  if (parts.mask.defined()) {  // pruned places hold code 0: give them the zero point (value 0)
+    at::Tensor g = q.g_idx.defined() ? q.g_idx.to(at::kLong)
+                   : q.spec.group_size > 0 ? at::floor_divide(at::arange(q.codes.size(1), at::kLong), q.spec.group_size)
+                                           : at::zeros({q.codes.size(1)}, at::kLong);
+    at::Tensor zero_codes = q.zeros.index_select(1, g).to(at::kByte);
+    q.codes = at::where(parts.mask, q.codes, zero_codes);
+  }
+  return q;
 }
 
 std::string key_of(const ExportInput& in, const std::string& role, int64_t block) {
@@ -60,11 +55,8 @@ std::string key_of(const ExportInput& in, const std::string& role, int64_t block
   return llama_param_name(in.cfg, role, block);
 }
 
-const at::Tensor& param_of(const ExportInput& in, const std::string& role, int64_t block) {
-  const std::string k = key_of(in, role, block);
-  auto it = in.params.find(k);
-  if (it == in.params.end()) fail("export", in.path, ": model has no parameter '", k, "'");
-  return it->second;
+at::Tensor param_of(const ExportInput& in, const std::string& role, int64_t block) {
+  return in.src.value(key_of(in, role, block));
 }
 
 std::string hf_name(const std::string& role, int64_t block) {
@@ -137,11 +129,30 @@ std::string hf_config_json(const LlamaConfig& c, int64_t intermediate_size, cons
   return j.dump(2) + "\n";
 }
 
-HostTensor to_f16(const std::string& name, const at::Tensor& t, const std::string& path) {
+namespace {
+
+at::Tensor checked_f16(const std::string& name, const at::Tensor& t, const std::string& path) {
   at::Tensor h = t.to(at::kHalf).contiguous();
   if (!at::isfinite(h).all().item<bool>())
     fail("export", path, ": ", name, ": values beyond the float16 range (|x| > 65504) cannot be stored as float16");
-  return from_torch(name, h);
+  return h;
+}
+
+}  // namespace
+
+HostTensor to_f16(const std::string& name, const at::Tensor& t, const std::string& path) {
+  return from_torch(name, checked_f16(name, t, path));
+}
+
+HostTensor param_f16(const ExportInput& in, const std::string& name, const std::string& key, const at::Tensor& order) {
+  const Shape shape = in.src.shape(key);
+  const uint64_t row_bytes = uint64_t(shape.size() == 2 ? shape[1] : shape_numel(shape)) * 2;
+  std::vector<uint8_t> bytes(size_t(shape_numel(shape)) * 2);
+  in.src.for_row_blocks(key, order, [&](const at::Tensor& rows, int64_t first) {
+    const at::Tensor h = checked_f16(name, rows, in.path);
+    std::memcpy(bytes.data() + uint64_t(first) * row_bytes, h.data_ptr(), h.nbytes());
+  });
+  return HostTensor::owned(name, DType::F16, shape, std::move(bytes));
 }
 
 namespace {

@@ -1,13 +1,17 @@
 // Internals shared by the Hugging Face and llama2.c exports: the model to export (config, float
-// parameters, the quantized entries of a packed checkpoint) and writing a directory atomically.
+// parameters and the quantized entries of a packed checkpoint, read one at a time) and writing a
+// directory atomically.
 #pragma once
 #include <ATen/core/Tensor.h>
 
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "export/export_source.h"
 #include "mcompress/export/hf.h"
 #include "mcompress/models/llama.h"
 #include "mcompress/quant/rtn.h"
@@ -16,21 +20,24 @@
 namespace mc::hfx {
 
 struct ExportInput {
+  explicit ExportInput(const std::string& p) : path(p), src(p) {}
   std::string path;
   LlamaConfig cfg;
-  std::map<std::string, at::Tensor> params;  // float32, by checkpoint name (quantized ones dequantized)
-  // Quantized entries of a packed checkpoint by checkpoint name (codes at pruned places of sparse
-  // entries set to their zero point, so dequantize() equals params exactly).
-  std::map<std::string, QuantResult> quant;
+  ExportSource src;               // the parameters, read one at a time
+  std::set<std::string> quantized;  // checkpoint names of the packed entries with codes (file inputs)
 };
 
-// Loads a llama model (load_model) and, for a packed checkpoint, its quantized entries.
-// InputError naming the file for anything that is not a llama model.
+// Opens a llama model (load_model_streamed: nothing is widened or dequantized yet) and lists a packed
+// checkpoint's quantized entries. InputError naming the file for anything that is not a llama model.
 ExportInput read_export_input(const std::string& path);
 
-// The float parameter of a role (the embedding for a tied classifier).
-const at::Tensor& param_of(const ExportInput& in, const std::string& role, int64_t block = -1);
+// The float32 parameter of a role (the embedding for a tied classifier), read now; src.release(key_of(...))
+// hands its pages back.
+at::Tensor param_of(const ExportInput& in, const std::string& role, int64_t block = -1);
 std::string key_of(const ExportInput& in, const std::string& role, int64_t block = -1);
+// The quantized entry of a checkpoint name, read now (codes at pruned places of sparse entries set to their
+// zero point, so dequantize() equals the parameter exactly); nullopt when it is not one.
+std::optional<QuantResult> quant_of(const ExportInput& in, const std::string& key);
 
 // Hugging Face name of a role (llama_param_name with HF names).
 std::string hf_name(const std::string& role, int64_t block = -1);
@@ -47,6 +54,9 @@ nlohmann::ordered_json compressed_tensors_qconfig(const QuantSpec& s, bool act_o
 
 // fp16 copy of a float tensor; InputError naming the tensor when a value does not fit float16.
 HostTensor to_f16(const std::string& name, const at::Tensor& t, const std::string& path);
+// The same of the parameter `key`, stored as `name`, converted a block of rows at a time (rows in `order` when
+// defined, see ExportSource::for_row_blocks): memory is the float16 copy, not the float32 one too.
+HostTensor param_f16(const ExportInput& in, const std::string& name, const std::string& key, const at::Tensor& order);
 
 // A directory written atomically: files go into <out>.tmp-<pid>/ and commit() renames it to <out>.
 // <out> may exist only as an empty directory or one holding nothing but files an export (or a model-free

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "export/free_space.h"
 #include "hf_input.h"
 #include "mcompress/atomic_file.h"
 #include "mcompress/error.h"
@@ -79,6 +80,18 @@ ExportSummary export_llama2c_q8(const std::string& model_path, const std::string
     notes.push_back("norm_eps " + std::to_string(c.norm_eps) + " is not stored: runq.c uses 1e-5");
   if (c.rope == RopeLayout::RotateHalf) notes.push_back("q/k rows permuted from rotate-half to llama2.c's interleaved RoPE");
 
+  // The file's size: the header, float32 norms, and per quantized tensor a byte per value and a float32 scale
+  // per group.
+  auto q8_bytes = [&](const std::string& role, int64_t block) {
+    const auto n = uint64_t(shape_numel(in.src.shape(hfx::key_of(in, role, block))));
+    return n + n / uint64_t(gs) * 4;
+  };
+  uint64_t bytes = kHeaderBytes + uint64_t(2 * c.n_layers + 1) * uint64_t(c.dim) * 4;
+  bytes += q8_bytes("embed", -1) + (c.tied ? 0 : q8_bytes("output", -1));
+  for (const char* role : {"wq", "wk", "wv", "wo", "w1", "w2", "w3"})
+    for (int64_t l = 0; l < c.n_layers; ++l) bytes += q8_bytes(role, l);
+  require_free_space(out_file, bytes, "export");
+
   AtomicFile f(out_file, "export");
   f.write_le<uint32_t>(kMagic);
   f.write_le<int32_t>(2);
@@ -98,8 +111,7 @@ ExportSummary export_llama2c_q8(const std::string& model_path, const std::string
   auto put = [&](const std::string& role, int64_t block) {
     const std::string key = hfx::key_of(in, role, block);
     at::Tensor w = hfx::param_of(in, role, block);
-    std::optional<QuantResult> q;
-    if (auto it = in.quant.find(key); it != in.quant.end()) q = it->second;
+    std::optional<QuantResult> q = hfx::quant_of(in, key);
     if (c.rope == RopeLayout::RotateHalf && (role == "wq" || role == "wk")) {
       at::Tensor perm = rope_row_permutation(role == "wq" ? c.n_heads : c.n_kv_heads, c.head_dim, false);
       w = w.index_select(0, perm);
@@ -111,16 +123,18 @@ ExportSummary export_llama2c_q8(const std::string& model_path, const std::string
     (exact ? exact_n : requant_n) += 1;
     f.write(vals.contiguous().data_ptr<int8_t>(), uint64_t(vals.numel()));
     write_f32(f, scales);
+    in.src.release(key);
   };
   put("embed", -1);
   for (const char* role : {"wq", "wk", "wv", "wo", "w1", "w2", "w3"})
     for (int64_t l = 0; l < c.n_layers; ++l) put(role, l);
   if (!c.tied) put("output", -1);
+  if (f.tell() != bytes) fail<Error>("export", out_file, ": wrote ", f.tell(), " bytes, expected ", bytes);
   f.commit();
 
   notes.push_back(std::to_string(exact_n) + " tensors carried over exactly from int8 codes, " + std::to_string(requant_n) +
                   " quantized to Q8_0 (max|w|/127 per group) from their " +
-                  (in.quant.empty() ? "float" : "float or dequantized") + " values");
+                  (in.quantized.empty() ? "float" : "float or dequantized") + " values");
   ExportSummary s;
   s.notes = std::move(notes);
   s.files.push_back(out_file);

@@ -9,6 +9,7 @@
 
 #include "mcompress/error.h"
 #include "mcompress/int8_gemm.h"
+#include "mcompress/streamed_model.h"
 #include "mcompress/tensor.h"
 
 namespace mc {
@@ -23,8 +24,6 @@ const char* layer_kind_name(LayerKind k) {
   return "?";
 }
 
-namespace {
-
 // Hands the whole pages inside t's bytes back to the kernel (non-destructive: MADV_PAGEOUT reclaims
 // clean file pages and swaps anonymous ones where there is swap). Errors are ignored: older kernels.
 void page_out(const at::Tensor& t) {
@@ -38,8 +37,6 @@ void page_out(const at::Tensor& t) {
   (void)t;
 #endif
 }
-
-}  // namespace
 
 int64_t count_distinct_parameters(const std::map<std::string, at::Tensor>& params) {
   std::set<const void*> seen;

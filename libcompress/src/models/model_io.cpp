@@ -19,6 +19,8 @@
 #include "mcompress/models/classifier.h"
 #include "mcompress/models/llama.h"
 #include "mcompress/quant/packed.h"
+#include "mcompress/quant/packed_entries.h"
+#include "mcompress/streamed_model.h"
 #include "mcompress/torch_bridge.h"
 
 namespace mc {
@@ -33,12 +35,20 @@ struct Weights {
   std::string format;
 };
 
+// Set by load_model_streamed on its thread: a packed checkpoint's entries are left unread (placeholders) and
+// their reader is handed over here.
+thread_local std::unique_ptr<PackedEntryReader>* unread_packed = nullptr;
+
 Weights read_weights(const std::string& path) {
   auto reader = open_checkpoint(path);
   Weights w;
   w.metadata = reader->metadata();
   w.format = reader->format();
-  if (is_packed_checkpoint(*reader)) {
+  if (is_packed_checkpoint(*reader) && unread_packed) {
+    auto entries = std::make_unique<PackedEntryReader>(std::move(reader));
+    for (auto& t : entries->parameters_unread()) w.tensors[t.name] = std::move(t);
+    *unread_packed = std::move(entries);
+  } else if (is_packed_checkpoint(*reader)) {
     for (auto& t : read_packed_checkpoint(*reader)) w.tensors[t.name] = std::move(t);
   } else {
     for (const auto& ti : reader->tensors()) w.tensors[ti.name] = reader->load(ti.name);
@@ -192,6 +202,17 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   model->set_int8_kernel(opts.int8_kernel);
   if (!device.is_cpu()) model->to(device);
   return model;
+}
+
+StreamedModel load_model_streamed(const std::string& path) {
+  StreamedModel s;
+  struct Scope {  // the thread-local is set only while this load runs
+    explicit Scope(std::unique_ptr<PackedEntryReader>* p) { unread_packed = p; }
+    ~Scope() { unread_packed = nullptr; }
+  } scope(&s.packed);
+  KeepStoredDtype keep(true);
+  s.model = build_model(path, LoadOptions{});
+  return s;
 }
 
 void save_model(const Model& model, const std::string& path, const std::map<std::string, std::string>& extra_metadata) {

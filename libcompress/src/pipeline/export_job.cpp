@@ -102,11 +102,17 @@ std::string run_export(const ExportJob& job, const EventSink& events) {
     } else {
       LmEvalOptions eo;
       eo.window = window, eo.truncate = truncate, eo.max_docs = max_docs;
-      auto before = load_model(in);
+      // The input streamed as `mcompress eval` reads it: bf16/f16 weights stay mapped (same scores, the widening
+      // is exact) and each block's pages are handed back after it ran. The exported file is read back whole.
+      LoadOptions narrow;
+      narrow.keep_dtype = true;
+      auto before = load_model(in, narrow);
       EvalData ed = load_eval_data(*before, in, {eval_data, tokenizer});
       std::vector<MetricRow> rows;
       std::string protocol;
-      evaluate_into(*before, nullptr, ed, eo, false, rows, protocol);
+      LmEvalOptions streamed = eo;
+      streamed.page_out = true;
+      evaluate_into(*before, nullptr, ed, streamed, false, rows, protocol);
       before.reset();
       auto after = load_model(out);
       evaluate_into(*after, nullptr, ed, eo, true, rows, protocol);

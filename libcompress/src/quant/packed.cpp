@@ -3,12 +3,16 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
+
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 
 #include "mcompress/error.h"
 #include "mcompress/io/safetensors.h"
+#include "mcompress/mapped_file.h"
+#include "mcompress/quant/packed_entries.h"
 #include "mcompress/torch_bridge.h"
 
 namespace mc {
@@ -260,7 +264,8 @@ PackedEntryParts load_entry(const CheckpointReader& reader, const std::string& k
   return p;
 }
 
-HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
+// The entry's float32 values, in the parameter's shape.
+at::Tensor dequantized_entry(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
   const PackedEntryParts p = load_entry(reader, key, e);
   at::Tensor w;
   if (!p.quant)
@@ -270,7 +275,11 @@ HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& k
   else
     w = at::where(p.mask, p.quant->dequantize(), at::zeros({}, at::kFloat));
   if (!e.weight_shape.empty()) w = w.reshape(e.weight_shape);
-  return from_torch(key, w);
+  return w;
+}
+
+HostTensor dequantize_entry(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
+  return from_torch(key, dequantized_entry(reader, key, e));
 }
 
 }  // namespace
@@ -362,8 +371,14 @@ bool is_packed_checkpoint(const CheckpointReader& reader) {
   return reader.metadata().count(kPackedMetadataKey) != 0;
 }
 
-std::vector<HostTensor> read_packed_checkpoint(const CheckpointReader& reader) {
-  const std::map<std::string, PackedEntry> entries = parse_description(reader);
+namespace {
+
+// The file's tensors in order, each entry at the place of its primary part (entry(key, e)) and every tensor
+// that is no entry's part as it is (dense(info)); InputError for an entry stored both ways or lacking its
+// primary part.
+void walk_parameters(const CheckpointReader& reader, const std::map<std::string, PackedEntry>& entries,
+                     const std::function<void(const std::string&, const PackedEntry&)>& entry,
+                     const std::function<void(const TensorInfo&)>& dense) {
   std::set<std::string> parts;
   std::map<std::string, std::string> primary;  // primary part -> key
   for (const auto& [key, e] : entries) {
@@ -372,20 +387,29 @@ std::vector<HostTensor> read_packed_checkpoint(const CheckpointReader& reader) {
     for (const char* suffix : kPartSuffixes) parts.insert(key + suffix);
     primary[primary_part(key, e)] = key;
   }
-  std::vector<HostTensor> out;
   std::set<std::string> done;
   for (const TensorInfo& ti : reader.tensors()) {
     auto it = primary.find(ti.name);
     if (it != primary.end()) {
-      out.push_back(dequantize_entry(reader, it->second, entries.at(it->second)));
+      entry(it->second, entries.at(it->second));
       done.insert(it->second);
       continue;
     }
     if (parts.count(ti.name)) continue;
-    out.push_back(reader.load(ti.name));
+    dense(ti);
   }
   for (const auto& [key, e] : entries)
     if (!done.count(key)) fail(kComp, reader.path(), ": packed tensor '", key, "' lacks '", primary_part(key, e), "'");
+}
+
+}  // namespace
+
+std::vector<HostTensor> read_packed_checkpoint(const CheckpointReader& reader) {
+  std::vector<HostTensor> out;
+  walk_parameters(
+      reader, parse_description(reader),
+      [&](const std::string& key, const PackedEntry& e) { out.push_back(dequantize_entry(reader, key, e)); },
+      [&](const TensorInfo& ti) { out.push_back(reader.load(ti.name)); });
   return out;
 }
 
@@ -396,6 +420,77 @@ std::map<std::string, PackedEntryParts> read_packed_entries(const CheckpointRead
     out.emplace(key, load_entry(reader, key, e));
   }
   return out;
+}
+
+struct PackedEntryReader::Impl {
+  std::unique_ptr<CheckpointReader> reader;
+  std::map<std::string, PackedEntry> entries;
+  std::map<std::string, PackedEntryInfo> infos;
+  const PackedEntry& entry(const std::string& key) const {
+    auto it = entries.find(key);
+    if (it == entries.end()) fail(kComp, reader->path(), ": no packed tensor '", key, "'");
+    return it->second;
+  }
+};
+
+PackedEntryReader::PackedEntryReader(std::unique_ptr<CheckpointReader> reader) : impl_(std::make_unique<Impl>()) {
+  impl_->entries = parse_description(*reader);
+  for (const auto& [key, e] : impl_->entries) {
+    if (reader->contains(key)) fail(kComp, reader->path(), ": '", key, "' is stored both dense and packed");
+    PackedEntryInfo& i = impl_->infos[key];
+    if (e.quantized) i.spec = e.spec;
+    i.g_idx = e.g_idx, i.sparse = e.sparse.has_value(), i.out = e.out, i.in = e.in, i.weight_shape = e.weight_shape;
+  }
+  impl_->reader = std::move(reader);
+}
+
+PackedEntryReader::~PackedEntryReader() = default;
+
+const CheckpointReader& PackedEntryReader::file() const { return *impl_->reader; }
+bool PackedEntryReader::contains(const std::string& key) const { return impl_->entries.count(key) != 0; }
+
+const PackedEntryInfo& PackedEntryReader::info(const std::string& key) const {
+  impl_->entry(key);
+  return impl_->infos.at(key);
+}
+
+std::vector<std::string> PackedEntryReader::keys() const {
+  std::vector<std::string> k;
+  for (const auto& [key, e] : impl_->entries) k.push_back(key);
+  return k;
+}
+
+std::vector<HostTensor> PackedEntryReader::parameters_unread() const {
+  const CheckpointReader& r = *impl_->reader;
+  std::vector<HostTensor> out;
+  walk_parameters(
+      r, impl_->entries,
+      [&](const std::string& key, const PackedEntry&) {
+        const Shape shape = impl_->infos.at(key).shape();
+        out.push_back(HostTensor::view(key, DType::F32, shape, nullptr, uint64_t(shape_numel(shape)) * 4, nullptr));
+      },
+      [&](const TensorInfo& ti) { out.push_back(r.load(ti.name)); });
+  return out;
+}
+
+PackedEntryParts PackedEntryReader::load(const std::string& key) const {
+  return load_entry(*impl_->reader, key, impl_->entry(key));
+}
+
+at::Tensor PackedEntryReader::dequantized(const std::string& key) const {
+  return dequantized_entry(*impl_->reader, key, impl_->entry(key)).contiguous();
+}
+
+void PackedEntryReader::release(const std::string& key) const {
+  impl_->entry(key);
+  // Only a mapped file's views: madvise on a loaded copy could drop neighbouring heap pages.
+  const auto* mapped = dynamic_cast<const MappedCheckpointReader*>(impl_->reader.get());
+  if (!mapped) return;
+  for (const char* suffix : kPartSuffixes)
+    if (mapped->contains(key + suffix)) {
+      const HostTensor v = mapped->load(key + suffix);
+      release_mapped_pages(v.data, v.nbytes);
+    }
 }
 
 }  // namespace mc
