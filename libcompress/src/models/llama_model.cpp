@@ -289,9 +289,14 @@ at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int
   ap.scale = 1.0 / std::sqrt(cfg_.query_pre_attn_scalar > 0 ? cfg_.query_pre_attn_scalar : double(hd));
   ap.softcap = cfg_.attn_softcap;  // Gemma 2
   ap.window = cfg_.is_sliding(k) ? cfg_.sliding_window : 0;
-  at::Tensor probs;  // distillation: the probabilities, in the autograd graph
-  at::Tensor out = causal_attention_ref(q, kk, v, ap, attention_observer_ ? &probs : nullptr);  // [B, T, H * hd]
-  if (attention_observer_) attention_observer_(k, probs);
+  at::Tensor out;
+  if (attention_observer_) {  // distillation: the probabilities, in the autograd graph
+    at::Tensor probs;
+    out = causal_attention_ref(q, kk, v, ap, &probs);
+    attention_observer_(k, probs);
+  } else {
+    out = causal_attention(q, kk, v, ap);  // [B, T, H * hd]
+  }
   return apply_linear(layers_[slot(k, kWo)], out);
 }
 

@@ -22,4 +22,12 @@ struct AttentionParams {
 at::Tensor causal_attention_ref(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const AttentionParams& p, at::Tensor* probs = nullptr);
 
+// The same values for inference: per (batch row, KV group, chunk of query rows) one plain GEMM of the group's
+// stacked query heads against the keys the chunk can see (causal and window limits skip the rest), an
+// additive -inf bias, softmax in place and a GEMM with the values, written into the output, so no tensor
+// the size of the scores is ever made. Rounds differently from the reference (its summation order differs;
+// agreement ~1e-6 relative). Falls back to the reference while grad mode is on or an input requires grad, and
+// for inputs other than float32 on the CPU.
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionParams& p);
+
 }  // namespace mc
