@@ -8,12 +8,11 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <vector>
 
+#include "best_seconds.h"
 #include "mcompress/int8_gemm.h"
 #include "mcompress/threads.h"
 
@@ -24,17 +23,6 @@ constexpr double kGoal = 2.0;  // x sgemm, best kernel, large shapes
 struct Shape {
   int64_t M, N, K;
 };
-
-double best_seconds(int reps, const std::function<void()>& f) {
-  f();  // warm-up (and first-touch of the outputs / packing buffers)
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return best;
-}
 
 }  // namespace
 
@@ -60,14 +48,14 @@ int main(int argc, char** argv) {
     const at::Tensor ws = at::rand({s.N}, gen, at::kFloat).mul_(0.01f);
     const at::Tensor wt = wf.t();  // the weight as nn.Linear uses it: matmul(x, W.t())
     at::Tensor sink;
-    const double t_f = best_seconds(reps, [&] { sink = at::matmul(xf, wt); });
+    const double t_f = mcbench::best_seconds(reps, [&] { sink = at::matmul(xf, wt); });
     std::printf(" M=%-5lld N=%-5lld K=%-5lld\n", (long long)s.M, (long long)s.N, (long long)s.K);
     std::printf("   %-28s %9.3f ms %8.1f GOP/s\n", "fp32 at::matmul (baseline)", t_f * 1e3, ops / t_f / 1e9);
     const bool large = s.M >= 128;
     for (auto k : kernels) {
       // The scalar kernel is slow: one run is enough to see it.
       const int r = k == mc::Int8Kernel::kScalar ? 1 : reps;
-      const double t_i = best_seconds(r, [&] { sink = mc::int8_matmul(xq, wq, k); });
+      const double t_i = mcbench::best_seconds(r, [&] { sink = mc::int8_matmul(xq, wq, k); });
       const double ratio = t_f / t_i;
       const char* verdict = "";
       if (k == kernels.front() && large) {
@@ -77,8 +65,8 @@ int main(int argc, char** argv) {
       std::printf("   int8_matmul %-16s %9.3f ms %8.1f GOP/s %6.2fx fp32%s\n", mc::int8_kernel_name(k), t_i * 1e3,
                   ops / t_i / 1e9, ratio, verdict);
     }
-    const double t_lf = best_seconds(reps, [&] { sink = at::linear(xf, wf); });
-    const double t_li = best_seconds(reps, [&] { sink = mc::int8_linear(xf, wq, ws, {}, kernels.front()); });
+    const double t_lf = mcbench::best_seconds(reps, [&] { sink = at::linear(xf, wf); });
+    const double t_li = mcbench::best_seconds(reps, [&] { sink = mc::int8_linear(xf, wq, ws, {}, kernels.front()); });
     std::printf("   int8_linear %-16s %9.3f ms %8.1f GOP/s %6.2fx at::linear fp32 (%.3f ms)\n",
                 mc::int8_kernel_name(kernels.front()), t_li * 1e3, ops / t_li / 1e9, t_lf / t_li, t_lf * 1e3);
   }

@@ -11,26 +11,15 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <map>
 #include <string>
 
+#include "best_seconds.h"
 #include "mcompress/models/llama.h"
 #include "mcompress/prune/structured.h"
 #include "mcompress/torch_bridge.h"
 
 namespace {
-
-double best_of(int reps, const std::function<void()>& f) {
-  f();  // warm-up
-  double best = 1e30;
-  for (int i = 0; i < reps; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return best;
-}
 
 std::unique_ptr<mc::LlamaModel> random_llama(uint64_t seed) {
   mc::LlamaConfig c;
@@ -79,8 +68,8 @@ int main(int argc, char** argv) {
   const double prune_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto pruned = mc::make_structured_model(r);
 
-  const double td = best_of(reps, [&] { dense->forward(x); });
-  const double tp = best_of(reps, [&] { pruned->forward(x); });
+  const double td = mcbench::best_seconds(reps, [&] { dense->forward(x); });
+  const double tp = mcbench::best_seconds(reps, [&] { pruned->forward(x); });
   std::printf("structured pruning: %s (%d threads)\n", mc::describe(o).c_str(), at::get_num_threads());
   for (const auto& [k, v] : r.settings)
     if (k != "block influence") std::printf("  %-24s %s\n", k.c_str(), v.c_str());

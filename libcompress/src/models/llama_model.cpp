@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "mcompress/error.h"
+#include "mcompress/models/attention.h"
 #include "mcompress/models/llama.h"
 #include "mcompress/torch_bridge.h"
 
@@ -276,30 +277,26 @@ at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int
   const bool local = !cfg_.sliding_layers.empty() && cfg_.sliding_layers[static_cast<size_t>(k)];
   q = rope(q, pos0, local);
   kk = rope(kk, pos0, local);
-  int64_t S = T;
   if (cache) {
     auto& ck = cache->k[static_cast<size_t>(k)];
     auto& cv = cache->v[static_cast<size_t>(k)];
     ck.narrow(2, pos0, T).copy_(kk);
     cv.narrow(2, pos0, T).copy_(v);
-    S = pos0 + T;
-    kk = ck.narrow(2, 0, S);
-    v = cv.narrow(2, 0, S);
+    kk = ck.narrow(2, 0, pos0 + T);
+    v = cv.narrow(2, 0, pos0 + T);
   }
-  // Grouped-query attention: query head h uses kv head h / (H / HKV), as llama2.c repeat_kv.
-  at::Tensor qg = q.reshape({B, HKV, H / HKV, T, hd});
-  const double scalar = cfg_.query_pre_attn_scalar > 0 ? cfg_.query_pre_attn_scalar : double(hd);
-  at::Tensor scores = at::matmul(qg, kk.unsqueeze(2).transpose(-1, -2)) * (1.0 / std::sqrt(scalar));
-  if (cfg_.attn_softcap > 0) scores = at::tanh(scores / cfg_.attn_softcap) * cfg_.attn_softcap;  // Gemma 2
-  auto lopts = at::TensorOptions().dtype(at::kLong).device(x.device());
-  at::Tensor qpos = at::arange(pos0, pos0 + T, lopts).unsqueeze(1), kpos = at::arange(0, S, lopts).unsqueeze(0);
-  at::Tensor masked = kpos > qpos;
-  if (cfg_.is_sliding(k)) masked = masked.logical_or(qpos - kpos >= cfg_.sliding_window);
-  scores.masked_fill_(masked, -std::numeric_limits<float>::infinity());
-  at::Tensor probs = at::softmax(scores, -1);  // [B, HKV, rep, T, S]
-  if (attention_observer_) attention_observer_(k, probs.reshape({B, H, T, S}));
-  at::Tensor out = at::matmul(probs, v.unsqueeze(2));  // [B, HKV, rep, T, hd]
-  out = out.reshape({B, H, T, hd}).transpose(1, 2).reshape({B, T, H * hd});
+  AttentionParams ap;
+  ap.scale = 1.0 / std::sqrt(cfg_.query_pre_attn_scalar > 0 ? cfg_.query_pre_attn_scalar : double(hd));
+  ap.softcap = cfg_.attn_softcap;  // Gemma 2
+  ap.window = cfg_.is_sliding(k) ? cfg_.sliding_window : 0;
+  at::Tensor out;
+  if (attention_observer_) {  // distillation: the probabilities, in the autograd graph
+    at::Tensor probs;
+    out = causal_attention_ref(q, kk, v, ap, &probs);
+    attention_observer_(k, probs);
+  } else {
+    out = causal_attention(q, kk, v, ap);  // [B, T, H * hd]
+  }
   return apply_linear(layers_[slot(k, kWo)], out);
 }
 
