@@ -174,7 +174,7 @@ def test_output_disk_too_small_fails_up_front(mc, models, tmp_path):
         p = mc("quantize", bf, "--method", "rtn", "--bits", "4", "--group-size", "32", "-o", small / "out", check=False)
         assert p.returncode == 2, p.stderr
         lines = [l for l in p.stderr.splitlines() if l.strip()]
-        assert len(lines) == 1 and "free disk" in lines[0] and str(small / "out") in lines[0], p.stderr
+        assert len(lines) == 1 and "of disk space" in lines[0] and str(small / "out") in lines[0], p.stderr
         assert not os.listdir(small)
     finally:
         subprocess.run(["umount", str(small)])

@@ -10,6 +10,7 @@
 #include <set>
 #include <nlohmann/json.hpp>
 
+#include "export/free_space.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
 #include "mcompress/throughput.h"
@@ -167,13 +168,9 @@ void JobRun::check_disk(bool calibrated) {
         break;
       }
   const auto need = static_cast<uint64_t>(2 * std::max(0.0, out) + (calibrated ? codes + hidden : 0));
-  fs::path dir = fs::absolute(io.out);
-  while (!dir.empty() && dir != dir.root_path() && !fs::exists(dir)) dir = dir.parent_path();
-  std::error_code ec;
-  const fs::space_info sp = fs::space(dir, ec);
-  if (!ec && sp.available < need)
-    fail("pipeline", io.out, ": needs about ", human_size(need), " of free disk (the output written and assembled",
-         calibrated ? ", and the resume journal" : "", "), ", dir.string(), " has ", human_size(sp.available));
+  require_free_space(io.out, need, "pipeline",
+                     calibrated ? "the output written and assembled, and the resume journal"
+                                : "the output written and assembled");
 }
 
 void JobRun::calibration_plan(const std::string& method) {
