@@ -103,6 +103,30 @@ TEST_CASE("HessianAccumulator: running average of 2/n XᵀX and channel statisti
   CHECK(acc.samples() == 0);
 }
 
+TEST_CASE("HessianAccumulator with bf16 products: 2/n XᵀX of X rounded to bf16, float32 sums", "[gptq]") {
+  // 1030 input columns (4 x 4 tiles, the last one shorter: only those on and below the diagonal are
+  // multiplied, the rest mirrored) and batches of odd sizes: the oracle is the
+  // float64 Hessian of the bf16-rounded inputs, which differs from the unrounded one by far more than
+  // the tolerance (checked), so a product of unrounded (or wrongly transposed) inputs fails.
+  const at::Tensor x = calib_inputs(301, 1030, 7);
+  HessianAccumulator acc(1030, false, "layers.0.wq", true);
+  acc.add(x.narrow(0, 0, 100).view({4, 25, 1030}));
+  CHECK(at::equal(acc.hessian(), acc.hessian().t()));  // read between adds: mirrored, then updated again
+  acc.add(x.narrow(0, 100, 0));
+  acc.add(x.narrow(0, 100, 201));
+  CHECK(acc.samples() == 301);
+  const at::Tensor rounded = hessian_of(x.to(at::kBFloat16).to(at::kDouble));
+  const at::Tensor exact = hessian_of(x.to(at::kDouble));
+  const double tol = kHessianRelTol * rounded.abs().max().item<double>();
+  CHECK(acc.hessian().to(at::kDouble).sub(rounded).abs().max().item<double>() <= tol);
+  CHECK(rounded.sub(exact).abs().max().item<double>() > 20 * tol);
+  CHECK(at::allclose(acc.sum_sq(), x.to(at::kDouble).pow(2).sum(0), 1e-6, 0));  // statistics of X as given
+  // fp64 keeps the float64 path: bf16 products are for float32 Hessians only.
+  HessianAccumulator acc64(1030, true, "layers.0.wq", true);
+  acc64.add(x);
+  CHECK(acc64.hessian().sub(exact).abs().max().item<double>() <= 1e-9 * exact.abs().max().item<double>());
+}
+
 TEST_CASE("gptq_quantize with lazy blocks matches the column-by-column reference", "[gptq]") {
   const at::Tensor W = randn({48, 192}, 11).mul_(0.05);
   const at::Tensor H = hessian_of(calib_inputs(1024, 192, 12));

@@ -28,6 +28,8 @@ StreamedModel load_model_streamed(const std::string& path);
 
 // float32 values of a tensor: bf16 widened at memory speed (exact), f16 converted (exact), float32 as it is.
 at::Tensor widen(const at::Tensor& t);
+// bf16 copy of a float32 tensor, rounded to nearest even as ATen rounds (NaN stays NaN), at memory speed.
+at::Tensor to_bf16(const at::Tensor& x);
 // Hands the whole pages inside t's bytes back to the kernel (MADV_PAGEOUT: clean file pages are dropped and
 // read again if touched, anonymous ones swapped where there is swap; nothing is lost). Best effort.
 void page_out(const at::Tensor& t);

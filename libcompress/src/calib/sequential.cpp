@@ -65,6 +65,8 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
   at::NoGradGuard no_grad;
   if (inputs.dim() < 1 || inputs.size(0) == 0) fail("calib", "the calibration set is empty");
   const int64_t n = inputs.size(0), batch = std::max<int64_t>(1, o.batch);
+  // Layers computing in bf16 multiply bf16-rounded inputs: their Hessians are of those inputs, at bf16 speed.
+  const bool bf16_hessians = model.compute_bf16() && model.device().is_cpu();
 
   std::vector<at::Tensor> hidden;
   if (o.start_block > 0) {
@@ -98,7 +100,7 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
       for (const auto& g : stage) {
         const std::string name = g.size() == 1 ? g[0]->name
                                                : str(g[0]->name, " (and the ", g.size() - 1, " other layers reading its input)");
-        acc.push_back(std::make_unique<HessianAccumulator>(g[0]->in_features, o.fp64, name));
+        acc.push_back(std::make_unique<HessianAccumulator>(g[0]->in_features, o.fp64, name, bf16_hessians));
         feeder[g[0]->name] = acc.back().get();
         for (const LayerInfo* l : g) stats[l->name] = acc.back().get(), stage_layers.push_back(l);
       }
