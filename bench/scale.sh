@@ -12,6 +12,8 @@
 # (quantize --model-free, compressed-tensors); gguf = GGUF q4_0 of the bf16 input.
 #   CALIB_SAMPLES=128   calibration sequences of 512 tokens for gptq / awq (fewer for a quick memory check:
 #                       the peak holds the hidden states of all of them, the time grows with them)
+#   COMPUTE=bf16        --compute for the gptq / awq calibration (bf16: forward and Hessians at bf16 GEMM
+#                       speed; f32 for the float32 path)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
@@ -21,6 +23,7 @@ FAMILIES=${FAMILIES:-"qwen2.5-0.5b llama-3.2-1b llama-3.1-8b"}
 STEPS=${STEPS:-"eval eval-bf16 rtn gguf model-free"}
 DATA=${MC_DATA:-../shared/data}
 CALIB_SAMPLES=${CALIB_SAMPLES:-128}
+COMPUTE=${COMPUTE:-bf16}
 PY=/usr/bin/python3
 mkdir -p "$WORK"
 [[ -f $DATA/wikitext-2/test.txt ]] || { echo "bench/scale.sh: needs $DATA/wikitext-2 (see ../shared/data/README)"; exit 0; }
@@ -46,8 +49,8 @@ for f in $FAMILIES; do
         /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize "$src" --method rtn --bits 4 --group-size 128 -o "$out" -q > "$WORK/step.log";;
       gptq|awq)
         /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize "$src" --method "$step" --bits 4 --group-size 128 \
-          --calib "$DATA/wikitext-2/valid.txt" --calib-samples "$CALIB_SAMPLES" --calib-seqlen 512 -o "$out" -q > "$WORK/step.log"
-        notes="$CALIB_SAMPLES x 512 calibration tokens";;
+          --calib "$DATA/wikitext-2/valid.txt" --calib-samples "$CALIB_SAMPLES" --calib-seqlen 512 --compute "$COMPUTE" -o "$out" -q > "$WORK/step.log"
+        notes="$CALIB_SAMPLES x 512 calibration tokens, --compute $COMPUTE";;
       model-free)
         /usr/bin/time -f "%M" -o "$WORK/rss" "$BIN" quantize --model-free "$src" --bits 4 --group-size 128 -o "$out" -q > "$WORK/step.log";;
       gguf)

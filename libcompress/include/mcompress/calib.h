@@ -36,6 +36,10 @@ struct SequentialOptions {
   // Called once a block's outputs for the next block are computed, with those outputs (free what the
   // block no longer needs; a journal saves them).
   std::function<void(int block, const std::vector<at::Tensor>& hidden)> after_block;
+  // Progress of the block forward passes: at its start (0 done) and after each batch, the pass ("statistics": the block with its
+  // hooks, feeding the Hessians; "output": the compressed block, for the next one) and the tokens
+  // (rows: sequences x positions) done of all of them.
+  std::function<void(int block, int blocks, const char* pass, int64_t done, int64_t total)> pass_progress;
   // Resume (journal.h): start at this block with its input hidden states (one tensor per batch, as
   // after_block received them) instead of embedding the inputs and running blocks 0..start_block-1.
   int start_block = 0;

@@ -85,6 +85,7 @@ struct PtqOptions {
   std::vector<int> candidate_bits = {3, 4, 8};
   // Progress: called before each layer of each phase ("scan", "quantize") with its index from 1.
   std::function<void(const std::string& phase, const LayerInfo& layer, int64_t i, int64_t n)> progress;
+  std::function<void(int block, int blocks, const char* pass, int64_t done, int64_t total)> pass_progress;
   // Resume (journal.h): each finished block (and each block of the mixed-precision scan) is saved in
   // the journal; blocks an earlier run with the same journal identity finished are restored instead of
   // computed (and passed to after_block in order), so the result is the same as an uninterrupted run.

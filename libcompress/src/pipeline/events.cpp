@@ -76,6 +76,39 @@ std::function<void(const std::string&, const LayerInfo&, int64_t, int64_t)> Even
   };
 }
 
+std::function<void(int, int, const char*, int64_t, int64_t)> EventSink::pass_progress(const std::string& method) const {
+  struct State {
+    std::chrono::steady_clock::time_point start;
+    int block = -1;
+    std::string pass;
+  };
+  auto st = std::make_shared<State>();
+  const bool tty = ::isatty(1) != 0;
+  const EventSink self = *this;
+  return [=](int block, int blocks, const char* pass, int64_t done, int64_t total) {
+    if (self.quiet && !self.json) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (block != st->block || pass != st->pass) st->block = block, st->pass = pass, st->start = now;
+    // Each pass reports 0 tokens when it starts: its clock starts there.
+    const double el = std::chrono::duration<double>(now - st->start).count();
+    const double rate = el > 0 ? double(done) / el : 0.0;
+    if (done == 0) return;
+    if (self.json) {
+      self.emit("progress", nlohmann::json({{"method", method}, {"phase", "forward"}, {"pass", pass},
+                                            {"block", block}, {"blocks", blocks}, {"tokens", done},
+                                            {"total", total}, {"elapsed_s", el}}).dump());
+      return;
+    }
+    if (tty)
+      std::printf("\r%s block %d/%d %s pass %lld/%lld tokens, %.0f tokens/s%-12s", method.c_str(), block + 1, blocks,
+                  pass, static_cast<long long>(done), static_cast<long long>(total), rate, "");
+    else if (done == total)
+      std::printf("%s block %d/%d %s pass: %lld tokens in %.1f s\n", method.c_str(), block + 1, blocks, pass,
+                  static_cast<long long>(total), el);
+    std::fflush(stdout);
+  };
+}
+
 void EventSink::end_progress() const {
   if (text() && ::isatty(1)) std::printf("\r%-100s\r", "");
 }

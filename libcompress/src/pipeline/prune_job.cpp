@@ -151,6 +151,7 @@ JobResult run_prune(const StageOptions& so, const JobIO& io, const EventSink& ev
   if (st.needs_calibration) job.calibration_plan(o.method);
   job.start();
   o.progress = events.layer_progress(o.method);
+  o.pass_progress = events.pass_progress(o.method);
   // Resume: each finished block goes to OUT/.resume; a rerun after an interruption restores them.
   // A directory this run created goes again if the run fails (bad input found while pruning).
   JobOutput out(io.out, job_identity(so, io), events);

@@ -181,6 +181,7 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   if (st.calibrated) job.calibration_plan(method);
   job.start();
   po.progress = events.layer_progress(method);
+  po.pass_progress = events.pass_progress(method);
   // The output is written while quantizing: each finished block's packed weights go to disk and the
   // model's copies are released, so memory stays that of one block (Model::set_low_memory).
   JobOutput out(io.out, job_identity(so, io), events);

@@ -72,6 +72,7 @@ PruneResult prune_model(Model& model, const at::Tensor& calib, const PruneOption
   const LayerSplit split = split_layers(layers, calib.defined());
   SequentialOptions so;
   so.batch = o.batch, so.fp64 = o.fp64, so.true_sequential = o.true_sequential;
+  so.pass_progress = o.pass_progress;
   if (o.distribution == "owl" && !split.in_blocks.empty()) {
     const OwlAllocation a = owl_scan(model, calib, split.in_blocks, so, o.journal,
                                      {o.sparsity, o.owl_lambda, o.owl_threshold});

@@ -119,9 +119,11 @@ Prep prepare(const at::Tensor& W0, const at::Tensor& H0, const GptqOptions& o, c
   const at::Tensor diag0 = Hr.diagonal().clone();
   for (int k = 0; k <= o.max_damp_retries; ++k) {
     const double rel = o.damp * std::pow(10.0, k);
+    if (!Hr.defined()) Hr = H.flip({0, 1});  // released below after a factor whose float32 copy failed
     Hr.diagonal().copy_(diag0).add_(rel * mean_diag);  // the factorization does not modify Hr
     auto [L, info] = at::linalg_cholesky_ex(Hr, /*upper=*/false, /*check_errors=*/false);
     if (info.item<int>() != 0) continue;
+    Hr.reset();  // not needed once factored: one [in, in] matrix less at the peak (822 MB at in = 14336)
     at::Tensor V = L.flip({0, 1}).to(at::kFloat).contiguous();
     // potrf of a finite matrix with positive pivots gives a finite factor; float32 rounding of a
     // double one could still underflow a pivot to 0

@@ -315,7 +315,7 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   const LayerSplit split = split_layers(layers, calibrated);
   run.total = static_cast<int64_t>(layers.size());
   SequentialOptions so;
-  so.batch = o.batch, so.fp64 = o.fp64;
+  so.batch = o.batch, so.fp64 = o.fp64, so.pass_progress = o.pass_progress;
   so.true_sequential = o.true_sequential && method.true_sequential;
   if (o.true_sequential && !so.true_sequential)
     res.warnings.push_back("--true-sequential does not apply to " + o.method +

@@ -45,6 +45,7 @@ struct PruneOptions {
   bool fp64 = false, true_sequential = false;
   double damp = 0.01;
   std::function<void(const std::string& phase, const LayerInfo& layer, int64_t i, int64_t n)> progress;
+  std::function<void(int block, int blocks, const char* pass, int64_t done, int64_t total)> pass_progress;
   // Resume (journal.h): finished blocks are saved, and restored instead of computed on a rerun.
   BlockJournal* journal = nullptr;
   // Called after each finished (or restored) block, and after each layer pruned outside the blocks
