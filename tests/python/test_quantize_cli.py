@@ -4,6 +4,7 @@ in conftest.py), the quantized model evaluates as the report says, and bad optio
 line and no output."""
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -180,6 +181,10 @@ def test_calibrated_weight_methods(mc, tiny_lm, method):
     # Not a terminal: one plain progress line per layer.
     assert f"{method} quantize layer 1/14 layers.0.attention.wq" in p.stdout
     assert f"{method} quantize layer 14/14 layers.1.feed_forward.w2" in p.stdout
+    # and a line per block forward pass, once it is done, with its tokens and time
+    for block in (1, 2):
+        for what in ("statistics", "output"):
+            assert re.search(rf"^{method} block {block}/2 {what} pass: \d+ tokens in [\d.]+ s$", p.stdout, re.M), p.stdout
     if method == "awq":
         assert any("awq alpha" in l["note"] for l in rep["layers"])
 

@@ -154,6 +154,10 @@ def test_log_json_prints_only_json_lines(mc, tiny_lm, tmp_path):
     assert kinds[0] == "start" and kinds[-1] == "done" and events[-1]["exit"] == p.returncode == 0
     prog = [e for e in events if e["event"] == "progress"]
     assert prog and prog[-1]["i"] == prog[-1]["n"] and prog[-1]["method"] == "awq"
+    # each block's calibration forward passes: "forward" events, the last one of each pass complete
+    fwd = [e for e in events if e["event"] == "forward"]
+    done = {(e["block"], e["pass"]) for e in fwd if e["tokens"] == e["total"]}
+    assert done and done == {(b, p) for b in range(fwd[0]["blocks"]) for p in ("statistics", "output")}, fwd
     bad = mc("run", os.path.join(RECIPES, "w4-awq.yaml"), "--model", tmp_path / "missing.bin", "-o", tmp_path / "x",
              "--log-json", check=False)
     assert bad.returncode == 2

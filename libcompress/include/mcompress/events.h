@@ -29,8 +29,8 @@ struct EventSink {
   // layer. The clock restarts when the phase changes.
   std::function<void(const std::string& phase, const LayerInfo& layer, int64_t i, int64_t n)> layer_progress(
       const std::string& method) const;
-  // Progress of a calibration's block forward passes (SequentialOptions::pass_progress): json "progress"
-  // events (phase "forward"), on a terminal the line rewritten per batch with tokens/s, else one line
+  // Progress of a calibration's block forward passes (SequentialOptions::pass_progress): json "forward"
+  // events (method, pass, block, blocks, tokens, total, elapsed_s), on a terminal the line rewritten per batch with tokens/s, else one line
   // per pass once it is done ("gptq block 3/16 statistics pass: 128 sequences in 24.1 s, 2,720 tokens/s").
   std::function<void(int block, int blocks, const char* pass, int64_t done, int64_t total)> pass_progress(
       const std::string& method) const;

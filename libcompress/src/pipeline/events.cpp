@@ -94,7 +94,7 @@ std::function<void(int, int, const char*, int64_t, int64_t)> EventSink::pass_pro
     const double rate = el > 0 ? double(done) / el : 0.0;
     if (done == 0) return;
     if (self.json) {
-      self.emit("progress", nlohmann::json({{"method", method}, {"phase", "forward"}, {"pass", pass},
+      self.emit("forward", nlohmann::json({{"method", method}, {"pass", pass},
                                             {"block", block}, {"blocks", blocks}, {"tokens", done},
                                             {"total", total}, {"elapsed_s", el}}).dump());
       return;
