@@ -15,6 +15,8 @@ namespace mc {
 
 namespace {
 
+int64_t rows_of(const at::Tensor& h) { return h.numel() / h.size(-1); }  // sequences x positions
+
 // Runs block k over every batch, calling `hook` for each layer use; the hook is removed on any exit.
 void run_block_hooked(Model& model, int k, const std::vector<at::Tensor>& hidden, const LayerHook& hook,
                       size_t batches, const std::function<void(int64_t)>& done = {}) {
@@ -24,7 +26,7 @@ void run_block_hooked(Model& model, int k, const std::vector<at::Tensor>& hidden
     if (done) done(0);
     for (size_t i = 0; i < std::min(batches, hidden.size()); ++i) {
       model.run_block(k, hidden[i]);
-      if (done) done(rows += hidden[i].numel() / hidden[i].size(-1));
+      if (done) done(rows += rows_of(hidden[i]));
     }
   } catch (...) {
     model.remove_hook(id);
@@ -85,7 +87,7 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
   }
 
   int64_t tokens = 0;  // rows through a block per pass (sequences x positions)
-  for (const auto& h : hidden) tokens += h.numel() / h.size(-1);
+  for (const auto& h : hidden) tokens += rows_of(h);
   for (int k = o.start_block; k < model.num_blocks(); ++k) {
     std::vector<const LayerInfo*> layers;
     for (const auto& l : model.layers())
@@ -136,7 +138,7 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
       if (!at::isfinite(h).all().item<bool>())
         fail("calib", "block ", k, " produced NaN or Inf on the calibration data",
              layers.empty() ? "" : " after compression");
-      if (o.pass_progress) o.pass_progress(k, model.num_blocks(), "output", rows += h.numel() / h.size(-1), tokens);
+      if (o.pass_progress) o.pass_progress(k, model.num_blocks(), "output", rows += rows_of(h), tokens);
     }
     if (o.after_block) o.after_block(k, hidden);
     ::malloc_trim(0);  // the block's large temporaries go back to the OS: memory stays flat across blocks

@@ -77,22 +77,20 @@ std::function<void(const std::string&, const LayerInfo&, int64_t, int64_t)> Even
 }
 
 std::function<void(int, int, const char*, int64_t, int64_t)> EventSink::pass_progress(const std::string& method) const {
-  struct State {
-    std::chrono::steady_clock::time_point start;
-    int block = -1;
-    std::string pass;
-  };
-  auto st = std::make_shared<State>();
+  auto start = std::make_shared<std::chrono::steady_clock::time_point>();
   const bool tty = ::isatty(1) != 0;
   const EventSink self = *this;
   return [=](int block, int blocks, const char* pass, int64_t done, int64_t total) {
     if (self.quiet && !self.json) return;
+    // Each pass reports 0 tokens when it starts (a true-sequential block runs several statistics passes):
+    // its clock starts there.
     const auto now = std::chrono::steady_clock::now();
-    if (block != st->block || pass != st->pass) st->block = block, st->pass = pass, st->start = now;
-    // Each pass reports 0 tokens when it starts: its clock starts there.
-    const double el = std::chrono::duration<double>(now - st->start).count();
+    if (done == 0) {
+      *start = now;
+      return;
+    }
+    const double el = std::chrono::duration<double>(now - *start).count();
     const double rate = el > 0 ? double(done) / el : 0.0;
-    if (done == 0) return;
     if (self.json) {
       self.emit("forward", nlohmann::json({{"method", method}, {"pass", pass},
                                             {"block", block}, {"blocks", blocks}, {"tokens", done},
