@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Quality of the weight-quantization methods on the real stories260K model (../shared/data):
 # bits per byte on held-out TinyStories text (validation_100.txt, 128-token windows, first window of
-# each story) at 4 and 3 bits, groups of 32 and per output channel, for RTN, imatrix, AWQ and GPTQ
-# with and without act-order. Calibration: 128 x 128 tokens of tiny-shakespeare (seed 0), a
-# different text from the evaluation. Prints a Markdown table (and writes it to OUT/quality.md).
+# each story) at 4 and 3 bits, groups of 32 and per output channel, for RTN (symmetric and asymmetric)
+# and HQQ, which see no data, and imatrix, AWQ and GPTQ with and without act-order. Calibration: 128 x
+# 128 tokens of tiny-shakespeare (seed 0), a different text from the evaluation (bench/hqq_quality.sh
+# compares HQQ with imatrix calibrated on TinyStories-like text instead). Prints a Markdown table (and writes it to OUT/quality.md).
 # Usage: bench/quality_table.sh [OUT]   (BUILD_DIR selects the build, default build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ print("%.4f" % [m for m in r["metrics"] if m["name"]=="bits per byte"][0][sys.ar
 }
 
 declare -A ROW
-methods=("rtn" "imatrix" "awq" "gptq" "gptq --act-order")
+methods=("rtn" "rtn --asym" "hqq" "imatrix" "awq" "gptq" "gptq --act-order")
 grids=("4 --group-size 32" "4 --per-channel" "3 --group-size 32" "3 --per-channel")
 baseline=""
 for m in "${methods[@]}"; do
@@ -30,7 +31,7 @@ for m in "${methods[@]}"; do
     read -r bits grid <<<"$g"
     name="${m// /}-w${bits}${grid// /}"
     extra=()
-    [[ $m == rtn ]] || extra=("${CALIB[@]}")
+    [[ $m == rtn* || $m == hqq ]] || extra=("${CALIB[@]}")
     # shellcheck disable=SC2086
     "$MC" quantize "$MODEL" --method $m --bits "$bits" $grid "${extra[@]}" "${EVAL[@]}" -o "$OUT/$name" -q
     ROW["$m|$g"]=$(bpb "$OUT/$name/report.json" compressed)
