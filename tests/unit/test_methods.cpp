@@ -19,7 +19,7 @@ TEST_CASE("method table: names, kinds, labels and the functions that run each me
   std::vector<std::string> q, p;
   for (const MethodInfo* m : methods_of(MethodKind::Quantize)) q.push_back(m->name);
   for (const MethodInfo* m : methods_of(MethodKind::Prune)) p.push_back(m->name);
-  CHECK(q == std::vector<std::string>{"rtn", "imatrix", "gptq", "awq", "smoothquant"});
+  CHECK(q == std::vector<std::string>{"rtn", "hqq", "imatrix", "gptq", "awq", "smoothquant"});
   CHECK(p == std::vector<std::string>{"magnitude", "wanda", "sparsegpt"});
   CHECK(all_methods().size() == q.size() + p.size());
   for (const MethodInfo& m : all_methods()) {
@@ -35,6 +35,9 @@ TEST_CASE("method table: names, kinds, labels and the functions that run each me
   CHECK(std::string(find_method(MethodKind::Quantize, "gptq")->report_label) == "GPTQ");
   CHECK(std::string(find_method(MethodKind::Quantize, "smoothquant")->report_label) == "SmoothQuant");
   CHECK(std::string(find_method(MethodKind::Quantize, "rtn")->report_label) == "RTN");
+  CHECK(std::string(find_method(MethodKind::Quantize, "hqq")->report_label) == "HQQ");
+  CHECK(find_method(MethodKind::Quantize, "hqq")->float_zeros);
+  CHECK_FALSE(find_method(MethodKind::Quantize, "hqq")->needs_calibration);
   CHECK(std::string(find_method(MethodKind::Prune, "sparsegpt")->report_label) == "sparsegpt");
   CHECK(find_method(MethodKind::Quantize, "awq")->group_scales != nullptr);
   CHECK_FALSE(find_method(MethodKind::Quantize, "awq")->scales_after_norm_only);
@@ -47,7 +50,7 @@ TEST_CASE("method table: names, kinds, labels and the functions that run each me
 TEST_CASE("find_method: an unknown name is an InputError listing the allowed names", "[methods][errors]") {
   CHECK_THROWS_AS(find_method(MethodKind::Quantize, "gtpq"), InputError);
   CHECK_THROWS_WITH(find_method(MethodKind::Quantize, "gtpq"),
-                    "[quantize] --method 'gtpq' is not available (allowed: rtn, imatrix, gptq, awq, smoothquant)");
+                    "[quantize] --method 'gtpq' is not available (allowed: rtn, hqq, imatrix, gptq, awq, smoothquant)");
   CHECK_THROWS_WITH(find_method(MethodKind::Prune, "gptq"),
                     "[prune] --method 'gptq' is not available (allowed: magnitude, wanda, sparsegpt)");
   CHECK_THROWS_AS(find_method(MethodKind::Prune, ""), InputError);
@@ -66,6 +69,7 @@ TEST_CASE("needs_calibration: exactly the methods quantize_model / prune_model r
     auto model = mctest::tiny_llama(71);
     PtqOptions o;
     o.method = m->name;
+    o.spec.symmetric = !m->float_zeros;  // hqq: asymmetric grids only
     if (m->needs_calibration)
       CHECK_THROWS_WITH(quantize_model(*model, at::Tensor(), o), Catch::Contains("needs calibration data"));
     else

@@ -19,7 +19,7 @@ const std::vector<Command>& commands() {
       {"convert", "convert a checkpoint between formats (and float dtypes)", cmd_convert},
       {"eval", "perplexity / bits per byte of a language model, accuracy of a classifier", cmd_eval},
       {"generate", "sample text from a language model", cmd_generate},
-      {"quantize", "quantize a model's weights (RTN, imatrix, GPTQ, AWQ, SmoothQuant W8A8) and report the accuracy kept", cmd_quantize},
+      {"quantize", "quantize a model's weights (RTN, HQQ, imatrix, GPTQ, AWQ, SmoothQuant W8A8) and report the accuracy kept", cmd_quantize},
       {"prune", "prune a model's weights (magnitude, Wanda, SparseGPT; unstructured or N:M) and report the accuracy kept", cmd_prune},
       {"train", "train a small LLaMA-architecture model from scratch", cmd_train},
       {"run", "run a recipe (recipes/*.yaml): stages of quantize / prune / distill, a combined report, an accuracy gate", cmd_run},

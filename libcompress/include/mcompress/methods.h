@@ -79,6 +79,9 @@ struct MethodInfo {
   bool quantizes_activations = false;    // W8A8: every quantized linear's input is quantized per token
   bool true_sequential = true;           // supports --true-sequential (false: one statistics pass per block)
   bool mixed_precision = true;           // supports --target-bpw
+  // Fits fractional zero points (stored float16, quant/packed.h): asymmetric grids only (--asym is
+  // implied, --sym refused).
+  bool float_zeros = false;
   QuantizeCheckFn check_options = nullptr;
   // Prune methods.
   PruneLayerFn prune_layer = nullptr;
@@ -89,10 +92,10 @@ struct MethodInfo {
 const std::vector<MethodInfo>& all_methods();
 // The methods of one kind, in table order.
 std::vector<const MethodInfo*> methods_of(MethodKind kind);
-// "rtn, imatrix, gptq, awq, smoothquant"
+// "rtn, hqq, imatrix, gptq, awq, smoothquant"
 std::string method_names(MethodKind kind);
 // The method `name` of `kind`; throws InputError "[quantize] --method 'x' is not available (allowed:
-// rtn, imatrix, ...)" for any other name.
+// rtn, hqq, imatrix, ...)" for any other name.
 const MethodInfo* find_method(MethodKind kind, const std::string& name);
 
 }  // namespace mc

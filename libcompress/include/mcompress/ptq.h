@@ -5,6 +5,8 @@
 //
 // Methods (all quantize the selected layers' weights to QuantSpec's grid, fp16 scales):
 //   rtn          round to nearest (rtn.h); calibration data only measures per-layer errors
+//   hqq          RTN's scale with each group's zero point fitted by half-quadratic steps to an lp
+//                error, p = 0.7 (hqq.h); no calibration data; fractional zeros stored as float16
 //   imatrix      RTN whose grids minimise the error weighted by each input column's mean square
 //                (imatrix.h) — cheap, between RTN and GPTQ
 //   gptq         error compensation through the inverse Hessian (gptq.h)
@@ -47,7 +49,7 @@ class BlockJournal;
 struct PtqResult;
 
 struct PtqOptions {
-  std::string method = "rtn";  // rtn | imatrix | gptq | awq | smoothquant
+  std::string method = "rtn";  // rtn | hqq | imatrix | gptq | awq | smoothquant
   QuantSpec spec;              // the grid (bits are the default/maximum with mixed precision)
   // Layer selection. `targets`: glob patterns (fnmatch, "*" crosses dots) or "re:REGEX" (the whole
   // name must match), matched
@@ -73,6 +75,8 @@ struct PtqOptions {
   // Keep the zeros of an already pruned model (prune, then quantize): GPTQ zeroes them in its column
   // loop with error compensation (SparseGPT with a fixed mask); the other methods keep zeros as zeros.
   bool keep_sparsity = false;
+  // HQQ: zero-point updates per group (0: RTN asymmetric).
+  int hqq_iters = 20;
   // AWQ.
   bool awq_clip = true;
   // SmoothQuant.

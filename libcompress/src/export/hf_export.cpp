@@ -93,6 +93,10 @@ Prepared prepare(const ExportInput& in, Fmt fmt) {
         p.unquantized.push_back(lin.module);
       } else {
         const PackedEntryInfo& e = *in.src.entry_info(key);
+        if (e.float_zeros)  // checked from the description, before anything is written
+          fail("export", in.path, ": ", key, " has fractional zero points (float16, e.g. --method hqq), but ",
+               fmt_name(fmt), " stores integer zero points: rounding them would change the model (use --format "
+               "gguf, or quantize with another method)");
         if (p.spec && (p.spec->bits != e.spec->bits || p.spec->symmetric != e.spec->symmetric ||
                        p.spec->group_size != e.spec->group_size))
           fail("export", in.path, ": ", key, " is ", spec_text(*e.spec), " but other layers are ", spec_text(*p.spec),

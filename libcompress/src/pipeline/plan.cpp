@@ -10,6 +10,7 @@
 #include "job.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
+#include "mcompress/methods.h"
 #include "mcompress/ptq.h"
 #include "prune_stage.h"
 #include "quantize_stage.h"
@@ -48,9 +49,11 @@ class InputBits {
   std::unique_ptr<CheckpointReader> in_;
 };
 
-double grid_bits(const QuantSpec& s, int64_t in_features) {
+// Stored bits per weight of a grid: the codes, fp16 scales and the zero points (packed codes, or float16
+// when the method fits fractional ones: an upper bound, a layer whose zeros all stay integers stores codes).
+double grid_bits(const QuantSpec& s, int64_t in_features, bool float_zeros = false) {
   const double g = s.group_size > 0 ? double(s.group_size) : s.group_size == 0 ? double(in_features) : 1e12;
-  return s.bits + 16.0 / g + (s.symmetric ? 0.0 : double(s.bits) / g);
+  return s.bits + 16.0 / g + (s.symmetric ? 0.0 : (float_zeros ? 16.0 : double(s.bits)) / g);
 }
 
 }  // namespace
@@ -61,6 +64,7 @@ std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_pat
   if (so.pass() == "quantize") {
     const QuantizeStage st = quantize_stage(so);
     const PtqOptions& o = st.ptq;
+    const bool float_zeros = find_method(MethodKind::Quantize, o.method)->float_zeros;
     for (const LayerInfo* l : select_layers(model, o)) {
       const at::Tensor& w = model.param(l->weight);
       const int64_t in_f = w.numel() / w.size(0);
@@ -81,10 +85,10 @@ std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_pat
         row.what = method + " mixed precision, bits from {" + so.text("bits-candidates") + "} by sensitivity (mean " +
                    fmt_num("%g", o.target_bpw) + ")";
         QuantSpec mean = *spec;
-        row.bits_after = grid_bits(mean, in_f) - mean.bits + o.target_bpw;
+        row.bits_after = grid_bits(mean, in_f, float_zeros && !rtn_only) - mean.bits + o.target_bpw;
       } else {
         row.what = method + " " + spec->describe() + (override ? " (override)" : "");
-        row.bits_after = grid_bits(*spec, in_f);
+        row.bits_after = grid_bits(*spec, in_f, float_zeros && !rtn_only);
       }
       if (st.w8a8 && l->kind == LayerKind::Linear && !rtn_only)
         row.what += ", activations int" + std::to_string(o.act_bits) + " per token";

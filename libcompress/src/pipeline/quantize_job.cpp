@@ -93,15 +93,26 @@ QuantizeStage quantize_stage(const StageOptions& so) {
   if (per_tensor) spec.group_size = -1;
   if (per_tensor && o.method != "rtn") so.fail("per-tensor", "is only available with --method rtn");
   spec.symmetric = !so.flag("asym");
+  if (method.float_zeros) {  // fractional zero points: asymmetric grids only
+    if (so.flag("sym"))
+      so.fail("sym", "does not apply to --method " + o.method + ": it fits each group's zero point (asymmetric, "
+              "its default)");
+    spec.symmetric = false;
+  }
   spec.validate("(all layers)", 1 << 30);  // bits and group size, before any work
   if (o.target_bpw < 0) so.fail("target-bpw", "must be > 0");
   for (const auto& ov : so.repeated("override")) o.overrides.push_back(parse_override(so, ov, spec));
   o.awq_clip = !so.flag("no-clip");
+  o.hqq_iters = int(so.integer("hqq-iters"));
+  if (o.hqq_iters < 0 || o.hqq_iters > 1000) so.fail("hqq-iters", std::to_string(o.hqq_iters) + " outside 0..1000");
   o.targets = so.list("targets"), o.ignore = so.list("ignore");
   o.embeddings = so.flag("quantize-embeddings"), o.classifier = so.flag("quantize-classifier");
   o.conv = so.flag("quantize-conv"), o.true_sequential = so.flag("true-sequential"), o.fp64 = so.flag("fp64");
   o.act_order = so.flag("act-order"), o.static_groups = so.flag("static-groups"), o.damp = so.real("damp");
   o.keep_sparsity = so.flag("keep-sparsity");
+  if (method.float_zeros && o.keep_sparsity)
+    so.fail("keep-sparsity", "does not apply to --method " + o.method + ": a fractional zero point cannot hold a "
+            "pruned weight's exact 0");
   o.smooth_alpha = so.real("alpha"), o.act_bits = int(so.integer("act-bits"));
   st.simulate_int8 = so.flag("simulate-int8");
   o.candidate_bits.clear();
@@ -141,6 +152,9 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
     rep.settings["damp"] = fmt_num("%g", po.damp);
     if (po.act_order) rep.settings["act-order"] = po.static_groups ? "yes, static groups" : "yes";
   }
+  if (method == "hqq")
+    rep.settings["zero points"] = "HQQ, " + std::to_string(po.hqq_iters) +
+                                  " updates (p 0.7, beta 10, kappa 1.01), float16 where fractional";
   if (method == "awq") rep.settings["clip search"] = po.awq_clip ? "yes" : "no";
   if (st.w8a8)
     rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric (alpha " +

@@ -47,14 +47,15 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
   static const std::map<std::string, std::vector<OptionDef>> t = {
       {"quantize",
        with({
-                {"method", T::Text, "rtn", "rtn | imatrix | gptq | awq | smoothquant (all but rtn need calibration data)"},
+                {"method", T::Text, "rtn",
+                 "rtn | hqq | imatrix | gptq | awq | smoothquant (all but rtn and hqq need calibration data)"},
                 {"bits", T::Int, "4", "bits per weight, 2..8 (smoothquant: 8)"},
                 {"group-size", T::Int, "32",
                  "input columns per scale (a row whose length it does not divide ends with a shorter group)"},
                 {"per-channel", T::Flag, "", "one scale per output channel (smoothquant's default)"},
                 {"per-tensor", T::Flag, "", "one scale for the whole matrix (rtn)"},
-                {"sym", T::Flag, "", "symmetric grid, no zero point (default)"},
-                {"asym", T::Flag, "", "asymmetric grid with a zero point per group"},
+                {"sym", T::Flag, "", "symmetric grid, no zero point (default; hqq refuses it)"},
+                {"asym", T::Flag, "", "asymmetric grid with a zero point per group (hqq's default and only grid)"},
                 {"mse-clip", T::Flag, "", "rtn/gptq: search a clip ratio per group minimising the squared error"},
                 {"targets", T::List, "",
                  "comma-separated layer patterns to quantize (glob, or re:REGEX); default: every linear layer but "
@@ -71,6 +72,9 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
                 {"damp", T::Real, "0.01", "gptq: damping as a fraction of mean(diag H)"},
                 {"keep-sparsity", T::Flag, "",
                  "keep the zeros of a pruned model (gptq compensates them like SparseGPT) and store the sparse layout"},
+                {"hqq-iters", T::Int, "20",
+                 "hqq: zero-point updates per group (p 0.7, beta 10 x 1.01 per update, a group stops when its "
+                 "error stops falling; 0 = RTN asymmetric)"},
                 {"no-clip", T::Flag, "", "awq: skip the clipping search"},
                 {"alpha", T::Real, "0.5", "smoothquant: migration strength 0..1"},
                 {"act-bits", T::Int, "8", "smoothquant: bits of the per-token activations"},

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "mcompress/error.h"
+#include "quant/grouped.h"
 
 namespace mc {
 
@@ -16,13 +17,6 @@ constexpr const char* kComp = "awq";
 constexpr int kAwqClipSteps = 10;  // clip ratio 1.00, 0.95, ..., 0.55
 
 double tr_dhd(const at::Tensor& D, const at::Tensor& H) { return (at::matmul(D, H) * D).sum().item<double>(); }
-
-// W [out, in] -> [out, G, gs] with the ragged last group zero-padded.
-at::Tensor grouped(const at::Tensor& W, int64_t G, int64_t gs) {
-  const int64_t in = W.size(-1);
-  at::Tensor p = G * gs == in ? W : at::constant_pad_nd(W, {0, G * gs - in}, 0.0);
-  return p.reshape({W.size(0), G, gs});
-}
 
 // Evenly spaced rows (all when out <= n or n <= 0).
 at::Tensor row_sample(const at::Tensor& W, int64_t n) {
@@ -86,7 +80,7 @@ at::Tensor awq_clip(const at::Tensor& W, const at::Tensor& H, const QuantSpec& s
   at::Tensor Hp = G * gs == in ? H : at::constant_pad_nd(H, {0, G * gs - in, 0, G * gs - in}, 0.0);
   // Diagonal blocks [G, gs, gs].
   at::Tensor Hb = at::diagonal(Hp.reshape({G, gs, G, gs}), 0, 0, 2).permute({2, 0, 1}).contiguous();
-  const at::Tensor Wg = grouped(W, G, gs);
+  const at::Tensor Wg = grouped_columns(W, G, gs);
   at::Tensor hi, lo;
   if (spec.symmetric) {
     hi = Wg.abs().amax(-1, true);
@@ -100,7 +94,7 @@ at::Tensor awq_clip(const at::Tensor& W, const at::Tensor& H, const QuantSpec& s
     const double r = 1.0 - 0.05 * i;
     at::Tensor Wc = at::minimum(at::maximum(Wg, lo * r), hi * r);
     at::Tensor Wq = rtn_quantize(Wc.reshape({out, G * gs}).narrow(1, 0, in), spec, layer).dequantize();
-    at::Tensor D = (Wg - grouped(Wq, G, gs)).transpose(0, 1);  // [G, out, gs]
+    at::Tensor D = (Wg - grouped_columns(Wq, G, gs)).transpose(0, 1);  // [G, out, gs]
     at::Tensor err = (at::bmm(D, Hb) * D).sum(-1).t();           // [out, G]
     if (i == 0) {
       best_err = err;

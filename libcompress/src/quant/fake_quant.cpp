@@ -38,12 +38,16 @@ at::Tensor masked(const at::Tensor& w, const FrozenGrid& g) {
   return g.mask.defined() ? at::where(g.mask, w, at::zeros({}, w.options())) : w;
 }
 
-// kRoundMagic + code for x [out, in] float32 (no autograd), and kRoundMagic + zero.
-std::pair<at::Tensor, at::Tensor> shifted_codes(const at::Tensor& x, const FrozenGrid& g) {
+// The codes of x [out, in] float32 (no autograd) as floats 0..maxq: integer zeros as rtn.h rounds
+// (kRoundMagic + zero + w * inv, rounded once), fractional ones (quant/hqq.h; checked on the small
+// [out, G] grid kept on the CPU) as hqq_quantize does: w * inv + zero in float32, then rounded
+// (kRoundMagic would round the zero itself).
+at::Tensor codes_on_grid(const at::Tensor& x, const FrozenGrid& g) {
   const int maxq = (1 << g.quant->spec.bits) - 1;
+  const at::Tensor& z = g.quant->zeros;
+  if (!z.eq(z.round()).all().item<bool>()) return x.mul(g.inv_full).add_(g.zero_full).round_().clamp_(0, maxq);
   at::Tensor zm = g.zero_full.add(kRoundMagic);
-  at::Tensor t = x.mul(g.inv_full).add_(zm).clamp_(kRoundMagic, kRoundMagic + maxq);
-  return {t, zm};
+  return x.mul(g.inv_full).add_(zm).clamp_(kRoundMagic, kRoundMagic + maxq).sub_(kRoundMagic);  // exact
 }
 
 }  // namespace
@@ -84,8 +88,7 @@ at::Tensor fake_quant_ste(const at::Tensor& w, const FrozenGrid& g) {
     at::NoGradGuard no_grad;
     const at::Tensor x = wm.detach().to(at::kFloat);
     if (g.quant) {
-      auto [t, zm] = shifted_codes(x, g);
-      q = t.sub_(zm).mul_(g.scale_full);  // (code - zero) * scale; code - zero is exact
+      q = codes_on_grid(x, g).sub_(g.zero_full).mul_(g.scale_full);  // (code - zero) * scale; code - zero is exact
     } else {
       // Sparse float16 values: their own rounding. A mask alone (a dense file's zeros): the values.
       q = g.sparse ? x.to(at::kHalf).to(at::kFloat) : x.clone();
@@ -100,7 +103,7 @@ QuantResult requantize(const at::Tensor& w, const FrozenGrid& g) {
   at::NoGradGuard no_grad;
   const at::Tensor x = masked(as_matrix(w.detach(), g), g).to(at::kFloat);
   QuantResult r = *g.quant;
-  r.codes = shifted_codes(x, g).first.sub_(kRoundMagic).to(at::kByte).to(at::kCPU);
+  r.codes = codes_on_grid(x, g).to(at::kByte).to(at::kCPU);
   return r;
 }
 

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "mcompress/error.h"
+#include "quant/grouped.h"
 
 namespace mc {
 
@@ -11,13 +12,6 @@ namespace {
 constexpr const char* kComp = "imatrix";
 
 std::string where(const std::string& layer) { return layer.empty() ? std::string() : "layer " + layer + ": "; }
-
-// [out, in] -> [out, G, gs], the ragged last group padded with `pad`.
-at::Tensor grouped(const at::Tensor& m, int64_t G, int64_t gs, double pad) {
-  const int64_t in = m.size(1), padded = G * gs;
-  at::Tensor p = padded == in ? m : at::constant_pad_nd(m, {0, padded - in}, pad);
-  return p.reshape({m.size(0), G, gs});
-}
 
 // Scales rounded to the nearest float16 (at least the smallest positive one).
 at::Tensor nearest_f16(const at::Tensor& s) {
@@ -68,7 +62,7 @@ at::Tensor weighted_group_error(const at::Tensor& w, const at::Tensor& w_hat, co
                                 const QuantSpec& spec) {
   const int64_t in = w.size(1), gs = spec.group_cols(in), G = (in + gs - 1) / gs;
   at::Tensor d = (w.to(at::kDouble) - w_hat.to(at::kDouble)).pow(2).mul(importance.to(at::kDouble));
-  return grouped(d, G, gs, 0.0).sum(-1);
+  return grouped_columns(d, G, gs, 0.0).sum(-1);
 }
 
 QuantResult imatrix_quantize(const at::Tensor& w, const QuantSpec& spec, const at::Tensor& importance,
@@ -94,9 +88,9 @@ QuantResult imatrix_quantize(const at::Tensor& w, const QuantSpec& spec, const a
 
   const int64_t gs = spec.group_cols(in), G = spec.n_groups(in);
   const int maxq = (1 << spec.bits) - 1;
-  const at::Tensor x = grouped(x2, G, gs, 0.0);
-  const at::Tensor imp = grouped(imp1.unsqueeze(0), G, gs, 0.0);  // [1, G, gs]: padding weighs nothing
-  Candidate best = evaluate(x, imp, grouped(r.codes.to(at::kFloat), G, gs, 0.0), r.scales.unsqueeze(-1),
+  const at::Tensor x = grouped_columns(x2, G, gs, 0.0);
+  const at::Tensor imp = grouped_columns(imp1.unsqueeze(0), G, gs, 0.0);  // [1, G, gs]: padding weighs nothing
+  Candidate best = evaluate(x, imp, grouped_columns(r.codes.to(at::kFloat), G, gs, 0.0), r.scales.unsqueeze(-1),
                             r.zeros.unsqueeze(-1));
   // The padded codes must not matter: they sit at the zero point with weight 0.
   if (spec.symmetric) {

@@ -36,6 +36,13 @@ std::vector<MethodInfo> make_table() {
   std::vector<MethodInfo> t;
   t.push_back(quantize("rtn", false, "round to nearest; calibration data, when given, only measures per-layer errors",
                        "RTN", rtn_layer));
+  MethodInfo hqq = quantize("hqq", false, "half-quadratic zero points (Badri & Shaji, 2023): RTN's scale, each group's "
+                            "zero point fitted to an lp error (p 0.7, --hqq-iters updates, default 20), stored as "
+                            "float16; asymmetric only; no data needed",
+                            "HQQ", hqq_layer);
+  hqq.float_zeros = true;
+  hqq.check_options = check_hqq_options;
+  t.push_back(hqq);
   t.push_back(quantize("imatrix", true, "RTN with grids weighted by each input column's mean square (importance "
                        "matrix)",
                        "imatrix", imatrix_layer));

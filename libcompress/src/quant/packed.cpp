@@ -27,6 +27,7 @@ struct PackedEntry {
   int64_t out = 0, in = 0;
   std::vector<int64_t> weight_shape;  // when the weight is not [out, in] (conv kernels)
   bool g_idx = false;                 // "<key>.g_idx" maps columns to groups (act-order GPTQ)
+  bool float_zeros = false;           // "<key>.zeros" is F16 [out, G] (fractional zero points, HQQ)
   bool quantized = true;              // false: a sparse entry of float16 values ("dtype": "F16")
   std::optional<SparseLayout> sparse; // a sparse entry (quant/sparse.h)
   int64_t kept = 0;                   // sparse: entries stored
@@ -35,7 +36,7 @@ struct PackedEntry {
 // The parts an entry may have; those it does not use must be absent.
 const char* const kPartSuffixes[] = {".qweight", ".scales", ".zeros", ".g_idx", ".mask", ".indices", ".values"};
 
-nlohmann::json describe_entry(const QuantResult& q) {
+nlohmann::json describe_entry(const QuantResult& q, bool float_zeros) {
   nlohmann::json j = {{"bits", q.spec.bits},
                       {"group_size", q.spec.group_size},
                       {"symmetric", q.spec.symmetric},
@@ -43,12 +44,15 @@ nlohmann::json describe_entry(const QuantResult& q) {
                       {"shape", {q.codes.size(0), q.codes.size(1)}}};
   if (!q.weight_shape.empty()) j["weight_shape"] = q.weight_shape;
   if (q.g_idx.defined()) j["g_idx"] = true;  // absent otherwise: such files stay as they were
+  if (float_zeros) j["zero_dtype"] = "F16";  // likewise
   return j;
 }
 
-// The grid of `q` as stored: fp16 scales, float zeros, int32 g_idx (undefined without one).
+// The grid of `q` as stored: fp16 scales, float zeros, int32 g_idx (undefined without one); float_zeros:
+// the zeros are stored as float16 values rather than packed codes.
 struct StoredGrid {
   at::Tensor s16, z, gi;
+  bool float_zeros = false;
 };
 
 // Checks that `q` is what rtn_quantize produces and returns its grid as stored.
@@ -69,11 +73,16 @@ StoredGrid checked_grid(const std::string& key, const QuantResult& q) {
                 "see round_up_to_f16 in quant/rtn.h)");
   const at::Tensor z = q.zeros.to(at::kCPU).to(at::kFloat);
   const int maxq = (1 << q.spec.bits) - 1;
+  bool float_zeros = false;
   if (q.spec.symmetric) {
     if (!z.eq(double(1 << (q.spec.bits - 1))).all().item<bool>())
       fail<Error>(kComp, key, ": symmetric zeros must all be ", 1 << (q.spec.bits - 1));
   } else if (!(z.eq(z.round()) & z.ge(0) & z.le(maxq)).all().item<bool>()) {
-    fail<Error>(kComp, key, ": asymmetric zeros must be integers in 0..", maxq);
+    // Fractional zero points (HQQ) are stored as float16: they must be float16 values already.
+    float_zeros = true;
+    if (!at::isfinite(z).all().item<bool>() || !z.to(at::kHalf).to(at::kFloat).equal(z))
+      fail<Error>(kComp, key, ": asymmetric zeros must be integers in 0..", maxq, " or float16 values (compute the "
+                  "codes with the zeros rounded to float16, see quant/hqq.h)");
   }
   at::Tensor gi;
   if (q.g_idx.defined()) {
@@ -84,24 +93,27 @@ StoredGrid checked_grid(const std::string& key, const QuantResult& q) {
     if (!(gi.ge(0) & gi.lt(G)).all().item<bool>())
       fail<Error>(kComp, key, ": g_idx values must lie in 0..", G - 1, " (", G, " groups)");
   }
-  return {s16, z, gi};
+  return {s16, z, gi, float_zeros};
 }
 
 // The grid's tensors, after the codes: scales, zeros (asymmetric), g_idx (when defined).
 void append_grid(const std::string& key, const QuantResult& q, const StoredGrid& g, std::vector<HostTensor>& out) {
   out.push_back(from_torch(key + ".scales", g.s16));
-  if (!q.spec.symmetric)
+  if (g.float_zeros)
+    out.push_back(from_torch(key + ".zeros", g.z.to(at::kHalf).contiguous()));
+  else if (!q.spec.symmetric)
     out.push_back(HostTensor::owned(key + ".zeros", DType::U8, {g.z.size(0), packed_row_bytes(g.z.size(1), q.spec.bits)},
                                     pack_codes(g.z.to(at::kByte), q.spec.bits)));
   if (g.gi.defined()) out.push_back(from_torch(key + ".g_idx", g.gi));
 }
 
-// Checks `q` and returns its tensors in the packed layout.
-void append_packed(const std::string& key, const QuantResult& q, std::vector<HostTensor>& out) {
+// Checks `q` and returns its tensors in the packed layout, and its description.
+nlohmann::json append_packed(const std::string& key, const QuantResult& q, std::vector<HostTensor>& out) {
   const StoredGrid g = checked_grid(key, q);
   out.push_back(HostTensor::owned(key + ".qweight", DType::U8, {q.codes.size(0), packed_row_bytes(q.codes.size(1), q.spec.bits)},
                                   pack_codes(q.codes, q.spec.bits)));
   append_grid(key, q, g, out);
+  return describe_entry(q, g.float_zeros);
 }
 
 // Parses the metadata's description: key -> entry. Throws InputError naming the file.
@@ -155,6 +167,11 @@ std::map<std::string, PackedEntry> parse_description(const CheckpointReader& rea
       pe.in = shape[1].get<int64_t>();
       if (e.contains("weight_shape")) pe.weight_shape = e.at("weight_shape").get<std::vector<int64_t>>();
       if (e.contains("g_idx")) pe.g_idx = e.at("g_idx").get<bool>();
+      if (e.contains("zero_dtype")) {
+        if (e.at("zero_dtype").get<std::string>() != "F16") throw std::runtime_error("\"zero_dtype\" must be \"F16\"");
+        if (!pe.quantized || pe.spec.symmetric) throw std::runtime_error("\"zero_dtype\" needs an asymmetric grid");
+        pe.float_zeros = true;
+      }
     } catch (const std::exception& ex) {
       fail(kComp, path, ": packed tensor '", key, "': bad description: ", ex.what());
     }
@@ -201,6 +218,10 @@ QuantResult load_grid(const CheckpointReader& reader, const std::string& key, co
     if (reader.contains(key + ".zeros"))
       fail(kComp, reader.path(), ": packed tensor '", key, "' is symmetric but has '", key, ".zeros'");
     q.zeros = at::full({e.out, G}, double(1 << (bits - 1)), at::kFloat);
+  } else if (e.float_zeros) {
+    q.zeros = to_torch(load_part(reader, key, key + ".zeros", DType::F16, {e.out, G})).to(at::kFloat);
+    if (!at::isfinite(q.zeros).all().item<bool>())
+      fail(kComp, reader.path(), ": '", key, ".zeros' holds NaN or Inf");
   } else {
     HostTensor zt = load_part(reader, key, key + ".zeros", DType::U8, {e.out, packed_row_bytes(G, bits)});
     q.zeros = unpack_codes(zt.data, e.out, G, bits).to(at::kFloat);
@@ -303,9 +324,9 @@ void PackedCheckpointWriter::add_dense(const std::string& name, const at::Tensor
 void PackedCheckpointWriter::add_quantized(const std::string& key, const QuantResult& q) {
   if (impl_->out.contains(key)) fail(kComp, path_, ": '", key, "' is given both dense and quantized");
   std::vector<HostTensor> parts;
-  append_packed(key, q, parts);
+  nlohmann::json desc = append_packed(key, q, parts);
   for (const auto& t : parts) impl_->out.add(t);
-  impl_->desc[key] = describe_entry(q);
+  impl_->desc[key] = std::move(desc);
 }
 
 void PackedCheckpointWriter::add_sparse(const std::string& key, const at::Tensor& weight, const SparseLayout& layout,
@@ -334,7 +355,7 @@ void PackedCheckpointWriter::add_sparse(const std::string& key, const at::Tensor
     }
     parts = encode_sparse(key, w, layout, quant->codes, quant->spec.bits, &kept);
     append_grid(key, *quant, g, parts);
-    j = describe_entry(*quant);
+    j = describe_entry(*quant, g.float_zeros);
   } else {
     parts = encode_sparse(key, w, layout, at::Tensor(), 0, &kept);
     j = {{"dtype", "F16"}, {"shape", {w.size(0), w.size(1)}}};
@@ -439,7 +460,7 @@ PackedEntryReader::PackedEntryReader(std::unique_ptr<CheckpointReader> reader) :
     if (reader->contains(key)) fail(kComp, reader->path(), ": '", key, "' is stored both dense and packed");
     PackedEntryInfo& i = impl_->infos[key];
     if (e.quantized) i.spec = e.spec;
-    i.g_idx = e.g_idx, i.sparse = e.sparse.has_value(), i.out = e.out, i.in = e.in, i.weight_shape = e.weight_shape;
+    i.g_idx = e.g_idx, i.float_zeros = e.float_zeros, i.sparse = e.sparse.has_value(), i.out = e.out, i.in = e.in, i.weight_shape = e.weight_shape;
   }
   impl_->reader = std::move(reader);
 }

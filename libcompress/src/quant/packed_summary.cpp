@@ -13,9 +13,9 @@ namespace {
 constexpr const char* kComp = "packed";
 constexpr const char* kPartSuffixes[] = {"qweight", "scales", "zeros", "g_idx", "mask", "values", "indices"};
 
-std::string grid_label(int bits, int group_size, bool symmetric, bool g_idx) {
+std::string grid_label(int bits, int group_size, bool symmetric, bool g_idx, bool float_zeros) {
   std::string g = group_size > 0 ? str("g", group_size) : group_size == 0 ? "per-channel" : "per-tensor";
-  return str("int", bits, symmetric ? " sym " : " asym ", g, g_idx ? " act-order" : "");
+  return str("int", bits, symmetric ? " sym " : " asym ", g, g_idx ? " act-order" : "", float_zeros ? " fp16-zero" : "");
 }
 
 }  // namespace
@@ -43,7 +43,8 @@ std::vector<PackedWeightSummary> summarize_packed(const CheckpointReader& reader
         s.symmetric = d.value("symmetric", true);
         s.g_idx = d.value("g_idx", false);
       }
-      std::string grid = s.bits ? grid_label(s.bits, s.group_size, s.symmetric, s.g_idx) : "fp16";
+      std::string grid =
+          s.bits ? grid_label(s.bits, s.group_size, s.symmetric, s.g_idx, d.value("zero_dtype", "") == "F16") : "fp16";
       if (d.contains("sparse")) {
         const auto& sp = d["sparse"];
         const std::string layout = sp.at("layout").get<std::string>();

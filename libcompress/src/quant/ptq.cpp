@@ -127,20 +127,28 @@ class Runner {
     }
   }
 
-  // A layer without calibration statistics (outside the blocks, or no calibration data): RTN.
+  // A layer without calibration statistics (outside the blocks, or no calibration data): RTN, or a
+  // calibration-free method itself (hqq), except on the embedding and the classifier (RTN, as the plan says).
   void outside(const LayerInfo& l) {
     if (o_.progress) o_.progress("quantize", l, ++done, total);
     const at::Tensor w_full = m_.param(l.weight);
     const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
     const QuantSpec& sp = spec_of.at(l.name);
-    QuantResult q = rtn_quantize(W, sp, l.name);
+    const bool own = !method_.needs_calibration && l.kind != LayerKind::Embedding && !l.is_classifier;
+    const at::Tensor no_h;
+    LayerOutcome z;
+    if (own) {
+      z = method_.quantize_layer({l.name, W, nullptr, no_h}, sp, o_);
+    } else {
+      z.quant = rtn_quantize(W, sp, l.name);
+      z.weight = z.quant->dequantize();
+    }
     std::string note = method_.needs_calibration ? "outside the blocks: plain RTN" : "";
     if (sp.group_size > 0 && W.size(1) % sp.group_size)
       note += (note.empty() ? "" : "; ") + std::string("last group of ") + std::to_string(W.size(1) % sp.group_size) +
               " columns";
-    r_.layers.push_back(layer_row(l, w_full, "rtn " + sp.describe(), note));
-    const at::Tensor wq = q.dequantize();
-    store(l, w_full, std::move(q), wq);
+    r_.layers.push_back(layer_row(l, w_full, std::string(own ? method_.name : "rtn") + " " + sp.describe(), note));
+    store(l, w_full, std::move(*z.quant), z.weight);
   }
 
  private:

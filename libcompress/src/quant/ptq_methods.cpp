@@ -10,6 +10,7 @@
 #include "mcompress/quant/awq.h"
 #include "mcompress/quant/gptq.h"
 #include "mcompress/quant/hessian.h"
+#include "mcompress/quant/hqq.h"
 #include "mcompress/quant/imatrix.h"
 #include "mcompress/quant/smoothquant.h"
 #include "core/format_number.h"
@@ -31,6 +32,12 @@ LayerOutcome codes(QuantResult q) {
 
 LayerOutcome rtn_layer(const LayerInputs& in, const QuantSpec& spec, const PtqOptions&) {
   return codes(rtn_quantize(in.W, spec, in.name));
+}
+
+LayerOutcome hqq_layer(const LayerInputs& in, const QuantSpec& spec, const PtqOptions& o) {
+  HqqOptions h;
+  h.iters = o.hqq_iters;
+  return codes(hqq_quantize(in.W, spec, h, in.name));
 }
 
 LayerOutcome imatrix_layer(const LayerInputs& in, const QuantSpec& spec, const PtqOptions&) {
@@ -102,6 +109,19 @@ void check_smoothquant_options(const PtqOptions& o) {
   if (o.act_bits < 2 || o.act_bits > 8) fail(kComp, "activation bits ", o.act_bits, " outside 2..8");
   if (!(o.smooth_alpha >= 0 && o.smooth_alpha <= 1))
     fail(kComp, "SmoothQuant alpha ", o.smooth_alpha, " outside [0, 1]");
+}
+
+void check_hqq_options(const PtqOptions& o) {
+  HqqOptions h;
+  h.iters = o.hqq_iters;
+  h.validate();
+  if (o.keep_sparsity)
+    fail(kComp, "--keep-sparsity does not apply to hqq: a fractional zero point cannot hold a pruned weight's exact 0");
+  if (o.spec.symmetric) fail(kComp, "--method hqq needs an asymmetric grid (it fits each group's zero point)");
+  for (const auto& ov : o.overrides)
+    if (ov.spec.symmetric)
+      fail(kComp, "override '", ov.patterns.empty() ? std::string() : ov.patterns[0], "' is symmetric: --method hqq "
+           "needs asymmetric grids (it fits each group's zero point)");
 }
 
 }  // namespace mc

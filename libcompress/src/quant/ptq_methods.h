@@ -6,6 +6,8 @@
 namespace mc {
 
 LayerOutcome rtn_layer(const LayerInputs& in, const QuantSpec& spec, const PtqOptions& o);
+// HQQ (quant/hqq.h) with o.hqq_iters zero-point updates.
+LayerOutcome hqq_layer(const LayerInputs& in, const QuantSpec& spec, const PtqOptions& o);
 LayerOutcome imatrix_layer(const LayerInputs& in, const QuantSpec& spec, const PtqOptions& o);
 // GPTQ; with keep_sparsity and zeros in W, SparseGPT with W's mask fixed (zeros stay, compensated).
 LayerOutcome gptq_layer(const LayerInputs& in, const QuantSpec& spec, const PtqOptions& o);
@@ -21,5 +23,6 @@ const char* smoothquant_without_scales(const PtqOptions& o);
 
 void check_gptq_options(const PtqOptions& o);
 void check_smoothquant_options(const PtqOptions& o);
+void check_hqq_options(const PtqOptions& o);
 
 }  // namespace mc

@@ -36,11 +36,11 @@ at::Tensor unpack_codes(const uint8_t* packed, int64_t rows, int64_t cols, int b
 
 // Writes `dense` tensors as they are and each entry of `quantized` (keyed by the weight's checkpoint
 // name) in the packed layout, atomically: "<key>.qweight" U8 [out, packed_row_bytes(in, bits)],
-// "<key>.scales" F16 [out, n_groups], and for asymmetric grids "<key>.zeros" U8
-// [out, packed_row_bytes(n_groups, bits)]; `metadata` plus kPackedMetadataKey (which replaces a
-// caller's entry of that name). Scales must be float16 values and symmetric zeros 2^(bits-1), as
-// rtn_quantize makes them: anything else throws Error rather than writing a file that would
-// dequantize differently. Each entry of `sparse` is written as PackedCheckpointWriter::add_sparse does.
+// "<key>.scales" F16 [out, n_groups], for asymmetric grids "<key>.zeros" U8 [out, packed_row_bytes(n_groups,
+// bits)], or F16 [out, n_groups] with "zero_dtype": "F16" when a zero is fractional (hqq.h); `metadata` plus
+// kPackedMetadataKey (replacing a caller's entry of that name). Scales must be fp16 values, symmetric zeros
+// 2^(bits-1), others integers in 0..2^bits-1 or fp16 values (rtn_quantize, hqq_quantize): anything else throws
+// Error rather than write a file that dequantizes differently. Each entry of `sparse` is written as add_sparse does.
 // Without sparse entries the file is byte for byte what this function wrote before they existed.
 void write_packed_checkpoint(const std::string& path, const std::map<std::string, at::Tensor>& dense,
                              const std::map<std::string, QuantResult>& quantized,

@@ -53,7 +53,7 @@ struct QuantResult {
   QuantSpec spec;
   at::Tensor codes;   // uint8 [out, in], 0 .. 2^bits-1 (symmetric codes are offset by 2^(bits-1))
   at::Tensor scales;  // float32 [out, n_groups], every value exactly representable in float16
-  at::Tensor zeros;   // float32 [out, n_groups]: the code that represents 0.0 (2^(bits-1) when symmetric)
+  at::Tensor zeros;   // float32 [out, n_groups]: the code that represents 0.0 (2^(bits-1) sym; hqq.h: fractional)
   // The weight's own shape when it is not [out, in] (a conv kernel [out, in, kh, kw] quantized as
   // [out, in*kh*kw]); empty otherwise. Packed files record it and restore it on load.
   std::vector<int64_t> weight_shape;
