@@ -88,7 +88,12 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
 
   int64_t tokens = 0;  // rows through a block per pass (sequences x positions)
   for (const auto& h : hidden) tokens += rows_of(h);
-  for (int k = o.start_block; k < model.num_blocks(); ++k) {
+  // Blocks after the last one holding a target change nothing: no pass runs through them (their weights,
+  // mapped from the checkpoint, are never read; --targets on the first blocks of an 8B model stays small).
+  int last = -1;
+  for (const auto& l : model.layers())
+    if (targets.count(l.name)) last = std::max(last, l.block);
+  for (int k = o.start_block; k <= last; ++k) {
     std::vector<const LayerInfo*> layers;
     for (const auto& l : model.layers())
       if (l.block == k && targets.count(l.name)) layers.push_back(&l);
