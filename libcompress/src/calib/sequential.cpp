@@ -43,7 +43,11 @@ std::vector<std::vector<const LayerInfo*>> input_groups(Model& model, int k, con
   std::map<std::string, const void*> input_of;
   std::vector<const void*> order;
   std::vector<at::Tensor> alive;  // a freed input's address could be reused by a later one
-  run_block_hooked(model, k, hidden, [&](const LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
+  // Which tensor feeds which layer does not depend on the batch: one sequence, and for token sequences
+  // ([batch, positions, hidden]) its first 16 positions, instead of a whole batch (1/16 of a pass per block).
+  at::Tensor probe = hidden.at(0).narrow(0, 0, std::min<int64_t>(1, hidden[0].size(0)));
+  if (probe.dim() == 3) probe = probe.narrow(1, 0, std::min<int64_t>(16, probe.size(1))).contiguous();
+  run_block_hooked(model, k, {probe}, [&](const LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
     if (input_of.count(l.name)) return;
     alive.push_back(x);
     const void* id = x.unsafeGetTensorImpl();
