@@ -227,3 +227,41 @@ def test_calibration_plan_counts_the_work(mc, models, tmp_path):
     text = mc("quantize", bf, "--method", "gptq", "--bits", "4", "--group-size", "32", "--calib", calib,
               "--calib-samples", seqs, "--calib-seqlen", seqlen, "-o", tmp_path / "t").stdout
     assert text.startswith("calibration: %d tokens (%d x %d) through %d blocks" % (tokens, seqs, seqlen, L)), text[:300]
+
+
+def test_targets_in_the_first_block_stop_the_passes_there(mc, models, tmp_path):
+    """--targets inside block 0 only: the statistics and output passes run through block 0 alone (the later
+    blocks would change nothing; on an 8B model each costs a pass and maps its weights), the plan counts one
+    block's work, and the later blocks' weights are written as stored."""
+    bf, f32, calib, evald = models
+    cfg = json.loads((bf / "config.json").read_text())
+    h, f, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    assert L >= 2
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    seqs, seqlen = 8, 64
+    tokens = seqs * seqlen
+    one_block = tokens * (2 * (h * q + 2 * h * kv + q * h + 2 * h * f + f * h) + 4 * q * seqlen) * 2 \
+        + tokens * 2 * (h * h + q * q + h * h + f * f)
+    out = tmp_path / "o"
+    p = mc("quantize", bf, "--method", "gptq", "--bits", "4", "--group-size", "32", "--calib", calib,
+           "--calib-samples", seqs, "--calib-seqlen", seqlen, "--targets", "model.layers.0.*", "-o", out, "--log-json")
+    events = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    plan = [e for e in events if e["event"] == "plan"]
+    assert len(plan) == 1 and plan[0]["blocks"] == 1 and plan[0]["flops"] == pytest.approx(one_block, rel=1e-9)
+    assert {e["block"] for e in events if e["event"] == "forward"} == {0}
+    rep = json.loads((out / "report.json").read_text())
+    assert {l["name"].split(".")[2] for l in rep["layers"]} == {"0"}
+    src = {}
+    for s in sorted(bf.glob("model-*.safetensors")):
+        src.update(read_safetensors(s)[0])
+    got, _ = read_safetensors(out / "model.safetensors")
+    later = [k for k in src if k.startswith("model.layers.%d." % (L - 1))]
+    assert later
+    for k in later:
+        assert got[k].dtype == src[k].dtype and np.array_equal(got[k], src[k]), k
+    text = mc("quantize", bf, "--method", "gptq", "--bits", "4", "--group-size", "32", "--calib", calib,
+              "--calib-samples", seqs, "--calib-seqlen", seqlen, "--targets", "model.layers.0.*",
+              "-o", tmp_path / "t").stdout
+    assert text.startswith("calibration: %d tokens (%d x %d) through 1 of %d blocks" % (tokens, seqs, seqlen, L)), \
+        text[:300]

@@ -121,6 +121,17 @@ TEST_CASE("HessianAccumulator with bf16 products: 2/n XᵀX of X rounded to bf16
   CHECK(acc.hessian().to(at::kDouble).sub(rounded).abs().max().item<double>() <= tol);
   CHECK(rounded.sub(exact).abs().max().item<double>() > 20 * tol);
   CHECK(at::allclose(acc.sum_sq(), x.to(at::kDouble).pow(2).sum(0), 1e-6, 0));  // statistics of X as given
+  CHECK(at::allclose(acc.mean_abs().to(at::kDouble), x.to(at::kDouble).abs().mean(0), 1e-6, 0));
+  CHECK(at::equal(acc.max_abs(), x.abs().amax(0)));
+  // A non-finite batch fails before anything is added (the statistics and H stay those of the 301 rows).
+  const at::Tensor h_before = acc.hessian().clone(), sq_before = acc.sum_sq().clone();
+  at::Tensor bad = x.narrow(0, 0, 9).clone();
+  bad[8][1029] = INFINITY;
+  CHECK_THROWS_WITH(acc.add(bad), Catch::Contains("layers.0.wq") && Catch::Contains("NaN or Inf"));
+  CHECK(acc.samples() == 301);
+  CHECK(at::equal(acc.hessian(), h_before));
+  CHECK(at::equal(acc.sum_sq(), sq_before));
+  CHECK(at::equal(acc.max_abs(), x.abs().amax(0)));
   // fp64 keeps the float64 path: bf16 products are for float32 Hessians only.
   HessianAccumulator acc64(1030, true, "layers.0.wq", true);
   acc64.add(x);

@@ -43,7 +43,11 @@ std::vector<std::vector<const LayerInfo*>> input_groups(Model& model, int k, con
   std::map<std::string, const void*> input_of;
   std::vector<const void*> order;
   std::vector<at::Tensor> alive;  // a freed input's address could be reused by a later one
-  run_block_hooked(model, k, hidden, [&](const LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
+  // Which tensor feeds which layer does not depend on the batch: one sequence, and for token sequences
+  // ([batch, positions, hidden]) its first 16 positions, instead of a whole batch (1/16 of a pass per block).
+  at::Tensor probe = hidden.at(0).narrow(0, 0, std::min<int64_t>(1, hidden[0].size(0)));
+  if (probe.dim() == 3) probe = probe.narrow(1, 0, std::min<int64_t>(16, probe.size(1))).contiguous();
+  run_block_hooked(model, k, {probe}, [&](const LayerInfo& l, const at::Tensor& x, const at::Tensor&) {
     if (input_of.count(l.name)) return;
     alive.push_back(x);
     const void* id = x.unsafeGetTensorImpl();
@@ -88,7 +92,12 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
 
   int64_t tokens = 0;  // rows through a block per pass (sequences x positions)
   for (const auto& h : hidden) tokens += rows_of(h);
-  for (int k = o.start_block; k < model.num_blocks(); ++k) {
+  // Blocks after the last one holding a target change nothing: no pass runs through them (their weights,
+  // mapped from the checkpoint, are never read; --targets on the first blocks of an 8B model stays small).
+  int last = -1;
+  for (const auto& l : model.layers())
+    if (targets.count(l.name)) last = std::max(last, l.block);
+  for (int k = o.start_block; k <= last; ++k) {
     std::vector<const LayerInfo*> layers;
     for (const auto& l : model.layers())
       if (l.block == k && targets.count(l.name)) layers.push_back(&l);

@@ -190,20 +190,30 @@ void JobRun::calibration_plan(const std::string& method) {
   for (const auto& l : model->layers())
     if (l.block == 0 && l.kind == LayerKind::Linear && !shared.count(l.name))
       hessian += 2.0 * double(l.in_features) * double(l.in_features);
-  const double blocks = model->num_blocks();
-  const double forward = double(tokens) * (c.block_linear_flops + c.attn_flops_per_pos * double(len)) * 2.0;
+  // The passes stop after the last block holding a selected layer (compress_blocks).
+  // A plan row that is not one layer ("(all blocks)": structured pruning) means every block.
+  int last = -1;
+  for (const auto& p : rep.plan) {
+    const auto& ls = model->layers();
+    auto it = std::find_if(ls.begin(), ls.end(), [&](const LayerInfo& l) { return l.name == p.name; });
+    last = std::max(last, it == ls.end() ? model->num_blocks() - 1 : it->block);
+  }
+  if (last < 0) return;  // nothing inside the blocks: no calibration forward
+  const double blocks = last + 1, share = blocks / double(model->num_blocks());
+  const double forward = double(tokens) * (c.block_linear_flops + c.attn_flops_per_pos * double(len)) * 2.0 * share;
   const double flops = forward + double(tokens) * hessian * blocks;
   const double probe = matmul_gflops(c.block_shapes, std::min<int64_t>(tokens, 2048), model->device(), bf16_compute_);
   const double eta = probe > 0 ? flops / (probe * 1e9) : 0;
   const std::string line = "calibration: " + commas(uint64_t(tokens)) + " tokens (" + std::to_string(seqs) + " x " +
-                           std::to_string(len) + ") through " + std::to_string(model->num_blocks()) +
+                           std::to_string(len) + ") through " + std::to_string(last + 1) +
+                           (last + 1 < model->num_blocks() ? " of " + std::to_string(model->num_blocks()) : "") +
                            " blocks, two passes each plus Hessians: " +
                            (flops >= 1e11 ? fmt_num("%.1f TFLOP", flops / 1e12) : fmt_num("%.1f GFLOP", flops / 1e9)) +
                            ", about " + eta_text(eta) + " at this machine's matmul speed (" +
                            fmt_num("%.0f", probe) + " GFLOP/s" + (bf16_compute_ ? ", bf16" : "") + "), plus " +
                            method + "'s own work per layer";
   if (events.json)
-    events.emit("plan", nlohmann::json({{"tokens", tokens}, {"blocks", model->num_blocks()}, {"flops", flops},
+    events.emit("plan", nlohmann::json({{"tokens", tokens}, {"blocks", last + 1}, {"flops", flops},
                                         {"matmul_gflops", probe}, {"eta_s", eta}}).dump());
   else
     events.print(line);

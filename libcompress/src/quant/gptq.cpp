@@ -93,15 +93,15 @@ double quantize_rows(const Block& b, const std::vector<ColGrid>& grids, int64_t 
 // The weights the authors' algorithm holds for the columns [s0, e) of a group when it reaches s0, from
 // cur, what this one holds (gptq_prep.h): only column s0 itself is the same in both. With
 // P = (cur - W) diag(V) = D_{<s0} V_{<s0, [s0, e)}, theirs are W + P U_g, where U_g is the inverse
-// of V's diagonal block [s0, e) (their Hinv is V⁻¹ and its block [s0, e) only sees V's block).
+// of V's diagonal block [s0, e) (their Hinv is V⁻¹ and its block [s0, e) only sees V's block). With
+// V = Vs diag(V) that is W + (cur - W) Vs_g⁻¹: the unit factor's block alone.
 // The first group has P = 0 and is fitted on W exactly.
-at::Tensor group_weights(const Prep& p, const at::Tensor& vdiag, const at::Tensor& cur, int64_t s0, int64_t e) {
+at::Tensor group_weights(const Prep& p, const at::Tensor& Vs, const at::Tensor& cur, int64_t s0, int64_t e) {
   const at::Tensor W = p.W.narrow(1, s0, e - s0);
   if (s0 == 0) return W;
-  const at::Tensor P = cur.sub(W).mul_(vdiag.narrow(0, s0, e - s0));
-  const at::Tensor Vg = p.V.narrow(0, s0, e - s0).narrow(1, s0, e - s0);
+  const at::Tensor Vg = Vs.narrow(0, s0, e - s0).narrow(1, s0, e - s0);
   const at::Tensor Ug = at::linalg_solve_triangular(Vg, at::eye(e - s0, Vg.options()), /*upper=*/true);
-  return at::addmm(W, P, Ug);
+  return at::addmm(W, cur.sub(W), Ug);
 }
 
 }  // namespace
@@ -117,7 +117,9 @@ GptqResult gptq_quantize(const at::Tensor& W, const at::Tensor& H, const GptqOpt
   Prep p = prepare(W, H, o, layer);
   const int64_t out = p.W.size(0), in = p.in, bs = std::min(o.block_size, in);
   const at::Tensor vdiag = p.V.diagonal().contiguous();
-  const at::Tensor Vs = p.V.div(vdiag.unsqueeze(0)).contiguous();  // unit diagonal
+  // Scaled to a unit diagonal in place: V's own buffer, not a second [in, in] matrix.
+  at::Tensor Vs = std::move(p.V);
+  Vs.div_(vdiag.unsqueeze(0));
   at::Tensor Wc = p.W.clone();
   at::Tensor codes_perm = at::empty({out, in}, p.W.options().dtype(at::kByte));
   at::Tensor D = at::empty({out, bs}, p.W.options());
@@ -136,7 +138,7 @@ GptqResult gptq_quantize(const at::Tensor& W, const at::Tensor& H, const GptqOpt
         at::Tensor cur = Wc.narrow(1, s0, e - s0).clone();
         if (e > i2 && s0 > i1)  // columns past the block still miss this block's update
           cur.narrow(1, i2 - s0, e - i2).addmm_(D.narrow(1, 0, s0 - i1), Vs.narrow(0, i1, s0 - i1).narrow(1, i2, e - i2));
-        p.grids[size_t(p.group_at(s0))] = fit(group_weights(p, vdiag, cur, s0, e), o.spec, layer);
+        p.grids[size_t(p.group_at(s0))] = fit(group_weights(p, Vs, cur, s0, e), o.spec, layer);
       }
       grids.clear();
       for (int64_t j = s0; j < s1; ++j) grids.push_back(col_grid(p.grids[size_t(p.group_at(j))]));

@@ -1,6 +1,8 @@
 // GPTQ preparation and result assembly shared by the fast path and the reference (gptq_prep.h).
 #include "quant/gptq_prep.h"
 
+#include <algorithm>
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -58,6 +60,66 @@ void validate(const at::Tensor& W, const at::Tensor& H, const GptqOptions& o, co
   if (!all_finite(H)) fail(kComp, where(layer), "Hessian contains NaN or Inf");
 }
 
+
+// LAPACK's Cholesky (LibTorch's own: liblapack.so.3, which LibTorch links too), called directly so that it
+// factors a buffer in place: at::linalg_cholesky_ex always writes a new tensor.
+extern "C" {
+void spotrf_(const char* uplo, const int* n, float* a, const int* lda, int* info);
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info);
+}
+
+// In place: A (row-major, symmetric, contiguous CPU float/double) = L Lᵀ with L in A's lower triangle; the
+// strict upper triangle keeps its values. Row-major lower is column-major upper, hence 'U'. Returns info
+// (0: success, > 0: the leading minor of that order is not positive definite).
+int potrf_lower_inplace(at::Tensor& A) {
+  const int n = static_cast<int>(A.size(0));
+  int info = 0;
+  const char uplo = 'U';
+  if (A.scalar_type() == at::kDouble)
+    dpotrf_(&uplo, &n, A.data_ptr<double>(), &n, &info);
+  else
+    spotrf_(&uplo, &n, A.data_ptr<float>(), &n, &info);
+  return info;
+}
+
+template <typename T>
+void reverse_into(const at::Tensor& src, at::Tensor& dst) {  // dst = J src J: the flat array reversed
+  const T* s = src.data_ptr<T>();
+  std::reverse_copy(s, s + src.numel(), dst.data_ptr<T>());
+}
+
+// V, float32 upper triangular with H + damp I = V Vᵀ: the lower Cholesky factor of J (H + damp I) J, reversed;
+// undefined when that factorization fails. On the CPU (float/double, contiguous) one [n, n] buffer in H's
+// dtype: filled with J H J, factored in place, reversed in place (reversing the flat array of a square matrix
+// is J X J), its strict lower triangle (the untouched half of J H J) cleared. Elsewhere the same through ATen
+// (three [n, n] temporaries).
+at::Tensor reversed_factor(const at::Tensor& H, double damp) {
+  const bool raw = H.is_cpu() && H.is_contiguous() && (H.scalar_type() == at::kFloat || H.scalar_type() == at::kDouble) &&
+                   H.size(0) <= std::numeric_limits<int>::max() / 2;
+  if (!raw) {
+    at::Tensor Hr = H.flip({0, 1});
+    Hr.diagonal().add_(damp);
+    auto [L, info] = at::linalg_cholesky_ex(Hr, /*upper=*/false, /*check_errors=*/false);
+    if (info.item<int>() != 0) return {};
+    Hr.reset();
+    return L.flip({0, 1}).to(at::kFloat).contiguous();
+  }
+  at::Tensor B = at::empty_like(H);
+  const bool dbl = H.scalar_type() == at::kDouble;
+  dbl ? reverse_into<double>(H, B) : reverse_into<float>(H, B);
+  B.diagonal().add_(damp);
+  if (potrf_lower_inplace(B) != 0) return {};
+  if (dbl) {
+    double* b = B.data_ptr<double>();
+    std::reverse(b, b + B.numel());
+  } else {
+    float* b = B.data_ptr<float>();
+    std::reverse(b, b + B.numel());
+  }
+  B.triu_();
+  return dbl ? B.to(at::kFloat) : B;  // the double buffer is released when the float copy exists
+}
+
 }  // namespace
 
 Grid fit(const at::Tensor& w, const QuantSpec& spec, const std::string& layer) {
@@ -113,18 +175,13 @@ Prep prepare(const at::Tensor& W0, const at::Tensor& H0, const GptqOptions& o, c
   const at::Tensor perm_cpu = p.perm.cpu();
   p.perm_v.assign(perm_cpu.data_ptr<int64_t>(), perm_cpu.data_ptr<int64_t>() + in);
   // Damping, then V = reversed lower Cholesky factor of the reversed damped H (gptq_prep.h); 10x more
-  // damping while the factorization fails.
+  // damping while the factorization fails. One [in, in] buffer beside H (822 MB each at in = 14336, an
+  // 8B model's down_proj): the reversed copy is factored in place and reversed in place into V.
   const double mean_diag = H.diagonal().mean().item<double>();
-  at::Tensor Hr = H.flip({0, 1});  // J H J (a copy); the diagonal is reversed, its values kept
-  const at::Tensor diag0 = Hr.diagonal().clone();
   for (int k = 0; k <= o.max_damp_retries; ++k) {
     const double rel = o.damp * std::pow(10.0, k);
-    if (!Hr.defined()) Hr = H.flip({0, 1});  // released below after a factor whose float32 copy failed
-    Hr.diagonal().copy_(diag0).add_(rel * mean_diag);  // the factorization does not modify Hr
-    auto [L, info] = at::linalg_cholesky_ex(Hr, /*upper=*/false, /*check_errors=*/false);
-    if (info.item<int>() != 0) continue;
-    Hr.reset();  // not needed once factored: one [in, in] matrix less at the peak (822 MB at in = 14336)
-    at::Tensor V = L.flip({0, 1}).to(at::kFloat).contiguous();
+    at::Tensor V = reversed_factor(H, rel * mean_diag);
+    if (!V.defined()) continue;
     // potrf of a finite matrix with positive pivots gives a finite factor; float32 rounding of a
     // double one could still underflow a pivot to 0
     if (!V.diagonal().gt(0).all().item<bool>()) continue;
