@@ -33,8 +33,9 @@ at::Tensor to_bf16(const at::Tensor& x);
 // Hands the whole pages inside t's bytes back to the kernel (MADV_PAGEOUT: clean file pages are dropped and
 // read again if touched, anonymous ones swapped where there is swap; nothing is lost). Best effort.
 void page_out(const at::Tensor& t);
-// Hands the heap's free pages back to the kernel (malloc_trim): Model::release_param calls it in low-memory
-// mode, so a streamed compression's heap does not grow layer by layer.
+// Hands the heap's free pages back to the kernel (malloc_trim) once the resident set has grown by 512 MiB
+// since the last time: Model::release_param (low-memory mode) and the calibration passes call it after each
+// layer / batch, so a streamed compression's fragmented heap does not grow layer by layer.
 void release_heap();
 
 }  // namespace mc

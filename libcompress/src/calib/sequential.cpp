@@ -1,10 +1,8 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <malloc.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <memory>
 #include <vector>
 
@@ -12,6 +10,7 @@
 #include "mcompress/error.h"
 #include "mcompress/model.h"
 #include "mcompress/quant/hessian.h"
+#include "mcompress/streamed_model.h"
 
 namespace mc {
 
@@ -19,37 +18,6 @@ namespace {
 
 int64_t rows_of(const at::Tensor& h) { return h.numel() / h.size(-1); }  // sequences x positions
 
-// Resident set in bytes (/proc/self/statm), 0 where unreadable.
-uint64_t resident_bytes() {
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  if (!f) return 0;
-  unsigned long long size = 0, resident = 0;
-  const int n = std::fscanf(f, "%llu %llu", &size, &resident);
-  std::fclose(f);
-  return n == 2 ? resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) : 0;
-}
-
-// The CLI's heap is never trimmed on its own (tools/mcompress/main.cpp: a forward's temporaries are reused,
-// not page-faulted again), and a pass that swaps each batch's hidden states for new ones fragments it: an 8B
-// output pass grew by 0.6 GiB over 16 batches. Between batches: when the resident set has grown by more than
-// 512 MiB since the last look, the heap's free pages go back (malloc_trim), so a pass stays within about
-// that of its live memory, at the cost of one trim in a few batches.
-class HeapWatch {
- public:
-  HeapWatch() : base_(resident_bytes()) {}
-  void check() {
-    const uint64_t now = resident_bytes();
-    if (now > base_ + (uint64_t(512) << 20)) {
-      ::malloc_trim(0);
-      base_ = resident_bytes();
-    } else if (now < base_) {
-      base_ = now;
-    }
-  }
-
- private:
-  uint64_t base_;
-};
 
 // Runs block k over every batch, calling `hook` for each layer use; the hook is removed on any exit.
 void run_block_hooked(Model& model, int k, const std::vector<at::Tensor>& hidden, const LayerHook& hook,
@@ -58,10 +26,9 @@ void run_block_hooked(Model& model, int k, const std::vector<at::Tensor>& hidden
   try {
     int64_t rows = 0;
     if (done) done(0);
-    HeapWatch heap;
     for (size_t i = 0; i < std::min(batches, hidden.size()); ++i) {
       model.run_block(k, hidden[i]);
-      heap.check();
+      release_heap();  // only when the heap has grown by 512 MiB (streamed_model.h)
       if (done) done(rows += rows_of(hidden[i]));
     }
   } catch (...) {
@@ -179,10 +146,9 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
     // The next block sees this block's outputs with its compressed weights.
     int64_t rows = 0;
     if (o.pass_progress) o.pass_progress(k, model.num_blocks(), "output", 0, tokens);
-    HeapWatch heap;
     for (auto& h : hidden) {
       h = model.run_block(k, h);
-      heap.check();
+      release_heap();
       if (!at::isfinite(h).all().item<bool>())
         fail("calib", "block ", k, " produced NaN or Inf on the calibration data",
              layers.empty() ? "" : " after compression");
