@@ -7,11 +7,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <thread>
-#include <vector>
 
 #include "mcompress/error.h"
 #include "mcompress/streamed_model.h"
+#include "quant/gptq_prep.h"
 
 // oneDNN's BLAS-like bf16 GEMM: C = alpha op(A) op(B) + beta C, row-major, bf16 inputs, float32
 // accumulation and output. Exported by libdnnl since v1.2 (the library LibTorch itself runs on) and
@@ -65,11 +64,7 @@ void channel_stats(const at::Tensor& X, const at::Tensor& Xb, at::Tensor& sq, at
     }
   };
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), in / 256));
-  const int64_t per = (in + workers - 1) / workers;
-  std::vector<std::thread> pool;
-  for (int64_t c0 = per; c0 < in; c0 += per) pool.emplace_back(run, c0, std::min(in, c0 + per));
-  run(0, std::min(in, per));
-  for (std::thread& t : pool) t.join();
+  gptq_detail::run_row_tasks(in, workers, run);  // column ranges on plain threads, as GPTQ's row tasks
 }
 }  // namespace
 
