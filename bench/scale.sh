@@ -28,9 +28,10 @@ PY=/usr/bin/python3
 mkdir -p "$WORK"
 [[ -f $DATA/wikitext-2/test.txt ]] || { echo "bench/scale.sh: needs $DATA/wikitext-2 (see ../shared/data/README)"; exit 0; }
 
-# Peak RSS by sampling the process's VmRSS every 0.1 s into $WORK/rss (KiB). Not /usr/bin/time's %M (the kernel's
-# high-water mark): it missed most of the peak here (1B GPTQ: 1.24 GB reported, 3.3 GB sampled), the RSS
-# counters it is taken from lag when memory is handed back with madvise and malloc_trim.
+# Peak RSS by sampling the process's VmRSS every 0.1 s into $WORK/rss (KiB). Not /usr/bin/time's %M: the CLI
+# resets the kernel's high-water mark at each report step (report.h take_peak_rss_mib, /proc/self/clear_refs),
+# so %M is the last step's peak only (1B GPTQ: 1.24 GB reported, 3.3 GB sampled). report.json's steps keep
+# each step's own peak.
 peak() {
   "$@" & local pid=$! mx=0 r
   while kill -0 "$pid" 2>/dev/null; do
