@@ -160,6 +160,19 @@ TEST_CASE("gptq_quantize with lazy blocks matches the column-by-column reference
   }
 }
 
+TEST_CASE("gptq_quantize with a float64 Hessian (--fp64 statistics) matches the reference", "[gptq]") {
+  // The float64 factor has its own in-place path (a double buffer, reversed, then narrowed); the reference's
+  // Hinv comes from the authors' cholesky / cholesky_inverse / cholesky chain, not from that factor.
+  const at::Tensor W = randn({40, 160}, 21).mul_(0.05);
+  const at::Tensor H = hessian_of(calib_inputs(900, 160, 22).to(at::kDouble));
+  REQUIRE(H.scalar_type() == at::kDouble);
+  for (bool act : {false, true}) {
+    const GptqOptions o = opts(4, false, 32, act, false);
+    INFO((act ? "act_order" : "plain"));
+    require_close(gptq_quantize(W, H, o), gptq_quantize_ref(W, H, o));
+  }
+}
+
 TEST_CASE("gptq_quantize split into row tasks matches the reference", "[gptq]") {
   // 600 rows: more than one task of >= 256 rows whenever 2+ threads are available.
   const at::Tensor W = randn({600, 96}, 13).mul_(0.05);
