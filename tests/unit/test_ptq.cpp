@@ -13,6 +13,7 @@
 #include "mcompress/model.h"
 #include "mcompress/models/classifier.h"
 #include "mcompress/ptq.h"
+#include "mcompress/quant/awq.h"
 #include "mcompress/quant/hessian.h"
 #include "mcompress/quant/imatrix.h"
 #include "mcompress/quant/packed.h"
@@ -153,6 +154,47 @@ TEST_CASE("quantize_model: every method runs, rows and codes are consistent, the
   CHECK(err["imatrix"] < err["rtn"]);
   CHECK(err["gptq"] < err["imatrix"]);
   CHECK(err["awq"] < err["rtn"]);
+}
+
+TEST_CASE("awq_clip: each row and group gets the ratio with the least d H dᵀ; row chunks change nothing",
+          "[ptq][awq]") {
+  const int64_t out = 7, in = 40;  // 3 groups of 16 columns, the last of 8
+  const at::Tensor W = randn({out, in}, 31);
+  const at::Tensor X = randn({64, in}, 32);
+  const at::Tensor H = X.t().mm(X).div_(64);
+  for (const bool sym : {true, false}) {
+    QuantSpec sp;
+    sp.bits = 3, sp.group_size = 16, sp.symmetric = sym;
+    CAPTURE(sym);
+    const at::Tensor whole = awq_clip(W, H, sp);
+    CHECK(awq_clip(W, H, sp, "", 2 * 48).equal(whole));  // chunks of 2 rows
+    CHECK(awq_clip(W, H, sp, "", 1).equal(whole));       // one row at a time
+    // Brute force in float64, group by group: every ratio's clipped group quantized on its own.
+    const at::Tensor Hd = H.to(at::kDouble);
+    for (int64_t i = 0; i < out; ++i)
+      for (int64_t c0 = 0; c0 < in; c0 += 16) {
+        const int64_t n = std::min<int64_t>(16, in - c0);
+        const at::Tensor w = W[i].narrow(0, c0, n).unsqueeze(0);
+        const at::Tensor Hgg = Hd.narrow(0, c0, n).narrow(1, c0, n);
+        // The range in float32, as the weights are (a bound r x hi rounded to float).
+        const at::Tensor hi = sym ? w.abs().max() : w.max().clamp_min(0);
+        const at::Tensor lo = sym ? hi.neg() : w.min().clamp_max(0);
+        double best = INFINITY, got = -1;
+        QuantSpec g = sp;
+        g.group_size = n;
+        for (int k = 0; k < 10; ++k) {
+          const double r = 1.0 - 0.05 * k;
+          const at::Tensor wc = at::minimum(at::maximum(w, lo * r), hi * r);
+          const at::Tensor d = (w - rtn_quantize(wc, g).dequantize()).to(at::kDouble);
+          const double err = d.mm(Hgg).mul(d).sum().item<double>();
+          best = std::min(best, err);
+          if (wc.equal(whole[i].narrow(0, c0, n).unsqueeze(0)) && got < 0) got = err;
+        }
+        CAPTURE(i, c0);
+        REQUIRE(got >= 0);  // the result is one of the ten clipped groups
+        CHECK(got <= best * (1 + 1e-5) + 1e-12);
+      }
+  }
 }
 
 TEST_CASE("AWQ: alpha 0 is a candidate, so a group's search never does worse than RTN", "[ptq][awq]") {

@@ -22,7 +22,7 @@ struct LayerInfo;
 class HessianAccumulator;
 
 // Statistics of the layers being compressed, by layer name.
-using BlockStats = std::map<std::string, const HessianAccumulator*>;
+using BlockStats = std::map<std::string, HessianAccumulator*>;
 // Compresses `layers` (target layers of block `block`, in execution order) given their input
 // statistics. It may replace any parameter (Model::set_param, Model::apply_scale_group): the block's
 // outputs are computed afterwards, from what it leaves.

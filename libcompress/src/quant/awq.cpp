@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -23,6 +24,38 @@ at::Tensor row_sample(const at::Tensor& W, int64_t n) {
   if (n <= 0 || W.size(0) <= n) return W;
   at::Tensor idx = at::linspace(0, double(W.size(0) - 1), n, W.options()).round().to(at::kLong);
   return W.index_select(0, idx);
+}
+
+// awq_clip on rows of W (the search is per row and group): Hb = H's diagonal blocks [G, gs, gs].
+at::Tensor clip_rows(const at::Tensor& W, const at::Tensor& Hb, const QuantSpec& spec, const std::string& layer,
+                     int64_t G, int64_t gs) {
+  const int64_t out = W.size(0), in = W.size(1);
+  const at::Tensor Wg = grouped_columns(W, G, gs);
+  at::Tensor hi, lo;
+  if (spec.symmetric) {
+    hi = Wg.abs().amax(-1, true);
+    lo = hi.neg();
+  } else {
+    hi = Wg.amax(-1, true).clamp_min(0);
+    lo = Wg.amin(-1, true).clamp_max(0);
+  }
+  at::Tensor best_err, best_r = at::ones({out, G, 1}, W.options());
+  for (int i = 0; i < kAwqClipSteps; ++i) {
+    const double r = 1.0 - 0.05 * i;
+    at::Tensor Wc = at::minimum(at::maximum(Wg, lo * r), hi * r);
+    at::Tensor Wq = rtn_quantize(Wc.reshape({out, G * gs}).narrow(1, 0, in), spec, layer).dequantize();
+    at::Tensor D = (Wg - grouped_columns(Wq, G, gs)).transpose(0, 1);  // [G, out, gs]
+    at::Tensor err = (at::bmm(D, Hb) * D).sum(-1).t();           // [out, G]
+    if (i == 0) {
+      best_err = err;
+      continue;
+    }
+    at::Tensor better = err.lt(best_err);
+    best_err = at::where(better, err, best_err);
+    best_r = at::where(better.unsqueeze(-1), at::full_like(best_r, r), best_r);
+  }
+  at::Tensor Wc = at::minimum(at::maximum(Wg, lo * best_r), hi * best_r);
+  return Wc.reshape({out, G * gs}).narrow(1, 0, in);
 }
 
 }  // namespace
@@ -70,7 +103,8 @@ AwqScales awq_search_scales(const at::Tensor& x_mean_abs, const at::Tensor& H0, 
   return r;
 }
 
-at::Tensor awq_clip(const at::Tensor& W, const at::Tensor& H, const QuantSpec& spec, const std::string& layer) {
+at::Tensor awq_clip(const at::Tensor& W, const at::Tensor& H, const QuantSpec& spec, const std::string& layer,
+                    int64_t chunk_weights) {
   if (W.dim() != 2 || H.dim() != 2 || H.size(0) != W.size(1) || H.size(1) != W.size(1))
     fail(kComp, layer.empty() ? "" : layer + ": ", "clip search needs W [out, in] and H [in, in], got ", W.sizes(),
          " and ", H.sizes());
@@ -79,33 +113,17 @@ at::Tensor awq_clip(const at::Tensor& W, const at::Tensor& H, const QuantSpec& s
   if (spec.group_size < 0) return W;
   at::Tensor Hp = G * gs == in ? H : at::constant_pad_nd(H, {0, G * gs - in, 0, G * gs - in}, 0.0);
   // Diagonal blocks [G, gs, gs].
-  at::Tensor Hb = at::diagonal(Hp.reshape({G, gs, G, gs}), 0, 0, 2).permute({2, 0, 1}).contiguous();
-  const at::Tensor Wg = grouped_columns(W, G, gs);
-  at::Tensor hi, lo;
-  if (spec.symmetric) {
-    hi = Wg.abs().amax(-1, true);
-    lo = hi.neg();
-  } else {
-    hi = Wg.amax(-1, true).clamp_min(0);
-    lo = Wg.amin(-1, true).clamp_max(0);
+  const at::Tensor Hb = at::diagonal(Hp.reshape({G, gs, G, gs}), 0, 0, 2).permute({2, 0, 1}).contiguous();
+  // Each (row, group) picks its ratio alone: rows go in chunks (~16M weights by default), so the ~8
+  // full-size temporaries of a candidate stay small (an 8B down_proj is 235 MB per copy; whole, they set
+  // AWQ's peak).
+  const int64_t chunk = std::max<int64_t>(1, chunk_weights / std::max<int64_t>(1, G * gs));
+  at::Tensor result = at::empty({out, in}, W.options());
+  for (int64_t r0 = 0; r0 < out; r0 += chunk) {
+    const int64_t rows = std::min(chunk, out - r0);
+    result.narrow(0, r0, rows).copy_(clip_rows(W.narrow(0, r0, rows), Hb, spec, layer, G, gs));
   }
-  at::Tensor best_err, best_r = at::ones({out, G, 1}, W.options());
-  for (int i = 0; i < kAwqClipSteps; ++i) {
-    const double r = 1.0 - 0.05 * i;
-    at::Tensor Wc = at::minimum(at::maximum(Wg, lo * r), hi * r);
-    at::Tensor Wq = rtn_quantize(Wc.reshape({out, G * gs}).narrow(1, 0, in), spec, layer).dequantize();
-    at::Tensor D = (Wg - grouped_columns(Wq, G, gs)).transpose(0, 1);  // [G, out, gs]
-    at::Tensor err = (at::bmm(D, Hb) * D).sum(-1).t();           // [out, G]
-    if (i == 0) {
-      best_err = err;
-      continue;
-    }
-    at::Tensor better = err.lt(best_err);
-    best_err = at::where(better, err, best_err);
-    best_r = at::where(better.unsqueeze(-1), at::full_like(best_r, r), best_r);
-  }
-  at::Tensor Wc = at::minimum(at::maximum(Wg, lo * best_r), hi * best_r);
-  return Wc.reshape({out, G * gs}).narrow(1, 0, in).contiguous();
+  return result;
 }
 
 }  // namespace mc

@@ -145,6 +145,11 @@ const at::Tensor& HessianAccumulator::hessian() const {
   return h_;
 }
 
+at::Tensor HessianAccumulator::take_hessian() {
+  hessian();  // the upper tiles filled
+  return std::move(h_);
+}
+
 at::Tensor HessianAccumulator::mean_abs() const {
   return n_ == 0 ? at::zeros({in_}, at::kFloat) : sum_abs_.div(double(n_)).to(at::kFloat);
 }

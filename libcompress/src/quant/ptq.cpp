@@ -88,18 +88,41 @@ class Runner {
   void block(int k, const std::vector<const LayerInfo*>& layers, const BlockStats& stats,
              std::vector<double>* errors = nullptr) {
     const BlockScales sc = method_.group_scales ? fold_scales(k, layers, stats, !errors) : BlockScales{};
+    // Layers reading one input share its accumulator, and (with the same folded scales) the H they read:
+    // computed once, dropped after its last reader. Outside a scan (which runs the block again on the
+    // same statistics) that reader takes H from the accumulator, so a scale fold divides it in place
+    // instead of copying it (822 MB for an 8B down_proj, AWQ's peak).
+    std::map<const HessianAccumulator*, int> readers;
+    for (const LayerInfo* l : layers) ++readers[stats.at(l->name)];
+    struct SharedH {
+      at::Tensor H, s;
+    };
+    std::map<const HessianAccumulator*, SharedH> shared;
     for (const LayerInfo* l : layers) {
       if (o_.progress) o_.progress(errors ? "scan" : "quantize", *l, ++done, total);
-      const HessianAccumulator& st = *stats.at(l->name);
-      at::Tensor H = st.hessian().to(at::kFloat);
+      HessianAccumulator& st = *stats.at(l->name);
+      const bool last = --readers[&st] == 0;
       auto sit = sc.scale_in.find(l->name);
-      if (sit != sc.scale_in.end()) H = scaled_hessian(H, sit->second);
+      const at::Tensor s = sit != sc.scale_in.end() ? sit->second : at::Tensor();
+      at::Tensor H;
+      auto hit = shared.find(&st);
+      if (hit != shared.end() && hit->second.s.defined() == s.defined() && (!s.defined() || at::equal(hit->second.s, s))) {
+        H = hit->second.H;
+      } else {
+        const bool own = !errors && last && hit == shared.end();
+        H = (own ? st.take_hessian() : st.hessian()).to(at::kFloat);
+        if (s.defined()) {
+          H = own ? H.div_(s.unsqueeze(0)).div_(s.unsqueeze(1)) : scaled_hessian(H, s);  // the same divisions
+        }
+        if (!last) shared[&st] = {H, s};
+      }
+      if (last) shared.erase(&st);
       const at::Tensor w_full = m_.param(l->weight);
       const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
       const QuantSpec& sp = spec_of.at(l->name);
       bool plain_rtn = false;
       LayerOutcome z = quantize_layer({l->name, W, &st, H}, sp, plain_rtn);
-      const double err = output_error(W - z.weight, H);
+      double err = output_error(W - z.weight, H);
       if (errors) {
         errors->push_back(err);
         m_.set_param(l->weight, z.weight.reshape(w_full.sizes()));

@@ -48,7 +48,9 @@ AwqScales awq_search_scales(const at::Tensor& x_mean_abs, const at::Tensor& H, c
                             const std::vector<QuantSpec>& specs, const AwqSearchOptions& o = {},
                             const std::vector<std::string>& names = {});
 
-// W: float [out, in], H: [in, in]. Per-tensor specs (group_size < 0) return W unchanged.
-at::Tensor awq_clip(const at::Tensor& W, const at::Tensor& H, const QuantSpec& spec, const std::string& layer = "");
+// W: float [out, in], H: [in, in]. Per-tensor specs (group_size < 0) return W unchanged. Rows are searched
+// in chunks of about chunk_weights weights (the result does not depend on it; it bounds the temporaries).
+at::Tensor awq_clip(const at::Tensor& W, const at::Tensor& H, const QuantSpec& spec, const std::string& layer = "",
+                    int64_t chunk_weights = int64_t(1) << 24);
 
 }  // namespace mc

@@ -35,6 +35,9 @@ class HessianAccumulator {
   int64_t in_features() const { return in_; }
   int64_t samples() const { return n_; }           // rows seen
   const at::Tensor& hessian() const;  // [in, in]: 2/n Σ x xᵀ (zeros before any add)
+  // H itself, leaving the accumulator without it (hessian() is then undefined; the per-channel
+  // statistics stay): its last reader may change it in place instead of copying it.
+  at::Tensor take_hessian();
   at::Tensor mean_abs() const;                       // float32 [in]: Σ|x| / n (zeros when n = 0)
   at::Tensor max_abs() const;                        // float32 [in]
   const at::Tensor& sum_sq() const { return sum_sq_; }  // float64 [in]: Σ x²
