@@ -94,6 +94,12 @@ void check_ptq_resume(PtqOptions o, const std::string& name, const std::string& 
   same_rows(ref.layers, res.layers);
   CHECK(ref.act_bits == res.act_bits);
   CHECK(ref.settings == res.settings);
+  REQUIRE(res.adapters.size() == ref.adapters.size());
+  for (const auto& [layer, a] : ref.adapters) {
+    INFO(layer);
+    CHECK(at::equal(a.A, res.adapters.at(layer).A));
+    CHECK(at::equal(a.B, res.adapters.at(layer).B));
+  }
   same_model(*ref_model, *m);
   j.remove();
   CHECK_FALSE(fs::exists(dir));
@@ -112,6 +118,14 @@ TEST_CASE("resume: AWQ (scales folded into the norms) resumed after block 1", "[
   PtqOptions o;
   o.method = "awq";
   check_ptq_resume(o, "awq", "quantize", 15);
+}
+
+TEST_CASE("resume: GPTQ + EoRA: the adapters, and the corrected weights later blocks saw, come back", "[journal][eora]") {
+  PtqOptions o;
+  o.method = "gptq";
+  o.spec.bits = 3;
+  o.eora_rank = 4;
+  check_ptq_resume(o, "gptq_eora", "quantize", 17);
 }
 
 TEST_CASE("resume: SmoothQuant W8A8 keeps its activation quantization across the restart", "[journal]") {

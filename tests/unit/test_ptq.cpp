@@ -197,6 +197,46 @@ TEST_CASE("awq_clip: each row and group gets the ratio with the least d H dᵀ; 
   }
 }
 
+TEST_CASE("quantize_model with EoRA: an adapter per calibrated layer, the model holds Ŵ + B A, errors drop",
+          "[ptq][eora]") {
+  mctest::TinyLlamaShape s;
+  s.kv_heads = 2, s.dim = 32, s.hidden = 64, s.vocab = 40;
+  const at::Tensor calib = tokens(8, 32, 40, 51);
+  for (const std::string method : {"gptq", "rtn"}) {
+    CAPTURE(method);
+    PtqOptions o;
+    o.method = method;
+    o.spec.bits = 3, o.spec.group_size = 16;
+    o.targets = {"layers.0.*"};  // block 0 sees the same inputs in both runs
+    auto plain_m = mctest::tiny_llama(52, s);
+    const PtqResult plain = quantize_model(*plain_m, calib, o);
+    o.eora_rank = 4;
+    auto m = mctest::tiny_llama(52, s);
+    const PtqResult r = quantize_model(*m, calib, o);
+    REQUIRE(r.adapters.size() == r.layers.size());
+    REQUIRE(r.layers.size() == plain.layers.size());
+    for (size_t i = 0; i < r.layers.size(); ++i) {
+      const LayerRow& row = r.layers[i];
+      CAPTURE(row.name);
+      const LowRankAdapter& a = r.adapters.at(row.name);
+      const LayerInfo& l = m->layer(row.name);
+      CHECK(a.rank() == 4);
+      CHECK(a.A.size(1) == l.in_features);
+      // The codes are the method's own (the adapter is beside them), the model computes with Ŵ + B A.
+      const QuantResult& q = r.quantized.at(l.weight);
+      CHECK(q.codes.equal(plain.quantized.at(l.weight).codes));
+      CHECK(m->param(l.weight).equal(q.dequantize() + a.B.mm(a.A)));
+      CHECK(*row.rel_output_error < *plain.layers[i].rel_output_error);
+      CHECK(row.note.find("eora rank 4 (relative output error ") != std::string::npos);
+    }
+  }
+  // Without calibration data there is nothing to fit.
+  auto m = mctest::tiny_llama(52, s);
+  PtqOptions o;
+  o.eora_rank = 4;
+  CHECK_THROWS_WITH(quantize_model(*m, at::Tensor(), o), Catch::Contains("--eora needs calibration data"));
+}
+
 TEST_CASE("AWQ: alpha 0 is a candidate, so a group's search never does worse than RTN", "[ptq][awq]") {
   mctest::TinyLlamaShape s;
   s.kv_heads = 2, s.dim = 32, s.hidden = 64;

@@ -15,6 +15,7 @@
 #include "mcompress/datasets.h"
 #include "mcompress/error.h"
 #include "mcompress/eval.h"
+#include "mcompress/lora.h"
 #include "mcompress/events.h"
 #include "mcompress/model.h"
 #include "mcompress/tokenizer.h"
@@ -68,7 +69,7 @@ std::function<void(const mc::LmEvalProgress&)> eval_progress_printer(const mc::E
 
 int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
   po::options_description desc("eval options");
-  std::string model_path, data, tokenizer, arch, reference, separator, device;
+  std::string model_path, data, tokenizer, arch, reference, separator, device, adapter;
   int64_t window = 128, max_docs = 0, batch = 0, max_tokens = 0, pass_mb = 1024;
   bool truncate = false, json = false, u16 = false, u32 = false;
   std::string compute = "f32", save_topk, kl_base;
@@ -85,6 +86,9 @@ int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
       ("separator", po::value<std::string>(&separator)->default_value("<|endoftext|>"),
        "document separator of text files (\"\" = blank lines)")
       ("reference", po::value<std::string>(&reference), "baseline model: adds KL(reference || model) and top-1 agreement")
+      ("adapter", po::value<std::string>(&adapter),
+       "PEFT LoRA adapter directory (adapter_model.safetensors + adapter_config.json, e.g. quantize --eora's "
+       "DIR/eora) merged into the model's weights before evaluating")
       ("save-topk", po::value<std::string>(&save_topk),
        "LM: write this model's top-k log-probabilities per predicted token (a baseline for --kl-base)")
       ("topk", po::value<int64_t>(&topk)->default_value(32), "k of --save-topk")
@@ -109,7 +113,7 @@ int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
   CommonOptions common;
   const std::string usage =
       "MODEL --data DATA [--tokenizer T] [--arch A] [--window 128] [--truncate] [--separator S] "
-      "[--reference BASELINE | --kl-base TOPK] [--save-topk FILE [--topk 32]] [--max-docs N] [--max-tokens N] [--pass-mb MB] [--compute f32|bf16] [--json] [--device cpu|cuda] [--threads N]";
+      "[--adapter LORA_DIR] [--reference BASELINE | --kl-base TOPK] [--save-topk FILE [--topk 32]] [--max-docs N] [--max-tokens N] [--pass-mb MB] [--compute f32|bf16] [--json] [--device cpu|cuda] [--threads N]";
   if (!parse_command_line("eval", usage, args, desc, pos, vm, common, events)) return 0;
   if (u16 && u32) mc::fail("cli", "--tokens-u16 and --tokens-u32 exclude each other");
   if (max_docs < 0 || batch < 0 || max_tokens < 0) mc::fail("cli", "--max-docs, --max-tokens and --batch-size must be >= 0");
@@ -121,6 +125,7 @@ int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
   lo.device = device;
   lo.keep_dtype = true;  // bf16/f16 weights stay as stored (mapped), widened per layer while it runs
   auto model = mc::load_model(model_path, lo);
+  const int64_t adapted = adapter.empty() ? 0 : mc::apply_lora_adapter(*model, adapter);
   std::unique_ptr<mc::Model> ref;
   if (!reference.empty()) ref = mc::load_model(reference, lo);
   model->set_compute_bf16(compute == "bf16");
@@ -138,6 +143,7 @@ int cmd_eval(const std::vector<std::string>& args, mc::EventSink& events) {
   j["parameters"] = nparams;
   j["data"] = data;
   if (!reference.empty()) j["reference"] = reference;
+  if (!adapter.empty()) j["adapter"] = {{"path", adapter}, {"layers", adapted}};
 
   EvalDataOptions dopts{data, tokenizer, separator, u16, u32};
   EvalData ed = load_eval_data(*model, model_path, dopts);

@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "mcompress/quant/eora.h"
 #include "mcompress/quant/mixed_precision.h"  // allocate_bits
 #include "mcompress/quant/rtn.h"
 #include "mcompress/report.h"
@@ -82,6 +83,10 @@ struct PtqOptions {
   // SmoothQuant.
   double smooth_alpha = 0.5;
   int act_bits = 8;
+  // EoRA (quant/eora.h): > 0 fits a rank-`eora_rank` correction of each calibrated layer's error; the
+  // model holds Ŵ + B A from then on (later blocks calibrate on the corrected outputs), the result the
+  // codes of Ŵ and the adapter.
+  int64_t eora_rank = 0;
   // Mixed precision.
   double target_bpw = 0;                    // 0: off
   // 2 is allowed but not a default: the output-error proxy underrates what 2-bit layers do to the
@@ -103,6 +108,7 @@ struct PtqOptions {
 struct PtqResult {
   std::map<std::string, QuantResult> quantized;  // by weight key
   std::map<std::string, int> act_bits;           // layer name -> activation bits (smoothquant)
+  std::map<std::string, LowRankAdapter> adapters;  // layer name -> EoRA correction (eora_rank > 0)
   std::vector<LayerRow> layers;                  // per quantized layer (bits_per_weight left to the writer)
   std::vector<std::string> warnings;
   std::map<std::string, std::string> settings;   // method-specific settings for the report

@@ -8,6 +8,11 @@
 
 #include "job.h"
 #include "mcompress/checkpoint.h"
+#include "mcompress/io/safetensors.h"
+#include "mcompress/job_data.h"
+#include "mcompress/lora.h"
+#include "mcompress/model.h"
+#include "mcompress/tensor.h"
 #include "mcompress/error.h"
 #include "mcompress/methods.h"
 #include "mcompress/ptq.h"
@@ -48,6 +53,36 @@ PtqOptions::Override parse_override(const StageOptions& so, const std::string& t
   }
   ov.spec.validate("override " + ov.patterns[0], 1 << 30);
   return ov;
+}
+
+// EoRA: the adapters beside the model as a PEFT LoRA (DIR/eora/adapter_model.safetensors and
+// adapter_config.json: y = Ŵx + B(Ax), lora_alpha = r so PEFT's scaling is 1), float32 as fitted.
+void write_eora_adapter(const std::map<std::string, LowRankAdapter>& adapters, int64_t rank,
+                        const std::string& base_model, const std::string& dir) {
+  fs::create_directories(dir);
+  std::vector<HostTensor> tensors;
+  std::set<std::string> modules;
+  for (const auto& [layer, a] : adapters) {
+    for (const auto& [part, t] : {std::pair{"lora_A", a.A}, std::pair{"lora_B", a.B}}) {
+      const at::Tensor c = t.to(at::kFloat).contiguous();
+      tensors.push_back(HostTensor::from_f32("base_model.model." + layer + "." + part + ".weight",
+                                             Shape(c.sizes().begin(), c.sizes().end()), c.data_ptr<float>()));
+    }
+    modules.insert(layer.substr(layer.rfind('.') + 1));
+  }
+  std::string targets;
+  for (const auto& m : modules) targets += (targets.empty() ? "\"" : ", \"") + m + "\"";
+  write_safetensors((fs::path(dir) / "adapter_model.safetensors").string(), tensors,
+                    {{"format", "pt"}, {"method", "eora"}});
+  write_file_atomic((fs::path(dir) / "adapter_config.json").string(),
+                    "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"r\": " +
+                        std::to_string(rank) + ",\n  \"lora_alpha\": " + std::to_string(rank) +
+                        ",\n  \"lora_dropout\": 0.0,\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n"
+                        "  \"inference_mode\": true,\n  \"target_modules\": [" + targets +
+                        "],\n  \"base_model_name_or_path\": \"" + fs::path(base_model).filename().string() +
+                        "\",\n  \"comment\": \"EoRA correction fitted by mcompress to the quantized model in the "
+                        "parent directory\"\n}\n",
+                    "quantize");
 }
 
 }  // namespace
@@ -114,6 +149,15 @@ QuantizeStage quantize_stage(const StageOptions& so) {
     so.fail("keep-sparsity", "does not apply to --method " + o.method + ": a fractional zero point cannot hold a "
             "pruned weight's exact 0");
   o.smooth_alpha = so.real("alpha"), o.act_bits = int(so.integer("act-bits"));
+  o.eora_rank = so.integer("eora");
+  if (o.eora_rank < 0) so.fail("eora", std::to_string(o.eora_rank) + " must be >= 1 (the adapter's rank), or 0 for none");
+  if (o.eora_rank > 0) {
+    if (st.w8a8)
+      so.fail("eora", "does not apply to --method " + o.method + ": its layers quantize their inputs, an adapter "
+              "beside them would not");
+    st.needs_calibration = true;  // the adapter is fitted to the calibration inputs
+    st.calibration_for = "--eora";
+  }
   st.simulate_int8 = so.flag("simulate-int8");
   o.candidate_bits.clear();
   for (const auto& b : so.list("bits-candidates")) {
@@ -160,6 +204,10 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
     rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric (alpha " +
                                   fmt_num("%g", po.smooth_alpha) + ")";
   if (po.true_sequential) rep.settings["order"] = "true-sequential";
+  if (po.eora_rank > 0)
+    rep.settings["EoRA"] = "rank " + std::to_string(po.eora_rank) + " correction of each calibrated layer, fitted in "
+                           "the eigenspace of its calibration inputs; written as a LoRA adapter in eora/ (the model "
+                           "file alone is Ŵ; layer errors are with the adapter)";
   if (so.has("targets")) rep.settings["targets"] = so.text("targets");
   if (so.has("ignore")) rep.settings["ignore"] = so.text("ignore");
 
@@ -242,8 +290,40 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
                            human_size(rep.size_before) + "): for a model this small, metadata and scales outweigh the savings");
   job.stored_bits(out_model, true);
 
+  if (!res.adapters.empty()) {
+    job.start();
+    write_eora_adapter(res.adapters, po.eora_rank, io.model, (fs::path(io.out) / "eora").string());
+    const auto bytes = fs::file_size(fs::path(io.out) / "eora" / "adapter_model.safetensors");
+    int64_t adapted = 0;
+    for (const auto& row : res.layers)
+      if (res.adapters.count(row.name)) adapted += row.params;
+    rep.settings["EoRA adapter"] = human_size(bytes) + " in float32: " +
+                                   fmt_num("%.3f", 8.0 * double(bytes) / double(std::max<int64_t>(1, adapted))) +
+                                   " bits per adapted weight on top of the model file's";
+    job.step("write EoRA adapter");
+  }
+
   job.model.reset();  // what is left of it; the evaluation reloads the written file
   job.evaluate_output(out_model, "evaluate compressed (reloaded from the file)");
+  if (!res.adapters.empty() && job.have_eval) {
+    // The same file with the adapter added: what a runtime applying the LoRA computes.
+    job.start();
+    apply_lora_adapter(*job.reloaded, (fs::path(io.out) / "eora").string());  // read back from the written files
+    LoadOptions narrow = job.lo;
+    narrow.keep_dtype = true;
+    auto base = load_model(io.model, narrow);
+    std::vector<MetricRow> rows;
+    std::string proto;
+    evaluate_into(*job.reloaded, base.get(), job.ed, job.eo, true, rows, proto);
+    for (auto& m : rows) {
+      m.name += " (with the EoRA rank-" + std::to_string(po.eora_rank) + " adapter)";
+      m.is_primary = false;
+      for (const auto& b : rep.metrics)
+        if (b.name + " (with the EoRA rank-" + std::to_string(po.eora_rank) + " adapter)" == m.name) m.baseline = b.baseline;
+      rep.metrics.push_back(m);
+    }
+    job.step("evaluate compressed + EoRA adapter");
+  }
   if (!res.act_bits.empty()) w8a8_runtime_rows(job, out_model, st.simulate_int8);
   job.copy_companions();
   job.write_report();

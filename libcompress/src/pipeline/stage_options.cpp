@@ -76,6 +76,10 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
                  "hqq: zero-point updates per group (p 0.7, beta 10 x 1.01 per update, a group stops when its "
                  "error stops falling; 0 = RTN asymmetric)"},
                 {"no-clip", T::Flag, "", "awq: skip the clipping search"},
+                {"eora", T::Int, "0",
+                 "EoRA: fit a rank-N correction B A of each calibrated layer's quantization error in the eigenspace "
+                 "of its calibration inputs (Liu et al. 2024; training-free), written beside the model as a PEFT "
+                 "LoRA adapter in DIR/eora/; the report evaluates with and without it (16-64 typical)"},
                 {"alpha", T::Real, "0.5", "smoothquant: migration strength 0..1"},
                 {"act-bits", T::Int, "8", "smoothquant: bits of the per-token activations"},
                 {"simulate-int8", T::Flag, "", "smoothquant: evaluate with simulated (float) int8 matmuls only"},

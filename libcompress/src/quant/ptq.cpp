@@ -15,6 +15,7 @@
 #include "mcompress/model.h"
 #include "mcompress/quant/hessian.h"
 #include "mcompress/tensor.h"
+#include "mcompress/text_format.h"
 #include "ptq_journal.h"
 
 namespace mc {
@@ -135,6 +136,17 @@ class Runner {
       if (sc.note.count(l->name)) add_note(sc.note.at(l->name));
       if (sc.skipped.count(l->name)) ran = method_.without_scales(o_), add_note(sc.skipped.at(l->name));
       if (plain_rtn) ran = "rtn";
+      at::Tensor held = z.weight;  // what the model computes with from now on
+      if (o_.eora_rank > 0) {
+        LowRankAdapter a = eora_fit(W - z.weight, H, o_.eora_rank, l->name);
+        held = z.weight + a.B.mm(a.A);
+        const double corrected = output_error(W - held, H);
+        // The row's error is the corrected one; the note keeps the error without the adapter.
+        add_note("eora rank " + std::to_string(a.rank()) + " (relative output error " +
+                 fmt_num("%.4g", relative_output_error(err, W, H)) + " without it)");
+        err = corrected;
+        r_.adapters[l->name] = std::move(a);
+      }
       const bool w8a8 = method_.quantizes_activations && l->kind == LayerKind::Linear;
       std::string scheme = ran + " " + sp.describe();
       if (w8a8) scheme += ", a" + std::to_string(o_.act_bits) + " per-token";
@@ -142,7 +154,7 @@ class Runner {
       row.rel_output_error = relative_output_error(err, W, H);
       r_.layers.push_back(row);
       for (auto& w : z.warnings) r_.warnings.push_back(std::move(w));
-      store(*l, w_full, std::move(*z.quant), z.weight);
+      store(*l, w_full, std::move(*z.quant), held);
       if (w8a8) {
         use_w8a8(m_, l->name, r_.quantized.at(l->weight), o_.act_bits);
         r_.act_bits[l->name] = o_.act_bits;
@@ -339,6 +351,10 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   if (!calibrated && method.needs_calibration)
     fail(kComp, "--method ", o.method, " needs calibration data (--calib DATA)");
   if (!calibrated && o.target_bpw > 0) fail(kComp, "--target-bpw needs calibration data (--calib DATA)");
+  if (o.eora_rank < 0) fail(kComp, "EoRA rank ", o.eora_rank, " must be >= 1, or 0 for none");
+  if (!calibrated && o.eora_rank > 0) fail(kComp, "--eora needs calibration data (--calib DATA): it fits the inputs");
+  if (o.eora_rank > 0 && method.quantizes_activations)
+    fail(kComp, "--eora does not apply to ", o.method, ": its layers quantize their inputs, an adapter would not");
 
   PtqResult res;
   Runner run(model, o, method, res);

@@ -10,6 +10,7 @@ namespace {
 constexpr const char* kQuant = "q:";   // journal tensor prefix of a quantized weight
 constexpr const char* kParam = "p:";   // ... of another parameter the block changed
 constexpr const char* kActBits = "act_bits:";
+constexpr const char* kLora = "lora:";  // ... of an EoRA adapter: "lora:<layer>.A", "lora:<layer>.B"
 }  // namespace
 
 void use_w8a8(Model& m, const std::string& layer, const QuantResult& q, int act_bits) {
@@ -32,6 +33,11 @@ void PtqBlockSaver::save(int k, const PtqResult& res, BlockJournal::Entry& e) co
     if (q != res.quantized.end() && quantized.insert(l.weight).second) journal_put_quant(tensors, kQuant + l.weight, q->second);
     auto a = res.act_bits.find(l.name);
     if (a != res.act_bits.end()) e.record.numbers[kActBits + l.name] = a->second;
+    auto ad = res.adapters.find(l.name);
+    if (ad != res.adapters.end()) {
+      tensors[kLora + l.name + ".A"] = ad->second.A;
+      tensors[kLora + l.name + ".B"] = ad->second.B;
+    }
   }
   for (const auto& [key, t] : m_.params()) {
     auto before = params_.find(key);
@@ -52,6 +58,16 @@ int64_t restore_ptq_block(const BlockJournal::Entry& e, Model& m, PtqResult& res
       res.quantized.insert_or_assign(key, std::move(q));
       ++n;
     }
+  }
+  // EoRA: the model computed with Ŵ + B A after the block (the same sum as quantize_model's).
+  for (const auto& [name, t] : e.tensors) {
+    if (name.rfind(kLora, 0) != 0 || name.compare(name.size() - 2, 2, ".A") != 0) continue;
+    const std::string layer = name.substr(5, name.size() - 7);
+    LowRankAdapter ad{t, e.tensors.at(std::string(kLora) + layer + ".B")};
+    const std::string key = m.layer(layer).weight;
+    const at::Tensor w = m.param(key);
+    m.set_param(key, (w.reshape({w.size(0), -1}) + ad.B.mm(ad.A)).reshape(w.sizes()));
+    res.adapters[layer] = std::move(ad);
   }
   for (const auto& [name, bits] : e.record.numbers)
     if (name.rfind(kActBits, 0) == 0) {
