@@ -13,6 +13,7 @@
 #include "mcompress/model.h"
 #include "mcompress/prune/prune.h"
 #include "mcompress/ptq.h"
+#include "calib_problem.h"
 #include "test_utils.h"
 #include "tiny_llama.h"
 
@@ -112,6 +113,33 @@ TEST_CASE("resume: GPTQ stopped in the middle of block 2 ends with the uninterru
   o.method = "gptq";
   // 7 layers per block: layer 17 is the third of block 2 (blocks 0 and 1 journaled).
   check_ptq_resume(o, "gptq", "quantize", 17);
+}
+
+TEST_CASE("journal quant entries: codes up to 4 bits two a byte, wider or odd counts a byte each; all read back",
+          "[journal]") {
+  for (const int bits : {2, 3, 4, 8}) {
+    for (const int64_t cols : {6, 7}) {
+      CAPTURE(bits, cols);
+      QuantSpec sp;
+      sp.bits = bits, sp.group_size = 0;
+      const QuantResult q = rtn_quantize(mctest::randn({3, cols}, 60 + bits), sp);
+      std::map<std::string, at::Tensor> t;
+      journal_put_quant(t, "q:w", q);
+      const bool packed = bits <= 4 && (3 * cols) % 2 == 0;
+      CHECK(t.count("q:w.codes4") == size_t(packed));
+      CHECK(t.count("q:w.codes") == size_t(!packed));
+      if (packed) {
+        CHECK(t.at("q:w.codes4").numel() == 3 * cols / 2);
+        // Hand-decoded: element 2i in the low nibble of byte i, 2i+1 in the high one.
+        const at::Tensor flat = q.codes.reshape({-1});
+        CHECK(t.at("q:w.codes4")[1].item<int>() == (flat[2].item<int>() | (flat[3].item<int>() << 4)));
+      }
+      const QuantResult r = journal_get_quant(t, "q:w");
+      CHECK(r.codes.equal(q.codes));
+      CHECK(r.scales.equal(q.scales));
+      CHECK(r.spec.bits == bits);
+    }
+  }
 }
 
 TEST_CASE("resume: AWQ (scales folded into the norms) resumed after block 1", "[journal]") {

@@ -64,6 +64,8 @@ class BlockJournal {
 
 // A QuantResult as journal tensors under `key` (key + ".codes", ".scales", ".zeros", ".g_idx", and
 // ".grid": bits, symmetric, group size, mse clip, the weight's own shape) and back, exactly.
+// Codes of up to 4 bits are kept two a byte ("<key>.codes4", even element in the low nibble, with
+// "<key>.codes_shape"); wider ones, or an odd count, a byte each ("<key>.codes"). Both are read back.
 void journal_put_quant(std::map<std::string, at::Tensor>& tensors, const std::string& key, const QuantResult& q);
 QuantResult journal_get_quant(const std::map<std::string, at::Tensor>& tensors, const std::string& key);
 
