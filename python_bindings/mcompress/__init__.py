@@ -124,10 +124,10 @@ def _command(name, positional, options, progress, report_dir=None):
 
 def quantize(model, output, *, progress=None, **options):
     """Quantizes `model` (any checkpoint format) into `output`/model.safetensors (packed) and returns
-    the report. Options as ``mcompress quantize --help``: method ("rtn", "imatrix", "gptq", "awq",
+    the report. Options as ``mcompress quantize --help``: method ("rtn", "hqq", "imatrix", "gptq", "awq",
     "smoothquant"), bits, group_size, per_channel, sym/asym, calib, calib_samples, calib_seqlen, seed,
     eval, targets, ignore, override=[...], target_bpw, act_order, true_sequential, keep_sparsity,
-    threads, ... progress: None (printed on a terminal), False (silent) or a callable receiving event
+    eora=RANK (an EoRA LoRA adapter in `output`/eora, evaluated with and without), threads, ... progress: None (printed on a terminal), False (silent) or a callable receiving event
     dicts ({"event": "progress", "layer": ..., "index": i, "total": n, ...})."""
     return _command("quantize", [model], {"output": output, **options}, progress, output)
 
