@@ -17,7 +17,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import shared, train_tiny_lm
+from conftest import shared, train_tiny_lm, write_safetensors
 
 ST = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "U8": np.uint8, "F8_E4M3": np.uint8}
 
@@ -34,16 +34,7 @@ def read_st(path):
 
 
 def write_st(path, tensors):
-    header, blobs, off = {}, [], 0
-    for name, a in tensors.items():
-        b = np.ascontiguousarray(a, np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    write_safetensors(path, {k: np.asarray(v, np.float32) for k, v in tensors.items()})
 
 
 # ---- decoders from the specifications --------------------------------------------------------------
