@@ -233,3 +233,36 @@ def test_stories260k_fp8_close_to_float(mc, tmp_path):
     bpb = [m for m in json.loads((tmp_path / "o" / "report.json").read_text())["metrics"] if m["name"] == "bits per byte"][0]
     assert abs(bpb["baseline"] - 0.8132) < 1e-4  # the published figure
     assert bpb["compressed"] < 0.83  # measured 0.8182: E4M3 keeps 3 mantissa bits
+
+
+def decode_gguf_mxfp4(raw, shape):
+    """ggml's block_mxfp4 (ggml-common.h) as dequantize_row_mxfp4 reads it: {u8 e; u8 qs[16]}, element j in the
+    low nibble of qs[j], element j + 16 in its high nibble, value kvalues_mxfp4[code] * 2^(e - 128)."""
+    kvalues = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float64)
+    b = np.frombuffer(raw, np.uint8).reshape(-1, 17)
+    codes = np.concatenate([b[:, 1:] & 15, b[:, 1:] >> 4], 1)
+    return (kvalues[codes] * 2.0 ** (b[:, :1].astype(np.float64) - 128)).reshape(shape)
+
+
+def test_gguf_mxfp4_blocks_equal_the_compressed_tensors_mxfp4_values(mc, tmp_path):
+    """The same stories260K weights through export --format gguf:mxfp4 and quantize --scheme mxfp4 decode to the
+    same values (each by its own decoder here): the E8M0 exponents and E2M1 codes carry over exactly."""
+    from test_gguf_export import read_gguf
+    model, tok = shared("stories260K/stories260K.bin"), shared("stories260K/tok512.bin")
+    mc("export", "--format", "gguf:mxfp4", model, "--tokenizer", tok, "-o", tmp_path / "m.gguf")
+    mc("quantize", model, "--scheme", "mxfp4", "-o", tmp_path / "ct", "-q")
+    kv, tensors, _ = read_gguf(tmp_path / "m.gguf")
+    assert kv["general.file_type"][1] == 38  # LLAMA_FTYPE_MOSTLY_MXFP4_MOE
+    parts = read_st(tmp_path / "ct" / "model.safetensors")
+    # q/k rows are ordered differently in the two files (GGUF interleaved RoPE, HF rotate-half); the others match.
+    pairs = {"attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj",
+             "ffn_up": "mlp.up_proj"}
+    for layer in range(5):
+        for g, h in pairs.items():
+            t = tensors[f"blk.{layer}.{g}.weight"]
+            assert t["type"] == "MXFP4", (g, t["type"])
+            module = f"model.layers.{layer}.{h}"
+            _, want = decode(parts, module, "mxfp4", t["shape"])
+            assert np.array_equal(decode_gguf_mxfp4(t["bytes"], t["shape"]), want), module
+        # ffn_down: 172 columns, not whole blocks of 32: llama.cpp's fallback (F16)
+        assert tensors[f"blk.{layer}.ffn_down.weight"]["type"] == "F16"

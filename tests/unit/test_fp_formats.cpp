@@ -4,7 +4,8 @@
 // scale, and NVIDIA's NVFP4 description (E2M1 elements in groups of 16, an E4M3 group scale, a float32
 // tensor scale; dequantization value * group_scale / global_scale as compressed-tensors stores it).
 // Checks: hand-computed values (max, subnormals, ties to even, saturation), the ATen path against the
-// per-element reference (identical codes and scales), and bounds on the dequantized error.
+// per-element reference (identical codes and scales), bounds on the dequantized error, and the GGUF MXFP4
+// blocks decoded as ggml describes them.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -15,6 +16,8 @@
 #include <vector>
 
 #include "mcompress/error.h"
+#include "mcompress/export/gguf.h"
+#include "mcompress/ggml_blocks.h"
 #include "mcompress/quant/fp_formats.h"
 
 using namespace mc;
@@ -280,4 +283,34 @@ TEST_CASE("FP formats refuse bad weights in one line", "[fp]") {
   CHECK_THROWS_AS(fp_quantize(w, FpScheme::fp8), InputError);
   CHECK_THROWS_AS(fp_quantize_ref(w, FpScheme::fp8), InputError);
   CHECK_NOTHROW(fp_quantize(at::ones({4, 40}), FpScheme::fp8_block));
+}
+
+TEST_CASE("GGUF MXFP4 blocks: ggml's layout decodes to the mxfp4 quantizer's values", "[fp]") {
+  // ggml (ggml-common.h block_mxfp4, ggml-quants.c dequantize_row_mxfp4), written here: byte 0 is the E8M0
+  // exponent e, bytes 1..16 hold element j in the low nibble and element j + 16 in the high nibble;
+  // value = kvalues_mxfp4[code] * 2^(e - 128) with kvalues_mxfp4 = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, ...}.
+  const int kvalues[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+  at::Tensor w = test_weights(4, 96, 21);
+  w[3][40] = 1e-30f;  // a group of tiny values: the smallest exponents
+  const std::vector<uint8_t> blocks = encode_matrix(DType::MXFP4, w.data_ptr<float>(), 4, 96);
+  REQUIRE(blocks.size() == size_t(4 * 3 * 17));
+  const FpQuantResult q = fp_quantize(w, FpScheme::mxfp4);
+  const at::Tensor want = q.dequantize();
+  std::vector<float> via_reader(4 * 96);
+  dequantize_blocks(DType::MXFP4, blocks.data(), 4 * 96, via_reader.data());
+  int64_t mismatches = 0;
+  for (int64_t r = 0; r < 4; ++r) {
+    for (int64_t b = 0; b < 3; ++b) {
+      const uint8_t* blk = blocks.data() + (r * 3 + b) * 17;
+      CHECK(blk[0] == q.scales[r][b].item<uint8_t>());
+      for (int j = 0; j < 32; ++j) {
+        const int code = j < 16 ? (blk[1 + j] & 15) : (blk[1 + j - 16] >> 4);
+        const double v = kvalues[code] * std::pow(2.0, int(blk[0]) - 128);
+        const float expect = want[r][b * 32 + j].item<float>();
+        if (v != double(expect) || via_reader[size_t(r * 96 + b * 32 + j)] != expect) ++mismatches;
+      }
+    }
+  }
+  CHECK(mismatches == 0);
+  CHECK_THROWS_AS(encode_matrix(DType::MXFP4, w.data_ptr<float>(), 8, 48), InputError);  // 48: not whole blocks
 }

@@ -14,6 +14,9 @@ enum class DType : uint8_t {
   // OCP FP8 E4M3 ("e4m3fn", safetensors F8_E4M3): stored and copied as bytes, never widened here
   // (quant/fp_formats.h decodes it).
   F8_E4M3,
+  // ggml MXFP4 (type 39): a block of 32 = an E8M0 exponent byte + 16 bytes of E2M1 nibbles (element j in the
+  // low nibble of byte j, element j + 16 in its high nibble); value = e2m1 * 2^(e - 127).
+  MXFP4,
 };
 
 struct DTypeInfo {
