@@ -95,7 +95,9 @@ int cmd_quantize(const std::vector<std::string>& args, mc::EventSink& events) {
                            "--method rtn|hqq|imatrix|gptq|awq|smoothquant --bits B (--group-size G | --per-channel) "
                            "[--sym|--asym] [--calib DATA | --calib-from-eval] [--target-bpw 3.5] MODEL -o OUT "
                            "[--eval DATA] [--dry-run]\n   or: mcompress quantize --model-free --bits B [--group-size G] "
-                           "[--targets P,..] [--ignore P,..] CHECKPOINT.safetensors|HF_DIR -o OUT",
+                           "[--targets P,..] [--ignore P,..] CHECKPOINT.safetensors|HF_DIR -o OUT"
+                           "\n   or: mcompress quantize --scheme fp8|fp8-channel|fp8-block|mxfp4|nvfp4 [--model-free] "
+                           "MODEL -o OUT [--eval DATA]",
                            args, events);
 }
 

@@ -11,6 +11,12 @@ enum class DType : uint8_t {
   F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL,
   // ggml block formats: a block of `block_elems` values is stored in `block_bytes` bytes.
   Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
+  // OCP FP8 E4M3 ("e4m3fn", safetensors F8_E4M3): stored and copied as bytes, never widened here
+  // (quant/fp_formats.h decodes it).
+  F8_E4M3,
+  // ggml MXFP4 (type 39): a block of 32 = an E8M0 exponent byte + 16 bytes of E2M1 nibbles (element j in the
+  // low nibble of byte j, element j + 16 in its high nibble); value = e2m1 * 2^(e - 127).
+  MXFP4,
 };
 
 struct DTypeInfo {

@@ -1,4 +1,5 @@
-// IEEE binary16 and bfloat16 conversions (round to nearest even, NaN preserved).
+// IEEE binary16 and bfloat16 conversions (round to nearest even, NaN preserved), and the OCP FP8 E4M3
+// decoder (quant/fp_formats.h has the encoders).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -18,5 +19,8 @@ inline uint16_t f32_to_bf16(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);
   return uint16_t(u >> 16);
 }
+
+// OCP FP8 E4M3 ("e4m3fn"): S.EEEE.MMM, bias 7, subnormals at E = 0, NaN at E = 15, M = 7, no infinities.
+float e4m3_to_f32(uint8_t code);
 
 }  // namespace mc

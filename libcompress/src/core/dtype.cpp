@@ -21,6 +21,8 @@ const DTypeInfo kInfo[] = {
     {"Q4_K", 256, 144, false, true}, // f16 d, f16 dmin, 12 bytes scales, 128 bytes nibbles
     {"Q5_K", 256, 176, false, true}, // + 32 bytes high bits
     {"Q6_K", 256, 210, false, true}, // 128 low nibbles, 64 high bits, 16 int8 scales, f16 d
+    {"F8_E4M3", 1, 1, false, false},
+    {"MXFP4", 32, 17, false, true},  // e8m0 exponent + 16 bytes of e2m1 nibbles
 };
 }  // namespace
 
@@ -37,7 +39,7 @@ std::optional<DType> dtype_from_name(std::string_view name) {
       {"INT64", DType::I64},   {"INT32", DType::I32},   {"INT16", DType::I16},
       {"INT8", DType::I8},     {"UINT8", DType::U8},    {"BOOL", DType::BOOL},
   };
-  for (int i = 0; i <= static_cast<int>(DType::Q6_K); ++i)
+  for (int i = 0; i <= static_cast<int>(DType::MXFP4); ++i)
     if (s == kInfo[i].name) return static_cast<DType>(i);
   for (auto& [a, t] : aliases)
     if (s == a) return t;

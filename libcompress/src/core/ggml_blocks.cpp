@@ -164,6 +164,17 @@ void dequant_q6_k(const uint8_t* b, float* y) {
   }
 }
 
+// MXFP4: ggml's kvalues_mxfp4 are the E2M1 values doubled, scaled by 2^(e-128) (GGML_E8M0_TO_FP32_HALF):
+// the same as e2m1 * 2^(e-127).
+void dequant_mxfp4(const uint8_t* b, float* y) {
+  static const float kE2M1[16] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6, -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6};
+  const float d = std::ldexp(1.0f, int(b[0]) - 127);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = kE2M1[b[1 + j] & 15] * d;
+    y[j + 16] = kE2M1[b[1 + j] >> 4] * d;
+  }
+}
+
 using BlockFn = void (*)(const uint8_t*, float*);
 
 BlockFn block_fn(DType t) {
@@ -176,6 +187,7 @@ BlockFn block_fn(DType t) {
     case DType::Q4_K: return dequant_q4_k;
     case DType::Q5_K: return dequant_q5_k;
     case DType::Q6_K: return dequant_q6_k;
+    case DType::MXFP4: return dequant_mxfp4;
     default: return nullptr;
   }
 }

@@ -1,5 +1,8 @@
 #include "mcompress/half.h"
 
+#include <cmath>
+#include <limits>
+
 namespace mc {
 
 float f16_to_f32(uint16_t h) {
@@ -42,6 +45,14 @@ uint16_t f32_to_f16(float f) {
   uint32_t r = a - 0x38000000u;  // rebias exponent 127 -> 15 (in the shifted position)
   r += 0xfffu + ((r >> 13) & 1u);  // round to nearest even
   return uint16_t(sign | (r >> 13));
+}
+
+float e4m3_to_f32(uint8_t code) {
+  const int exponent = (code >> 3) & 15, mantissa = code & 7;
+  if (exponent == 15 && mantissa == 7) return std::numeric_limits<float>::quiet_NaN();
+  const float magnitude = exponent == 0 ? std::ldexp(static_cast<float>(mantissa), -9)
+                                        : std::ldexp(1.0f + static_cast<float>(mantissa) / 8.0f, exponent - 7);
+  return (code & 0x80) ? -magnitude : magnitude;
 }
 
 }  // namespace mc

@@ -81,6 +81,7 @@ void to_f32_range(const HostTensor& t, int64_t begin, int64_t end, float* out) {
     case DType::I8: load(int8_t{}, cast); break;
     case DType::U8: load(uint8_t{}, cast); break;
     case DType::BOOL: load(uint8_t{}, [](uint8_t v) { return v ? 1.0f : 0.0f; }); break;
+    case DType::F8_E4M3: load(uint8_t{}, [](uint8_t v) { return e4m3_to_f32(v); }); break;
     default: {
       const DTypeInfo& d = dtype_info(t.dtype);
       if (begin % d.block_elems || n % d.block_elems)

@@ -17,6 +17,7 @@
 #include "mcompress/export/gguf.h"
 #include "mcompress/ggml_blocks.h"
 #include "mcompress/half.h"
+#include "mcompress/quant/fp_formats.h"
 
 namespace mc {
 
@@ -65,6 +66,21 @@ void encode_q5_0(const float* x, uint8_t* b) {
   pack_nibbles(q, b + 6, b + 2);
 }
 
+// MXFP4 blocks of n values: fp_quantize(mxfp4) with every block of 32 as one group (for a row-major matrix
+// whose rows are whole blocks, the same codes and exponents as on the matrix: OCP MX exponent
+// floor(log2 amax) - 2, E2M1 elements rounded to nearest even, saturating), laid out in ggml's nibble order.
+void encode_mxfp4(const float* x, int64_t n, uint8_t* dst) {
+  const int64_t nb = n / 32;
+  const FpQuantResult q = fp_quantize(at::from_blob(const_cast<float*>(x), {nb, 32}, at::kFloat), FpScheme::mxfp4);
+  const at::Tensor codes = q.element_codes().contiguous(), scales = q.scales.contiguous();
+  const uint8_t* c = codes.data_ptr<uint8_t>();
+  const uint8_t* e = scales.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < nb; ++i, c += 32, dst += 17) {
+    dst[0] = e[i];
+    for (int j = 0; j < 16; ++j) dst[1 + j] = uint8_t(c[j] | (c[j + 16] << 4));
+  }
+}
+
 void check_finite(const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(x[i])) fail("gguf", "cannot encode a non-finite value (", x[i], ") at index ", i);
@@ -90,6 +106,7 @@ void encode_blocks_hinted(DType t, const float* x, int64_t n, const float* steps
     fail("gguf", "encode ", n, " values as ", info.name, ": not a whole number of blocks (", info.block_elems, " each)");
   check_finite(x, n);
   if (t == DType::Q8_0 || t == DType::Q4_0) return quantize_blocks_ref(t, x, n, dst);
+  if (t == DType::MXFP4) return encode_mxfp4(x, n, dst);
   const int64_t nb = n / info.block_elems;
   for (int64_t i = 0; i < nb; ++i) {
     const float* xb = x + i * info.block_elems;
@@ -140,6 +157,11 @@ std::vector<uint8_t> encode_matrix(DType t, const float* w, int64_t rows, int64_
   if (!info.is_block) fail("gguf", "cannot encode weights as ", info.name, " (allowed: F32, F16, ggml block types)");
   if (cols % info.block_elems != 0)
     fail("gguf", "row length ", cols, " is not a multiple of the ", info.name, " block size ", info.block_elems);
+  if (t == DType::MXFP4) {  // the whole matrix in one ATen pass (its rows are whole blocks)
+    check_finite(w, rows * cols);
+    encode_mxfp4(w, rows * cols, out.data());
+    return out;
+  }
   const int64_t row_bytes = cols / info.block_elems * info.block_bytes;
   // Each row is independent; the result does not depend on how rows are split between threads.
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {

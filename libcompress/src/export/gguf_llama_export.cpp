@@ -32,7 +32,8 @@ struct TypeName {
 const TypeName kTypes[] = {
     {"f32", DType::F32, 0},   {"f16", DType::F16, 1},   {"q8_0", DType::Q8_0, 7},  {"q4_0", DType::Q4_0, 2},
     {"q4_1", DType::Q4_1, 3}, {"q5_0", DType::Q5_0, 8}, {"q5_1", DType::Q5_1, 9},  {"q4_k", DType::Q4_K, 14},
-    {"q5_k", DType::Q5_K, 16}, {"q6_k", DType::Q6_K, 18}, {"q4_k_m", {}, 15},      {"auto", {}, 0},
+    {"q5_k", DType::Q5_K, 16}, {"q6_k", DType::Q6_K, 18}, {"mxfp4", DType::MXFP4, 38}, {"q4_k_m", {}, 15},
+    {"auto", {}, 0},
 };
 
 // One weight to export: where it comes from and what it becomes. Nothing of its values is held: they are
@@ -231,7 +232,7 @@ std::vector<GgufTensorChoice> write_items(const ExportSource& src, const std::st
 
 }  // namespace
 
-const char* gguf_export_types() { return "f32|f16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m|auto"; }
+const char* gguf_export_types() { return "f32|f16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|mxfp4|q4_k_m|auto"; }
 
 std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const std::string& out_path,
                                           const GgufExportOptions& opts) {

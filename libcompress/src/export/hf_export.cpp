@@ -34,17 +34,16 @@ namespace mc {
 namespace {
 
 using hfx::ExportInput;
+using hfx::add_common_notes;
+using hfx::add_dense;
+using hfx::linear_roles;
+using hfx::permutes;
+using hfx::rope_perm;
+using hfx::weight_f16;
 
 enum class Fmt { Gptq, CompressedTensors };
 const char* fmt_name(Fmt f) { return f == Fmt::Gptq ? "hf-gptq" : "compressed-tensors"; }
 
-const char* kLinearRoles[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
-const char* kFusedLinearRoles[] = {"wqkv", "wo", "w13", "w2"};  // Phi-3: exported under their own names
-
-std::vector<const char*> linear_roles(const LlamaConfig& c) {
-  if (c.fused_qkv_gate_up) return {std::begin(kFusedLinearRoles), std::end(kFusedLinearRoles)};
-  return {std::begin(kLinearRoles), std::end(kLinearRoles)};
-}
 
 std::string spec_text(const QuantSpec& s) { return s.describe(); }
 
@@ -64,14 +63,6 @@ struct Prepared {
   std::vector<std::string> unquantized;
 };
 
-bool permutes(const LlamaConfig& c, const std::string& role) {
-  return c.rope == RopeLayout::Interleaved && (role == "wq" || role == "wk" || role == "bq" || role == "bk");
-}
-
-at::Tensor rope_perm(const LlamaConfig& c, const std::string& role) {
-  const bool q = role == "wq" || role == "bq";
-  return rope_row_permutation(q ? c.n_heads : c.n_kv_heads, c.head_dim, true);
-}
 
 Prepared prepare(const ExportInput& in, Fmt fmt) {
   Prepared p;
@@ -120,11 +111,6 @@ QuantResult quant(const ExportInput& in, const Linear& lin) {
   return q;
 }
 
-// A float parameter in HF row order as float16, read now.
-HostTensor weight_f16(const ExportInput& in, const std::string& name, const std::string& role, int64_t block) {
-  const at::Tensor order = permutes(in.cfg, role) ? rope_perm(in.cfg, role) : at::Tensor();
-  return hfx::param_f16(in, name, hfx::key_of(in, role, block), order);
-}
 
 // Bytes of the file an export of `p` writes, estimated from the shapes (the codes, their grids, float16 for
 // the embedding and classifier; norms left out), twice: the tensors are spooled next to the output and copied
@@ -142,35 +128,7 @@ uint64_t estimated_bytes(const ExportInput& in, const Prepared& p) {
   return 2 * n;
 }
 
-void add_dense(const ExportInput& in, SafetensorsStreamWriter& out, std::vector<std::string>& notes) {
-  const LlamaConfig& c = in.cfg;
-  auto add = [&](const std::string& role, int64_t block) {
-    const std::string hf = hfx::hf_name(role, block), key = hfx::key_of(in, role, block);
-    if (in.quantized.count(key))
-      notes.push_back(hf + ": quantized in the input; stored as its dequantized values rounded to float16");
-    out.add(weight_f16(in, hf, role, block));
-  };
-  add("embed", -1);
-  add("final_norm", -1);
-  if (!c.tied) add("output", -1);
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    if (c.sandwich_norms)  // Gemma: HF names of their own (post_attention_layernorm is not the MLP's norm)
-      add("attn_norm", l), add("post_attn_norm", l), add("pre_ffn_norm", l), add("post_ffn_norm", l);
-    else
-      add("attn_norm", l), add("ffn_norm", l);
-    if (c.qk_norm) add("q_norm", l), add("k_norm", l);
-    if (c.qkv_bias) add("bq", l), add("bk", l), add("bv", l);
-    if (c.o_bias) add("bo", l);
-  }
-  notes.push_back("embeddings, norms" + std::string(c.tied ? "" : ", lm_head") +
-                  (c.qkv_bias ? ", biases" : "") + " stored as float16 (torch_dtype float16)");
-}
 
-void add_common_notes(const ExportInput& in, std::vector<std::string>& notes) {
-  if (in.cfg.rope == RopeLayout::Interleaved)
-    notes.push_back("q_proj/k_proj rows permuted from interleaved (llama2.c/Meta) to rotate-half RoPE "
-                    "(codes, scales and zeros move with their rows; exact)");
-}
 
 // ---- hf-gptq ----------------------------------------------------------------------------------
 
@@ -335,14 +293,19 @@ nlohmann::ordered_json compressed_tensors_qconfig(const QuantSpec& s, bool act_o
   w["actorder"] = act_order ? nlohmann::ordered_json("group") : nlohmann::ordered_json(nullptr);
   w["observer"] = "minmax";
   w["observer_kwargs"] = nlohmann::ordered_json::object();
+  return ct_qconfig(w, "pack-quantized", ignore);
+}
+
+nlohmann::ordered_json ct_qconfig(const nlohmann::ordered_json& weights, const std::string& format,
+                                  const std::vector<std::string>& ignore) {
   nlohmann::ordered_json g;
   g["targets"] = {"Linear"};
-  g["weights"] = w;
+  g["weights"] = weights;
   g["input_activations"] = nullptr;
   g["output_activations"] = nullptr;
   nlohmann::ordered_json qc;
   qc["quant_method"] = "compressed-tensors";
-  qc["format"] = "pack-quantized";
+  qc["format"] = format;
   qc["config_groups"] = {{"group_0", g}};
   qc["ignore"] = ignore;
   qc["kv_cache_scheme"] = nullptr;

@@ -13,6 +13,7 @@
 
 #include "mcompress/atomic_file.h"
 #include "mcompress/error.h"
+#include "mcompress/io/safetensors.h"
 #include "mcompress/torch_bridge.h"
 
 namespace mc::hfx {
@@ -255,6 +256,61 @@ void copy_tokenizer(const std::string& model_path, AtomicDir& dir, std::vector<s
   notes.push_back(l2c.empty() ? "tokenizer: none found beside the model; no tokenizer written"
                               : "tokenizer: " + l2c + " is a llama2.c tokenizer; no Hugging Face tokenizer written "
                                                       "(convert it separately)");
+}
+
+// ---- the llama layout shared by the Hugging Face exports (hf_input.h) ----
+
+const char* kLinearRoles[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+const char* kFusedLinearRoles[] = {"wqkv", "wo", "w13", "w2"};  // Phi-3: exported under their own names
+
+std::vector<const char*> linear_roles(const LlamaConfig& c) {
+  if (c.fused_qkv_gate_up) return {std::begin(kFusedLinearRoles), std::end(kFusedLinearRoles)};
+  return {std::begin(kLinearRoles), std::end(kLinearRoles)};
+}
+
+bool permutes(const LlamaConfig& c, const std::string& role) {
+  return c.rope == RopeLayout::Interleaved && (role == "wq" || role == "wk" || role == "bq" || role == "bk");
+}
+
+at::Tensor rope_perm(const LlamaConfig& c, const std::string& role) {
+  const bool q = role == "wq" || role == "bq";
+  return rope_row_permutation(q ? c.n_heads : c.n_kv_heads, c.head_dim, true);
+}
+
+// A float parameter in HF row order as float16, read now.
+HostTensor weight_f16(const ExportInput& in, const std::string& name, const std::string& role, int64_t block) {
+  const at::Tensor order = permutes(in.cfg, role) ? rope_perm(in.cfg, role) : at::Tensor();
+  return param_f16(in, name, key_of(in, role, block), order);
+}
+
+void add_dense(const ExportInput& in, SafetensorsStreamWriter& out, std::vector<std::string>& notes) {
+  const LlamaConfig& c = in.cfg;
+  auto add = [&](const std::string& role, int64_t block) {
+    const std::string hf = hf_name(role, block), key = key_of(in, role, block);
+    if (in.quantized.count(key))
+      notes.push_back(hf + ": quantized in the input; stored as its dequantized values rounded to float16");
+    out.add(weight_f16(in, hf, role, block));
+  };
+  add("embed", -1);
+  add("final_norm", -1);
+  if (!c.tied) add("output", -1);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    if (c.sandwich_norms)  // Gemma: HF names of their own (post_attention_layernorm is not the MLP's norm)
+      add("attn_norm", l), add("post_attn_norm", l), add("pre_ffn_norm", l), add("post_ffn_norm", l);
+    else
+      add("attn_norm", l), add("ffn_norm", l);
+    if (c.qk_norm) add("q_norm", l), add("k_norm", l);
+    if (c.qkv_bias) add("bq", l), add("bk", l), add("bv", l);
+    if (c.o_bias) add("bo", l);
+  }
+  notes.push_back("embeddings, norms" + std::string(c.tied ? "" : ", lm_head") +
+                  (c.qkv_bias ? ", biases" : "") + " stored as float16 (torch_dtype float16)");
+}
+
+void add_common_notes(const ExportInput& in, std::vector<std::string>& notes) {
+  if (in.cfg.rope == RopeLayout::Interleaved)
+    notes.push_back("q_proj/k_proj rows permuted from interleaved (llama2.c/Meta) to rotate-half RoPE "
+                    "(codes, scales and zeros move with their rows; exact)");
 }
 
 }  // namespace mc::hfx

@@ -17,6 +17,10 @@
 #include "mcompress/quant/rtn.h"
 #include "mcompress/tensor.h"
 
+namespace mc {
+class SafetensorsStreamWriter;
+}
+
 namespace mc::hfx {
 
 struct ExportInput {
@@ -51,6 +55,9 @@ std::string hf_config_json(const LlamaConfig& cfg, int64_t intermediate_size, co
 // targets ["Linear"] and the weights' grid (strategy group or channel; per-tensor grids are written as
 // channel with every row the same scale), `ignore` as given (module names left in float).
 nlohmann::ordered_json compressed_tensors_qconfig(const QuantSpec& s, bool act_order, const std::vector<std::string>& ignore);
+// The quantization_config around one config group (targets Linear) with these `weights` args and `format`.
+nlohmann::ordered_json ct_qconfig(const nlohmann::ordered_json& weights, const std::string& format,
+                                  const std::vector<std::string>& ignore);
 
 // fp16 copy of a float tensor; InputError naming the tensor when a value does not fit float16.
 HostTensor to_f16(const std::string& name, const at::Tensor& t, const std::string& path);
@@ -82,5 +89,17 @@ class AtomicDir {
 // Tokenizer files of a Hugging Face model beside the input (tokenizer.json, tokenizer_config.json,
 // special_tokens_map.json, tokenizer.model) copied into dir; a note says what was (not) written.
 void copy_tokenizer(const std::string& model_path, AtomicDir& dir, std::vector<std::string>& notes);
+
+// The linear roles of a block as the exports write them (Phi-3's fused ones under their own names).
+std::vector<const char*> linear_roles(const LlamaConfig& c);
+// Whether a role's rows are permuted from interleaved (llama2.c/Meta) to rotate-half RoPE, and the permutation.
+bool permutes(const LlamaConfig& c, const std::string& role);
+at::Tensor rope_perm(const LlamaConfig& c, const std::string& role);
+// A float parameter in HF row order as float16, read now.
+HostTensor weight_f16(const ExportInput& in, const std::string& name, const std::string& role, int64_t block);
+// Embedding, norms, lm_head (untied) and biases as float16 under their HF names; a note says so.
+void add_dense(const ExportInput& in, SafetensorsStreamWriter& out, std::vector<std::string>& notes);
+// The notes every export of `in` carries (the RoPE row permutation).
+void add_common_notes(const ExportInput& in, std::vector<std::string>& notes);
 
 }  // namespace mc::hfx

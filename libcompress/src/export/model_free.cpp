@@ -12,6 +12,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "export/fp_ct.h"
 #include "hf_input.h"
 #include "mcompress/checkpoint.h"
 #include "mcompress/error.h"
@@ -57,6 +58,14 @@ std::pair<double, double> weight_errors(const at::Tensor& w, const QuantResult& 
     mx = std::max(mx, double(d.abs().max().item<float>()));
   }
   return {sw > 0 ? std::sqrt(se / sw) : 0.0, mx};
+}
+
+// The same for a floating-point format (the whole tensor at once: FpQuantResult has no row slices).
+std::pair<double, double> fp_weight_errors(const at::Tensor& w, const FpQuantResult& q) {
+  const at::Tensor d = q.dequantize().sub_(w);
+  const double sw = at::sum(w.square(), at::kDouble).item<double>();
+  const double se = at::sum(d.square(), at::kDouble).item<double>();
+  return {sw > 0 ? std::sqrt(se / sw) : 0.0, double(d.abs().max().item<float>())};
 }
 
 // The input's config.json (key order kept), or nothing when there is none beside the weights.
@@ -128,8 +137,16 @@ ModelFreeResult quantize_model_free(const std::string& input, const std::string&
   auto reader = open_model_free_input(input);
   std::optional<nlohmann::ordered_json> config = input_config(input);  // before the plan: "already quantized"
   const std::vector<ModelFreeTensor> plan = model_free_plan(*reader, o);
-
   ModelFreeResult res;
+  if (o.fp) {  // the output format and every width, before anything is written
+    if (!ct) fail(kComp, "--scheme ", fp_scheme_name(*o.fp), " is written as compressed-tensors only, not '", o.format, "'");
+    hfx::fp_ct_format(*o.fp, input);
+    std::vector<std::pair<std::string, int64_t>> widths;
+    for (const ModelFreeTensor& t : plan)
+      if (t.quantize) widths.emplace_back(t.name, t.shape[1]);
+    hfx::fp_check_widths(*o.fp, widths, input, res.warnings);
+  }
+
   hfx::AtomicDir dir(out);
   std::set<std::string> shards_in;
   for (const ModelFreeTensor& t : plan) shards_in.insert(shard_of(*reader, t.name));
@@ -185,21 +202,33 @@ ModelFreeResult quantize_model_free(const std::string& input, const std::string&
         release_mapped_pages(v.data + b * esize, uint64_t((e - b) * esize));
       }
       const at::Tensor w = at::from_blob(f.data(), {t.shape[0], t.shape[1]}, at::kFloat);
-      const QuantResult q = rtn_quantize(w, spec, t.name);
       ModelFreeRow r{t.name, t.shape, t.dtype, t.nbytes};
-      std::tie(r.rel_error, r.max_abs_error) = weight_errors(w, q);
-      ragged = ragged || (spec.group_size > 0 && t.shape[1] % spec.group_size != 0);
-      lm_head_quantized = lm_head_quantized || is_lm_head(module_of(t.name));
-      if (ct) {
+      if (o.fp) {
+        const FpQuantResult fq = fp_quantize(w, *o.fp, t.name);
+        std::tie(r.rel_error, r.max_abs_error) = fp_weight_errors(w, fq);
         const uint64_t before = writer->spooled_bytes();
-        r.bytes_out = add_ct_parts(*writer, module_of(t.name), q, input);
-        total_tensor_bytes += writer->spooled_bytes() - before;
-        for (const char* part : {".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape"})
-          if (writer->contains(module_of(t.name) + part)) weight_map[module_of(t.name) + part] = shard;
+        for (const HostTensor& part : hfx::fp_ct_parts(module_of(t.name), fq)) {
+          writer->add(part);
+          weight_map[part.name] = shard;
+        }
+        r.bytes_out = writer->spooled_bytes() - before;
+        total_tensor_bytes += r.bytes_out;
       } else {
-        packed->add_quantized(t.name, q);
-        r.bytes_out = packed_bytes(q);
+        const QuantResult q = rtn_quantize(w, spec, t.name);
+        std::tie(r.rel_error, r.max_abs_error) = weight_errors(w, q);
+        ragged = ragged || (spec.group_size > 0 && t.shape[1] % spec.group_size != 0);
+        if (ct) {
+          const uint64_t before = writer->spooled_bytes();
+          r.bytes_out = add_ct_parts(*writer, module_of(t.name), q, input);
+          total_tensor_bytes += writer->spooled_bytes() - before;
+          for (const char* part : {".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape"})
+            if (writer->contains(module_of(t.name) + part)) weight_map[module_of(t.name) + part] = shard;
+        } else {
+          packed->add_quantized(t.name, q);
+          r.bytes_out = packed_bytes(q);
+        }
       }
+      lm_head_quantized = lm_head_quantized || is_lm_head(module_of(t.name));
       row = std::move(r);
     }
     release_mapped_pages(v.data, v.nbytes);
@@ -219,33 +248,37 @@ ModelFreeResult quantize_model_free(const std::string& input, const std::string&
     index["weight_map"] = weight_map;
     dir.write_text("model.safetensors.index.json", index.dump(2) + "\n");
   }
-  const std::string scheme = spec.describe();
+  const std::string scheme = o.fp ? fp_scheme_name(*o.fp) : spec.describe();
   if (ct) {
     std::vector<std::string> ignore;
     if (!lm_head_quantized) ignore.push_back("lm_head");
     for (const auto& m : float_modules)
       if (m != "lm_head") ignore.push_back(m);
-    const nlohmann::ordered_json qc = hfx::compressed_tensors_qconfig(spec, false, ignore);
+    const nlohmann::ordered_json qc =
+        o.fp ? hfx::fp_ct_qconfig(*o.fp, ignore) : hfx::compressed_tensors_qconfig(spec, false, ignore);
     nlohmann::ordered_json cfg = config ? *config : nlohmann::ordered_json::object();
     cfg["quantization_config"] = qc;
     dir.write_text("config.json", cfg.dump(2) + "\n");
-    res.notes.push_back(str("compressed-tensors pack-quantized, ", scheme, ": weight_packed int32 (", 32 / spec.bits,
-                            " codes per word), weight_scale float16",
-                            spec.symmetric ? "" : ", weight_zero_point int32 packed along the output dimension",
-                            ", weight_shape int64"));
+    if (o.fp)
+      res.notes.push_back(str("compressed-tensors ", hfx::fp_ct_format(*o.fp, input), ", ", scheme, ", weights only"));
+    else
+      res.notes.push_back(str("compressed-tensors pack-quantized, ", scheme, ": weight_packed int32 (", 32 / spec.bits,
+                              " codes per word), weight_scale float16",
+                              spec.symmetric ? "" : ", weight_zero_point int32 packed along the output dimension",
+                              ", weight_shape int64"));
     res.notes.push_back(sharded ? str(shards_in.size(), " shards with the input's file names, and model.safetensors.index.json")
                                 : std::string("one file: model.safetensors"));
     if (!config)
       res.warnings.push_back("no config.json beside the input: the output's config.json holds only quantization_config "
                              "(add the model's own keys before loading it in Transformers or vLLM)");
-    if (spec.bits != 4 && spec.bits != 8)
+    if (!o.fp && spec.bits != 4 && spec.bits != 8)
       res.warnings.push_back(str(spec.bits, "-bit weights: compressed-tensors reads them, but vLLM's WNA16 kernels load "
                                  "4 and 8 bits only"));
     if (ragged)
       res.warnings.push_back(str("group_size ", spec.group_size, " does not divide every input dimension: the last group "
                                  "of those rows is shorter (compressed-tensors counts ceil(in / group_size) groups; "
                                  "some vLLM kernels need whole groups)"));
-    if (spec.group_size < 0) res.notes.push_back("per-tensor grid written as per-channel (strategy channel), every row the same scale");
+    if (!o.fp && spec.group_size < 0) res.notes.push_back("per-tensor grid written as per-channel (strategy channel), every row the same scale");
   } else {
     if (config) dir.write_text("config.json", config->dump(2) + "\n");
     res.notes.push_back(str("mcompress packed layout (docs/packed-format.md), ", scheme, ": one file model.safetensors"));

@@ -46,11 +46,11 @@ const GgmlType kGgmlTypes[] = {
     {30, "BF16", DType::BF16},   {31, "Q4_0_4_4 (removed)", {}}, {32, "Q4_0_4_8 (removed)", {}},
     {33, "Q4_0_8_8 (removed)", {}}, {34, "TQ1_0", {}},         {35, "TQ2_0", {}},
     {36, "IQ4_NL_4_4 (removed)", {}}, {37, "IQ4_NL_4_8 (removed)", {}}, {38, "IQ4_NL_8_8 (removed)", {}},
-    {39, "MXFP4", {}},           {40, "NVFP4", {}},            {41, "Q1_0", {}},
+    {39, "MXFP4", DType::MXFP4},           {40, "NVFP4", {}},            {41, "Q1_0", {}},
     {42, "Q2_0", {}},
 };
 constexpr const char* kSupported =
-    "F32, F16, BF16, F64, I8, I16, I32, I64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K";
+    "F32, F16, BF16, F64, I8, I16, I32, I64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4";
 
 DType ggml_dtype(ByteCursor& c, const std::string& tensor, uint32_t id, uint64_t at) {
   for (const auto& t : kGgmlTypes) {

@@ -25,14 +25,14 @@ namespace mc {
 namespace fs = std::filesystem;
 
 const char* const kExportFormats =
-    "gguf:TYPE (TYPE: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, q4_k_m, auto), "
+    "gguf:TYPE (TYPE: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, mxfp4, q4_k_m, auto), "
     "hf-gptq, compressed-tensors, llama2c-q8";
 
 namespace {
 
 // The bytes per weight each GGUF type promises (block bytes / block values).
 double promised_bits(const std::string& type) {
-  for (int t = 0; t <= static_cast<int>(DType::Q6_K); ++t) {
+  for (int t = 0; t <= static_cast<int>(DType::MXFP4); ++t) {
     const auto& info = dtype_info(static_cast<DType>(t));
     if (type == info.name) return 8.0 * double(info.block_bytes) / double(info.block_elems);
   }

@@ -14,6 +14,7 @@
 #include "mcompress/job_data.h"
 #include "mcompress/pipeline.h"
 #include "mcompress/text_format.h"
+#include "quantize_stage.h"
 
 namespace mc {
 
@@ -24,7 +25,10 @@ namespace fs = std::filesystem;
 // The quantize options that mean something without a model.
 const std::set<std::string> kModelFreeOptions = {"model-free", "method", "bits", "group-size", "per-channel",
                                                  "per-tensor", "sym", "asym", "mse-clip", "targets", "ignore",
-                                                 "quantize-embeddings", "quantize-classifier", "format"};
+                                                 "quantize-embeddings", "quantize-classifier", "format", "scheme"};
+// With --scheme the integer grid's options mean nothing.
+const std::set<std::string> kIntegerGridOptions = {"bits", "group-size", "per-channel", "per-tensor", "sym", "asym",
+                                                   "mse-clip"};
 
 double dtype_bits(DType d) { return double(dtype_info(d).block_bytes) * 8; }
 
@@ -78,6 +82,16 @@ ModelFreeOptions model_free_options(const StageOptions& so) {
   o.format = so.has("format") ? so.text("format") : "compressed-tensors";
   if (o.format != "compressed-tensors" && o.format != "mcompress")
     so.fail("format", "'" + o.format + "' is not a model-free output (allowed: compressed-tensors, mcompress)");
+  if (so.has("scheme")) {
+    o.fp = scheme_option(so);
+    for (const auto& [name, value] : so.given())
+      if (kIntegerGridOptions.count(name)) so.fail(name, "does not apply with --scheme (a floating-point format)");
+    if (o.format != "compressed-tensors")
+      so.fail("format", "'" + o.format + "' has no floating-point layout; --scheme writes compressed-tensors");
+    if (*o.fp == FpScheme::mxfp8)
+      so.fail("scheme", "mxfp8 has no compressed-tensors format (allowed with --model-free: fp8, fp8-channel, "
+                        "fp8-block, mxfp4, nvfp4)");
+  }
   return o;
 }
 
@@ -86,10 +100,11 @@ JobResult run_model_free(const StageOptions& so, const JobIO& io, const EventSin
   const bool ct = o.format == "compressed-tensors";
   JobResult res;
   Report& rep = res.report;
-  rep.title = fs::path(io.model).filename().string() + ": model-free RTN " + o.spec.describe();
+  const std::string scheme = o.fp ? fp_scheme_name(*o.fp) : o.spec.describe();
+  rep.title = fs::path(io.model).filename().string() + ": model-free " + (o.fp ? scheme : "RTN " + scheme);
   rep.model = io.model;
   rep.output = io.out;
-  rep.method = "rtn";
+  rep.method = o.fp ? scheme : "rtn";
   rep.command_line = io.command_line;
   rep.settings = {{"bits", std::to_string(o.spec.bits)},
                   {"grid", o.spec.symmetric ? "symmetric" : "asymmetric"},
@@ -99,6 +114,10 @@ JobResult run_model_free(const StageOptions& so, const JobIO& io, const EventSin
                   {"format", o.format},
                   {"model-free", "yes: tensors selected by name, shape and dtype; errors are weight errors"}};
   if (o.spec.mse_clip) rep.settings["clip"] = "MSE search";
+  if (o.fp) {
+    for (const char* k : {"bits", "grid", "groups", "scales"}) rep.settings.erase(k);
+    rep.settings["scheme"] = scheme + " (weights only; rounding to nearest, ties to even, saturating)";
+  }
   rep.settings["targets"] = o.targets.empty() ? "default: 2-D floating-point *.weight tensors" : join(o.targets, ",");
   rep.settings["ignore"] = join(model_free_default_exclusions(o.embeddings, o.classifier), ",") +
                            (o.targets.empty() ? " (default exclusions)" : " (default exclusions, unused: --targets given)") +
@@ -110,8 +129,10 @@ JobResult run_model_free(const StageOptions& so, const JobIO& io, const EventSin
       p.name = t.name;
       p.params = shape_numel(t.shape);
       p.bits_before = p.bits_after = dtype_bits(t.dtype);
-      p.what = t.quantize ? "rtn " + o.spec.describe() : "copied (" + t.why + ")";
-      if (t.quantize) p.bits_after = estimated_bits(o.spec, t.shape[0], t.shape[1], ct);
+      p.what = t.quantize ? (o.fp ? scheme : "rtn " + scheme) : "copied (" + t.why + ")";
+      if (t.quantize)
+        p.bits_after = o.fp ? fp_scheme_bits_per_weight(*o.fp, t.shape[0], t.shape[1])
+                            : estimated_bits(o.spec, t.shape[0], t.shape[1], ct);
       rep.plan.push_back(p);
     }
     return res;
@@ -128,7 +149,7 @@ JobResult run_model_free(const StageOptions& so, const JobIO& io, const EventSin
       events.emit("progress", j.dump());
     }
     if (!events.text()) return;
-    const std::string what = row ? o.spec.describe() + fmt_num("  rel.err %.3e", row->rel_error) : "copied";
+    const std::string what = row ? scheme + fmt_num("  rel.err %.3e", row->rel_error) : "copied";
     char head[48];
     std::snprintf(head, sizeof head, "[%*lld/%lld] ", int(std::to_string(n).size()), static_cast<long long>(i),
                   static_cast<long long>(n));
@@ -141,7 +162,7 @@ JobResult run_model_free(const StageOptions& so, const JobIO& io, const EventSin
       LayerRow l;
       l.name = row.name;
       l.shape = shape_str(row.shape);
-      l.scheme = o.spec.describe();
+      l.scheme = scheme;
       l.params = shape_numel(row.shape);
       l.bits_per_weight = double(row.bytes_out) * 8 / double(l.params);
       l.rel_weight_error = row.rel_error;

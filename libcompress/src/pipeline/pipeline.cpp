@@ -32,6 +32,8 @@ ModelFreeOptions model_free_options(const StageOptions& so);
 void check_stage(const StageOptions& so) {
   if (so.pass() == "quantize" && so.flag("model-free")) {
     model_free_options(so);
+  } else if (so.pass() == "quantize" && so.has("scheme")) {
+    fp_scheme_options(so);
   } else if (so.pass() == "quantize") {
     quantize_stage(so);
   } else if (so.pass() == "prune") {
@@ -54,6 +56,7 @@ void check_stage(const StageOptions& so) {
 JobResult run_stage(const StageOptions& so, const JobIO& io, const EventSink& events) {
   check_stage(so);
   if (so.pass() == "quantize" && so.flag("model-free")) return run_model_free(so, io, events);
+  if (so.pass() == "quantize" && so.has("scheme")) return run_quantize_fp(so, io, events);
   if (so.pass() == "quantize") return run_quantize(so, io, events);
   if (so.pass() == "prune") return run_prune(so, io, events);
   if (io.dry_run) fail("pipeline", so.where(), ": --dry-run plans quantize and prune stages, not ", so.pass());

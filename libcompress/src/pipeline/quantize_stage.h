@@ -4,7 +4,9 @@
 #include <string>
 
 #include "mcompress/methods.h"
+#include "mcompress/pipeline.h"
 #include "mcompress/ptq.h"
+#include "mcompress/quant/fp_formats.h"
 #include "mcompress/stage_options.h"
 #include "mcompress/text_format.h"
 
@@ -27,6 +29,11 @@ QuantizeStage quantize_stage(const StageOptions& so);
 // The stage's --method from the method table (methods.h); InputError naming where and the allowed names.
 const MethodInfo& method_of(const StageOptions& so, MethodKind kind);
 std::string quantize_title(const QuantizeStage& st, const std::string& model_path);
+// quantize --scheme (quantize_fp_job.cpp): the --scheme value as a format (InputError naming the allowed ones),
+// and the stage's checked options on a model (options that do not apply, a scheme without an output format).
+FpScheme scheme_option(const StageOptions& so);
+FpScheme fp_scheme_options(const StageOptions& so);
+JobResult run_quantize_fp(const StageOptions& so, const JobIO& io, const EventSink& events);
 
 // With --keep-sparsity: writes a layer with zeros in the sparse layout that costs the least (bitmask,
 // 2:4 or 4:8) when that beats the dense packed layout; false when the dense layout is smaller.

@@ -97,6 +97,13 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
                  "'embed', GPT-2's wte/wpe), lm_head, norms and MoE routers (modules ending in .gate/_gate); "
                  "--targets/--ignore match tensor or module names (plain name, glob, or re:REGEX); --group-size "
                  "0 or -1: per channel. Other tensors are copied unchanged; one output shard per input shard"},
+                {"scheme", T::Text, "",
+                 "a floating-point weight format instead of an integer grid: fp8 | fp8-channel | fp8-block (E4M3, "
+                 "float32 scale per tensor / output channel / 128x128 block) | mxfp4 | mxfp8 (OCP MX: E2M1 / E4M3, "
+                 "E8M0 scale per 32) | nvfp4 (E2M1, E4M3 scale per 16, float32 tensor scale). Weights only, no "
+                 "calibration; the model is evaluated with the dequantized weights and written as compressed-tensors "
+                 "(float-quantized, mxfp4-pack-quantized, nvfp4-pack-quantized; mxfp8 has no such format and is "
+                 "refused). With --model-free: any safetensors checkpoint"},
                 {"format", T::Text, "compressed-tensors",
                  "with --model-free: compressed-tensors (pack-quantized, as vLLM loads it) | mcompress (our packed "
                  "file)"},

@@ -5,6 +5,11 @@
 //
 // Types (GgufExportOptions::type):
 //   f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k   every 2-D weight in that type
+//   mxfp4    ggml MXFP4 (type 39; llama ftype 38): each block of 32 is quant/fp_formats.h's mxfp4 group (OCP MX
+//            exponent floor(log2 amax) - 2 as the E8M0 byte, E2M1 codes rounded to nearest even, saturating)
+//            with element j in the low nibble of byte j and element j + 16 in its high nibble; ggml's
+//            kvalues_mxfp4 are the E2M1 values doubled and GGML_E8M0_TO_FP32_HALF halves the scale, so a block
+//            decodes to exactly fp_quantize(mxfp4).dequantize() of its group
 //   q4_k_m   llama.cpp's Q4_K_M mix, simplified from llama_tensor_get_type: Q4_K everywhere, but Q6_K for
 //            output.weight (token_embd.weight when the classifier is tied: llama.cpp then treats it as the
 //            output), and for attn_v / ffn_down of the layers where use_more_bits(i, n) holds
@@ -39,7 +44,7 @@ class Model;
 // algorithms of ggml's quantize_row_*_ref. Q4_K, Q5_K: ggml's reference (make_qkx2_quants per sub-block,
 // 6-bit scales and mins), then a search over the super-block scales d/dmin keeping the one with the least
 // squared error. Q6_K: ggml's reference (make_qx_quants per 16 values, int8 scales) with the same search
-// over d. Throws InputError for other types or a bad n. Non-finite inputs are refused.
+// over d. MXFP4: fp_quantize(mxfp4) per block (above; ggml's quantize_row_mxfp4_ref picks the same exponent). Throws InputError for other types or a bad n. Non-finite inputs are refused.
 void encode_blocks(DType t, const float* x, int64_t n, uint8_t* dst);
 // Sum of squared errors of encode_blocks's reconstruction (for tests and the export summary).
 double block_encoding_sse(DType t, const float* x, int64_t n);

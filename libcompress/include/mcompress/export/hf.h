@@ -15,10 +15,12 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "mcompress/quant/fp_formats.h"
 #include "mcompress/quant/rtn.h"
 #include "mcompress/tensor.h"
 
@@ -33,6 +35,11 @@ struct ExportSummary {
 ExportSummary export_hf_gptq(const std::string& model_path, const std::string& out_dir);
 ExportSummary export_compressed_tensors(const std::string& model_path, const std::string& out_dir);
 ExportSummary export_llama2c_q8(const std::string& model_path, const std::string& out_file);
+// A float llama model as a compressed-tensors directory with the blocks' linear layers whose checkpoint name
+// `selected` accepts in a floating-point format (export/fp_ct.h: float-quantized fp8, mxfp4-pack-quantized,
+// nvfp4-pack-quantized; mxfp8 is refused), the rest float16. Widths checked before anything is written.
+ExportSummary export_compressed_tensors_fp(const std::string& model_path, const std::string& out_dir, FpScheme s,
+                                           const std::function<bool(const std::string&)>& selected);
 
 // Reading a GPTQ export back (for load_model on a Hugging Face directory whose config.json has
 // quantization_config.quant_method "gptq", checkpoint_format "gptq" or absent): every

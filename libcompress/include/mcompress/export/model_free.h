@@ -33,9 +33,11 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "mcompress/quant/fp_formats.h"
 #include "mcompress/quant/rtn.h"
 #include "mcompress/tensor.h"
 
@@ -49,6 +51,9 @@ struct ModelFreeOptions {
   bool embeddings = false;  // lift the default exclusion of embeddings
   bool classifier = false;  // ... and of lm_head
   std::string format = "compressed-tensors";  // or "mcompress"
+  // A floating-point format instead of `spec` (quant/fp_formats.h), written as compressed-tensors
+  // float-quantized / mxfp4-pack-quantized / nvfp4-pack-quantized (export/fp_ct.h); compressed-tensors only.
+  std::optional<FpScheme> fp;
 };
 
 // The default exclusions as patterns (what --help states): embeddings, lm_head, norms, MoE routers.
