@@ -32,7 +32,7 @@ __all__ = ["quantize_", "prune_", "to_state_dict", "save"]
 
 # What the library's quantize_model / prune_model offer that changes only weights (smoothquant also
 # quantizes activations, which a torch module would not do).
-_QUANT_METHODS = ("gptq", "rtn", "awq", "imatrix")
+_QUANT_METHODS = ("gptq", "rtn", "hqq", "awq", "imatrix")
 _PRUNE_METHODS = ("sparsegpt", "wanda", "magnitude")
 
 
@@ -81,7 +81,7 @@ def _report(engine, result):
     return rows
 
 
-def quantize_(module, calib_batches, method="gptq", bits=4, group_size=128, act_order=False, sym=True,
+def quantize_(module, calib_batches, method="gptq", bits=4, group_size=128, act_order=False, sym=None,
               blocks=None, targets=None, ignore=None, progress=None, damp=0.01, fp64=False, scale_groups=None):
     """Quantizes the nn.Linear layers of `module` in place and returns a report (one dict per layer:
     name, method, scheme, shape, block, rel_output_error on the calibration inputs where measured, note).
@@ -92,8 +92,9 @@ def quantize_(module, calib_batches, method="gptq", bits=4, group_size=128, act_
     is selected. Linear layers selected outside the blocks are quantized with RTN.
     method: "gptq" (error compensation through the inverse Hessian), "awq" (activation-aware scales
     folded into the LayerNorm/RMSNorm whose output a group of layers reads, or into a Linear named in
-    ``scale_groups``, then a clip search and RTN), "imatrix", "rtn" (calib_batches may be None; given,
-    they measure each layer's error). group_size None/0: per output channel. scale_groups: {Linear
+    ``scale_groups``, then a clip search and RTN), "imatrix", "rtn" and "hqq" (calib_batches may be None;
+    given, they measure each layer's error; hqq fits each group's zero point, asymmetric only). sym: None =
+    symmetric, except hqq (asymmetric). group_size None/0: per output channel. scale_groups: {Linear
     name: [names of the Linear layers of its block reading its outputs one to one]} for structures where
     a per-channel scale commutes with what lies between (attention's values -> output projection,
     SwiGLU's up -> down projection). progress: None (printed on a terminal), False, True, or a callable
@@ -103,7 +104,9 @@ def quantize_(module, calib_batches, method="gptq", bits=4, group_size=128, act_
     """
     if method not in _QUANT_METHODS:
         raise InputError(f"[torch] method '{method}' is not available (allowed: {', '.join(_QUANT_METHODS)})")
-    batches = _batches(calib_batches, method != "rtn", "quantize_")
+    batches = _batches(calib_batches, method not in ("rtn", "hqq"), "quantize_")
+    if sym is None:
+        sym = method != "hqq"
     with Engine(module, batches, blocks) as engine:
         for prev, readers in (scale_groups or {}).items():
             engine.model.declare_scale_group(prev, list(readers))

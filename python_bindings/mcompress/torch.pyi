@@ -5,7 +5,7 @@ PathLike = Any
 Progress = Union[None, bool, Callable[[Dict[str, Any]], None]]
 
 def quantize_(module: Any, calib_batches: Iterable[Any], method: str = ..., bits: int = ...,
-              group_size: Optional[int] = ..., act_order: bool = ..., sym: bool = ...,
+              group_size: Optional[int] = ..., act_order: bool = ..., sym: Optional[bool] = ...,
               blocks: Optional[Sequence[Any]] = ..., targets: Optional[Sequence[str]] = ...,
               ignore: Optional[Sequence[str]] = ..., progress: Progress = ..., damp: float = ...,
               fp64: bool = ..., scale_groups: Optional[Mapping[str, Sequence[str]]] = ...) -> List[Dict[str, Any]]: ...

@@ -421,9 +421,9 @@ def llama_scale_groups():
     return groups
 
 
-@pytest.mark.parametrize("method", ["gptq", "rtn", "awq"])
+@pytest.mark.parametrize("method", ["gptq", "rtn", "awq", "hqq"])
 def test_same_codes_as_the_cli(llama_pair, tmp_path, method):
-    """GPTQ / RTN / AWQ int4 g32 on the same checkpoint and calibration tokens: the CLI's packed file and
+    """GPTQ / RTN / AWQ / HQQ (asymmetric, float16 zero points) int4 g32 on the same checkpoint and calibration tokens: the CLI's packed file and
     mcompress.torch's are the same tensors, bit for bit (codes, fp16 scales, and for AWQ the norms and
     projections its scales were folded into). Exact, not within a tolerance: both run the same C++ (layer
     selection, engine, Hessian accumulation in the same batch order, GPTQ / AWQ), and the torch module
