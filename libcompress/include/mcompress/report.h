@@ -44,6 +44,7 @@ struct PlanRow {
   double bits_after = 32;               // estimated stored bits per weight after (codes, scales, masks)
   double keep = 1;                      // pruning: the fraction of weights stored
   double index_bits = 0;                // pruning, sparse storage: mask or positions per weight
+  int code_bits = 0;                    // quantized: the widest code (the journal's size); 0 = not quantized
 };
 
 struct StepRow {

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -61,10 +62,10 @@ int64_t apply_lora_adapter(Model& model, const std::string& dir) {
   for (const auto& [layer, names] : pairs) {
     if (names.first.empty() || names.second.empty())
       fail("lora", st_path, ": layer ", layer, " has ", names.first.empty() ? "lora_B without lora_A" : "lora_A without lora_B");
-    const LayerInfo* l = nullptr;
-    for (const auto& x : model.layers())
-      if (x.name == layer) l = &x;
-    if (!l) fail("lora", st_path, ": tensor ", names.first, ": the model has no layer '", layer, "'");
+    const auto& layers = model.layers();
+    const auto it = std::find_if(layers.begin(), layers.end(), [&](const LayerInfo& x) { return x.name == layer; });
+    if (it == layers.end()) fail("lora", st_path, ": tensor ", names.first, ": the model has no layer '", layer, "'");
+    const LayerInfo* l = &*it;
     const at::Tensor A = to_torch(reader->load(names.first)).to(at::kFloat);
     const at::Tensor B = to_torch(reader->load(names.second)).to(at::kFloat);
     const at::Tensor w = model.param(l->weight).to(at::kFloat);

@@ -158,10 +158,8 @@ void JobRun::check_disk(bool calibrated) {
   double out = double(model_bytes(io.model)), codes = 0;
   for (const auto& p : rep.plan) {
     out += double(p.params) * (p.bits_after - p.bits_before) / 8;
-    // The journal keeps a block's codes, two a byte up to 4 bits (a byte each above: counted as such
-    // when the plan does not say; a larger estimate only asks for more room).
-    codes += double(p.params) * (p.what.find("int4") != std::string::npos || p.what.find("int3") != std::string::npos ||
-                                         p.what.find("int2") != std::string::npos ? 0.5 : 1.0);
+    // The journal keeps a block's codes: two a byte up to 4 bits, a byte each above (journal.h).
+    codes += double(p.params) * (p.code_bits > 0 && p.code_bits <= 4 ? 0.5 : 1.0);
   }
   double hidden = 0;
   if (calibrated && calib_x.defined() && calib_x.dim() == 2)

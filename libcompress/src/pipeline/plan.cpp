@@ -90,6 +90,9 @@ std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_pat
         row.what = method + " " + spec->describe() + (override ? " (override)" : "");
         row.bits_after = grid_bits(*spec, in_f, float_zeros && !rtn_only);
       }
+      // Mixed precision may pick any candidate for a layer: counted at 8 bits (a larger estimate only asks
+      // for more room).
+      row.code_bits = o.target_bpw > 0 && !override ? 8 : spec->bits;
       if (st.w8a8 && l->kind == LayerKind::Linear && !rtn_only)
         row.what += ", activations int" + std::to_string(o.act_bits) + " per token";
       plan.push_back(row);
@@ -119,6 +122,7 @@ std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_pat
       row.keep = st.storage == "sparse" ? keep : 1.0;
       row.index_bits = st.storage == "sparse" ? (o.prune_m ? keep * 2.0 : 1.0) : 0.0;
       row.bits_after = row.keep * value_bits + row.index_bits;
+      if (o.quant) row.code_bits = o.quant->bits;
       plan.push_back(row);
     }
   } else {

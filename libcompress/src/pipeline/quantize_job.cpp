@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "job.h"
@@ -70,19 +71,14 @@ void write_eora_adapter(const std::map<std::string, LowRankAdapter>& adapters, i
     }
     modules.insert(layer.substr(layer.rfind('.') + 1));
   }
-  std::string targets;
-  for (const auto& m : modules) targets += (targets.empty() ? "\"" : ", \"") + m + "\"";
   write_safetensors((fs::path(dir) / "adapter_model.safetensors").string(), tensors,
                     {{"format", "pt"}, {"method", "eora"}});
-  write_file_atomic((fs::path(dir) / "adapter_config.json").string(),
-                    "{\n  \"peft_type\": \"LORA\",\n  \"task_type\": \"CAUSAL_LM\",\n  \"r\": " +
-                        std::to_string(rank) + ",\n  \"lora_alpha\": " + std::to_string(rank) +
-                        ",\n  \"lora_dropout\": 0.0,\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n"
-                        "  \"inference_mode\": true,\n  \"target_modules\": [" + targets +
-                        "],\n  \"base_model_name_or_path\": \"" + fs::path(base_model).filename().string() +
-                        "\",\n  \"comment\": \"EoRA correction fitted by mcompress to the quantized model in the "
-                        "parent directory\"\n}\n",
-                    "quantize");
+  const nlohmann::json cfg = {
+      {"peft_type", "LORA"}, {"task_type", "CAUSAL_LM"}, {"r", rank}, {"lora_alpha", rank}, {"lora_dropout", 0.0},
+      {"bias", "none"}, {"fan_in_fan_out", false}, {"inference_mode", true}, {"target_modules", modules},
+      {"base_model_name_or_path", fs::path(base_model).filename().string()},
+      {"comment", "EoRA correction fitted by mcompress to the quantized model in the parent directory"}};
+  write_file_atomic((fs::path(dir) / "adapter_config.json").string(), cfg.dump(2) + "\n", "quantize");
 }
 
 }  // namespace
@@ -315,11 +311,12 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
     std::vector<MetricRow> rows;
     std::string proto;
     evaluate_into(*job.reloaded, base.get(), job.ed, job.eo, true, rows, proto);
+    const std::string suffix = " (with the EoRA rank-" + std::to_string(po.eora_rank) + " adapter)";
     for (auto& m : rows) {
-      m.name += " (with the EoRA rank-" + std::to_string(po.eora_rank) + " adapter)";
+      for (const auto& b : rep.metrics)  // the baseline column is the same model's
+        if (b.name == m.name) m.baseline = b.baseline;
+      m.name += suffix;
       m.is_primary = false;
-      for (const auto& b : rep.metrics)
-        if (b.name + " (with the EoRA rank-" + std::to_string(po.eora_rank) + " adapter)" == m.name) m.baseline = b.baseline;
       rep.metrics.push_back(m);
     }
     job.step("evaluate compressed + EoRA adapter");
