@@ -127,7 +127,9 @@ def quantize(model, output, *, progress=None, **options):
     the report. Options as ``mcompress quantize --help``: method ("rtn", "hqq", "imatrix", "gptq", "awq",
     "smoothquant"), bits, group_size, per_channel, sym/asym, calib, calib_samples, calib_seqlen, seed,
     eval, targets, ignore, override=[...], target_bpw, act_order, true_sequential, keep_sparsity,
-    eora=RANK (an EoRA LoRA adapter in `output`/eora, evaluated with and without), threads, ... progress: None (printed on a terminal), False (silent) or a callable receiving event
+    eora=RANK (an EoRA LoRA adapter in `output`/eora, evaluated with and without), rotate ("hadamard" or
+    "hadamard-online": QuaRot-style rotations first), act_bits=8|4 (per-token quantized inputs, any method),
+    threads, ... progress: None (printed on a terminal), False (silent) or a callable receiving event
     dicts ({"event": "progress", "layer": ..., "index": i, "total": n, ...})."""
     return _command("quantize", [model], {"output": output, **options}, progress, output)
 

@@ -36,6 +36,9 @@ CASES = {
     "gptq-mixed-quant": (["quantize", "--method", "gptq", "--bits", "4", "--target-bpw", "3.5"], "quantize-block-2"),
     "awq": (["quantize", "--method", "awq", "--bits", "4", "--group-size", "32"], "quantize-block-1"),
     "smoothquant": (["quantize", "--method", "smoothquant"], "quantize-block-2"),
+    # The Hadamard pre-pass runs again on resume (deterministic) before the journaled blocks are restored.
+    "gptq-rotate-w4a4": (["quantize", "--method", "gptq", "--bits", "4", "--group-size", "32", "--rotate",
+                          "hadamard-online", "--act-bits", "4"], "quantize-block-2"),
     "sparsegpt-owl-int4": (["prune", "--method", "sparsegpt", "--sparsity", "0.5", "--distribution", "owl",
                             "--bits", "4"], "prune-block-1"),
 }

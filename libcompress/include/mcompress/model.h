@@ -32,6 +32,10 @@ struct LayerInfo {
   // Linear only: the input is quantized per token (dynamic, symmetric, this many bits) before the
   // matmul (SmoothQuant W8A8); 0 = float input. See Model::set_input_quant.
   int act_bits = 0;
+  // Linear only: the input is rotated by the Hadamard matrix of size in_features (x -> x H, quant/hadamard.h)
+  // before the matmul and before any input quantization (QuaRot's online R4 on down_proj; the weight holds
+  // W H). See Model::set_input_hadamard.
+  bool input_hadamard = false;
 };
 
 // Layers that read the output of one parameter, so a per-input-channel scale s can move between them
@@ -120,6 +124,9 @@ class Model {
   // int8 weights registered by set_int8_weight, the matmul is a real int8 x int8 -> int32 product;
   // otherwise it is simulated in float (quantize, dequantize, float matmul).
   void set_input_quant(const std::string& layer, int bits);
+  // Online Hadamard: linear `layer` multiplies its input by H (size in_features) before the matmul, the
+  // hooks and any input quantization; its weight must already be W H for the same function (quant/rotate.h).
+  void set_input_hadamard(const std::string& layer, bool on);
   // Registers the weight of `layer` as int8 codes q [out, in] (-128..127) with per-output-channel
   // scales [out]: the current float weight must equal q * scale exactly (throws InputError naming the
   // layer otherwise). Dropped when the weight is replaced by set_param.
@@ -220,6 +227,9 @@ class KeepStoredDtype {
 // Metadata key of W8A8 checkpoints: {"layers": {"<layer>": {"bits": 8, "granularity": "per-token",
 // "symmetric": true, "dynamic": true}}}; load_model restores the input quantization from it.
 inline constexpr const char* kActivationMetadataKey = "mcompress.activations";
+// Metadata key of rotated checkpoints (quant/rotate.h): {"rotation": "hadamard", "online_hadamard": ["<layer>", ...],
+// ...}; load_model turns on the online Hadamard of the layers listed.
+inline constexpr const char* kRotationMetadataKey = "mcompress.rotation";
 
 // Loads a llama2.c checkpoint, a Hugging Face directory (config.json + model.safetensors or a sharded
 // index), a checkpoint saved by mcompress (config in its metadata, possibly packed-quantized), or a

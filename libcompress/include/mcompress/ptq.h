@@ -83,6 +83,10 @@ struct PtqOptions {
   // SmoothQuant.
   double smooth_alpha = 0.5;
   int act_bits = 8;
+  // Any method (W4A8, W4A4): every quantized linear's input is also quantized per token at act_bits bits
+  // (dynamic, symmetric; Model::set_input_quant) once its weight is, so later blocks calibrate on what the
+  // quantized model computes. smoothquant does this whatever the flag says.
+  bool quantize_activations = false;
   // EoRA (quant/eora.h): > 0 fits a rank-`eora_rank` correction of each calibrated layer's error; the
   // model holds Ŵ + B A from then on (later blocks calibrate on the corrected outputs), the result the
   // codes of Ŵ and the adapter.
@@ -107,7 +111,7 @@ struct PtqOptions {
 
 struct PtqResult {
   std::map<std::string, QuantResult> quantized;  // by weight key
-  std::map<std::string, int> act_bits;           // layer name -> activation bits (smoothquant)
+  std::map<std::string, int> act_bits;           // layer name -> activation bits (smoothquant, quantize_activations)
   std::map<std::string, LowRankAdapter> adapters;  // layer name -> EoRA correction (eora_rank > 0)
   std::vector<LayerRow> layers;                  // per quantized layer (bits_per_weight left to the writer)
   std::vector<std::string> warnings;

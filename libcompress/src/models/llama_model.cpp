@@ -184,9 +184,21 @@ std::vector<ScaleGroup> LlamaModel::scale_groups(int block) const {
   g.push_back(vo);
   g.push_back({L(kFfnNorm).weight, "", true, {L(kW1).name, L(kW3).name}});
   g.back().norm_offset = off;
-  // down's input is silu(gate) * up: scaling up's output channels scales it.
-  g.push_back({L(kW3).weight, "", false, {L(kW2).name}});
+  // down's input is silu(gate) * up: scaling up's output channels scales it. Not with an online Hadamard on
+  // down's input (--rotate hadamard-online): down then reads (u / s) H, which a column scale cannot undo.
+  if (!L(kW2).input_hadamard) g.push_back({L(kW3).weight, "", false, {L(kW2).name}});
   return g;
+}
+
+void LlamaModel::untie_classifier() {
+  if (!cfg_.tied) return;
+  const std::string embed_key = llama_param_name(cfg_, "embed"), out_key = llama_param_name(cfg_.names, "output");
+  params_[out_key] = float_param(embed_key).clone();
+  tied_.erase(out_key);
+  for (auto it = tied_.begin(); it != tied_.end();)
+    it = it->second == out_key || it->first == embed_key ? tied_.erase(it) : std::next(it);
+  layers_[output_layer_].weight = out_key;
+  cfg_.tied = false;
 }
 
 void LlamaModel::ensure_rope_tables(int64_t length) {

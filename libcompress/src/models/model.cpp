@@ -13,6 +13,7 @@
 
 #include "mcompress/error.h"
 #include "mcompress/int8_gemm.h"
+#include "mcompress/quant/hadamard.h"
 #include "mcompress/streamed_model.h"
 #include "mcompress/tensor.h"
 
@@ -247,7 +248,8 @@ void Model::page_out_block(int k) {
   }
 }
 
-at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x) {
+at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x_in) {
+  const at::Tensor x = layer.input_hadamard ? hadamard_transform(x_in) : x_in;  // online R4 (QuaRot)
   at::Tensor y;
   if (layer.act_bits > 0) {
     const at::Tensor w = float_param(layer.weight);
@@ -321,6 +323,14 @@ void Model::set_input_quant(const std::string& name, int bits) {
   if (l.kind != LayerKind::Linear) fail("model", "layer ", name, ": input quantization needs a linear layer");
   if (bits != 0 && (bits < 2 || bits > 8)) fail("model", "layer ", name, ": activation bits ", bits, " outside 2..8");
   l.act_bits = bits;
+}
+
+void Model::set_input_hadamard(const std::string& name, bool on) {
+  auto it = layer_index_.find(name);
+  if (it == layer_index_.end()) fail("model", arch(), " model has no layer '", name, "'");
+  LayerInfo& l = layers_[it->second];
+  if (l.kind != LayerKind::Linear) fail("model", "layer ", name, ": an online Hadamard needs a linear layer");
+  l.input_hadamard = on;
 }
 
 void Model::set_int8_weight(const std::string& name, const at::Tensor& scale_in) {

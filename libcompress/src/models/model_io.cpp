@@ -20,6 +20,7 @@
 #include "mcompress/models/llama.h"
 #include "mcompress/quant/packed.h"
 #include "mcompress/quant/packed_entries.h"
+#include "mcompress/quant/rotate.h"
 #include "mcompress/streamed_model.h"
 #include "mcompress/torch_bridge.h"
 
@@ -160,12 +161,19 @@ std::unique_ptr<Model> build_model(const std::string& path, const LoadOptions& o
        "Face directory or a checkpoint saved by mcompress");
 }
 
+// Rotated checkpoints: the online Hadamards kRotationMetadataKey lists (quant/rotate.h).
 // W8A8 checkpoints: kActivationMetadataKey lists the layers whose inputs are quantized; those whose
 // packed weight is int8 symmetric per channel also get their codes for the int8 kernel.
-void apply_activation_metadata(Model& model, const std::string& path) {
-  if (fs::is_directory(path)) return;
+void apply_activation_metadata(Model& model, const std::string& dir_or_file) {
+  std::string path = dir_or_file;
+  if (fs::is_directory(path)) {  // an mcompress output directory: its model.safetensors (as build_model reads it)
+    const fs::path ours = fs::path(path) / "model.safetensors";
+    if (fs::exists(fs::path(path) / "config.json") || !fs::exists(ours)) return;
+    path = ours.string();
+  }
   auto reader = open_checkpoint(path);
   const auto meta = reader->metadata();
+  if (auto rot = meta.find(kRotationMetadataKey); rot != meta.end()) apply_rotation_metadata(model, rot->second, path);
   auto it = meta.find(kActivationMetadataKey);
   if (it == meta.end()) return;
   nlohmann::json j, packed;

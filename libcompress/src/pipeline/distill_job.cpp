@@ -275,6 +275,8 @@ JobResult run_distill(const StageOptions& so, const JobIO& io, const EventSink& 
     dopts.frozen = read_frozen_grids(*reader);
     auto act = reader->metadata().find(kActivationMetadataKey);  // W8A8: activations stay quantized
     if (act != reader->metadata().end()) student_extra_meta[act->first] = act->second;
+    auto rot = reader->metadata().find(kRotationMetadataKey);  // --rotate hadamard-online: R4 stays online
+    if (rot != reader->metadata().end()) student_extra_meta[rot->first] = rot->second;
     packed_student = !dopts.frozen.empty();
     for (auto& [k, g] : dopts.frozen) g.to(student->device());
     int64_t nq = 0, ns = 0;

@@ -18,6 +18,7 @@
 #include "mcompress/export/hf.h"
 #include "mcompress/job_data.h"
 #include "mcompress/model.h"
+#include "mcompress/quant/rotate.h"
 #include "quantize_stage.h"
 
 namespace mc {
@@ -51,6 +52,12 @@ std::string run_export(const ExportJob& job, const EventSink& events) {
   if (!gguf && format != "hf-gptq" && format != "compressed-tensors" && format != "llama2c-q8")
     fail("export", "--format '", format, "' is not available (allowed: ", kExportFormats, ")");
   if (tokenizer.empty()) tokenizer = find_tokenizer(in);
+  // --rotate hadamard-online: down_proj's input is rotated at run time (quant/rotate.h); without that op
+  // the exported model would compute another function.
+  if (const size_t online = online_hadamard_layers(in))
+    fail("export", in, ": quantized with --rotate hadamard-online: ", online, " layers (down_proj) multiply their input "
+         "by a Hadamard matrix at run time, which ", format, " files cannot express; quantize with --rotate hadamard "
+         "(R1 + R2, fully offline) to export, or run this model with mcompress eval / generate");
 
   nlohmann::json result = {{"model", in}, {"output", out}, {"format", format}};
   const bool results = !events.json;  // -q drops the per-tensor table; sizes and metrics are results

@@ -93,7 +93,7 @@ std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_pat
       // Mixed precision may pick any candidate for a layer: counted at 8 bits (a larger estimate only asks
       // for more room).
       row.code_bits = o.target_bpw > 0 && !override ? 8 : spec->bits;
-      if (st.w8a8 && l->kind == LayerKind::Linear && !rtn_only)
+      if ((st.w8a8 || o.quantize_activations) && l->kind == LayerKind::Linear && !rtn_only)
         row.what += ", activations int" + std::to_string(o.act_bits) + " per token";
       plan.push_back(row);
     }

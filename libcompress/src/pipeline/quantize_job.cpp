@@ -154,6 +154,18 @@ QuantizeStage quantize_stage(const StageOptions& so) {
     st.needs_calibration = true;  // the adapter is fitted to the calibration inputs
     st.calibration_for = "--eora";
   }
+  if (so.has("act-bits") && !st.w8a8) {  // W4A8, W4A4: any weight method with quantized inputs
+    if (o.act_bits < 2 || o.act_bits > 8) so.fail("act-bits", std::to_string(o.act_bits) + " outside 2..8");
+    if (o.eora_rank > 0) so.fail("act-bits", "does not apply with --eora: an adapter beside the layers would not quantize its input");
+    o.quantize_activations = true;
+  }
+  st.rotate = so.text("rotate");
+  if (st.rotate != "none" && st.rotate != "hadamard" && st.rotate != "hadamard-online")
+    so.fail("rotate", "'" + st.rotate + "' is not a rotation (allowed: none, hadamard, hadamard-online)");
+  st.rotation.online = st.rotate == "hadamard-online";
+  st.rotation.seed = so.unsigned_integer("rotate-seed");
+  if (st.rotation.online && o.eora_rank > 0)
+    so.fail("rotate", "hadamard-online does not apply with --eora: a LoRA runtime would not rotate down_proj's input");
   st.simulate_int8 = so.flag("simulate-int8");
   o.candidate_bits.clear();
   for (const auto& b : so.list("bits-candidates")) {
@@ -170,7 +182,8 @@ QuantizeStage quantize_stage(const StageOptions& so) {
 std::string quantize_title(const QuantizeStage& st, const std::string& model_path) {
   const PtqOptions& o = st.ptq;
   return fs::path(model_path).filename().string() + ": " + st.label + " " + o.spec.describe() +
-         (st.w8a8 ? ", a" + std::to_string(o.act_bits) : "") +
+         (st.w8a8 || o.quantize_activations ? ", a" + std::to_string(o.act_bits) : "") +
+         (st.rotate != "none" ? ", rotated (" + st.rotate + ")" : "") +
          (o.target_bpw > 0 ? ", mixed " + fmt_num("%g", o.target_bpw) + " bits" : "");
 }
 
@@ -199,6 +212,10 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   if (st.w8a8)
     rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric (alpha " +
                                   fmt_num("%g", po.smooth_alpha) + ")";
+  if (po.quantize_activations)
+    rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric, every "
+                                  "quantized linear's input";
+  if (st.rotate != "none") rep.settings["rotation"] = st.rotate;  // the pass's summary replaces it
   if (po.true_sequential) rep.settings["order"] = "true-sequential";
   if (po.eora_rank > 0)
     rep.settings["EoRA"] = "rank " + std::to_string(po.eora_rank) + " correction of each calibrated layer, fitted in "
@@ -237,6 +254,13 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
 
   job.check_disk(needs);  // before any work: the estimate from the plan and the calibration set
   if (st.calibrated) job.calibration_plan(method);
+  RotateResult rotation;
+  if (st.rotate != "none") {  // deterministic: a resumed run rotates again to the same weights
+    job.start();
+    rotation = rotate_model(model, st.rotation);
+    rep.settings["rotation"] = rotation.summary;
+    job.step("rotate (" + st.rotate + ")");
+  }
   job.start();
   po.progress = events.layer_progress(method);
   po.pass_progress = events.pass_progress(method);
@@ -276,6 +300,7 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
     }
   auto meta = model.config_metadata();
   if (!res.act_bits.empty()) meta[kActivationMetadataKey] = activation_metadata(res.act_bits);
+  if (st.rotate != "none") meta[kRotationMetadataKey] = rotation.metadata();
   writer.finish(meta);
   out.keep();
   rep.output = out_model;

@@ -65,7 +65,8 @@ void w8a8_runtime_rows(JobRun& job, const std::string& out_model, bool simulate_
   if (kernel == 0) {
     if (!simulate_int8)
       job.rep.warnings.push_back("no layer runs the int8 kernel (" + why +
-                                 "): every W8A8 matmul is simulated in float, so this run measures accuracy, not speed");
+                                 "): every matmul with quantized inputs is simulated in float, so this run measures "
+                                 "accuracy, not speed");
     return;
   }
   if (!job.have_eval || simulate_int8) return;

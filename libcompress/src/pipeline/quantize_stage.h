@@ -7,6 +7,7 @@
 #include "mcompress/pipeline.h"
 #include "mcompress/ptq.h"
 #include "mcompress/quant/fp_formats.h"
+#include "mcompress/quant/rotate.h"
 #include "mcompress/stage_options.h"
 #include "mcompress/text_format.h"
 
@@ -24,6 +25,8 @@ struct QuantizeStage {
   bool simulate_int8 = false;
   int64_t calib_samples = 0;   // resolved default
   std::string label;           // "GPTQ"
+  std::string rotate = "none";  // --rotate: none | hadamard | hadamard-online (quant/rotate.h)
+  RotateOptions rotation;
 };
 QuantizeStage quantize_stage(const StageOptions& so);
 // The stage's --method from the method table (methods.h); InputError naming where and the allowed names.

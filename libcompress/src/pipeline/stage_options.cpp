@@ -81,7 +81,15 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
                  "of its calibration inputs (Liu et al. 2024; training-free), written beside the model as a PEFT "
                  "LoRA adapter in DIR/eora/; the report evaluates with and without it (16-64 typical)"},
                 {"alpha", T::Real, "0.5", "smoothquant: migration strength 0..1"},
-                {"act-bits", T::Int, "8", "smoothquant: bits of the per-token activations"},
+                {"act-bits", T::Int, "8",
+                 "bits of the per-token activations (dynamic, symmetric), 2..8: smoothquant's (default 8); with any "
+                 "other method, given explicitly, every quantized linear's input is quantized too (W4A8, W4A4)"},
+                {"rotate", T::Text, "none",
+                 "llama family: rotate the model before quantizing (QuaRot/SpinQuant with fixed Hadamards; the float "
+                 "model computes the same function): hadamard = norms folded, R1 on the residual stream, R2 per head "
+                 "on v/o, fully offline (exports to HF/GGUF); hadamard-online = also R4, an online Hadamard on "
+                 "down_proj's input that our runtime applies (eval/generate; export refuses it); none"},
+                {"rotate-seed", T::Int, "0", "--rotate: seed of R1's random signs"},
                 {"simulate-int8", T::Flag, "", "smoothquant: evaluate with simulated (float) int8 matmuls only"},
                 {"target-bpw", T::Real, "0",
                  "mixed precision: mean code bits per weight to meet (e.g. 3.5), bits chosen per layer by a "

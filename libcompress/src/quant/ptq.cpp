@@ -147,7 +147,7 @@ class Runner {
         err = corrected;
         r_.adapters[l->name] = std::move(a);
       }
-      const bool w8a8 = method_.quantizes_activations && l->kind == LayerKind::Linear;
+      const bool w8a8 = quantizes_input(*l);
       std::string scheme = ran + " " + sp.describe();
       if (w8a8) scheme += ", a" + std::to_string(o_.act_bits) + " per-token";
       LayerRow row = layer_row(*l, w_full, scheme, note);
@@ -182,11 +182,20 @@ class Runner {
     if (sp.group_size > 0 && W.size(1) % sp.group_size)
       note += (note.empty() ? "" : "; ") + std::string("last group of ") + std::to_string(W.size(1) % sp.group_size) +
               " columns";
-    r_.layers.push_back(layer_row(l, w_full, std::string(own ? method_.name : "rtn") + " " + sp.describe(), note));
+    std::string scheme = std::string(own ? method_.name : "rtn") + " " + sp.describe();
+    if (quantizes_input(l)) scheme += ", a" + std::to_string(o_.act_bits) + " per-token";
+    r_.layers.push_back(layer_row(l, w_full, scheme, note));
     store(l, w_full, std::move(*z.quant), z.weight);
+    if (quantizes_input(l)) {
+      use_w8a8(m_, l.name, r_.quantized.at(l.weight), o_.act_bits);
+      r_.act_bits[l.name] = o_.act_bits;
+    }
   }
 
  private:
+  bool quantizes_input(const LayerInfo& l) const {
+    return (method_.quantizes_activations || o_.quantize_activations) && l.kind == LayerKind::Linear && !l.is_classifier;
+  }
   // The model holds wq from now on, the result its codes.
   void store(const LayerInfo& l, const at::Tensor& w_full, QuantResult q, const at::Tensor& wq) {
     m_.set_param(l.weight, wq.reshape(w_full.sizes()));
@@ -355,6 +364,10 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   if (!calibrated && o.eora_rank > 0) fail(kComp, "--eora needs calibration data (--calib DATA): it fits the inputs");
   if (o.eora_rank > 0 && method.quantizes_activations)
     fail(kComp, "--eora does not apply to ", o.method, ": its layers quantize their inputs, an adapter would not");
+  if (o.quantize_activations && (o.act_bits < 2 || o.act_bits > 8))
+    fail(kComp, "activation bits ", o.act_bits, " outside 2..8");
+  if (o.eora_rank > 0 && o.quantize_activations)
+    fail(kComp, "--eora does not apply with --act-bits: the layers quantize their inputs, an adapter would not");
 
   PtqResult res;
   Runner run(model, o, method, res);

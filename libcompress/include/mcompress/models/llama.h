@@ -118,6 +118,10 @@ class LlamaModel : public Model {
   // attention_norm -> wq, wk, wv; wv -> wo (each value head repeated for its query heads); ffn_norm -> w1,
   // w3; w3 -> w2.
   std::vector<ScaleGroup> scale_groups(int block) const override;
+  // A tied classifier gets its own weight (a copy of the embedding, under the config's output name) and the
+  // config says untied from then on; no-op when already untied. For passes that must change the two apart
+  // (a rotation folding the final norm into the classifier, quant/rotate.h).
+  void untie_classifier();
 
  private:
   at::Tensor block(int k, const at::Tensor& x, KVCache* cache, int64_t pos0);
