@@ -18,19 +18,13 @@ import pytest
 import torch
 
 from conftest import read_safetensors, shared
-from test_model_reference import llama_forward
+from test_model_reference import float64_reference, llama_forward  # noqa: F401 (the autouse fixture)
 
 # The reference runs in float64 on weights stored in float32 (rounded once after the float64 rotation):
 # ~1e-7 relative per weight; 1e-4 is the issue's bound for "the same logits".
 EQUIVALENT = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 def config_of(meta):
@@ -70,13 +64,18 @@ def stories(tmp_path_factory):
     return model, tmp_path_factory.mktemp("rotate")
 
 
-def test_rotated_stories260k_computes_the_same_logits(mc, stories):
+def original_and_rotated(mc, stories, rotation):
+    """stories260K's weights as written by convert, and rotated by convert --rotate ROTATION, with the config."""
     model, d = stories
     mc("convert", model, d / "orig.safetensors", "-q")
-    mc("convert", model, d / "rot.safetensors", "--rotate", "hadamard", "-q")
+    mc("convert", model, d / f"{rotation}.safetensors", "--rotate", rotation, "-q")
     W0, meta0 = read_safetensors(d / "orig.safetensors")
-    W1, meta1 = read_safetensors(d / "rot.safetensors")
-    cfg = config_of(meta0)
+    W1, meta1 = read_safetensors(d / f"{rotation}.safetensors")
+    return W0, W1, meta1, config_of(meta0)
+
+
+def test_rotated_stories260k_computes_the_same_logits(mc, stories):
+    W0, W1, meta1, cfg = original_and_rotated(mc, stories, "hadamard")
     assert json.loads(meta1["mcompress.rotation"])["online_hadamard"] == []
     tokens = list(np.random.default_rng(0).integers(0, cfg["vocab"], 48))
     ref = logits(W0, cfg, tokens)
@@ -103,12 +102,7 @@ def test_rotated_stories260k_computes_the_same_logits(mc, stories):
 
 
 def test_online_r4_is_the_documented_hadamard(mc, stories):
-    model, d = stories
-    mc("convert", model, d / "orig.safetensors", "-q")
-    mc("convert", model, d / "r4.safetensors", "--rotate", "hadamard-online", "-q")
-    W0, meta0 = read_safetensors(d / "orig.safetensors")
-    W2, meta2 = read_safetensors(d / "r4.safetensors")
-    cfg = config_of(meta0)
+    W0, W2, meta2, cfg = original_and_rotated(mc, stories, "hadamard-online")
     online = json.loads(meta2["mcompress.rotation"])["online_hadamard"]
     assert online == [f"layers.{i}.feed_forward.w2" for i in range(cfg["layers"])]
     n = cfg["hidden"]

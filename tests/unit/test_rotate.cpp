@@ -61,6 +61,21 @@ LlamaConfig hf_config(int64_t dim, int64_t hidden, int64_t heads, int64_t kv, in
   return c;
 }
 
+// The tiny llama of `seed`, rotated with R4, and its logits on `tokens` before the rotation.
+struct RotatedTiny {
+  std::unique_ptr<LlamaModel> m;
+  at::Tensor before;
+  RotateResult r;
+};
+RotatedTiny rotated_tiny(uint64_t seed, const at::Tensor& tokens, const mctest::TinyLlamaShape& shape = {}) {
+  RotatedTiny t{mctest::tiny_llama(seed, shape), {}, {}};
+  t.before = t.m->forward(tokens);
+  RotateOptions o;
+  o.online = true;
+  t.r = rotate_model(*t.m, o);
+  return t;
+}
+
 }  // namespace
 
 TEST_CASE("Paley matrices are ±1 Hadamard matrices of their order", "[rotate]") {
@@ -160,25 +175,17 @@ TEST_CASE("rotate_model: the rotated llama computes the same logits (tied, untie
 }
 
 TEST_CASE("rotate_model: without the online Hadamard in the forward, R4 is not the same function", "[rotate]") {
-  auto m = mctest::tiny_llama(5);
   const at::Tensor tokens = mctest::random_tokens(2, 10, 20, 4);
-  const at::Tensor before = m->forward(tokens);
-  RotateOptions o;
-  o.online = true;
-  const RotateResult r = rotate_model(*m, o);
+  auto [m, before, r] = rotated_tiny(5, tokens);
   CHECK(rel(m->forward(tokens), before) < kEquivalentLogits);
-  CHECK_THROWS_AS(rotate_model(*m, o), InputError);  // rotated already (its online Hadamards say so)
+  CHECK_THROWS_AS(rotate_model(*m, {}), InputError);  // rotated already (its online Hadamards say so)
   for (const auto& name : r.online_layers) m->set_input_hadamard(name, false);
   CHECK(rel(m->forward(tokens), before) > 1e-2);
 }
 
 TEST_CASE("rotate_model: saved and loaded, the online R4 is applied again and the logits are the original's", "[rotate]") {
-  auto m = mctest::tiny_llama(6, {16, 32, 2, 2, 1, 20, 64, false});
   const at::Tensor tokens = mctest::random_tokens(2, 10, 20, 5);
-  const at::Tensor before = m->forward(tokens);
-  RotateOptions o;
-  o.online = true;
-  const RotateResult r = rotate_model(*m, o);
+  auto [m, before, r] = rotated_tiny(6, tokens, {16, 32, 2, 2, 1, 20, 64, false});
   mctest::TempDir dir;
   const std::string path = dir.file("rotated.safetensors");
   save_model(*m, path, {{kRotationMetadataKey, r.metadata()}});
@@ -289,12 +296,9 @@ TEST_CASE("quantize_model with quantize_activations: every quantized linear read
 }
 
 TEST_CASE("rotate_model with R4: down_proj leaves the scale groups, and AWQ-style folds stay exact", "[rotate]") {
-  auto m = mctest::tiny_llama(12);
   const at::Tensor tokens = mctest::random_tokens(2, 10, 20, 13);
-  const at::Tensor before = m->forward(tokens);
-  RotateOptions o;
-  o.online = true;
-  rotate_model(*m, o);
+  auto [m, before, r] = rotated_tiny(12, tokens);
+  CHECK(r.online_layers.size() == 2);
   for (int k = 0; k < m->num_blocks(); ++k)
     for (const ScaleGroup& g : m->scale_groups(k)) {
       for (const auto& name : g.layers) CHECK_FALSE(m->layer(name).input_hadamard);
