@@ -167,3 +167,21 @@ def test_rotated_w4a8_file_evaluates_to_the_report(mc, stories):
     # The offline rotation exports; the online one is refused with the reason.
     p = mc("export", out, "--format", "gguf:q8_0", "-o", d / "x.gguf", check=False)
     assert p.returncode == 2 and "hadamard-online" in p.stderr
+
+
+def test_offline_rotation_exports_to_gguf(mc, stories):
+    """--rotate hadamard is weights only: the GGUF file (llama.cpp's ops, no online transform) evaluates as the
+    report says, up to the float16 of the layers whose codes GGUF cannot carry (down_proj: 172 columns, not a
+    multiple of 32) and of the dense tensors (3e-5 bits per byte for the directory export measured by hand)."""
+    model, d = stories
+    text, tok = shared("tinystories/validation_100.txt"), shared("stories260K/tok512.bin")
+    out = d / "w4-offline"
+    mc("quantize", model, "--method", "rtn", "--bits", "4", "--group-size", "32", "--rotate", "hadamard",
+       "--eval", text, "--truncate", "--max-docs", "40", "-o", out, "-q")
+    rep = json.loads((out / "report.json").read_text())
+    assert json.loads(read_safetensors(out / "model.safetensors")[1]["mcompress.rotation"])["online_hadamard"] == []
+    mc("export", out / "model.safetensors", "--format", "gguf:auto", "-o", d / "w4-offline.gguf", "-q")
+    j = json.loads(mc("eval", d / "w4-offline.gguf", "--data", text, "--truncate", "--max-docs", "40",
+                      "--tokenizer", tok, "--json").stdout)
+    got = {m["name"]: m for m in rep["metrics"]}["bits per byte"]["compressed"]
+    assert j["result"]["bits_per_byte"] == pytest.approx(got, abs=5e-4)
