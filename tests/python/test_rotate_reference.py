@@ -12,6 +12,8 @@ diagonal), which PyTorch 1.13 reproduces; the Paley constructions are checked on
 file's metadata)."""
 import json
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +21,9 @@ import torch
 
 from conftest import read_safetensors, shared
 from test_model_reference import float64_reference, llama_forward  # noqa: F401 (the autouse fixture)
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "fixtures"))
+import hf_families  # noqa: E402
 
 # The reference runs in float64 on weights stored in float32 (rounded once after the float64 rotation):
 # ~1e-7 relative per weight; 1e-4 is the issue's bound for "the same logits".
@@ -185,3 +190,21 @@ def test_offline_rotation_exports_to_gguf(mc, stories):
                       "--tokenizer", tok, "--json").stdout)
     got = {m["name"]: m for m in rep["metrics"]}["bits per byte"]["compressed"]
     assert j["result"]["bits_per_byte"] == pytest.approx(got, abs=5e-4)
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-0.5b", "qwen3-0.6b", "mistral-7b-v0.3", "phi-3-mini-4k", "gemma-2-2b"])
+def test_families_rotate_to_the_same_scores(mc, tmp_path, family):
+    """The real families' tiny checkpoints (Hugging Face names, bf16, real vocabularies; tests/fixtures): the
+    rotated float model scores a text as the original does (float32 forwards: 1e-5 relative mean NLL; 1e-8 seen),
+    and Gemma 2 is refused with its reason."""
+    d = tmp_path / family
+    hf_families.write_family(d, family)
+    p = mc("convert", d, tmp_path / "r.safetensors", "--rotate", "hadamard-online", check=False)
+    if family.startswith("gemma"):
+        assert p.returncode == 2 and "sandwich norms" in p.stderr
+        return
+    assert p.returncode == 0, p.stderr
+    text = shared("tinystories/validation_100.txt")
+    nll = lambda m: json.loads(mc("eval", m, "--data", text, "--tokenizer", d / "tokenizer.json", "--truncate",
+                                  "--max-docs", "10", "--json").stdout)["result"]["mean_nll"]
+    assert nll(tmp_path / "r.safetensors") == pytest.approx(nll(d), rel=1e-5)
