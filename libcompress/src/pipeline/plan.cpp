@@ -65,6 +65,12 @@ std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_pat
     const QuantizeStage st = quantize_stage(so);
     const PtqOptions& o = st.ptq;
     const bool float_zeros = find_method(MethodKind::Quantize, o.method)->float_zeros;
+    if (st.rotate != "none") {  // a model that cannot be rotated fails here, before any weight is read
+      PlanRow row;
+      row.name = "(whole model, first)";
+      row.what = "rotate " + rotation_plan(model, st.rotation);
+      plan.push_back(row);
+    }
     for (const LayerInfo* l : select_layers(model, o)) {
       const at::Tensor& w = model.param(l->weight);
       const int64_t in_f = w.numel() / w.size(0);

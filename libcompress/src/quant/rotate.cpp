@@ -93,8 +93,6 @@ class Rotator {
     return untied;
   }
 
-  std::string r1_describe() const { return hadamard_shape(c_.dim).describe(); }
-
  private:
   LlamaModel& m_;
   const LlamaConfig& c_;
@@ -114,8 +112,8 @@ std::string RotateResult::metadata() const {
   return j.dump();
 }
 
-RotateResult rotate_model(Model& model, const RotateOptions& o) {
-  auto* lm = dynamic_cast<LlamaModel*>(&model);
+std::string rotation_plan(const Model& model, const RotateOptions& o) {
+  const auto* lm = dynamic_cast<const LlamaModel*>(&model);
   if (!lm) fail(kComp, "--rotate needs a llama-family model (llama, qwen2/3, mistral, phi3); this is a ", model.arch(), " model");
   const LlamaConfig& c = lm->config();
   if (c.sandwich_norms)
@@ -124,8 +122,19 @@ RotateResult rotate_model(Model& model, const RotateOptions& o) {
          "commute with a rotation of the residual stream and have no linear after them to fold into");
   for (const auto& l : model.layers())
     if (l.input_hadamard) fail(kComp, "the model is already rotated (", l.name, " has an online Hadamard)");
-  Rotator r(*lm, o);
+  std::string plan = "hadamard: norms folded; R1 " + hadamard_shape(c.dim).describe() + " with random signs (seed " +
+                     std::to_string(o.seed) + ") on the residual stream; R2 " + hadamard_shape(c.head_dim).describe() +
+                     " per head on v/o";
+  if (o.online) plan += "; R4 online on down_proj's input, " + hadamard_shape(c.hidden_dim).describe();
+  return plan;
+}
+
+RotateResult rotate_model(Model& model, const RotateOptions& o) {
   RotateResult res;
+  res.summary = rotation_plan(model, o);  // the checks first
+  auto& lm = dynamic_cast<LlamaModel&>(model);
+  const LlamaConfig& c = lm.config();
+  Rotator r(lm, o);
   std::vector<std::string> online_keys;
   res.untied = r.ends();
   for (int64_t i = 0; i < c.n_layers; ++i) r.block(i, o.online, online_keys);
@@ -133,10 +142,6 @@ RotateResult rotate_model(Model& model, const RotateOptions& o) {
     res.online_layers.push_back(layer_of(model, k));
     model.set_input_hadamard(res.online_layers.back(), true);
   }
-  res.summary = "hadamard: norms folded; R1 " + r.r1_describe() + " with random signs (seed " + std::to_string(o.seed) +
-                ") on the residual stream; R2 " + hadamard_shape(c.head_dim).describe() + " per head on v/o";
-  if (o.online)
-    res.summary += "; R4 online on down_proj's input, " + hadamard_shape(c.hidden_dim).describe();
   if (res.untied)
     res.summary += "; classifier untied (the final norm's weight is folded into it: +" +
                    std::to_string(c.vocab_size * c.dim) + " parameters)";

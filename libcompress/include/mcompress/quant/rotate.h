@@ -39,6 +39,10 @@ struct RotateResult {
   std::string metadata() const;             // the checkpoint's kRotationMetadataKey value
 };
 
+// InputError (saying why) for a model rotate_model cannot rotate; the plan of what it will do otherwise
+// ("norms folded, R1 64 (Sylvester) ..."), before any weight is read.
+std::string rotation_plan(const Model& model, const RotateOptions& o);
+
 // Rewrites `model` in place as above. InputError for a model it cannot rotate (the message says why).
 RotateResult rotate_model(Model& model, const RotateOptions& o);
 
