@@ -148,6 +148,16 @@ TEST_CASE("resume: AWQ (scales folded into the norms) resumed after block 1", "[
   check_ptq_resume(o, "awq", "quantize", 15);
 }
 
+TEST_CASE("resume: AutoRound (seeded mini-batches) tunes the resumed block as the uninterrupted run did",
+          "[journal][autoround]") {
+  PtqOptions o;
+  o.method = "autoround";
+  o.spec.bits = 3;
+  o.autoround_iters = 20;
+  o.autoround_batch = 4;
+  check_ptq_resume(o, "autoround", "quantize", 17);
+}
+
 TEST_CASE("resume: GPTQ + EoRA: the adapters, and the corrected weights later blocks saw, come back", "[journal][eora]") {
   PtqOptions o;
   o.method = "gptq";

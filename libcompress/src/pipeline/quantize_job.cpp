@@ -136,6 +136,14 @@ QuantizeStage quantize_stage(const StageOptions& so) {
   o.awq_clip = !so.flag("no-clip");
   o.hqq_iters = int(so.integer("hqq-iters"));
   if (o.hqq_iters < 0 || o.hqq_iters > 1000) so.fail("hqq-iters", std::to_string(o.hqq_iters) + " outside 0..1000");
+  o.autoround_iters = int(so.integer("autoround-iters"));
+  if (o.autoround_iters < 1 || o.autoround_iters > 100000)
+    so.fail("autoround-iters", std::to_string(o.autoround_iters) + " outside 1..100000");
+  o.autoround_lr = so.real("autoround-lr");
+  if (!(o.autoround_lr >= 0)) so.fail("autoround-lr", "must be >= 0 (0: 1 / iterations)");
+  o.autoround_batch = so.integer("autoround-batch");
+  if (o.autoround_batch < 1) so.fail("autoround-batch", "must be >= 1");
+  o.autoround_minmax = !so.flag("autoround-no-minmax");
   o.targets = so.list("targets"), o.ignore = so.list("ignore");
   o.embeddings = so.flag("quantize-embeddings"), o.classifier = so.flag("quantize-classifier");
   o.conv = so.flag("quantize-conv"), o.true_sequential = so.flag("true-sequential"), o.fp64 = so.flag("fp64");
@@ -195,6 +203,12 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   if (method == "hqq")
     rep.settings["zero points"] = "HQQ, " + std::to_string(po.hqq_iters) +
                                   " updates (p 0.7, beta 10, kappa 1.01), float16 where fractional";
+  if (method == "autoround")
+    rep.settings["tuning"] = std::to_string(po.autoround_iters) + " signed-gradient steps per block, first step " +
+                             fmt_num("%g", po.autoround_lr > 0 ? po.autoround_lr : 1.0 / po.autoround_iters) +
+                             " decaying to 0, " + std::to_string(po.autoround_batch) + " sequences per step, " +
+                             (po.autoround_minmax ? "rounding offsets and range factors" : "rounding offsets only") +
+                             ", against each block's float output; best step kept";
   if (method == "awq") rep.settings["clip search"] = po.awq_clip ? "yes" : "no";
   if (st.w8a8)
     rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric (alpha " +

@@ -83,6 +83,7 @@ class Runner {
 
   std::map<std::string, QuantSpec> spec_of;  // per layer name
   int64_t done = 0, total = 0;
+  const std::vector<at::Tensor>* inputs = nullptr;  // the current block's calibration inputs (tune_block methods)
 
   // Quantizes block k's `layers` (all share the statistics pass). With `errors`, a scan: only each
   // layer's output error is appended (the model keeps the codes, the caller restores it), nothing reported.
@@ -99,6 +100,15 @@ class Runner {
       at::Tensor H, s;
     };
     std::map<const HessianAccumulator*, SharedH> shared;
+    // A method tuning the block as a whole (AutoRound) quantizes every layer before the loop reports them.
+    std::map<std::string, LayerOutcome> tuned;
+    if (method_.tune_block) {
+      if (!inputs) fail(kComp, "internal: block ", k, " has no calibration inputs for ", method_.name);
+      std::vector<QuantSpec> specs;
+      for (const LayerInfo* l : layers) specs.push_back(spec_of.at(l->name));
+      std::vector<LayerOutcome> outs = method_.tune_block({m_, k, layers, specs, *inputs}, o_);
+      for (size_t i = 0; i < layers.size(); ++i) tuned.emplace(layers[i]->name, std::move(outs.at(i)));
+    }
     for (const LayerInfo* l : layers) {
       if (o_.progress) o_.progress(errors ? "scan" : "quantize", *l, ++done, total);
       HessianAccumulator& st = *stats.at(l->name);
@@ -122,7 +132,8 @@ class Runner {
       const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
       const QuantSpec& sp = spec_of.at(l->name);
       bool plain_rtn = false;
-      LayerOutcome z = quantize_layer({l->name, W, &st, H}, sp, plain_rtn);
+      auto tit = tuned.find(l->name);
+      LayerOutcome z = tit != tuned.end() ? std::move(tit->second) : quantize_layer({l->name, W, &st, H}, sp, plain_rtn);
       double err = output_error(W - z.weight, H);
       if (errors) {
         errors->push_back(err);
@@ -364,6 +375,7 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   SequentialOptions so;
   so.batch = o.batch, so.fp64 = o.fp64, so.pass_progress = o.pass_progress;
   so.true_sequential = o.true_sequential && method.true_sequential;
+  if (method.tune_block) so.before_compress = [&](int, const std::vector<at::Tensor>& h) { run.inputs = &h; };
   if (o.true_sequential && !so.true_sequential)
     res.warnings.push_back("--true-sequential does not apply to " + o.method +
                            " (its scales come from one statistics pass per block)");
