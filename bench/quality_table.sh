@@ -49,7 +49,7 @@ for m in "${methods[@]}"; do
     # shellcheck disable=SC2086
     "$MC" quantize "$MODEL" --method $m --bits "$bits" $grid "${extra[@]}" "${EVAL[@]}" -o "$OUT/$name" -q
     ROW["$m|$g"]=$(bpb "$OUT/$name/report.json" compressed)
-    SECONDS_OF[$m]=$(/usr/bin/python3 -c "print(${SECONDS_OF[$m]:-0} + $(quantize_seconds "$OUT/$name/report.json"))")
+    SECONDS_OF[$m]=$(/usr/bin/python3 -c "print('%.2f' % (${SECONDS_OF[$m]:-0} + $(quantize_seconds "$OUT/$name/report.json")))")
     [[ -n $baseline ]] || baseline=$(bpb "$OUT/$name/report.json" baseline)
     echo "  $m, int$bits $grid: ${ROW["$m|$g"]}" >&2
   done

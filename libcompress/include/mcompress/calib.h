@@ -39,6 +39,8 @@ struct SequentialOptions {
   // Called just before each compress call with the block's inputs (one tensor per batch: what its
   // statistics pass ran on), for compressors that run the block themselves (AutoRound).
   std::function<void(int block, const std::vector<at::Tensor>& inputs)> before_compress;
+  // Called before the block's output pass (its compressed weights on the inputs, for the next block).
+  std::function<void(int block)> before_output;
   // Progress of the block forward passes: at its start (0 done) and after each batch, the pass ("statistics": the block with its
   // hooks, feeding the Hessians; "output": the compressed block, for the next one) and the tokens
   // (rows: sequences x positions) done of all of them.

@@ -98,6 +98,11 @@ struct PtqOptions {
   // model holds Ŵ + B A from then on (later blocks calibrate on the corrected outputs), the result the
   // codes of Ŵ and the adapter.
   int64_t eora_rank = 0;
+  // KV-cache quantization (quant/kv_cache.h): 8 calibrates static per-kv-head scales of each block's keys and
+  // values on its output pass (the block's quantized weights on the calibration inputs) and sets them on the
+  // model (Model::set_kv_quant) once the block is done; 0: off. Language models with attention only.
+  int kv_bits = 0;
+  std::string kv_format = "int8";  // int8 | fp8
   // Mixed precision.
   double target_bpw = 0;                    // 0: off
   // 2 is allowed but not a default: the output-error proxy underrates what 2-bit layers do to the
@@ -120,6 +125,7 @@ struct PtqResult {
   std::map<std::string, QuantResult> quantized;  // by weight key
   std::map<std::string, int> act_bits;           // layer name -> activation bits (smoothquant)
   std::map<std::string, LowRankAdapter> adapters;  // layer name -> EoRA correction (eora_rank > 0)
+  std::map<int, std::pair<at::Tensor, at::Tensor>> kv_scales;  // block -> KV-cache (key, value) scales per kv head
   std::vector<LayerRow> layers;                  // per quantized layer (bits_per_weight left to the writer)
   std::vector<std::string> warnings;
   std::map<std::string, std::string> settings;   // method-specific settings for the report

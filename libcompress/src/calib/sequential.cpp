@@ -146,6 +146,7 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
     }
     // The next block sees this block's outputs with its compressed weights.
     int64_t rows = 0;
+    if (o.before_output) o.before_output(k);
     if (o.pass_progress) o.pass_progress(k, model.num_blocks(), "output", 0, tokens);
     for (auto& h : hidden) {
       h = model.run_block(k, h);

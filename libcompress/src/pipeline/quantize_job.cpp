@@ -162,6 +162,15 @@ QuantizeStage quantize_stage(const StageOptions& so) {
     st.needs_calibration = true;  // the adapter is fitted to the calibration inputs
     st.calibration_for = "--eora";
   }
+  o.kv_bits = int(so.integer("kv-bits"));
+  if (o.kv_bits != 0 && o.kv_bits != 8) so.fail("kv-bits", std::to_string(o.kv_bits) + ": 8 or 0 (off)");
+  o.kv_format = so.text("kv-format");
+  if (o.kv_format != "int8" && o.kv_format != "fp8") so.fail("kv-format", "'" + o.kv_format + "': int8 or fp8");
+  if (so.has("kv-format") && o.kv_bits == 0) so.fail("kv-format", "needs --kv-bits 8");
+  if (o.kv_bits > 0 && !st.needs_calibration) {
+    st.needs_calibration = true;  // static scales come from the calibration data
+    st.calibration_for = "--kv-bits";
+  }
   st.simulate_int8 = so.flag("simulate-int8");
   o.candidate_bits.clear();
   for (const auto& b : so.list("bits-candidates")) {
@@ -214,6 +223,10 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
     rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric (alpha " +
                                   fmt_num("%g", po.smooth_alpha) + ")";
   if (po.true_sequential) rep.settings["order"] = "true-sequential";
+  if (po.kv_bits > 0)
+    rep.settings["KV cache"] = po.kv_format + (po.kv_format == "fp8" ? " (E4M3, scale amax/448)" : " (scale amax/127)") +
+                               ", static per kv head, keys after RoPE; scales from each block's quantized outputs on "
+                               "the calibration data; the compressed evaluation runs with it";
   if (po.eora_rank > 0)
     rep.settings["EoRA"] = "rank " + std::to_string(po.eora_rank) + " correction of each calibrated layer, fitted in "
                            "the eigenspace of its calibration inputs; written as a LoRA adapter in eora/ (the model "
@@ -290,6 +303,7 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
     }
   auto meta = model.config_metadata();
   if (!res.act_bits.empty()) meta[kActivationMetadataKey] = activation_metadata(res.act_bits);
+  if (!res.kv_scales.empty()) meta[kKVCacheMetadataKey] = kv_cache_metadata(po.kv_format, res.kv_scales);
   writer.finish(meta);
   out.keep();
   rep.output = out_model;

@@ -86,6 +86,10 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
                  "EoRA: fit a rank-N correction B A of each calibrated layer's quantization error in the eigenspace "
                  "of its calibration inputs (Liu et al. 2024; training-free), written beside the model as a PEFT "
                  "LoRA adapter in DIR/eora/; the report evaluates with and without it (16-64 typical)"},
+                {"kv-bits", T::Int, "0",
+                 "8: quantize the KV cache too, keys (after RoPE) and values per kv head with static scales "
+                 "calibrated on each block's quantized outputs (stored in the file, applied by eval/generate/run); 0: off"},
+                {"kv-format", T::Text, "int8", "KV cache grid with --kv-bits 8: int8 (amax/127) or fp8 (E4M3, amax/448)"},
                 {"alpha", T::Real, "0.5", "smoothquant: migration strength 0..1"},
                 {"act-bits", T::Int, "8", "smoothquant: bits of the per-token activations"},
                 {"simulate-int8", T::Flag, "", "smoothquant: evaluate with simulated (float) int8 matmuls only"},
