@@ -7,20 +7,11 @@ generation runs with the quantized cache; bad options get one line and exit 2.""
 import json
 import numpy as np
 import pytest
-import torch
 
 from conftest import read_safetensors, write_safetensors
-from test_model_reference import (CFG, eval_json, llama_forward, mean_nll, random_model, write_letter_tokenizer,
-                                  write_llama2c_legacy)
+from test_model_reference import (CFG, eval_json, float64_reference, llama_forward, mean_nll,  # noqa: F401 (autouse)
+                                  random_model, write_letter_tokenizer, write_llama2c_legacy)
 from test_packed_layout import dequantize
-
-
-@pytest.fixture(autouse=True)
-def float64_reference():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
 
 
 def _setup(tmp_path):
