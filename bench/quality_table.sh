@@ -6,7 +6,8 @@
 # 128 tokens of tiny-shakespeare (seed 0), a different text from the evaluation (bench/hqq_quality.sh
 # runs it with imatrix calibrated on TinyStories-like text instead). Prints a Markdown table (and writes it to OUT/quality.md).
 # Usage: bench/quality_table.sh [OUT]   (BUILD_DIR selects the build, default build; METHODS and GRIDS,
-# ';'-separated, replace the rows and columns, CALIB_TEXT the calibration text)
+# ';'-separated, replace the rows and columns, CALIB_TEXT the calibration text). A second table gives each
+# method's quantize time (the report's step, all columns summed) and its ratio to GPTQ's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MC=${BUILD_DIR:-build}/tools/mcompress/mcompress
@@ -24,7 +25,12 @@ bpb() {  # bits per byte (compressed) from a report
 print("%.4f" % [m for m in r["metrics"] if m["name"]=="bits per byte"][0][sys.argv[2]])' "$1" "$2"
 }
 
-declare -A ROW
+quantize_seconds() {  # seconds of the report's quantize step
+  /usr/bin/python3 -c 'import json,sys; r=json.load(open(sys.argv[1]));
+print("%.2f" % sum(s["seconds"] for s in r["steps"] if s["name"].startswith("quantize")))' "$1"
+}
+
+declare -A ROW SECONDS_OF
 IFS=';' read -r -a methods <<<"${METHODS:-rtn;rtn --asym;hqq;imatrix;awq;gptq;gptq --act-order}"
 IFS=';' read -r -a grids <<<"${GRIDS:-4 --group-size 32;4 --per-channel;3 --group-size 32;3 --per-channel}"
 label() {  # "4 --group-size 32" -> "int4 g32", "3 --per-channel" -> "int3 per-channel"
@@ -43,6 +49,7 @@ for m in "${methods[@]}"; do
     # shellcheck disable=SC2086
     "$MC" quantize "$MODEL" --method $m --bits "$bits" $grid "${extra[@]}" "${EVAL[@]}" -o "$OUT/$name" -q
     ROW["$m|$g"]=$(bpb "$OUT/$name/report.json" compressed)
+    SECONDS_OF[$m]=$(/usr/bin/python3 -c "print('%.2f' % (${SECONDS_OF[$m]:-0} + $(quantize_seconds "$OUT/$name/report.json")))")
     [[ -n $baseline ]] || baseline=$(bpb "$OUT/$name/report.json" baseline)
     echo "  $m, int$bits $grid: ${ROW["$m|$g"]}" >&2
   done
@@ -61,5 +68,15 @@ done
     line="| $m |"
     for g in "${grids[@]}"; do line+=" ${ROW["$m|$g"]} |"; done
     echo "$line"
+  done
+  # Time of each method's quantize step (all grids together; this machine, one process per run, so compare
+  # ratios), relative to GPTQ's when GPTQ is a row.
+  echo
+  echo "| method | quantize seconds (all columns) | relative to gptq |"
+  echo "|---|---:|---:|"
+  for m in "${methods[@]}"; do
+    ratio=""
+    [[ -n ${SECONDS_OF[gptq]:-} ]] && ratio=$(/usr/bin/python3 -c "print('%.2f' % (${SECONDS_OF[$m]} / ${SECONDS_OF[gptq]}))")
+    echo "| $m | ${SECONDS_OF[$m]} | $ratio |"
   done
 } | tee "$OUT/quality.md"

@@ -125,7 +125,7 @@ def _command(name, positional, options, progress, report_dir=None):
 def quantize(model, output, *, progress=None, **options):
     """Quantizes `model` (any checkpoint format) into `output`/model.safetensors (packed) and returns
     the report. Options as ``mcompress quantize --help``: method ("rtn", "hqq", "imatrix", "gptq", "awq",
-    "smoothquant"), bits, group_size, per_channel, sym/asym, calib, calib_samples, calib_seqlen, seed,
+    "autoround", "smoothquant"; autoround_iters=200, autoround_batch=8), bits, group_size, per_channel, sym/asym, calib, calib_samples, calib_seqlen, seed,
     eval, targets, ignore, override=[...], target_bpw, act_order, true_sequential, keep_sparsity,
     eora=RANK (an EoRA LoRA adapter in `output`/eora, evaluated with and without), rotate ("hadamard" or
     "hadamard-online": QuaRot-style rotations first), act_bits=8|4 (per-token quantized inputs, any method),

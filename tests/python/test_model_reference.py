@@ -93,8 +93,26 @@ def rope_half(x, cos, sin):  # HF apply_rotary_pos_emb with rotate_half
     return x * c + torch.cat([-x2, x1], -1) * s
 
 
-def llama_forward(W, cfg, tokens, layout="interleaved", names=None, eps=1e-5, theta=10000.0):
-    """names maps llama2.c roles to the checkpoint's keys (identity for llama2.c files)."""
+def e4m3_round(y):
+    """Nearest OCP E4M3 value (half to even, saturating at 448), from the format: 3 mantissa bits, exponent
+    bias 7, smallest normal 2^-6, subnormal step 2^-9."""
+    a = y.abs().clamp(max=448.0)
+    e = torch.floor(torch.log2(a.clamp(min=2.0 ** -6)))
+    step = torch.pow(2.0, e - 3)
+    return torch.sign(y) * (torch.round(a / step) * step).clamp(max=448.0)
+
+
+def kv_round(x, scale, fmt):
+    """KV-cache grid per kv head: x [B, T, KV, hd], scale [KV]."""
+    s = torch.tensor(scale, dtype=x.dtype).view(1, 1, -1, 1)
+    y = x / s
+    return (torch.round(y).clamp(-127, 127) if fmt == "int8" else e4m3_round(y)) * s
+
+
+def llama_forward(W, cfg, tokens, layout="interleaved", names=None, eps=1e-5, theta=10000.0, kv=None, observe=None):
+    """names maps llama2.c roles to the checkpoint's keys (identity for llama2.c files). kv: (format, k scales,
+    v scales), one list per layer: the cache's keys (after RoPE) and values rounded per kv head. observe(i, k, v):
+    called with layer i's keys and values [B, T, KV, hd] before that."""
     names = names or (lambda k: k)
     t = {k: torch.tensor(np.asarray(v), dtype=torch.float64) for k, v in W.items()}
     get = lambda k: t[names(k)]
@@ -116,6 +134,10 @@ def llama_forward(W, cfg, tokens, layout="interleaved", names=None, eps=1e-5, th
         if qn is not None:  # HF Qwen3Attention: q_norm / k_norm over each head's vector, then RoPE
             q, k = rms_norm(q, qn, eps), rms_norm(k, kn, eps)
         q, k = rot(q, cos, sin), rot(k, cos, sin)
+        if observe:
+            observe(i, k, v)
+        if kv:
+            k, v = kv_round(k, kv[1][i], kv[0]), kv_round(v, kv[2][i], kv[0])
         k = k.repeat_interleave(H // KV, dim=2)  # llama2.c repeat_kv
         v = v.repeat_interleave(H // KV, dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

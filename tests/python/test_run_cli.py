@@ -133,7 +133,7 @@ def test_bad_recipes_exit_2(mc, tiny_lm, tmp_path):
         assert not out.exists()
 
 
-@pytest.mark.parametrize("recipe", ["sparse-2of4-w4.yaml", "w4-awq.yaml", "w8a8-smoothquant.yaml"])
+@pytest.mark.parametrize("recipe", ["sparse-2of4-w4.yaml", "w4-awq.yaml", "w8a8-smoothquant.yaml", "w4-g128-autoround.yaml"])
 def test_same_recipe_inputs_and_seed_give_identical_bytes_at_1_and_2_threads(mc, tiny_lm, tmp_path, recipe):
     d, model = tiny_lm
     outs = []

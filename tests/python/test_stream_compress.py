@@ -106,6 +106,7 @@ CASES = {
     "rtn": ["quantize", "--method", "rtn", "--bits", "4", "--group-size", "32"],
     "gptq": ["quantize", "--method", "gptq", "--bits", "4", "--group-size", "32", "--act-order"],
     "awq": ["quantize", "--method", "awq", "--bits", "4", "--group-size", "32"],
+    "autoround": ["quantize", "--method", "autoround", "--bits", "4", "--group-size", "32", "--autoround-iters", "10"],
     "smoothquant": ["quantize", "--method", "smoothquant"],
     "mixed": ["quantize", "--method", "gptq", "--group-size", "32", "--target-bpw", "4.5"],
     "sparsegpt": ["prune", "--method", "sparsegpt", "--sparsity", "0.5"],

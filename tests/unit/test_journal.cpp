@@ -95,6 +95,13 @@ void check_ptq_resume(PtqOptions o, const std::string& name, const std::string& 
   same_rows(ref.layers, res.layers);
   CHECK(ref.act_bits == res.act_bits);
   CHECK(ref.settings == res.settings);
+  REQUIRE(res.kv_scales.size() == ref.kv_scales.size());
+  for (const auto& [block, kv] : ref.kv_scales) {
+    INFO("KV scales of block " << block);
+    CHECK(at::equal(kv.first, res.kv_scales.at(block).first));
+    CHECK(at::equal(kv.second, res.kv_scales.at(block).second));
+    CHECK(at::equal(m->kv_quant().at(block).v, kv.second));
+  }
   REQUIRE(res.adapters.size() == ref.adapters.size());
   for (const auto& [layer, a] : ref.adapters) {
     INFO(layer);
@@ -146,6 +153,24 @@ TEST_CASE("resume: AWQ (scales folded into the norms) resumed after block 1", "[
   PtqOptions o;
   o.method = "awq";
   check_ptq_resume(o, "awq", "quantize", 15);
+}
+
+TEST_CASE("resume: AutoRound (seeded mini-batches) tunes the resumed block as the uninterrupted run did",
+          "[journal][autoround]") {
+  PtqOptions o;
+  o.method = "autoround";
+  o.spec.bits = 3;
+  o.autoround_iters = 20;
+  o.autoround_batch = 4;
+  check_ptq_resume(o, "autoround", "quantize", 17);
+}
+
+TEST_CASE("resume: KV-cache scales of the restored blocks come back to the result and the model",
+          "[journal][kv]") {
+  PtqOptions o;
+  o.method = "gptq";
+  o.kv_bits = 8, o.kv_format = "fp8";
+  check_ptq_resume(o, "gptq_kv", "quantize", 17);
 }
 
 TEST_CASE("resume: GPTQ + EoRA: the adapters, and the corrected weights later blocks saw, come back", "[journal][eora]") {

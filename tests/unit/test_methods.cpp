@@ -19,7 +19,7 @@ TEST_CASE("method table: names, kinds, labels and the functions that run each me
   std::vector<std::string> q, p;
   for (const MethodInfo* m : methods_of(MethodKind::Quantize)) q.push_back(m->name);
   for (const MethodInfo* m : methods_of(MethodKind::Prune)) p.push_back(m->name);
-  CHECK(q == std::vector<std::string>{"rtn", "hqq", "imatrix", "gptq", "awq", "smoothquant"});
+  CHECK(q == std::vector<std::string>{"rtn", "hqq", "imatrix", "gptq", "awq", "autoround", "smoothquant"});
   CHECK(p == std::vector<std::string>{"magnitude", "wanda", "sparsegpt"});
   CHECK(all_methods().size() == q.size() + p.size());
   for (const MethodInfo& m : all_methods()) {
@@ -40,6 +40,8 @@ TEST_CASE("method table: names, kinds, labels and the functions that run each me
   CHECK_FALSE(find_method(MethodKind::Quantize, "hqq")->needs_calibration);
   CHECK(std::string(find_method(MethodKind::Prune, "sparsegpt")->report_label) == "sparsegpt");
   CHECK(find_method(MethodKind::Quantize, "awq")->group_scales != nullptr);
+  CHECK(find_method(MethodKind::Quantize, "autoround")->tune_block != nullptr);
+  CHECK_FALSE(find_method(MethodKind::Quantize, "gptq")->tune_block);
   CHECK_FALSE(find_method(MethodKind::Quantize, "awq")->scales_after_norm_only);
   CHECK(find_method(MethodKind::Quantize, "smoothquant")->scales_after_norm_only);
   CHECK(find_method(MethodKind::Quantize, "smoothquant")->quantizes_activations);
@@ -50,7 +52,7 @@ TEST_CASE("method table: names, kinds, labels and the functions that run each me
 TEST_CASE("find_method: an unknown name is an InputError listing the allowed names", "[methods][errors]") {
   CHECK_THROWS_AS(find_method(MethodKind::Quantize, "gtpq"), InputError);
   CHECK_THROWS_WITH(find_method(MethodKind::Quantize, "gtpq"),
-                    "[quantize] --method 'gtpq' is not available (allowed: rtn, hqq, imatrix, gptq, awq, smoothquant)");
+                    "[quantize] --method 'gtpq' is not available (allowed: rtn, hqq, imatrix, gptq, awq, autoround, smoothquant)");
   CHECK_THROWS_WITH(find_method(MethodKind::Prune, "gptq"),
                     "[prune] --method 'gptq' is not available (allowed: magnitude, wanda, sparsegpt)");
   CHECK_THROWS_AS(find_method(MethodKind::Prune, ""), InputError);
@@ -63,7 +65,7 @@ TEST_CASE("needs_calibration: exactly the methods quantize_model / prune_model r
   std::set<std::string> need;
   for (const MethodInfo& m : all_methods())
     if (m.needs_calibration) need.insert(m.name);
-  CHECK(need == std::set<std::string>{"imatrix", "gptq", "awq", "smoothquant", "wanda", "sparsegpt"});
+  CHECK(need == std::set<std::string>{"imatrix", "gptq", "awq", "autoround", "smoothquant", "wanda", "sparsegpt"});
   for (const MethodInfo* m : methods_of(MethodKind::Quantize)) {
     CAPTURE(m->name);
     auto model = mctest::tiny_llama(71);

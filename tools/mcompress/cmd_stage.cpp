@@ -92,7 +92,7 @@ int run_stage_command(const std::string& pass, const std::string& usage, const s
 
 int cmd_quantize(const std::vector<std::string>& args, mc::EventSink& events) {
   return run_stage_command("quantize",
-                           "--method rtn|hqq|imatrix|gptq|awq|smoothquant --bits B (--group-size G | --per-channel) "
+                           "--method rtn|hqq|imatrix|gptq|awq|autoround|smoothquant --bits B (--group-size G | --per-channel) "
                            "[--sym|--asym] [--calib DATA | --calib-from-eval] [--target-bpw 3.5] MODEL -o OUT "
                            "[--eval DATA] [--dry-run]\n   or: mcompress quantize --model-free --bits B [--group-size G] "
                            "[--targets P,..] [--ignore P,..] CHECKPOINT.safetensors|HF_DIR -o OUT"

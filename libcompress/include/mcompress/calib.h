@@ -36,6 +36,11 @@ struct SequentialOptions {
   // Called once a block's outputs for the next block are computed, with those outputs (free what the
   // block no longer needs; a journal saves them).
   std::function<void(int block, const std::vector<at::Tensor>& hidden)> after_block;
+  // Called just before each compress call with the block's inputs (one tensor per batch: what its
+  // statistics pass ran on), for compressors that run the block themselves (AutoRound).
+  std::function<void(int block, const std::vector<at::Tensor>& inputs)> before_compress;
+  // Called before the block's output pass (its compressed weights on the inputs, for the next block).
+  std::function<void(int block)> before_output;
   // Progress of the block forward passes: at its start (0 done) and after each batch, the pass ("statistics": the block with its
   // hooks, feeding the Hessians; "output": the compressed block, for the next one) and the tokens
   // (rows: sequences x positions) done of all of them.

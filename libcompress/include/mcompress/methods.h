@@ -18,6 +18,8 @@
 
 namespace mc {
 
+class Model;
+struct LayerInfo;
 struct PtqOptions;
 struct PruneOptions;
 struct ScaleGroup;
@@ -56,6 +58,18 @@ struct ScaleGroupInputs {
 };
 
 using QuantizeLayerFn = LayerOutcome (*)(const LayerInputs& layer, const QuantSpec& spec, const PtqOptions& o);
+// A block's selected layers as a method that tunes them together against the block's output sees them
+// (AutoRound): the model (its block `block` still holds the float weights), the layers in execution order
+// with their grids, and the block's calibration inputs (one tensor per forward batch).
+struct BlockTuneInputs {
+  Model& model;
+  int block;
+  const std::vector<const LayerInfo*>& layers;
+  const std::vector<QuantSpec>& specs;
+  const std::vector<at::Tensor>& inputs;
+};
+// One outcome per layer, in the order given; the model's weights are as they were on return.
+using BlockTuneFn = std::vector<LayerOutcome> (*)(const BlockTuneInputs& block, const PtqOptions& o);
 using PruneLayerFn = LayerOutcome (*)(const LayerInputs& layer, double sparsity, const PruneOptions& o);
 // Per-channel scales s [C] the group's input is divided by (folded into the previous op), and a note for
 // the report rows; undefined when there is nothing to search on (every input channel zero).
@@ -74,6 +88,9 @@ struct MethodInfo {
   // Quantize methods.
   QuantizeLayerFn quantize_layer = nullptr;
   GroupScalesFn group_scales = nullptr;  // set: the method folds per-channel scales into each scale group
+  // Set: inside the blocks the selected layers are quantized together by it (quantize_layer then serves
+  // the layers without calibration statistics only).
+  BlockTuneFn tune_block = nullptr;
   bool scales_after_norm_only = false;   // group_scales only where the previous op is a norm
   UnscaledLabelFn without_scales = nullptr;  // with group_scales
   bool quantizes_activations = false;    // W8A8: every quantized linear's input is quantized per token
@@ -92,7 +109,7 @@ struct MethodInfo {
 const std::vector<MethodInfo>& all_methods();
 // The methods of one kind, in table order.
 std::vector<const MethodInfo*> methods_of(MethodKind kind);
-// "rtn, hqq, imatrix, gptq, awq, smoothquant"
+// "rtn, hqq, imatrix, gptq, awq, autoround, smoothquant"
 std::string method_names(MethodKind kind);
 // The method `name` of `kind`; throws InputError "[quantize] --method 'x' is not available (allowed:
 // rtn, hqq, imatrix, ...)" for any other name.

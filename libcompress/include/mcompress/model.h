@@ -150,6 +150,19 @@ class Model {
   using AttentionObserver = std::function<void(int block, const at::Tensor& probs)>;
   void set_attention_observer(AttentionObserver f) { attention_observer_ = std::move(f); }
   virtual bool has_attention() const { return false; }
+  // KV-cache quantization (quant/kv_cache.h): block k's attention rounds its keys (after RoPE) and values
+  // per kv head to `format`'s grid with these scales ([n_kv_heads] each) before reading them, in every
+  // forward (whole sequences and the generation cache alike). Blocks without scales stay float.
+  void set_kv_quant(int block, const at::Tensor& k_scale, const at::Tensor& v_scale, const std::string& format);
+  struct KVScales {
+    at::Tensor k, v;
+  };
+  const std::map<int, KVScales>& kv_quant() const { return kv_quant_; }
+  const std::string& kv_format() const { return kv_format_; }
+  // Calibration: when set, models with attention call it from every block with that block's keys and values
+  // [B, n_kv_heads, T, head_dim] as they go into the cache (before any KV quantization). Empty: off.
+  using KVObserver = std::function<void(int block, const at::Tensor& k, const at::Tensor& v)>;
+  void set_kv_observer(KVObserver f) { kv_observer_ = std::move(f); }
 
   // LM: int64 tokens [B, T] -> logits [B, T, vocab]. Classifier: inputs [B, ...] -> logits [B, classes].
   virtual at::Tensor forward(const at::Tensor& input) = 0;
@@ -194,6 +207,11 @@ class Model {
   bool compute_bf16_ = false;
   std::map<std::string, at::Tensor> pinned_;  // key -> float32 copy (pin_float)
   AttentionObserver attention_observer_;
+  std::map<int, KVScales> kv_quant_;
+  std::string kv_format_;
+  KVObserver kv_observer_;
+  // Keys and values of block k as its cache holds them: observed (calibration), then rounded when set.
+  void kv_to_cache(int k, at::Tensor& keys, at::Tensor& values);
   c10::Device device_ = c10::Device(c10::kCPU);
 };
 
@@ -230,6 +248,9 @@ inline constexpr const char* kActivationMetadataKey = "mcompress.activations";
 // Metadata key of rotated checkpoints (quant/rotate.h): {"rotation": "hadamard", "online_hadamard": ["<layer>", ...],
 // ...}; load_model turns on the online Hadamard of the layers listed.
 inline constexpr const char* kRotationMetadataKey = "mcompress.rotation";
+// KV-cache quantization of a saved model: {"format": "int8"|"fp8", "k_scale": {"<block>": [per kv head]},
+// "v_scale": {...}} (Model::set_kv_quant); applied on load.
+inline constexpr const char* kKVCacheMetadataKey = "mcompress.kv_cache";
 
 // Loads a llama2.c checkpoint, a Hugging Face directory (config.json + model.safetensors or a sharded
 // index), a checkpoint saved by mcompress (config in its metadata, possibly packed-quantized), or a

@@ -16,6 +16,10 @@
 //                D = W - Q(W diag s) diag(1/s); s is folded into the preceding norm/linear (the float
 //                model computes the same function), then each group of columns gets the clip ratio
 //                (1.00, 0.95, ..., 0.55 of its range) minimising its output error, then RTN
+//   autoround    AutoRound / SignRound (Cheng et al., 2023; quant/autoround.h): a rounding offset per weight
+//                and two range factors per group, tuned together for all of a block's selected layers by
+//                signed gradient descent on the squared difference between the block's output and its float
+//                output, on mini-batches of calibration sequences; starts from RTN
 //   smoothquant  W8A8 (Xiao et al., 2023): s_j = max|X_j|^α / max|W_j|^(1-α) folded into the norm
 //                before each group, weights RTN (int8 per channel by default), every quantized linear's
 //                input quantized per token (int8, dynamic, symmetric) — simulated in float or run as
@@ -50,7 +54,7 @@ class BlockJournal;
 struct PtqResult;
 
 struct PtqOptions {
-  std::string method = "rtn";  // rtn | hqq | imatrix | gptq | awq | smoothquant
+  std::string method = "rtn";  // rtn | hqq | imatrix | gptq | awq | autoround | smoothquant
   QuantSpec spec;              // the grid (bits are the default/maximum with mixed precision)
   // Layer selection. `targets`: glob patterns (fnmatch, "*" crosses dots) or "re:REGEX" (the whole
   // name must match), matched
@@ -78,6 +82,13 @@ struct PtqOptions {
   bool keep_sparsity = false;
   // HQQ: zero-point updates per group (0: RTN asymmetric).
   int hqq_iters = 20;
+  // AutoRound (quant/autoround.h): signed-gradient steps per block, the step sizes (0: 1 / iters), the
+  // calibration sequences per step, whether the range factors are tuned, and the mini-batch shuffle's seed.
+  int autoround_iters = 200;
+  double autoround_lr = 0, autoround_minmax_lr = 0;
+  int64_t autoround_batch = 8;
+  bool autoround_minmax = true;
+  uint64_t autoround_seed = 0;
   // AWQ.
   bool awq_clip = true;
   // SmoothQuant.
@@ -91,6 +102,11 @@ struct PtqOptions {
   // model holds Ŵ + B A from then on (later blocks calibrate on the corrected outputs), the result the
   // codes of Ŵ and the adapter.
   int64_t eora_rank = 0;
+  // KV-cache quantization (quant/kv_cache.h): 8 calibrates static per-kv-head scales of each block's keys and
+  // values on its output pass (the block's quantized weights on the calibration inputs) and sets them on the
+  // model (Model::set_kv_quant) once the block is done; 0: off. Language models with attention only.
+  int kv_bits = 0;
+  std::string kv_format = "int8";  // int8 | fp8
   // Mixed precision.
   double target_bpw = 0;                    // 0: off
   // 2 is allowed but not a default: the output-error proxy underrates what 2-bit layers do to the
@@ -113,6 +129,7 @@ struct PtqResult {
   std::map<std::string, QuantResult> quantized;  // by weight key
   std::map<std::string, int> act_bits;           // layer name -> activation bits (smoothquant, quantize_activations)
   std::map<std::string, LowRankAdapter> adapters;  // layer name -> EoRA correction (eora_rank > 0)
+  std::map<int, std::pair<at::Tensor, at::Tensor>> kv_scales;  // block -> KV-cache (key, value) scales per kv head
   std::vector<LayerRow> layers;                  // per quantized layer (bits_per_weight left to the writer)
   std::vector<std::string> warnings;
   std::map<std::string, std::string> settings;   // method-specific settings for the report

@@ -140,11 +140,13 @@ void compress_blocks(Model& model, const at::Tensor& inputs, const std::set<std:
       // The forward's freed buffers go back before the solvers allocate their [in, in] matrices (the CLI
       // keeps freed memory in the heap for reuse: 8B GPTQ peaked at 7.8 GB with them, ~2 GB of it free).
       ::malloc_trim(0);
+      if (o.before_compress) o.before_compress(k, hidden);
       compress(k, stage_layers, stats);
       ::malloc_trim(0);  // and the solvers' [in, in] matrices before the output pass
     }
     // The next block sees this block's outputs with its compressed weights.
     int64_t rows = 0;
+    if (o.before_output) o.before_output(k);
     if (o.pass_progress) o.pass_progress(k, model.num_blocks(), "output", 0, tokens);
     for (auto& h : hidden) {
       h = model.run_block(k, h);

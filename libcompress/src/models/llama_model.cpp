@@ -289,6 +289,7 @@ at::Tensor LlamaModel::attention(int k, const at::Tensor& x, KVCache* cache, int
   const bool local = !cfg_.sliding_layers.empty() && cfg_.sliding_layers[static_cast<size_t>(k)];
   q = rope(q, pos0, local);
   kk = rope(kk, pos0, local);
+  kv_to_cache(k, kk, v);
   if (cache) {
     auto& ck = cache->k[static_cast<size_t>(k)];
     auto& cv = cache->v[static_cast<size_t>(k)];

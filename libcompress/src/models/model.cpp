@@ -1,6 +1,7 @@
 // Model base: layers, parameters by checkpoint name, hooks, device moves.
 #include <set>
 #include "mcompress/model.h"
+#include "mcompress/quant/kv_cache.h"
 
 #include <ATen/ATen.h>
 #include <malloc.h>
@@ -170,6 +171,7 @@ void Model::to(c10::Device device) {
       moved[p] = t;
     }
   }
+  for (auto& [block, s] : kv_quant_) s.k = s.k.to(device), s.v = s.v.to(device);
   device_ = device;
 }
 
@@ -246,6 +248,28 @@ void Model::page_out_block(int k) {
     page_out_param(l.weight);
     if (!l.bias.empty()) page_out_param(l.bias);
   }
+}
+
+void Model::set_kv_quant(int block, const at::Tensor& k_scale, const at::Tensor& v_scale, const std::string& format) {
+  const KVFormat f = parse_kv_format(format);
+  if (!has_attention()) fail("model", arch(), " model has no attention: nothing to quantize in a KV cache");
+  if (block < 0 || block >= num_blocks_) fail("model", "KV-cache scales for block ", block, " of ", num_blocks_);
+  if (!kv_format_.empty() && kv_format_ != kv_format_name(f))
+    fail("model", "KV-cache format ", kv_format_name(f), " after ", kv_format_, ": one format per model");
+  for (const at::Tensor* s : {&k_scale, &v_scale})
+    if (s->dim() != 1 || !at::isfinite(*s).all().item<bool>() || s->le(0).any().item<bool>())
+      fail("model", "KV-cache scales of block ", block, " must be positive and finite, one per kv head");
+  kv_format_ = kv_format_name(f);
+  kv_quant_[block] = {k_scale.to(device_, at::kFloat), v_scale.to(device_, at::kFloat)};
+}
+
+void Model::kv_to_cache(int k, at::Tensor& keys, at::Tensor& values) {
+  if (kv_observer_) kv_observer_(k, keys, values);
+  auto it = kv_quant_.find(k);
+  if (it == kv_quant_.end()) return;
+  const KVFormat f = parse_kv_format(kv_format_);
+  keys = kv_fake_quant(keys, it->second.k, f);
+  values = kv_fake_quant(values, it->second.v, f);
 }
 
 at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x_in) {

@@ -197,6 +197,26 @@ void apply_activation_metadata(Model& model, const std::string& dir_or_file) {
   }
 }
 
+// KV-cache quantization saved with the model (kKVCacheMetadataKey).
+void apply_kv_cache_metadata(Model& model, const std::string& path) {
+  if (fs::is_directory(path)) return;
+  const auto meta = open_checkpoint(path)->metadata();
+  auto it = meta.find(kKVCacheMetadataKey);
+  if (it == meta.end()) return;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(it->second);
+    const std::string format = j.at("format").get<std::string>();
+    for (const auto& [block, ks] : j.at("k_scale").items()) {
+      const auto kv = ks.get<std::vector<float>>(), vv = j.at("v_scale").at(block).get<std::vector<float>>();
+      model.set_kv_quant(std::stoi(block), at::tensor(kv), at::tensor(vv), format);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail("model", path, ": bad '", kKVCacheMetadataKey, "' metadata: ", e.what());
+  } catch (const std::logic_error& e) {
+    fail("model", path, ": bad '", kKVCacheMetadataKey, "' metadata: block '", e.what(), "'");
+  }
+}
+
 }  // namespace
 
 std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& opts) {
@@ -207,6 +227,7 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
     model = build_model(path, opts);
   }
   apply_activation_metadata(*model, path);
+  apply_kv_cache_metadata(*model, path);
   model->set_int8_kernel(opts.int8_kernel);
   if (!device.is_cpu()) model->to(device);
   return model;
@@ -220,6 +241,7 @@ StreamedModel load_model_streamed(const std::string& path) {
   } scope(&s.packed);
   KeepStoredDtype keep(true);
   s.model = build_model(path, LoadOptions{});
+  apply_kv_cache_metadata(*s.model, path);
   return s;
 }
 

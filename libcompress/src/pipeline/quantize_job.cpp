@@ -136,6 +136,14 @@ QuantizeStage quantize_stage(const StageOptions& so) {
   o.awq_clip = !so.flag("no-clip");
   o.hqq_iters = int(so.integer("hqq-iters"));
   if (o.hqq_iters < 0 || o.hqq_iters > 1000) so.fail("hqq-iters", std::to_string(o.hqq_iters) + " outside 0..1000");
+  o.autoround_iters = int(so.integer("autoround-iters"));
+  if (o.autoround_iters < 1 || o.autoround_iters > 100000)
+    so.fail("autoround-iters", std::to_string(o.autoround_iters) + " outside 1..100000");
+  o.autoround_lr = so.real("autoround-lr");
+  if (!(o.autoround_lr >= 0)) so.fail("autoround-lr", "must be >= 0 (0: 1 / iterations)");
+  o.autoround_batch = so.integer("autoround-batch");
+  if (o.autoround_batch < 1) so.fail("autoround-batch", "must be >= 1");
+  o.autoround_minmax = !so.flag("autoround-no-minmax");
   o.targets = so.list("targets"), o.ignore = so.list("ignore");
   o.embeddings = so.flag("quantize-embeddings"), o.classifier = so.flag("quantize-classifier");
   o.conv = so.flag("quantize-conv"), o.true_sequential = so.flag("true-sequential"), o.fp64 = so.flag("fp64");
@@ -166,6 +174,15 @@ QuantizeStage quantize_stage(const StageOptions& so) {
   st.rotation.seed = so.unsigned_integer("rotate-seed");
   if (st.rotation.online && o.eora_rank > 0)
     so.fail("rotate", "hadamard-online does not apply with --eora: a LoRA runtime would not rotate down_proj's input");
+  o.kv_bits = int(so.integer("kv-bits"));
+  if (o.kv_bits != 0 && o.kv_bits != 8) so.fail("kv-bits", std::to_string(o.kv_bits) + ": 8 or 0 (off)");
+  o.kv_format = so.text("kv-format");
+  if (o.kv_format != "int8" && o.kv_format != "fp8") so.fail("kv-format", "'" + o.kv_format + "': int8 or fp8");
+  if (so.has("kv-format") && o.kv_bits == 0) so.fail("kv-format", "needs --kv-bits 8");
+  if (o.kv_bits > 0 && !st.needs_calibration) {
+    st.needs_calibration = true;  // static scales come from the calibration data
+    st.calibration_for = "--kv-bits";
+  }
   st.simulate_int8 = so.flag("simulate-int8");
   o.candidate_bits.clear();
   for (const auto& b : so.list("bits-candidates")) {
@@ -208,6 +225,12 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   if (method == "hqq")
     rep.settings["zero points"] = "HQQ, " + std::to_string(po.hqq_iters) +
                                   " updates (p 0.7, beta 10, kappa 1.01), float16 where fractional";
+  if (method == "autoround")
+    rep.settings["tuning"] = std::to_string(po.autoround_iters) + " signed-gradient steps per block, first step " +
+                             fmt_num("%g", po.autoround_lr > 0 ? po.autoround_lr : 1.0 / po.autoround_iters) +
+                             " decaying to 0, " + std::to_string(po.autoround_batch) + " sequences per step, " +
+                             (po.autoround_minmax ? "rounding offsets and range factors" : "rounding offsets only") +
+                             ", against each block's float output; best step kept";
   if (method == "awq") rep.settings["clip search"] = po.awq_clip ? "yes" : "no";
   if (st.w8a8)
     rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric (alpha " +
@@ -217,6 +240,10 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
                                   "quantized linear's input";
   if (st.rotate != "none") rep.settings["rotation"] = st.rotate;  // the pass's summary replaces it
   if (po.true_sequential) rep.settings["order"] = "true-sequential";
+  if (po.kv_bits > 0)
+    rep.settings["KV cache"] = po.kv_format + (po.kv_format == "fp8" ? " (E4M3, scale amax/448)" : " (scale amax/127)") +
+                               ", static per kv head, keys after RoPE; scales from each block's quantized outputs on "
+                               "the calibration data; the compressed evaluation runs with it";
   if (po.eora_rank > 0)
     rep.settings["EoRA"] = "rank " + std::to_string(po.eora_rank) + " correction of each calibrated layer, fitted in "
                            "the eigenspace of its calibration inputs; written as a LoRA adapter in eora/ (the model "
@@ -301,6 +328,7 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   auto meta = model.config_metadata();
   if (!res.act_bits.empty()) meta[kActivationMetadataKey] = activation_metadata(res.act_bits);
   if (st.rotate != "none") meta[kRotationMetadataKey] = rotation.metadata();
+  if (!res.kv_scales.empty()) meta[kKVCacheMetadataKey] = kv_cache_metadata(po.kv_format, res.kv_scales);
   writer.finish(meta);
   out.keep();
   rep.output = out_model;

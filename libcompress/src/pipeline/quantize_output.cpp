@@ -1,6 +1,7 @@
 // What the quantize job writes besides the quantizer's codes: sparse layouts for pruned inputs, the
 // W8A8 activation metadata, and which runtime each W8A8 layer gets (quantize_stage.h).
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <optional>
@@ -44,6 +45,18 @@ std::string activation_metadata(const std::map<std::string, int>& act_bits) {
     first = false;
   }
   return j + "}}";
+}
+
+std::string kv_cache_metadata(const std::string& format, const std::map<int, std::pair<at::Tensor, at::Tensor>>& scales) {
+  nlohmann::json j;
+  j["format"] = format;
+  j["granularity"] = "per kv head, static";
+  for (const auto& [block, kv] : scales) {
+    const at::Tensor k = kv.first.to(at::kFloat).cpu().contiguous(), v = kv.second.to(at::kFloat).cpu().contiguous();
+    j["k_scale"][std::to_string(block)] = std::vector<float>(k.data_ptr<float>(), k.data_ptr<float>() + k.numel());
+    j["v_scale"][std::to_string(block)] = std::vector<float>(v.data_ptr<float>(), v.data_ptr<float>() + v.numel());
+  }
+  return j.dump();
 }
 
 void w8a8_runtime_rows(JobRun& job, const std::string& out_model, bool simulate_int8) {

@@ -48,7 +48,7 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
       {"quantize",
        with({
                 {"method", T::Text, "rtn",
-                 "rtn | hqq | imatrix | gptq | awq | smoothquant (all but rtn and hqq need calibration data)"},
+                 "rtn | hqq | imatrix | gptq | awq | autoround | smoothquant (all but rtn and hqq need calibration data)"},
                 {"bits", T::Int, "4", "bits per weight, 2..8 (smoothquant: 8)"},
                 {"group-size", T::Int, "32",
                  "input columns per scale (a row whose length it does not divide ends with a shorter group)"},
@@ -76,10 +76,20 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
                  "hqq: zero-point updates per group (p 0.7, beta 10 x 1.01 per update, a group stops when its "
                  "error stops falling; 0 = RTN asymmetric)"},
                 {"no-clip", T::Flag, "", "awq: skip the clipping search"},
+                {"autoround-iters", T::Int, "200",
+                 "autoround: signed-gradient steps per block (AutoRound's default 200; on CPU 50, its light preset, "
+                 "costs a quarter; each step runs the block forward and backward on --autoround-batch sequences)"},
+                {"autoround-lr", T::Real, "0", "autoround: first step size, decaying linearly to 0 (0: 1 / iters)"},
+                {"autoround-batch", T::Int, "8", "autoround: calibration sequences per step"},
+                {"autoround-no-minmax", T::Flag, "", "autoround: tune only the rounding offsets, not the range factors"},
                 {"eora", T::Int, "0",
                  "EoRA: fit a rank-N correction B A of each calibrated layer's quantization error in the eigenspace "
                  "of its calibration inputs (Liu et al. 2024; training-free), written beside the model as a PEFT "
                  "LoRA adapter in DIR/eora/; the report evaluates with and without it (16-64 typical)"},
+                {"kv-bits", T::Int, "0",
+                 "8: quantize the KV cache too, keys (after RoPE) and values per kv head with static scales "
+                 "calibrated on each block's quantized outputs (stored in the file, applied by eval/generate/run); 0: off"},
+                {"kv-format", T::Text, "int8", "KV cache grid with --kv-bits 8: int8 (amax/127) or fp8 (E4M3, amax/448)"},
                 {"alpha", T::Real, "0.5", "smoothquant: migration strength 0..1"},
                 {"act-bits", T::Int, "8",
                  "bits of the per-token activations (dynamic, symmetric), 2..8: smoothquant's (default 8); with any "

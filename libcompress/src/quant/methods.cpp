@@ -53,6 +53,13 @@ std::vector<MethodInfo> make_table() {
   t.push_back(with_group_scales(quantize("awq", true, "activation-aware per-channel scales folded into the previous "
                                          "op, then clip search and RTN (Lin et al., 2023)", "AWQ", awq_layer),
                                 awq_group_scales, awq_without_scales));
+  MethodInfo ar = quantize("autoround", true, "signed-gradient rounding offsets and range factors tuned against "
+                            "each block's output (Cheng et al., 2023; --autoround-iters, default 200)",
+                            "AutoRound", rtn_layer);
+  ar.tune_block = autoround_block;
+  ar.true_sequential = false;  // the block's layers are tuned together
+  ar.check_options = check_autoround_options;
+  t.push_back(ar);
   MethodInfo sq = with_group_scales(quantize("smoothquant", true, "W8A8: outliers moved from activations into weights "
                                              "at each norm, per-token int8 inputs (Xiao et al., 2023)", "SmoothQuant",
                                              rtn_layer),

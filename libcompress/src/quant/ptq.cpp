@@ -14,6 +14,7 @@
 #include "mcompress/methods.h"
 #include "mcompress/model.h"
 #include "mcompress/quant/hessian.h"
+#include "mcompress/quant/kv_cache.h"
 #include "mcompress/tensor.h"
 #include "mcompress/text_format.h"
 #include "ptq_journal.h"
@@ -83,6 +84,7 @@ class Runner {
 
   std::map<std::string, QuantSpec> spec_of;  // per layer name
   int64_t done = 0, total = 0;
+  const std::vector<at::Tensor>* inputs = nullptr;  // the current block's calibration inputs (tune_block methods)
 
   // Quantizes block k's `layers` (all share the statistics pass). With `errors`, a scan: only each
   // layer's output error is appended (the model keeps the codes, the caller restores it), nothing reported.
@@ -99,6 +101,15 @@ class Runner {
       at::Tensor H, s;
     };
     std::map<const HessianAccumulator*, SharedH> shared;
+    // A method tuning the block as a whole (AutoRound) quantizes every layer before the loop reports them.
+    std::map<std::string, LayerOutcome> tuned;
+    if (method_.tune_block) {
+      if (!inputs) fail(kComp, "internal: block ", k, " has no calibration inputs for ", method_.name);
+      std::vector<QuantSpec> specs;
+      for (const LayerInfo* l : layers) specs.push_back(spec_of.at(l->name));
+      std::vector<LayerOutcome> outs = method_.tune_block({m_, k, layers, specs, *inputs}, o_);
+      for (size_t i = 0; i < layers.size(); ++i) tuned.emplace(layers[i]->name, std::move(outs.at(i)));
+    }
     for (const LayerInfo* l : layers) {
       if (o_.progress) o_.progress(errors ? "scan" : "quantize", *l, ++done, total);
       HessianAccumulator& st = *stats.at(l->name);
@@ -122,7 +133,8 @@ class Runner {
       const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
       const QuantSpec& sp = spec_of.at(l->name);
       bool plain_rtn = false;
-      LayerOutcome z = quantize_layer({l->name, W, &st, H}, sp, plain_rtn);
+      auto tit = tuned.find(l->name);
+      LayerOutcome z = tit != tuned.end() ? std::move(tit->second) : quantize_layer({l->name, W, &st, H}, sp, plain_rtn);
       double err = output_error(W - z.weight, H);
       if (errors) {
         errors->push_back(err);
@@ -362,6 +374,11 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   if (!calibrated && o.target_bpw > 0) fail(kComp, "--target-bpw needs calibration data (--calib DATA)");
   if (o.eora_rank < 0) fail(kComp, "EoRA rank ", o.eora_rank, " must be >= 1, or 0 for none");
   if (!calibrated && o.eora_rank > 0) fail(kComp, "--eora needs calibration data (--calib DATA): it fits the inputs");
+  if (o.kv_bits != 0 && o.kv_bits != 8) fail(kComp, "--kv-bits ", o.kv_bits, ": 8 is the one width (int8 or fp8)");
+  if (o.kv_bits > 0 && !calibrated) fail(kComp, "--kv-bits needs calibration data (--calib DATA): its scales are static");
+  if (o.kv_bits > 0 && !model.has_attention())
+    fail(kComp, "--kv-bits: this ", model.arch(), " model has no attention layers (no KV cache)");
+  parse_kv_format(o.kv_format);
   if (o.eora_rank > 0 && method.quantizes_activations)
     fail(kComp, "--eora does not apply to ", o.method, ": its layers quantize their inputs, an adapter would not");
   if (o.quantize_activations && (o.act_bits < 2 || o.act_bits > 8))
@@ -377,11 +394,46 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   SequentialOptions so;
   so.batch = o.batch, so.fp64 = o.fp64, so.pass_progress = o.pass_progress;
   so.true_sequential = o.true_sequential && method.true_sequential;
+  if (method.tune_block) so.before_compress = [&](int, const std::vector<at::Tensor>& h) { run.inputs = &h; };
   if (o.true_sequential && !so.true_sequential)
     res.warnings.push_back("--true-sequential does not apply to " + o.method +
                            " (its scales come from one statistics pass per block)");
   if (o.target_bpw > 0 && !split.in_blocks.empty())
     choose_bits(model, calib, layers, split.in_blocks, so, o, run, res);
+
+  // KV-cache scales: each block's keys and values observed on its output pass, turned into scales (and set on
+  // the model) once the block is done; journaled with it.
+  struct KVAmax {
+    at::Tensor k, v;
+  };
+  std::map<int, KVAmax> kv_amax;
+  int kv_block = -1;
+  struct ObserverOff {
+    Model& m;
+    ~ObserverOff() { m.set_kv_observer({}); }
+  } observer_off{model};
+  if (o.kv_bits > 0) {
+    so.before_output = [&](int k) { kv_block = k, kv_amax.erase(k); };
+    model.set_kv_observer([&](int b, const at::Tensor& keys, const at::Tensor& values) {
+      if (b != kv_block) return;
+      const at::Tensor ka = keys.detach().abs().amax({0, 2, 3}).to(at::kFloat);
+      const at::Tensor va = values.detach().abs().amax({0, 2, 3}).to(at::kFloat);
+      auto it = kv_amax.find(b);
+      if (it == kv_amax.end())
+        kv_amax[b] = {ka, va};
+      else
+        it->second.k = at::maximum(it->second.k, ka), it->second.v = at::maximum(it->second.v, va);
+    });
+  }
+  const KVFormat kv_format = parse_kv_format(o.kv_format);
+  auto kv_finish = [&](int k) {
+    auto it = kv_amax.find(k);
+    if (res.kv_scales.count(k) || it == kv_amax.end()) return;
+    at::Tensor ks = kv_scales(it->second.k, kv_format).cpu(), vs = kv_scales(it->second.v, kv_format).cpu();
+    model.set_kv_quant(k, ks, vs, o.kv_format);
+    res.kv_scales[k] = {ks, vs};
+    kv_amax.erase(it);
+  };
 
   BlockPass pass;
   pass.phase = "quantize";
@@ -389,13 +441,31 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   pass.rows = &res.layers, pass.warnings = &res.warnings;
   PtqBlockSaver saver(model);
   if (o.journal) saver.snapshot();
-  pass.save = [&](int k, BlockJournal::Entry& e) { saver.save(k, res, e); };
-  pass.restore = [&](int, const BlockJournal::Entry& e) { run.done += restore_ptq_block(e, model, res); };
+  pass.save = [&](int k, BlockJournal::Entry& e) {
+    kv_finish(k);
+    saver.save(k, res, e);
+    auto kv = res.kv_scales.find(k);
+    if (kv != res.kv_scales.end()) e.tensors["kv:k"] = kv->second.first, e.tensors["kv:v"] = kv->second.second;
+  };
+  pass.restore = [&](int k, const BlockJournal::Entry& e) {
+    run.done += restore_ptq_block(e, model, res);
+    auto ks = e.tensors.find("kv:k");
+    if (ks != e.tensors.end()) {
+      const at::Tensor vs = e.tensors.at("kv:v");
+      model.set_kv_quant(k, ks->second, vs, o.kv_format);
+      res.kv_scales[k] = {ks->second, vs};
+    }
+  };
   pass.after_block = [&](int k) {
+    kv_finish(k);
     if (o.after_block) o.after_block(k, res);
     if (o.journal) saver.snapshot();
   };
   run_block_pass(model, calib, split.in_blocks, so, o.journal, pass);
+  if (o.kv_bits > 0 && static_cast<int>(res.kv_scales.size()) < model.num_blocks())
+    res.warnings.push_back("KV-cache scales for " + std::to_string(res.kv_scales.size()) + " of " +
+                           std::to_string(model.num_blocks()) + " blocks: the blocks after the last quantized one " +
+                           "are not run on the calibration data, their caches stay float");
   for (const LayerInfo* l : split.outside) {
     run.outside(*l);
     if (o.after_block) o.after_block(-1, res);  // written and released one layer at a time

@@ -7,12 +7,14 @@
 #include "mcompress/model.h"
 #include "mcompress/prune/sparsegpt.h"
 #include "mcompress/ptq.h"
+#include "mcompress/quant/autoround.h"
 #include "mcompress/quant/awq.h"
 #include "mcompress/quant/gptq.h"
 #include "mcompress/quant/hessian.h"
 #include "mcompress/quant/hqq.h"
 #include "mcompress/quant/imatrix.h"
 #include "mcompress/quant/smoothquant.h"
+#include "mcompress/rng.h"
 #include "core/format_number.h"
 
 namespace mc {
@@ -78,6 +80,77 @@ LayerOutcome gptq_layer(const LayerInputs& in, const QuantSpec& spec, const PtqO
   return z;
 }
 
+std::vector<LayerOutcome> autoround_block(const BlockTuneInputs& in, const PtqOptions& o) {
+  Model& m = in.model;
+  const int k = in.block;
+  // Tuned in float32 whatever the model computes in (bf16 matmuls would round the gradients' inputs too).
+  const bool bf16 = m.compute_bf16();
+  m.set_compute_bf16(false);
+  std::vector<at::Tensor> originals;  // the parameters as stored, bound back at the end
+  auto restore = [&] {
+    for (size_t i = 0; i < originals.size(); ++i) m.bind_param(in.layers[i]->weight, originals[i]);
+    m.set_compute_bf16(bf16);
+  };
+  try {
+    // Targets: the float block's outputs on the same inputs (the outputs of the blocks already quantized).
+    std::vector<at::Tensor> targets;
+    {
+      at::NoGradGuard no_grad;
+      for (const auto& x : in.inputs) targets.push_back(m.run_block(k, x));
+    }
+    std::vector<std::pair<size_t, int64_t>> seqs;  // (forward batch, row) of every calibration sequence
+    for (size_t b = 0; b < in.inputs.size(); ++b)
+      for (int64_t r = 0; r < in.inputs[b].size(0); ++r) seqs.emplace_back(b, r);
+    const size_t n = seqs.size();
+    const size_t batch = std::min<size_t>(std::max<int64_t>(1, o.autoround_batch), n);
+    // Mini-batches: consecutive runs of a shuffled order, reshuffled when used up; seeded per block.
+    SplitMix64 rng{o.autoround_seed ^ (0x9e3779b97f4a7c15ull * uint64_t(k + 1))};
+    std::vector<size_t> order(n);
+    for (size_t i = 0; i < n; ++i) order[i] = i;
+    size_t pos = n;
+    auto gather = [&](const std::vector<at::Tensor>& src, size_t from) {
+      std::vector<at::Tensor> rows;
+      for (size_t i = from; i < from + batch; ++i) rows.push_back(src[seqs[order[i]].first].narrow(0, seqs[order[i]].second, 1));
+      return rows.size() == 1 ? rows[0] : at::cat(rows, 0);
+    };
+    std::vector<at::Tensor> weights;
+    std::vector<std::string> names;
+    for (const LayerInfo* l : in.layers) {
+      originals.push_back(m.param(l->weight));
+      weights.push_back(originals.back().to(at::kFloat).reshape({originals.back().size(0), -1}));
+      names.push_back(l->name);
+    }
+    AutoRoundLoss loss = [&](const std::vector<at::Tensor>& wq, int) {
+      for (size_t i = 0; i < wq.size(); ++i) m.bind_param(in.layers[i]->weight, wq[i].reshape(originals[i].sizes()));
+      if (pos + batch > n) {
+        for (size_t i = n - 1; i > 0; --i) std::swap(order[i], order[rng.below(i + 1)]);
+        pos = 0;
+      }
+      const at::Tensor x = gather(in.inputs, pos), y = gather(targets, pos);
+      pos += batch;
+      return (m.run_block(k, x) - y).pow(2).mean();
+    };
+    AutoRoundOptions ao;
+    ao.iters = o.autoround_iters, ao.lr = o.autoround_lr, ao.minmax_lr = o.autoround_minmax_lr;
+    ao.minmax = o.autoround_minmax;
+    AutoRoundTuned r = autoround_tune(weights, in.specs, loss, ao, names);
+    restore();
+    std::vector<LayerOutcome> out;
+    for (auto& q : r.quant) {
+      LayerOutcome z;
+      z.weight = q.dequantize();
+      z.quant = std::move(q);
+      z.note = "block loss " + format_number("%.4g", r.first_loss) + " (rtn) -> " + format_number("%.4g", r.best_loss) +
+               " (step " + std::to_string(r.best_iter) + " of " + std::to_string(o.autoround_iters) + ")";
+      out.push_back(std::move(z));
+    }
+    return out;
+  } catch (...) {
+    restore();
+    throw;
+  }
+}
+
 // AWQ: s = mean|x|^α (normalised), α minimising Σ_c tr(D H Dᵀ) with D = W - Q(W s)/s (quant/awq.h).
 // The returned s is per prev channel; the consumers read g.expand(s).
 at::Tensor awq_group_scales(const ScaleGroupInputs& in, const PtqOptions&, std::string& note) {
@@ -122,6 +195,16 @@ void check_hqq_options(const PtqOptions& o) {
     if (ov.spec.symmetric)
       fail(kComp, "override '", ov.patterns.empty() ? std::string() : ov.patterns[0], "' is symmetric: --method hqq "
            "needs asymmetric grids (it fits each group's zero point)");
+}
+
+void check_autoround_options(const PtqOptions& o) {
+  AutoRoundOptions a;
+  a.iters = o.autoround_iters, a.lr = o.autoround_lr, a.minmax_lr = o.autoround_minmax_lr;
+  a.validate();
+  if (o.autoround_batch < 1) fail(kComp, "autoround batch ", o.autoround_batch, " must be >= 1");
+  if (o.keep_sparsity)
+    fail(kComp, "--keep-sparsity does not apply to autoround: its rounding offsets can move a pruned weight off 0");
+  if (o.spec.group_size < 0) fail(kComp, "--method autoround needs groups or per-channel grids (its variables are per group)");
 }
 
 }  // namespace mc

@@ -14,6 +14,11 @@ LayerOutcome gptq_layer(const LayerInputs& in, const QuantSpec& spec, const PtqO
 // RTN of W clipped by awq_clip (o.awq_clip), in the space scaled by the group's scales.
 LayerOutcome awq_layer(const LayerInputs& in, const QuantSpec& spec, const PtqOptions& o);
 
+// AutoRound (quant/autoround.h) on a block's layers: the loss is the mean squared difference between the
+// block's output with the tuned weights and with its float weights, on mini-batches of o.autoround_batch
+// calibration sequences (a seeded shuffle per block, so a resumed run tunes the same).
+std::vector<LayerOutcome> autoround_block(const BlockTuneInputs& in, const PtqOptions& o);
+
 at::Tensor awq_group_scales(const ScaleGroupInputs& g, const PtqOptions& o, std::string& note);
 at::Tensor smoothquant_group_scales(const ScaleGroupInputs& g, const PtqOptions& o, std::string& note);
 
@@ -24,5 +29,6 @@ const char* smoothquant_without_scales(const PtqOptions& o);
 void check_gptq_options(const PtqOptions& o);
 void check_smoothquant_options(const PtqOptions& o);
 void check_hqq_options(const PtqOptions& o);
+void check_autoround_options(const PtqOptions& o);
 
 }  // namespace mc
