@@ -230,21 +230,19 @@ std::vector<uint8_t> encode_item(const ExportSource& src, Item& it) {
   return out;
 }
 
-// Each weight of a type fitted with importance takes its column importance from the imatrix file (read and
-// checked here, before anything is written). Block weights must have an entry; the output and the embedding
-// need none (llama-imatrix leaves them out unless --process-output), and are then fitted without one.
+// The imatrix file is read and checked here, before anything is written: every 2-D weight of the blocks must
+// have its entry, of its input width (a file for another model is refused even where the type ignores it); the
+// output and the embedding need none (llama-imatrix leaves them out unless --process-output). Weights of a type
+// fitted with importance take their column importance from it.
 void attach_importance(std::vector<Item>& items, const std::string& path) {
   const ImatrixData im = read_imatrix(path);
   for (Item& it : items) {
+    if (it.shape.size() != 2 || it.fixed.defined() || (it.block < 0 && !im.entries.count(it.gguf))) continue;
+    const at::Tensor imp = imatrix_importance(im, path, it.gguf, it.shape[1], it.key);
     const DType t = it.dtype;
     const bool weighted = t == DType::Q2_K || t == DType::Q3_K || t == DType::IQ4_NL || t == DType::IQ4_XS ||
                           t == DType::Q4_K || t == DType::Q5_K;
-    if (!weighted || it.shape.size() != 2) continue;
-    if (it.block < 0 && !im.entries.count(it.gguf)) {
-      it.note += std::string(it.note.empty() ? "" : "; ") + "no imatrix entry";
-      continue;
-    }
-    const at::Tensor imp = imatrix_importance(im, path, it.gguf, it.shape[1], it.key);
+    if (!weighted) continue;
     it.importance.assign(imp.data_ptr<float>(), imp.data_ptr<float>() + imp.numel());
     it.note += std::string(it.note.empty() ? "" : "; ") + "imatrix";
   }
