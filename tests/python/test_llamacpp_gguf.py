@@ -131,6 +131,6 @@ def test_llamacpp_runs_our_lowbit_super_blocks(llamacpp, padded_exports, mc, fmt
     theirs = llamacpp(files[fmt]).split()
     ours = mc("generate", files[fmt], "--prompt", PROMPT, "--max-tokens", TOKENS, "--temperature", "0",
               "--tokenizer", tok, "-q").stdout.split()[len(PROMPT.split()):]
-    assert len(theirs) >= 15, theirs
+    assert len(theirs) >= 10, theirs  # 30 tokens: fewer words where the 3-bit model spells short ones
     n = PADDED_AGREE[fmt]
     assert ours[:n] == theirs[:n], f"llama.cpp: {' '.join(theirs)!r}\nmcompress: {' '.join(ours)!r}"
