@@ -26,8 +26,10 @@ namespace fs = std::filesystem;
 
 const char* const kExportFormats =
     "gguf:TYPE (TYPE: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, mxfp4, "
-    "q4_k_m, auto), "
-    "hf-gptq, compressed-tensors, llama2c-q8";
+    "q4_k_m, auto; q2_k/q3_k/iq4_nl/iq4_xs keep the output (the tied embedding) at Q6_K as llama.cpp does; a row "
+    "the type's block does not divide falls back as llama.cpp does: Q2_K/Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, "
+    "Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, F16 when 32 does not divide it), hf-gptq, compressed-tensors, "
+    "llama2c-q8";
 
 namespace {
 
