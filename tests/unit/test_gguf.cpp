@@ -284,7 +284,7 @@ TEST_CASE("GGUF: malformed files raise InputError naming the problem", "[gguf]")
   }
   SECTION("unknown and unsupported ggml types") {
     expect_error(with([](GgufSpec& s) { s.tensors[0].type = 99; }), "unknown ggml type id 99");
-    expect_error(with([](GgufSpec& s) { s.tensors[0].type = 10; }), "ggml type Q2_K");
+    expect_error(with([](GgufSpec& s) { s.tensors[0].type = 16; }), "ggml type IQ2_XXS");
   }
   SECTION("row length not a multiple of the block size") {
     expect_error(with([](GgufSpec& s) { s.tensors[2].ne = {33, 2}; }), "ne[0] = 33 is not a multiple of the Q8_0 block size 32");

@@ -54,15 +54,7 @@ void check_same(const std::vector<float>& a, const at::Tensor& b) {
 }
 
 std::string tiny_tokenizer(const mctest::TempDir& d, int64_t vocab) {
-  mc::Llama2cTokenizer t;
-  t.max_token_length = 8;
-  for (int64_t i = 0; i < vocab; ++i) {
-    t.vocab.push_back(i < 3 ? "" : (i < 6 ? "<0x0" + std::to_string(i) + ">" : " t" + std::to_string(i)));
-    t.scores.push_back(-float(i));
-  }
-  const std::string p = d.file("tok.bin");
-  mc::write_llama2c_tokenizer(p, t);
-  return p;
+  return mctest::write_tiny_tokenizer(d.file("tok.bin"), vocab);
 }
 
 const mc::GgufValue& kv_of(const mc::CheckpointReader& r, const std::string& key) {
@@ -288,8 +280,8 @@ TEST_CASE("export_gguf: Hugging Face rotate-half llama -> GGUF f32 loads back wi
   CHECK(kv_of(*r, "tokenizer.ggml.token_type").ai.at(3) == 6);             // <0x03>: byte
   CHECK(kv_of(*r, "tokenizer.ggml.token_type").ai.at(1) == 3);             // <s>: control
   CHECK(r->info("blk.0.attn_q.weight").shape == mc::Shape{32, 32});
-  CHECK_THROWS_WITH(mc::export_gguf(d.file("hf.safetensors"), d.file("x.gguf"), {"q3_k", tok, ""}),
-                    Catch::Contains("unknown type 'q3_k'"));
+  CHECK_THROWS_WITH(mc::export_gguf(d.file("hf.safetensors"), d.file("x.gguf"), {"iq2_xxs", tok, ""}),
+                    Catch::Contains("unknown type 'iq2_xxs'"));
 }
 
 TEST_CASE("export_gguf: q4_k_m mix, auto from packed results, fallbacks for short rows", "[gguf_export]") {

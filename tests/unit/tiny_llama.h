@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "mcompress/io/llama2c.h"
 #include "mcompress/models/llama.h"
 #include "mcompress/torch_bridge.h"
 
@@ -47,6 +48,19 @@ inline std::unique_ptr<mc::LlamaModel> tiny_llama(uint64_t seed, const TinyLlama
   add("final_norm", -1, {s.dim}, true);
   if (!s.tied) add("output", -1, {s.vocab, s.dim}, false);
   return std::make_unique<mc::LlamaModel>(c, w);
+}
+
+// A llama2.c tokenizer of `vocab` tokens at `path` (ids 0-2 empty, 3-5 byte tokens <0x03>.., then " t6", ...,
+// scores falling with the id): enough for a GGUF export's tokenizer.ggml.* keys.
+inline std::string write_tiny_tokenizer(const std::string& path, int64_t vocab) {
+  mc::Llama2cTokenizer t;
+  t.max_token_length = 8;
+  for (int64_t i = 0; i < vocab; ++i) {
+    t.vocab.push_back(i < 3 ? "" : (i < 6 ? "<0x0" + std::to_string(i) + ">" : " t" + std::to_string(i)));
+    t.scores.push_back(-float(i));
+  }
+  mc::write_llama2c_tokenizer(path, t);
+  return path;
 }
 
 }  // namespace mctest

@@ -26,6 +26,7 @@ const std::vector<Command>& commands() {
       {"sweep", "expand a grid of models x recipes x parameters into jobs; run them locally (--jobs N) or on Slurm", cmd_sweep},
       {"distill", "train a student from a teacher, or fine-tune a compressed model to recover accuracy", cmd_distill},
       {"tokenize", "token ids of a text (or the text of ids) with a tokenizer.json / tokenizer.bin", cmd_tokenize},
+      {"imatrix", "llama.cpp's importance matrix of a model on calibration text (GGUF, as llama-imatrix writes it)", cmd_imatrix},
       {"export", "write a model for other runtimes: GGUF (llama.cpp), GPTQ / compressed-tensors (Transformers, vLLM), llama2.c int8", cmd_export},
   };
   return cmds;

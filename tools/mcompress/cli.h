@@ -68,5 +68,6 @@ MC_COMMAND(cmd_run);
 MC_COMMAND(cmd_sweep);
 MC_COMMAND(cmd_export);
 MC_COMMAND(cmd_tokenize);
+MC_COMMAND(cmd_imatrix);
 
 }  // namespace mcli

@@ -17,6 +17,9 @@ enum class DType : uint8_t {
   // ggml MXFP4 (type 39): a block of 32 = an E8M0 exponent byte + 16 bytes of E2M1 nibbles (element j in the
   // low nibble of byte j, element j + 16 in its high nibble); value = e2m1 * 2^(e - 127).
   MXFP4,
+  // ggml's 2- and 3-bit K-quants and the non-linear 4-bit types (layouts in ggml_blocks.cpp):
+  // Q2_K (type 10) 256 values in 84 bytes, Q3_K (11) 256 in 110, IQ4_NL (20) 32 in 18, IQ4_XS (23) 256 in 136.
+  Q2_K, Q3_K, IQ4_NL, IQ4_XS,
 };
 
 struct DTypeInfo {

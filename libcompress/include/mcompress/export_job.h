@@ -13,6 +13,7 @@ struct ExportJob {
   std::string tokenizer;   // "" = the one beside the model
   std::string name;        // gguf: general.name
   std::string eval;        // evaluate the input and the exported file read back
+  std::string imatrix;     // gguf: llama.cpp imatrix file, importance weights for Q2_K/Q3_K/IQ4_NL/IQ4_XS
   int64_t window = 128, max_docs = 0;
   bool truncate = false;
 };

@@ -80,6 +80,11 @@ struct PtqOptions {
   // Keep the zeros of an already pruned model (prune, then quantize): GPTQ zeroes them in its column
   // loop with error compensation (SparseGPT with a fixed mask); the other methods keep zeros as zeros.
   bool keep_sparsity = false;
+  // imatrix without calibration: each layer's input importance (float [in], mean square of its inputs) by
+  // layer name, as read from a llama.cpp imatrix file (quant/imatrix_file.h); `importance_source` names the
+  // file for the report. Every selected layer must have one.
+  std::map<std::string, at::Tensor> importance;
+  std::string importance_source;
   // HQQ: zero-point updates per group (0: RTN asymmetric).
   int hqq_iters = 20;
   // AutoRound (quant/autoround.h): signed-gradient steps per block, the step sizes (0: 1 / iters), the

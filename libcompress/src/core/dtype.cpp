@@ -23,6 +23,10 @@ const DTypeInfo kInfo[] = {
     {"Q6_K", 256, 210, false, true}, // 128 low nibbles, 64 high bits, 16 int8 scales, f16 d
     {"F8_E4M3", 1, 1, false, false},
     {"MXFP4", 32, 17, false, true},  // e8m0 exponent + 16 bytes of e2m1 nibbles
+    {"Q2_K", 256, 84, false, true},    // 16 scale/min bytes, 64 bytes of 2-bit quants, f16 d, f16 dmin
+    {"Q3_K", 256, 110, false, true},   // 32 bytes high bits, 64 bytes low 2 bits, 12 bytes scales, f16 d
+    {"IQ4_NL", 32, 18, false, true},   // f16 d + 16 bytes of indices into kvalues_iq4nl
+    {"IQ4_XS", 256, 136, false, true}, // f16 d, u16 scales_h, 4 bytes scales_l, 128 bytes of indices
 };
 }  // namespace
 
@@ -39,7 +43,7 @@ std::optional<DType> dtype_from_name(std::string_view name) {
       {"INT64", DType::I64},   {"INT32", DType::I32},   {"INT16", DType::I16},
       {"INT8", DType::I8},     {"UINT8", DType::U8},    {"BOOL", DType::BOOL},
   };
-  for (int i = 0; i <= static_cast<int>(DType::MXFP4); ++i)
+  for (int i = 0; i <= static_cast<int>(DType::IQ4_XS); ++i)
     if (s == kInfo[i].name) return static_cast<DType>(i);
   for (auto& [a, t] : aliases)
     if (s == a) return t;

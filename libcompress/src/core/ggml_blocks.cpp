@@ -175,6 +175,78 @@ void dequant_mxfp4(const uint8_t* b, float* y) {
   }
 }
 
+// block_q2_K: u8 scales[16] | u8 qs[64] | f16 d | f16 dmin. Sixteen sub-blocks of 16; scales[j] holds
+// sub-block j's scale (low nibble) and min (high nibble). Each half (128 values) uses 32 bytes of qs: value
+// n*128 + 32*k + l (k = 0..3, l < 32) is bits 2k..2k+1 of qs[l]; value = d*sc * q - dmin*m.
+void dequant_q2_k(const uint8_t* b, float* y) {
+  const uint8_t* sc = b;
+  const uint8_t* q = b + 16;
+  const float d = load_f16(b + 80), dmin = load_f16(b + 82);
+  for (int n = 0; n < 2; ++n, q += 32) {
+    for (int k = 0; k < 4; ++k) {
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t s = sc[n * 8 + 2 * k + l / 16];
+        y[n * 128 + 32 * k + l] = d * float(s & 0x0F) * float((q[l] >> (2 * k)) & 3) - dmin * float(s >> 4);
+      }
+    }
+  }
+}
+
+// Q3_K's sixteen 6-bit scales in 12 bytes: the low 4 bits of scale j are the low (j < 8) or high (j >= 8)
+// nibble of byte j % 8, its top 2 bits are bits 2*(j/4) of byte 8 + j % 4; the scale is that minus 32.
+int q3k_scale(const uint8_t* s, int j) {
+  const int lo = j < 8 ? (s[j] & 0x0F) : (s[j - 8] >> 4);
+  const int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+  return (lo | (hi << 4)) - 32;
+}
+
+// block_q3_K: u8 hmask[32] | u8 qs[64] | u8 scales[12] | f16 d. Value n*128 + 32*k + l: low 2 bits as Q2_K's
+// (bits 2k of qs[32n + l]), the third bit is bit 4n + k of hmask[l]; q = low + 4*bit - 4 (-4..3), value =
+// d * scale_j * q with j = (n*128 + 32*k + l) / 16.
+void dequant_q3_k(const uint8_t* b, float* y) {
+  const uint8_t* hm = b;
+  const uint8_t* qs = b + 32;
+  const uint8_t* sc = b + 96;
+  const float d = load_f16(b + 108);
+  for (int i = 0; i < kQK_K; ++i) {
+    const int n = i / 128, k = (i % 128) / 32, l = i % 32;
+    const int low = (qs[32 * n + l] >> (2 * k)) & 3;
+    const int high = (hm[l] >> (4 * n + k)) & 1;
+    y[i] = d * float(q3k_scale(sc, i / 16)) * float(low + 4 * high - 4);
+  }
+}
+
+// IQ4_NL / IQ4_XS: 4-bit indices into ggml's non-linear grid kvalues_iq4nl.
+constexpr int8_t kIq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// block_iq4_nl: f16 d | u8 qs[16]; value j (< 16) = d * kv[low nibble of qs[j]], value j + 16 the high one.
+void dequant_iq4_nl(const uint8_t* b, float* y) {
+  const float d = load_f16(b);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * float(kIq4nl[b[2 + j] & 0x0F]);
+    y[j + 16] = d * float(kIq4nl[b[2 + j] >> 4]);
+  }
+}
+
+// block_iq4_xs: f16 d | u16 scales_h | u8 scales_l[4] | u8 qs[128]. Eight sub-blocks of 32, each laid out as
+// an IQ4_NL block's 16 bytes; sub-block j's 6-bit scale: low 4 bits the (j odd: high) nibble of scales_l[j/2],
+// top 2 bits bits 2j..2j+1 of scales_h; value = d * (scale - 32) * kv[index].
+void dequant_iq4_xs(const uint8_t* b, float* y) {
+  const float d = load_f16(b);
+  uint16_t sh;
+  std::memcpy(&sh, b + 2, 2);
+  const uint8_t* sl = b + 4;
+  const uint8_t* qs = b + 8;
+  for (int j = 0; j < 8; ++j, qs += 16, y += 32) {
+    const int ls = ((sl[j / 2] >> (4 * (j % 2))) & 0x0F) | (((sh >> (2 * j)) & 3) << 4);
+    const float dl = d * float(ls - 32);
+    for (int l = 0; l < 16; ++l) {
+      y[l] = dl * float(kIq4nl[qs[l] & 0x0F]);
+      y[l + 16] = dl * float(kIq4nl[qs[l] >> 4]);
+    }
+  }
+}
+
 using BlockFn = void (*)(const uint8_t*, float*);
 
 BlockFn block_fn(DType t) {
@@ -188,6 +260,10 @@ BlockFn block_fn(DType t) {
     case DType::Q5_K: return dequant_q5_k;
     case DType::Q6_K: return dequant_q6_k;
     case DType::MXFP4: return dequant_mxfp4;
+    case DType::Q2_K: return dequant_q2_k;
+    case DType::Q3_K: return dequant_q3_k;
+    case DType::IQ4_NL: return dequant_iq4_nl;
+    case DType::IQ4_XS: return dequant_iq4_xs;
     default: return nullptr;
   }
 }

@@ -99,7 +99,7 @@ int exact_bits(DType t) {
 
 namespace {
 
-void encode_blocks_hinted(DType t, const float* x, int64_t n, const float* steps, uint8_t* dst) {
+void encode_blocks_hinted(DType t, const float* x, int64_t n, const float* steps, const float* qw, uint8_t* dst) {
   if (!is_block(t)) fail("gguf", "cannot block-encode ", dtype_name(t), ": not a ggml block type");
   const DTypeInfo& info = dtype_info(t);
   if (n < 0 || n % info.block_elems != 0)
@@ -110,13 +110,18 @@ void encode_blocks_hinted(DType t, const float* x, int64_t n, const float* steps
   const int64_t nb = n / info.block_elems;
   for (int64_t i = 0; i < nb; ++i) {
     const float* xb = x + i * info.block_elems;
+    const float* wb = qw ? qw + i * info.block_elems : nullptr;
     uint8_t* b = dst + i * info.block_bytes;
     switch (t) {
       case DType::Q4_1: encode_affine(4, xb, b); break;
       case DType::Q5_1: encode_affine(5, xb, b); break;
       case DType::Q5_0: encode_q5_0(xb, b); break;
-      case DType::Q4_K: gguf_detail::encode_q45_k(4, xb, steps ? steps + i * 8 : nullptr, b); break;
-      case DType::Q5_K: gguf_detail::encode_q45_k(5, xb, steps ? steps + i * 8 : nullptr, b); break;
+      case DType::Q4_K: gguf_detail::encode_q45_k(4, xb, steps ? steps + i * 8 : nullptr, b, wb); break;
+      case DType::Q5_K: gguf_detail::encode_q45_k(5, xb, steps ? steps + i * 8 : nullptr, b, wb); break;
+      case DType::Q2_K: gguf_detail::encode_q2_k(xb, wb, b); break;
+      case DType::Q3_K: gguf_detail::encode_q3_k(xb, wb, b); break;
+      case DType::IQ4_NL: gguf_detail::encode_iq4_nl(xb, wb, b); break;
+      case DType::IQ4_XS: gguf_detail::encode_iq4_xs(xb, wb, b); break;
       case DType::Q6_K: gguf_detail::encode_q6_k(xb, steps ? steps + i * 8 : nullptr, b); break;
       default: fail("gguf", "no encoder for ", info.name);
     }
@@ -125,7 +130,12 @@ void encode_blocks_hinted(DType t, const float* x, int64_t n, const float* steps
 
 }  // namespace
 
-void encode_blocks(DType t, const float* x, int64_t n, uint8_t* dst) { encode_blocks_hinted(t, x, n, nullptr, dst); }
+void encode_blocks(DType t, const float* x, int64_t n, uint8_t* dst) {
+  encode_blocks_hinted(t, x, n, nullptr, nullptr, dst);
+}
+void encode_blocks_weighted(DType t, const float* x, int64_t n, const float* qw, uint8_t* dst) {
+  encode_blocks_hinted(t, x, n, nullptr, qw, dst);
+}
 
 double block_encoding_sse(DType t, const float* x, int64_t n) {
   std::vector<uint8_t> b(*dtype_nbytes(t, n));
@@ -137,7 +147,8 @@ double block_encoding_sse(DType t, const float* x, int64_t n) {
   return e;
 }
 
-std::vector<uint8_t> encode_matrix(DType t, const float* w, int64_t rows, int64_t cols, const float* steps) {
+std::vector<uint8_t> encode_matrix(DType t, const float* w, int64_t rows, int64_t cols, const float* steps,
+                                   const float* importance) {
   const auto total = dtype_nbytes(t, rows * cols);
   if (!total || rows < 0 || cols < 0) fail("gguf", "cannot encode a [", rows, ", ", cols, "] matrix as ", dtype_name(t));
   std::vector<uint8_t> out(*total);
@@ -166,7 +177,8 @@ std::vector<uint8_t> encode_matrix(DType t, const float* w, int64_t rows, int64_
   // Each row is independent; the result does not depend on how rows are split between threads.
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
-      encode_blocks_hinted(t, w + r * cols, cols, steps ? steps + r * (cols / kQK) : nullptr, out.data() + r * row_bytes);
+      encode_blocks_hinted(t, w + r * cols, cols, steps ? steps + r * (cols / kQK) : nullptr, importance,
+                           out.data() + r * row_bytes);
   });
   return out;
 }
@@ -181,7 +193,7 @@ bool maps_exactly(const QuantResult& q, DType t) {
   return sym_type == q.spec.symmetric;
 }
 
-std::vector<uint8_t> encode_from_quant(const QuantResult& q, DType t, int64_t* inexact_blocks) {
+std::vector<uint8_t> encode_from_quant(const QuantResult& q, DType t, int64_t* inexact_blocks, const float* importance) {
   if (inexact_blocks) *inexact_blocks = 0;
   if (!maps_exactly(q, t)) {
     at::Tensor w = q.dequantize().to(at::kFloat).contiguous();
@@ -194,7 +206,8 @@ std::vector<uint8_t> encode_from_quant(const QuantResult& q, DType t, int64_t* i
       if (gs <= 0) steps = s.narrow(1, 0, 1).expand({w.size(0), cols / kQK}).contiguous();
       else steps = s.repeat_interleave(gs / kQK, 1).narrow(1, 0, cols / kQK).contiguous();
     }
-    return encode_matrix(t, w.data_ptr<float>(), w.size(0), cols, steps.defined() ? steps.data_ptr<float>() : nullptr);
+    return encode_matrix(t, w.data_ptr<float>(), w.size(0), cols, steps.defined() ? steps.data_ptr<float>() : nullptr,
+                         importance);
   }
   const int bits = exact_bits(t);
   at::Tensor codes = q.codes.to(at::kByte).contiguous();

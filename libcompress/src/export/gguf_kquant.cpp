@@ -30,15 +30,20 @@ namespace {
 
 constexpr int kQK_K = 256;
 
-// make_qkx2_quants with unit weights and squared error: returns the scale, *the_min = -(min offset) >= 0.
-float fit_scale_min(int n, int nmax, const float* x, float rmin, float rdelta, int nstep, float* the_min) {
-  float mn = x[0], mx = x[0], sum_x = x[0];
-  for (int i = 1; i < n; ++i) {
+}  // namespace
+
+// make_qkx2_quants with weights w (null: unit weights, the plain squared error): the scale, and in
+// *the_min -(min offset) >= 0.
+float fit_scale_min(int n, int nmax, const float* x, const float* w, float rmin, float rdelta, int nstep,
+                    float* the_min) {
+  auto wt = [w](int i) { return w ? w[i] : 1.0f; };
+  float mn = x[0], mx = x[0], sum_x = 0, sum_w = 0;
+  for (int i = 0; i < n; ++i) {
     mn = std::min(mn, x[i]);
     mx = std::max(mx, x[i]);
-    sum_x += x[i];
+    sum_x += wt(i) * x[i];
+    sum_w += wt(i);
   }
-  const float sum_w = float(n);
   if (mn > 0) mn = 0;
   if (mx == mn) {
     *the_min = -mn;
@@ -50,7 +55,7 @@ float fit_scale_min(int n, int nmax, const float* x, float rmin, float rdelta, i
   for (int i = 0; i < n; ++i) {
     const int l = std::clamp(nearest_int(iscale * (x[i] - mn)), 0, nmax);
     const float diff = scale * float(l) + mn - x[i];
-    best += diff * diff;
+    best += wt(i) * diff * diff;
   }
   for (int is = 0; is <= nstep; ++is) {
     iscale = (rmin + rdelta * float(is) + float(nmax)) / (mx - mn);
@@ -58,9 +63,9 @@ float fit_scale_min(int n, int nmax, const float* x, float rmin, float rdelta, i
     int L[32];
     for (int i = 0; i < n; ++i) {
       L[i] = std::clamp(nearest_int(iscale * (x[i] - mn)), 0, nmax);
-      sum_l += float(L[i]);
-      sum_l2 += float(L[i] * L[i]);
-      sum_xl += float(L[i]) * x[i];
+      sum_l += wt(i) * float(L[i]);
+      sum_l2 += wt(i) * float(L[i] * L[i]);
+      sum_xl += wt(i) * float(L[i]) * x[i];
     }
     const float D = sum_w * sum_l2 - sum_l * sum_l;
     if (D <= 0) continue;
@@ -73,7 +78,7 @@ float fit_scale_min(int n, int nmax, const float* x, float rmin, float rdelta, i
     float err = 0;
     for (int i = 0; i < n; ++i) {
       const float diff = this_scale * float(L[i]) + this_min - x[i];
-      err += diff * diff;
+      err += wt(i) * diff * diff;
     }
     if (err < best) {
       best = err;
@@ -85,17 +90,19 @@ float fit_scale_min(int n, int nmax, const float* x, float rmin, float rdelta, i
   return scale;
 }
 
-// Squared error of n values on the grid d*q - dm, q in 0..nmax, each value at its nearest level.
-double sse_affine(const float* x, int n, float d, float dm, int nmax, uint8_t* L) {
+// Weighted squared error of n values on the grid d*q - dm, q in 0..nmax, each value at its nearest level.
+double sse_affine(const float* x, const float* w, int n, float d, float dm, int nmax, uint8_t* L) {
   double e = 0;
   for (int i = 0; i < n; ++i) {
     const int l = d != 0.0f ? std::clamp(nearest_int((x[i] + dm) / d), 0, nmax) : 0;
     if (L) L[i] = uint8_t(l);
     const double diff = double(d * float(l) - dm) - double(x[i]);
-    e += diff * diff;
+    e += (w ? double(w[i]) : 1.0) * diff * diff;
   }
   return e;
 }
+
+namespace {
 
 // Q4_K/Q5_K packing of 8 six-bit scales and mins into 12 bytes (ggml get_scale_min_k4's inverse).
 void pack_scales(uint8_t* q, const int* sc, const int* m) {
@@ -146,70 +153,85 @@ bool grid_range(const float* x, int n, float step, int* lo, int* hi) {
 
 }  // namespace
 
-void encode_q45_k(int bits, const float* x, const float* step, uint8_t* block) {
-  const int nmax = (1 << bits) - 1;
-  float scales[8], mins[8];
+AffineFit fit_affine_superblock(const float* x, const float* w, int nsub, int len, int nmax, int smax,
+                                const float* scales, const float* mins) {
+  AffineFit f;
   float max_scale = 0, max_min = 0;
+  for (int j = 0; j < nsub; ++j) max_scale = std::max(max_scale, scales[j]), max_min = std::max(max_min, mins[j]);
+  auto wsub = [&](int j) { return w ? w + len * j : nullptr; };
+  // Sub-scales against float16 super-scales; error of the whole super-block with them.
+  auto fill = [&](float d, float dmin) {
+    for (int j = 0; j < nsub; ++j) {
+      f.sc[j] = d > 0 ? std::clamp(nearest_int(scales[j] / d), 0, smax) : 0;
+      f.m[j] = dmin > 0 ? std::clamp(nearest_int(mins[j] / dmin), 0, smax) : 0;
+    }
+  };
+  auto total = [&](float d, float dmin) {
+    fill(d, dmin);
+    double e = 0;
+    for (int j = 0; j < nsub; ++j)
+      e += sse_affine(x + len * j, wsub(j), len, d * float(f.sc[j]), dmin * float(f.m[j]), nmax, nullptr);
+    return e;
+  };
+  float ks[7];  // smax, smax - 0.5, ... smax - 3 (ggml takes smax only)
+  for (int i = 0; i < 7; ++i) ks[i] = float(smax) - 0.5f * float(i);
+  f.d = round_f16(max_scale / ks[0]), f.dmin = round_f16(max_min / ks[0]);
+  double best = total(f.d, f.dmin);
+  for (float k : ks) {  // d first with dmin fixed, then dmin with the best d
+    const float d = round_f16(max_scale / k);
+    const double e = total(d, f.dmin);
+    if (e < best) best = e, f.d = d;
+  }
+  for (float k : ks) {
+    const float dmin = round_f16(max_min / k);
+    const double e = total(f.d, dmin);
+    if (e < best) best = e, f.dmin = dmin;
+  }
+  fill(f.d, f.dmin);
+  for (int j = 0; j < nsub; ++j) {  // local refinement of each sub-block's integer scale and min
+    const float* xs = x + len * j;
+    int bs = f.sc[j], bm = f.m[j];
+    double be = sse_affine(xs, wsub(j), len, f.d * float(bs), f.dmin * float(bm), nmax, nullptr);
+    for (int ds = -1; ds <= 1; ++ds) {
+      for (int dm = -1; dm <= 1; ++dm) {
+        const int s2 = f.sc[j] + ds, m2 = f.m[j] + dm;
+        if ((ds == 0 && dm == 0) || s2 < 0 || s2 > smax || m2 < 0 || m2 > smax) continue;
+        const double e = sse_affine(xs, wsub(j), len, f.d * float(s2), f.dmin * float(m2), nmax, nullptr);
+        if (e < be) be = e, bs = s2, bm = m2;
+      }
+    }
+    f.sc[j] = bs, f.m[j] = bm;
+    sse_affine(xs, wsub(j), len, f.d * float(bs), f.dmin * float(bm), nmax, f.L + len * j);
+  }
+  return f;
+}
+
+void encode_q45_k(int bits, const float* x, const float* step, uint8_t* block, const float* qw_in) {
+  const int nmax = (1 << bits) - 1;
+  float wbuf[kQK_K];
+  const float* qw = block_weights(qw_in, 8, 32, wbuf);
+  float scales[8], mins[8];
   for (int j = 0; j < 8; ++j) {
     const float* xs = x + 32 * j;
-    scales[j] = bits == 4 ? fit_scale_min(32, nmax, xs, -1.0f, 0.1f, 20, &mins[j])
-                          : fit_scale_min(32, nmax, xs, -0.5f, 0.1f, 15, &mins[j]);
+    const float* ws = qw ? qw + 32 * j : nullptr;
+    scales[j] = bits == 4 ? fit_scale_min(32, nmax, xs, ws, -1.0f, 0.1f, 20, &mins[j])
+                          : fit_scale_min(32, nmax, xs, ws, -0.5f, 0.1f, 15, &mins[j]);
     int lo, hi;
     if (step && grid_range(xs, 32, step[j], &lo, &hi)) {
       lo = std::min(lo, 0);
       const int span = std::max(hi - lo, 1);
       if (span <= nmax) {
         const float s2 = step[j] / float(nmax / span), m2 = -float(lo) * step[j];
-        if (sse_affine(xs, 32, s2, m2, nmax, nullptr) < sse_affine(xs, 32, scales[j], mins[j], nmax, nullptr))
+        if (sse_affine(xs, ws, 32, s2, m2, nmax, nullptr) < sse_affine(xs, ws, 32, scales[j], mins[j], nmax, nullptr))
           scales[j] = s2, mins[j] = m2;
       }
     }
-    max_scale = std::max(max_scale, scales[j]);
-    max_min = std::max(max_min, mins[j]);
   }
-  // Sub-scales against float16 super-scales; error of the whole super-block with them.
-  int sc[8], m[8];
-  auto fill = [&](float d, float dmin) {
-    for (int j = 0; j < 8; ++j) {
-      sc[j] = d > 0 ? std::clamp(nearest_int(scales[j] / d), 0, 63) : 0;
-      m[j] = dmin > 0 ? std::clamp(nearest_int(mins[j] / dmin), 0, 63) : 0;
-    }
-  };
-  auto total = [&](float d, float dmin) {
-    fill(d, dmin);
-    double e = 0;
-    for (int j = 0; j < 8; ++j) e += sse_affine(x + 32 * j, 32, d * float(sc[j]), dmin * float(m[j]), nmax, nullptr);
-    return e;
-  };
-  const float ks[] = {63.0f, 62.5f, 62.0f, 61.5f, 61.0f, 60.5f, 60.0f};
-  float best_d = round_f16(max_scale / 63.0f), best_dmin = round_f16(max_min / 63.0f);
-  double best = total(best_d, best_dmin);
-  for (float k : ks) {  // d first with dmin fixed, then dmin with the best d
-    const float d = round_f16(max_scale / k);
-    const double e = total(d, best_dmin);
-    if (e < best) best = e, best_d = d;
-  }
-  for (float k : ks) {
-    const float dmin = round_f16(max_min / k);
-    const double e = total(best_d, dmin);
-    if (e < best) best = e, best_dmin = dmin;
-  }
-  fill(best_d, best_dmin);
-  uint8_t L[kQK_K];
-  for (int j = 0; j < 8; ++j) {  // local refinement of each sub-block's integer scale and min
-    int bs = sc[j], bm = m[j];
-    double be = sse_affine(x + 32 * j, 32, best_d * float(bs), best_dmin * float(bm), nmax, nullptr);
-    for (int ds = -1; ds <= 1; ++ds) {
-      for (int dm = -1; dm <= 1; ++dm) {
-        const int s2 = sc[j] + ds, m2 = m[j] + dm;
-        if ((ds == 0 && dm == 0) || s2 < 0 || s2 > 63 || m2 < 0 || m2 > 63) continue;
-        const double e = sse_affine(x + 32 * j, 32, best_d * float(s2), best_dmin * float(m2), nmax, nullptr);
-        if (e < be) be = e, bs = s2, bm = m2;
-      }
-    }
-    sc[j] = bs, m[j] = bm;
-    sse_affine(x + 32 * j, 32, best_d * float(sc[j]), best_dmin * float(m[j]), nmax, L + 32 * j);
-  }
+  const AffineFit f = fit_affine_superblock(x, qw, 8, 32, nmax, 63, scales, mins);
+  const float best_d = f.d, best_dmin = f.dmin;
+  const int* sc = f.sc;
+  const int* m = f.m;
+  const uint8_t* L = f.L;
   store_f16(block, best_d);
   store_f16(block + 2, best_dmin);
   pack_scales(block + 4, sc, m);

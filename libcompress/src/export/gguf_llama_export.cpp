@@ -16,6 +16,7 @@
 #include "mcompress/half.h"
 #include "mcompress/model.h"
 #include "mcompress/models/llama.h"
+#include "mcompress/quant/imatrix_file.h"
 #include "mcompress/quant/packed.h"
 
 namespace mc {
@@ -33,6 +34,7 @@ const TypeName kTypes[] = {
     {"f32", DType::F32, 0},   {"f16", DType::F16, 1},   {"q8_0", DType::Q8_0, 7},  {"q4_0", DType::Q4_0, 2},
     {"q4_1", DType::Q4_1, 3}, {"q5_0", DType::Q5_0, 8}, {"q5_1", DType::Q5_1, 9},  {"q4_k", DType::Q4_K, 14},
     {"q5_k", DType::Q5_K, 16}, {"q6_k", DType::Q6_K, 18}, {"mxfp4", DType::MXFP4, 38}, {"q4_k_m", {}, 15},
+    {"q2_k", DType::Q2_K, 10}, {"q3_k", DType::Q3_K, 11}, {"iq4_nl", DType::IQ4_NL, 25}, {"iq4_xs", DType::IQ4_XS, 30},
     {"auto", {}, 0},
 };
 
@@ -48,6 +50,7 @@ struct Item {
   bool plus_one = false;                    // written as 1 + w (Gemma norms)
   DType dtype = DType::F32;
   std::string note;
+  std::vector<float> importance;            // [in]: each column's weight in the fit (from an imatrix file)
   int64_t numel() const { return shape_numel(shape); }
 };
 
@@ -62,8 +65,14 @@ bool f16_exact(const at::Tensor& w) {
 // The type requested for a 2-D weight before the row-length check (q: its quantizer result, for auto).
 DType wanted_type(const std::string& type, const Item& it, const QuantResult* q_in, const LlamaConfig& c,
                   std::string* why) {
-  for (const auto& t : kTypes)
-    if (type == t.name && t.dtype) return *t.dtype;
+  for (const auto& t : kTypes) {
+    if (type != t.name || !t.dtype) continue;
+    // llama.cpp keeps the output (the tied embedding being the output) at Q6_K in its low-bit mixes.
+    const bool low_bit = *t.dtype == DType::Q2_K || *t.dtype == DType::Q3_K || *t.dtype == DType::IQ4_NL ||
+                         *t.dtype == DType::IQ4_XS;
+    if (low_bit && (it.role == "output" || (it.role == "embed" && c.tied))) return *why = type + ": output", DType::Q6_K;
+    return *t.dtype;
+  }
   if (type == "q4_k_m") {
     const bool output = it.role == "output" || (it.role == "embed" && c.tied);
     if (output) return *why = "q4_k_m: output", DType::Q6_K;
@@ -104,7 +113,12 @@ void choose_type(Item& it, const std::string& type, const LlamaConfig& c, const 
   const int64_t cols = it.shape[1];
   const int64_t be = dtype_info(t).block_elems;
   if (cols % be != 0) {
-    DType fb = t == DType::Q4_K ? DType::Q5_0 : t == DType::Q5_K ? DType::Q5_1 : t == DType::Q6_K ? DType::Q8_0 : DType::F16;
+    DType fb = t == DType::Q4_K   ? DType::Q5_0
+               : t == DType::Q5_K ? DType::Q5_1
+               : t == DType::Q6_K ? DType::Q8_0
+               : t == DType::Q2_K || t == DType::Q3_K ? DType::Q4_0
+               : t == DType::IQ4_XS                   ? DType::IQ4_NL
+                                                      : DType::F16;
     if (cols % 32 != 0) fb = DType::F16;
     if (fb == DType::F16 && type == "auto" && !f16_exact(src.value(it.key))) fb = DType::F32;
     why = str("fallback ", dtype_name(t), " -> ", dtype_name(fb), ": row length ", cols, " not a multiple of ", be,
@@ -190,6 +204,7 @@ std::vector<uint8_t> encode_item(const ExportSource& src, Item& it) {
   const int64_t rows = it.shape.size() == 2 ? it.shape[0] : 1, cols = it.shape.back();
   const uint64_t row_bytes = *dtype_nbytes(it.dtype, cols);
   std::vector<uint8_t> out(size_t(rows) * row_bytes);
+  const float* imp = it.importance.empty() ? nullptr : it.importance.data();
   auto put = [&](const std::vector<uint8_t>& b, int64_t first) { std::copy(b.begin(), b.end(), out.begin() + first * row_bytes); };
   if (it.packed && it.dtype != DType::F32 && it.dtype != DType::F16) {
     QuantResult q = *src.entry(it.key).quant;
@@ -200,7 +215,7 @@ std::vector<uint8_t> encode_item(const ExportSource& src, Item& it) {
     int64_t inexact = 0;  // blocks whose min is not a float16 value (Q4_1, Q5_1)
     for (int64_t r = 0, step = export_block_rows(cols); r < rows; r += step) {
       int64_t k = 0;
-      put(encode_from_quant(rows_of(q, r, std::min(step, rows - r)), it.dtype, &k), r);
+      put(encode_from_quant(rows_of(q, r, std::min(step, rows - r)), it.dtype, &k, imp), r);
       inexact += k;
     }
     if (exact && (it.dtype == DType::Q4_1 || it.dtype == DType::Q5_1) && inexact > 0)
@@ -210,9 +225,27 @@ std::vector<uint8_t> encode_item(const ExportSource& src, Item& it) {
   }
   src.for_row_blocks(it.key, it.order, [&](const at::Tensor& v, int64_t first) {
     const at::Tensor x = it.plus_one ? (v + 1.0).contiguous() : v;  // Gemma norms as 1 + w
-    put(encode_matrix(it.dtype, x.data_ptr<float>(), x.size(0), x.size(1)), first);
+    put(encode_matrix(it.dtype, x.data_ptr<float>(), x.size(0), x.size(1), nullptr, imp), first);
   });
   return out;
+}
+
+// The imatrix file is read and checked here, before anything is written: every 2-D weight of the blocks must
+// have its entry, of its input width (a file for another model is refused even where the type ignores it); the
+// output and the embedding need none (llama-imatrix leaves them out unless --process-output). Weights of a type
+// fitted with importance take their column importance from it.
+void attach_importance(std::vector<Item>& items, const std::string& path) {
+  const ImatrixData im = read_imatrix(path);
+  for (Item& it : items) {
+    if (it.shape.size() != 2 || it.fixed.defined() || (it.block < 0 && !im.entries.count(it.gguf))) continue;
+    const at::Tensor imp = imatrix_importance(im, path, it.gguf, it.shape[1], it.key);
+    const DType t = it.dtype;
+    const bool weighted = t == DType::Q2_K || t == DType::Q3_K || t == DType::IQ4_NL || t == DType::IQ4_XS ||
+                          t == DType::Q4_K || t == DType::Q5_K;
+    if (!weighted) continue;
+    it.importance.assign(imp.data_ptr<float>(), imp.data_ptr<float>() + imp.numel());
+    it.note += std::string(it.note.empty() ? "" : "; ") + "imatrix";
+  }
 }
 
 // Writes the file, each weight encoded as the writer reaches it; returns what each became.
@@ -232,7 +265,53 @@ std::vector<GgufTensorChoice> write_items(const ExportSource& src, const std::st
 
 }  // namespace
 
-const char* gguf_export_types() { return "f32|f16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|mxfp4|q4_k_m|auto"; }
+// llama.cpp's tensor names of the parameters, in file order (gguf.h).
+std::vector<GgufWeightName> gguf_llama_tensor_names(const LlamaConfig& c) {
+  std::vector<GgufWeightName> names;
+  auto add = [&](const std::string& gguf, const std::string& role, int64_t blk) { names.push_back({gguf, role, blk}); };
+  add("token_embd.weight", "embed", -1);
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string b = "blk." + std::to_string(i) + ".";
+    if (gguf_detail::is_gemma_arch(c.family)) {
+      for (const auto& [gguf, role] : gguf_detail::gemma_block_tensors(c)) add(b + gguf + ".weight", role, i);
+      continue;
+    }
+    add(b + "attn_norm.weight", "attn_norm", i);
+    if (c.fused_qkv_gate_up) {  // phi3: the fused tensors as they are (NEOX RoPE: HF row order)
+      add(b + "attn_qkv.weight", "wqkv", i);
+      add(b + "attn_output.weight", "wo", i);
+      add(b + "ffn_norm.weight", "ffn_norm", i);
+      add(b + "ffn_up.weight", "w13", i);
+      add(b + "ffn_down.weight", "w2", i);
+      continue;
+    }
+    add(b + "attn_q.weight", "wq", i);
+    add(b + "attn_k.weight", "wk", i);
+    add(b + "attn_v.weight", "wv", i);
+    if (c.qkv_bias) {
+      add(b + "attn_q.bias", "bq", i);
+      add(b + "attn_k.bias", "bk", i);
+      add(b + "attn_v.bias", "bv", i);
+    }
+    if (c.qk_norm) {
+      add(b + "attn_q_norm.weight", "q_norm", i);
+      add(b + "attn_k_norm.weight", "k_norm", i);
+    }
+    add(b + "attn_output.weight", "wo", i);
+    if (c.o_bias) add(b + "attn_output.bias", "bo", i);
+    add(b + "ffn_norm.weight", "ffn_norm", i);
+    add(b + "ffn_gate.weight", "w1", i);
+    add(b + "ffn_up.weight", "w3", i);
+    add(b + "ffn_down.weight", "w2", i);
+  }
+  add("output_norm.weight", "final_norm", -1);
+  if (!c.tied) add("output.weight", "output", -1);
+  return names;
+}
+
+const char* gguf_export_types() {
+  return "f32|f16|q8_0|q4_0|q4_1|q5_0|q5_1|q2_k|q3_k|q4_k|q5_k|q6_k|iq4_nl|iq4_xs|mxfp4|q4_k_m|auto";
+}
 
 std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const std::string& out_path,
                                           const GgufExportOptions& opts) {
@@ -274,7 +353,8 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
     choose_type(it, type, c, src);
     items.push_back(std::move(it));
   };
-  add("token_embd.weight", "embed", -1);
+  const std::vector<GgufWeightName> names = gguf_llama_tensor_names(c);  // token_embd first
+  add(names[0].gguf, names[0].role, names[0].block);
   if (c.rope_scaling == "llama3" || c.rope_scaling == "factors") {  // arch llama only (gguf_arch)
     const std::vector<double> f = c.rope_scaling == "llama3" ? llama3_rope_freq_factors(c) : c.rope_freq_factors;
     Item it;
@@ -284,42 +364,7 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
     it.note = c.rope_scaling == "llama3" ? "llama3 rope scaling" : "rope frequency factors";
     items.push_back(std::move(it));
   }
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    const std::string b = "blk." + std::to_string(i) + ".";
-    if (gemma) {
-      for (const auto& [gguf, role] : gguf_detail::gemma_block_tensors(c)) add(b + gguf + ".weight", role, i);
-      continue;
-    }
-    add(b + "attn_norm.weight", "attn_norm", i);
-    if (c.fused_qkv_gate_up) {  // phi3: the fused tensors as they are (NEOX RoPE: HF row order)
-      add(b + "attn_qkv.weight", "wqkv", i);
-      add(b + "attn_output.weight", "wo", i);
-      add(b + "ffn_norm.weight", "ffn_norm", i);
-      add(b + "ffn_up.weight", "w13", i);
-      add(b + "ffn_down.weight", "w2", i);
-      continue;
-    }
-    add(b + "attn_q.weight", "wq", i);
-    add(b + "attn_k.weight", "wk", i);
-    add(b + "attn_v.weight", "wv", i);
-    if (c.qkv_bias) {
-      add(b + "attn_q.bias", "bq", i);
-      add(b + "attn_k.bias", "bk", i);
-      add(b + "attn_v.bias", "bv", i);
-    }
-    if (c.qk_norm) {
-      add(b + "attn_q_norm.weight", "q_norm", i);
-      add(b + "attn_k_norm.weight", "k_norm", i);
-    }
-    add(b + "attn_output.weight", "wo", i);
-    if (c.o_bias) add(b + "attn_output.bias", "bo", i);
-    add(b + "ffn_norm.weight", "ffn_norm", i);
-    add(b + "ffn_gate.weight", "w1", i);
-    add(b + "ffn_up.weight", "w3", i);
-    add(b + "ffn_down.weight", "w2", i);
-  }
-  add("output_norm.weight", "final_norm", -1);
-  if (!c.tied) add("output.weight", "output", -1);
+  for (size_t i = 1; i < names.size(); ++i) add(names[i].gguf, names[i].role, names[i].block);
   for (const auto& [gguf, values] : gguf_detail::phi3_rope_factor_tensors(c)) {
     Item it;
     it.gguf = gguf, it.role = "rope_factors";
@@ -328,6 +373,8 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
     choose_type(it, type, c, src);
     items.push_back(std::move(it));
   }
+
+  if (!opts.imatrix.empty()) attach_importance(items, opts.imatrix);
 
   std::vector<GgufKV> kv;
   const std::string name = opts.name.empty() ? fs::path(model_path).stem().string() : opts.name;

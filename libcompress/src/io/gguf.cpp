@@ -36,11 +36,11 @@ const GgmlType kGgmlTypes[] = {
     {0, "F32", DType::F32},      {1, "F16", DType::F16},       {2, "Q4_0", DType::Q4_0},
     {3, "Q4_1", DType::Q4_1},    {4, "Q4_2 (removed from ggml)", {}}, {5, "Q4_3 (removed from ggml)", {}},
     {6, "Q5_0", DType::Q5_0},    {7, "Q5_1", DType::Q5_1},     {8, "Q8_0", DType::Q8_0},
-    {9, "Q8_1", {}},             {10, "Q2_K", {}},             {11, "Q3_K", {}},
+    {9, "Q8_1", {}},             {10, "Q2_K", DType::Q2_K},    {11, "Q3_K", DType::Q3_K},
     {12, "Q4_K", DType::Q4_K},   {13, "Q5_K", DType::Q5_K},    {14, "Q6_K", DType::Q6_K},
     {15, "Q8_K", {}},            {16, "IQ2_XXS", {}},          {17, "IQ2_XS", {}},
-    {18, "IQ3_XXS", {}},         {19, "IQ1_S", {}},            {20, "IQ4_NL", {}},
-    {21, "IQ3_S", {}},           {22, "IQ2_S", {}},            {23, "IQ4_XS", {}},
+    {18, "IQ3_XXS", {}},         {19, "IQ1_S", {}},            {20, "IQ4_NL", DType::IQ4_NL},
+    {21, "IQ3_S", {}},           {22, "IQ2_S", {}},            {23, "IQ4_XS", DType::IQ4_XS},
     {24, "I8", DType::I8},       {25, "I16", DType::I16},      {26, "I32", DType::I32},
     {27, "I64", DType::I64},     {28, "F64", DType::F64},      {29, "IQ1_M", {}},
     {30, "BF16", DType::BF16},   {31, "Q4_0_4_4 (removed)", {}}, {32, "Q4_0_4_8 (removed)", {}},
@@ -50,7 +50,7 @@ const GgmlType kGgmlTypes[] = {
     {42, "Q2_0", {}},
 };
 constexpr const char* kSupported =
-    "F32, F16, BF16, F64, I8, I16, I32, I64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4";
+    "F32, F16, BF16, F64, I8, I16, I32, I64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, MXFP4, Q2_K, Q3_K, IQ4_NL, IQ4_XS";
 
 DType ggml_dtype(ByteCursor& c, const std::string& tensor, uint32_t id, uint64_t at) {
   for (const auto& t : kGgmlTypes) {

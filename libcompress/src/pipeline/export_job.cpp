@@ -26,14 +26,17 @@ namespace mc {
 namespace fs = std::filesystem;
 
 const char* const kExportFormats =
-    "gguf:TYPE (TYPE: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, mxfp4, q4_k_m, auto), "
-    "hf-gptq, compressed-tensors, llama2c-q8";
+    "gguf:TYPE (TYPE: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs, mxfp4, "
+    "q4_k_m, auto; q2_k/q3_k/iq4_nl/iq4_xs keep the output (the tied embedding) at Q6_K as llama.cpp does; a row "
+    "the type's block does not divide falls back as llama.cpp does: Q2_K/Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, "
+    "Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, F16 when 32 does not divide it), hf-gptq, compressed-tensors, "
+    "llama2c-q8";
 
 namespace {
 
 // The bytes per weight each GGUF type promises (block bytes / block values).
 double promised_bits(const std::string& type) {
-  for (int t = 0; t <= static_cast<int>(DType::MXFP4); ++t) {
+  for (int t = 0; t <= static_cast<int>(DType::IQ4_XS); ++t) {
     const auto& info = dtype_info(static_cast<DType>(t));
     if (type == info.name) return 8.0 * double(info.block_bytes) / double(info.block_elems);
   }
@@ -58,13 +61,14 @@ std::string run_export(const ExportJob& job, const EventSink& events) {
     fail("export", in, ": quantized with --rotate hadamard-online: ", online, " layers (down_proj) multiply their input "
          "by a Hadamard matrix at run time, which ", format, " files cannot express; quantize with --rotate hadamard "
          "(R1 + R2, fully offline) to export, or run this model with mcompress eval / generate");
+  if (!job.imatrix.empty() && !gguf) fail("export", "--imatrix applies to --format gguf:TYPE only");
 
   nlohmann::json result = {{"model", in}, {"output", out}, {"format", format}};
   const bool results = !events.json;  // -q drops the per-tensor table; sizes and metrics are results
   if (gguf) {
     GgufExportOptions o;
     o.type = format == "gguf" ? "auto" : format.substr(5);
-    o.tokenizer = tokenizer, o.name = name;
+    o.tokenizer = tokenizer, o.name = name, o.imatrix = job.imatrix;
     const auto choices = export_gguf(in, out, o);
     std::map<std::string, std::pair<int64_t, uint64_t>> by_type;
     nlohmann::json tensors = nlohmann::json::array();

@@ -17,6 +17,7 @@
 #include "mcompress/error.h"
 #include "mcompress/methods.h"
 #include "mcompress/ptq.h"
+#include "mcompress/quant/imatrix_file.h"
 #include "mcompress/quant/packed.h"
 #include "quantize_stage.h"
 
@@ -183,6 +184,14 @@ QuantizeStage quantize_stage(const StageOptions& so) {
     st.needs_calibration = true;  // static scales come from the calibration data
     st.calibration_for = "--kv-bits";
   }
+  if (so.has("imatrix")) {  // llama.cpp's importance file instead of calibration (applied in run_quantize)
+    if (o.method != "imatrix") so.fail("imatrix", "applies to --method imatrix only, not " + o.method);
+    if (o.target_bpw > 0 || o.eora_rank > 0 || o.kv_bits > 0)
+      so.fail("imatrix", "replaces calibration data, which --target-bpw, --eora and --kv-bits need");
+    if (so.has("calib")) so.fail("imatrix", "and --calib exclude each other (the file replaces calibration)");
+    o.importance_source = so.text("imatrix");
+    st.calibrated = st.needs_calibration = false;
+  }
   st.simulate_int8 = so.flag("simulate-int8");
   o.candidate_bits.clear();
   for (const auto& b : so.list("bits-candidates")) {
@@ -258,6 +267,17 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
   rep.plan = plan_stage(model, io.model, so);  // bad patterns fail here, before any data is read
   if (io.dry_run) return job.result();
   job.check_calibration(needs, st.calibration_for);  // before any data is read
+  if (!po.importance_source.empty()) {  // every selected block layer needs its entry, checked before any work
+    const ImatrixData im = read_imatrix(po.importance_source);
+    const std::map<std::string, std::string> names = gguf_names_by_layer(model);
+    for (const LayerInfo* l : select_layers(model, po)) {
+      const auto n = names.find(l->name);
+      if (n == names.end() || (l->block < 0 && !im.entries.count(n->second))) continue;  // RTN, as the plan says
+      po.importance[l->name] = imatrix_importance(im, po.importance_source, n->second, l->in_features, l->name);
+    }
+    rep.settings["importance"] = "llama.cpp imatrix " + po.importance_source + " (" + im.format + ", " +
+                                 std::to_string(im.entries.size()) + " entries)";
+  }
   {
     // A pruned input without --keep-sparsity is worth a word. The first block's layers tell (a pruned
     // model is pruned throughout): reading every weight would be a pass over the whole file.

@@ -101,6 +101,9 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
                  "down_proj's input that our runtime applies (eval/generate; export refuses it); none"},
                 {"rotate-seed", T::Int, "0", "--rotate: seed of R1's random signs"},
                 {"simulate-int8", T::Flag, "", "smoothquant: evaluate with simulated (float) int8 matmuls only"},
+                {"imatrix", T::Text, "",
+                 "imatrix: the importance from a llama.cpp imatrix file (GGUF or legacy .dat, e.g. from mcompress "
+                 "imatrix or llama-imatrix) instead of calibration data; every quantized block layer needs its entry"},
                 {"target-bpw", T::Real, "0",
                  "mixed precision: mean code bits per weight to meet (e.g. 3.5), bits chosen per layer by a "
                  "sensitivity scan"},

@@ -2,6 +2,7 @@
 // methods come from the method table (methods.h), the block loop and its journal from block_driver.h,
 // mixed precision from quant/mixed_precision.h.
 #include "mcompress/ptq.h"
+#include "mcompress/quant/imatrix.h"
 
 #include <ATen/ATen.h>
 #include <fnmatch.h>
@@ -181,16 +182,22 @@ class Runner {
     const at::Tensor w_full = m_.param(l.weight);
     const at::Tensor W = w_full.to(at::kFloat).reshape({w_full.size(0), -1});
     const QuantSpec& sp = spec_of.at(l.name);
-    const bool own = !method_.needs_calibration && l.kind != LayerKind::Embedding && !l.is_classifier;
+    const auto imp = o_.importance.find(l.name);  // imatrix from a file instead of calibration
+    const bool from_file = imp != o_.importance.end();
+    const bool own = from_file || (!method_.needs_calibration && l.kind != LayerKind::Embedding && !l.is_classifier);
     const at::Tensor no_h;
     LayerOutcome z;
-    if (own) {
+    if (from_file) {
+      z.quant = imatrix_quantize(W, sp, imp->second, l.name);
+      z.weight = z.quant->dequantize();
+    } else if (own) {
       z = method_.quantize_layer({l.name, W, nullptr, no_h}, sp, o_);
     } else {
       z.quant = rtn_quantize(W, sp, l.name);
       z.weight = z.quant->dequantize();
     }
-    std::string note = method_.needs_calibration ? "outside the blocks: plain RTN" : "";
+    std::string note = from_file ? "importance from " + o_.importance_source
+                       : method_.needs_calibration ? "outside the blocks: plain RTN" : "";
     if (sp.group_size > 0 && W.size(1) % sp.group_size)
       note += (note.empty() ? "" : "; ") + std::string("last group of ") + std::to_string(W.size(1) % sp.group_size) +
               " columns";
@@ -369,8 +376,12 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
          method.quantizes_activations ? " (W8A8)" : "");
   const std::vector<const LayerInfo*> layers = select_layers(model, o);
   const bool calibrated = calib.defined();
-  if (!calibrated && method.needs_calibration)
-    fail(kComp, "--method ", o.method, " needs calibration data (--calib DATA)");
+  if (!o.importance.empty() && o.method != "imatrix")
+    fail(kComp, "importance from an imatrix file applies to --method imatrix, not ", o.method);
+  if (!o.importance.empty() && calibrated)
+    fail(kComp, "--imatrix replaces calibration: pass --calib or --imatrix, not both");
+  if (!calibrated && method.needs_calibration && o.importance.empty())
+    fail(kComp, "--method ", o.method, " needs calibration data (--calib DATA) or, for imatrix, --imatrix FILE");
   if (!calibrated && o.target_bpw > 0) fail(kComp, "--target-bpw needs calibration data (--calib DATA)");
   if (o.eora_rank < 0) fail(kComp, "EoRA rank ", o.eora_rank, " must be >= 1, or 0 for none");
   if (!calibrated && o.eora_rank > 0) fail(kComp, "--eora needs calibration data (--calib DATA): it fits the inputs");

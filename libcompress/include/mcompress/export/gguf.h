@@ -5,6 +5,11 @@
 //
 // Types (GgufExportOptions::type):
 //   f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k   every 2-D weight in that type
+//   q2_k, q3_k, iq4_nl, iq4_xs   the low-bit types: every 2-D weight in that type, but token_embd.weight and
+//            output.weight (or the tied embedding) in Q6_K as llama.cpp's Q2_K/Q3_K/IQ4 mixes keep the output
+//            (llama.cpp: "output.weight -> Q6_K" unless the type is already above it); fitted to our values with
+//            each column's importance from an imatrix (GgufExportOptions::imatrix) as the weight of its squared
+//            error, plain squared error without one (gguf_lowbit.cpp)
 //   mxfp4    ggml MXFP4 (type 39; llama ftype 38): each block of 32 is quant/fp_formats.h's mxfp4 group (OCP MX
 //            exponent floor(log2 amax) - 2 as the E8M0 byte, E2M1 codes rounded to nearest even, saturating)
 //            with element j in the low nibble of byte j and element j + 16 in its high nibble; ggml's
@@ -19,7 +24,8 @@
 //            value, see encode_from_quant), other grids -> Q4_K (2..4 bits), Q5_K (5), Q6_K (6), Q8_0 (7, 8)
 //            fitted to our dequantized values; weights left dense -> F16
 // Norms are always F32. A weight whose row length the type's block does not divide falls back as llama.cpp
-// does: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and to F16 when 32 does not divide it either (auto: to F16
+// does: Q2_K/Q3_K -> Q4_0, IQ4_XS -> IQ4_NL, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and to F16 when 32 does not
+// divide it either (auto: to F16
 // when that holds the values exactly, else F32, so the export stays lossless). GgufTensorChoice::note says so.
 #pragma once
 #include <cstdint>
@@ -37,6 +43,7 @@
 namespace mc {
 
 class Model;
+struct LlamaConfig;
 
 // ---- block encoders -------------------------------------------------------------------------------
 // Encodes n values (a multiple of the block size) of the ggml block type t into dtype_nbytes(t, n) bytes.
@@ -61,12 +68,20 @@ double block_encoding_sse(DType t, const float* x, int64_t n);
 bool maps_exactly(const QuantResult& q, DType t);
 // Encodes q's weight [out, in] as t: the exact mapping above where maps_exactly holds, else encode_blocks of
 // q.dequantize() row by row (K-quants: the super-block scales fitted to our dequantized values).
-std::vector<uint8_t> encode_from_quant(const QuantResult& q, DType t, int64_t* inexact_blocks = nullptr);
+// `importance` (optional, float [in]): each column's weight in the fit of the types that take one (Q2_K, Q3_K,
+// IQ4_NL, IQ4_XS); the exact mappings do not need it.
+std::vector<uint8_t> encode_from_quant(const QuantResult& q, DType t, int64_t* inexact_blocks = nullptr,
+                                       const float* importance = nullptr);
 // Encodes a float32 matrix [rows, cols] (row-major, contiguous) as t (F32, F16 or a block type), rows in parallel.
 // K-quants: `steps` (optional, [rows, cols / 32], 0 = unknown) is the grid step of each run of 32 values when
 // they are known to be integer multiples of it (our quantizer's scale): each sub-block then also tries the
 // exact fit on that grid (see gguf_kquant.cpp).
-std::vector<uint8_t> encode_matrix(DType t, const float* w, int64_t rows, int64_t cols, const float* steps = nullptr);
+// `importance` (optional, [cols], >= 0): Q2_K, Q3_K, IQ4_NL and IQ4_XS minimise Σ importance[c] (w - ŵ)² per
+// block instead of the plain squared error (llama.cpp's quant_weights from an imatrix); other types ignore it.
+std::vector<uint8_t> encode_matrix(DType t, const float* w, int64_t rows, int64_t cols, const float* steps = nullptr,
+                                   const float* importance = nullptr);
+// Encodes n values as t with per-value weights qw (may be null): encode_blocks with importance.
+void encode_blocks_weighted(DType t, const float* x, int64_t n, const float* qw, uint8_t* dst);
 
 // ---- GGUF writer ------------------------------------------------------------------------------------
 // Key/value constructors (GgufValue as the reader returns it).
@@ -105,6 +120,7 @@ struct GgufExportOptions {
   std::string type = "auto";  // see the top of this file
   std::string tokenizer;      // tokenizer.bin (llama2.c) or tokenizer.json; empty: looked for beside the model
   std::string name;           // general.name; empty: the model file's stem
+  std::string imatrix;        // llama.cpp imatrix file (GGUF or legacy .dat): importance for the low-bit types
 };
 struct GgufTensorChoice {
   std::string name;   // GGUF tensor name (blk.0.attn_q.weight)
@@ -129,6 +145,14 @@ std::vector<GgufTensorChoice> export_gguf(const std::string& model_path, const s
                                           const GgufExportOptions& opts);
 // Type names accepted by export_gguf, for help texts: "f32|f16|q8_0|...|auto".
 const char* gguf_export_types();
+// llama.cpp's name of each parameter export_gguf writes from a llama-family config (roles as
+// llama_param_name takes them; block -1 outside the blocks), in file order. rope_freqs / rope factor
+// tensors, which are made here and not read from the model, are not listed.
+struct GgufWeightName {
+  std::string gguf, role;
+  int64_t block = -1;
+};
+std::vector<GgufWeightName> gguf_llama_tensor_names(const LlamaConfig& c);
 
 // ---- llama import (used by load_model) ------------------------------------------------------------
 // True when the file at path is GGUF with general.architecture llama, qwen2 or qwen3.
