@@ -168,6 +168,8 @@ ImatrixData collect_imatrix(Model& model, const at::Tensor& calib, int64_t batch
   ImatrixData d;
   d.format = "gguf";
   // Nothing is changed: each block's statistics come from the float model's own activations.
+  SequentialOptions so;
+  so.batch = batch;
   compress_blocks(model, calib, targets, [&](int, const std::vector<const LayerInfo*>& layers, const BlockStats& st) {
     for (const LayerInfo* l : layers) {
       const HessianAccumulator& h = *st.at(l->name);
@@ -176,7 +178,7 @@ ImatrixData collect_imatrix(Model& model, const at::Tensor& calib, int64_t batch
       e.sum_sq.assign(s.data_ptr<float>(), s.data_ptr<float>() + s.numel());
       e.count = float(h.samples());
     }
-  }, SequentialOptions{batch});
+  }, so);
   d.chunk_count = calib.size(0);
   d.chunk_size = calib.dim() > 1 ? calib.size(1) : 1;
   return d;

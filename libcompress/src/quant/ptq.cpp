@@ -389,7 +389,7 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
   if (o.kv_bits > 0 && !calibrated) fail(kComp, "--kv-bits needs calibration data (--calib DATA): its scales are static");
   if (o.kv_bits > 0 && !model.has_attention())
     fail(kComp, "--kv-bits: this ", model.arch(), " model has no attention layers (no KV cache)");
-  parse_kv_format(o.kv_format);
+  const KVFormat kv_format = parse_kv_format(o.kv_format);
   if (o.eora_rank > 0 && method.quantizes_activations)
     fail(kComp, "--eora does not apply to ", o.method, ": its layers quantize their inputs, an adapter would not");
   if (o.quantize_activations && (o.act_bits < 2 || o.act_bits > 8))
@@ -436,7 +436,6 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
         it->second.k = at::maximum(it->second.k, ka), it->second.v = at::maximum(it->second.v, va);
     });
   }
-  const KVFormat kv_format = parse_kv_format(o.kv_format);
   auto kv_finish = [&](int k) {
     auto it = kv_amax.find(k);
     if (res.kv_scales.count(k) || it == kv_amax.end()) return;
