@@ -19,6 +19,19 @@ extern "C" int dnnl_gemm_bf16bf16f32(char transa, char transb, int64_t M, int64_
                                      const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb, float beta,
                                      float* C, int64_t ldc);
 
+namespace {
+// Whether oneDNN runs bf16 GEMMs here: it answers dnnl_unimplemented (3) on CPUs without the instructions
+// (AVX-512 at the least); asked once with a 1 x 1 product.
+bool dnnl_bf16_gemm_available() {
+  static const bool ok = [] {
+    const uint16_t one = 0x3F80;  // bf16 1.0
+    float c = 0;
+    return dnnl_gemm_bf16bf16f32('N', 'N', 1, 1, 1, 1.0f, &one, 1, &one, 1, 0.0f, &c, 1) == 0 && c == 1.0f;
+  }();
+  return ok;
+}
+}  // namespace
+
 namespace mc {
 
 namespace {
@@ -103,7 +116,15 @@ void HessianAccumulator::add(const at::Tensor& x) {
     fail(kComp, where(layer_), "calibration inputs contain NaN or Inf (batch of ", m, " rows)");
   const double n = double(n_), total = double(n_ + m);
   // H = n/(n+m) H + 2/(n+m) XᵀX: the reference's running average in one GEMM.
-  if (bf16) {
+  if (bf16 && !dnnl_bf16_gemm_available()) {
+    // No bf16 GEMM on this CPU (oneDNN needs AVX512-BF16 / AMX or at least AVX-512 for it): the same products
+    // in float32 (a bf16 x bf16 product is exact in float32), float32 sums, as oneDNN accumulates.
+    if (!Xb.defined()) Xb = to_bf16(X);
+    const at::Tensor Xf = Xb.to(at::kFloat);
+    at::Tensor P = Xf.t().mm(Xf);
+    P = P.tril() + P.tril(-1).t();  // exactly symmetric (the BLAS's blocking need not be)
+    h_.mul_(n / total).add_(P, 2.0 / total);
+  } else if (bf16) {
     if (!Xb.defined()) Xb = to_bf16(X);  // rounded to nearest even, as the bf16 linear layers round it
     const auto* xb = static_cast<const uint16_t*>(Xb.data_ptr());
     float* h = h_.data_ptr<float>();
