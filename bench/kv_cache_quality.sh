@@ -3,7 +3,8 @@
 # (../shared/data): bits per byte on held-out TinyStories text (validation_100.txt, 128-token windows, first
 # window of each story) with the cache float, int8 and fp8 (static per-kv-head scales calibrated on 128 x 128
 # tokens of tiny-shakespeare, seed 0; never the evaluation text), on top of near-lossless int8 RTN weights
-# (so the rows show what the cache costs) and of GPTQ int4 g32. Prints a Markdown table (OUT/kv.md).
+# (so the rows show what the cache costs) and of GPTQ int4 g32; each 8-bit cache also with --kv-hadamard (each
+# head's keys and values rotated by a Hadamard before rounding). Prints a Markdown table (OUT/kv.md).
 # Usage: bench/kv_cache_quality.sh [OUT]   (BUILD_DIR selects the build, default build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +23,12 @@ m=[m for m in r["metrics"] if m["name"]=="bits per byte"][0]; print("%.4f %.4f" 
 {
   echo "stories260K, bits per byte on validation_100 (lower is better); KV scales calibrated on tiny-shakespeare 128 x 128"
   echo
-  echo "| weights | KV cache float | KV int8 | KV fp8 (E4M3) |"
-  echo "|---|---:|---:|---:|"
+  echo "| weights | KV cache float | KV int8 | KV fp8 (E4M3) | KV int8 + Hadamard | KV fp8 + Hadamard |"
+  echo "|---|---:|---:|---:|---:|---:|"
   for w in "rtn --bits 8 --per-channel" "gptq --bits 4 --group-size 32"; do
     line="| ${w/ --bits / int} |"
-    for kv in "" "--kv-bits 8 --kv-format int8" "--kv-bits 8 --kv-format fp8"; do
+    for kv in "" "--kv-bits 8 --kv-format int8" "--kv-bits 8 --kv-format fp8" "--kv-bits 8 --kv-format int8 --kv-hadamard" \
+      "--kv-bits 8 --kv-format fp8 --kv-hadamard"; do
       dir=$OUT/$(echo "$w $kv" | tr -d ' -')
       # shellcheck disable=SC2086
       "$MC" quantize "$MODEL" --method $w $kv "${CALIB[@]}" "${EVAL[@]}" -o "$dir" -q

@@ -45,7 +45,7 @@ for m in "${methods[@]}"; do
     read -r bits grid <<<"$g"
     name="${m// /}-w${bits}${grid// /}"
     extra=()
-    [[ $m == rtn* || $m == hqq ]] || extra=("${CALIB[@]}")
+    [[ $m == rtn* || $m == hqq* ]] || extra=("${CALIB[@]}")
     # shellcheck disable=SC2086
     "$MC" quantize "$MODEL" --method $m --bits "$bits" $grid "${extra[@]}" "${EVAL[@]}" -o "$OUT/$name" -q
     ROW["$m|$g"]=$(bpb "$OUT/$name/report.json" compressed)

@@ -3,11 +3,13 @@
 # (--act-bits) on the real stories260K model (../shared/data): bits per byte on held-out TinyStories text
 # (validation_100.txt, 128-token windows, first window of each story) for RTN and GPTQ at int4 g32
 # (symmetric, fp16 scales), weights only (W4), W4A8 and W4A4 (per-token dynamic symmetric inputs of every
-# quantized linear), each without rotation, with --rotate hadamard (R1 + R2, offline) and with
+# quantized linear) and the FP activation formats (--act-format fp8 | mxfp4 | nvfp4, dynamic, simulated),
+# each without rotation, with --rotate hadamard (R1 + R2, offline) and with
 # --rotate hadamard-online (+ R4 on down_proj's input). GPTQ calibrates on tiny-shakespeare (128 x 128
 # tokens, seed 0), never on the evaluation text; RTN reads no calibration data. Also the rotation pre-pass's
 # time (the report's "rotate" step). Prints a Markdown table (also OUT/rotation_quality.md).
-# Usage: bench/rotation_quality.sh [OUT]   (BUILD_DIR selects the build, default build)
+# Usage: bench/rotation_quality.sh [OUT]   (BUILD_DIR selects the build, default build; ACTS, space-separated,
+# replaces the activation rows: none, a bit count for int, or an --act-format name)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MC=${BUILD_DIR:-build}/tools/mcompress/mcompress
@@ -27,14 +29,26 @@ else:
     print("%.4f" % [m for m in r["metrics"] if m["name"] == "bits per byte"][0][sys.argv[2]])' "$1" "$2"
 }
 
+act_label() {  # none -> "", 8 -> "A8", nvfp4 -> " A-nvfp4"
+  case $1 in
+    none) ;;
+    [0-9]) echo "A$1" ;;
+    *) echo " A-$1" ;;
+  esac
+}
+
 rows=()
 times=()
 for method in rtn gptq; do
   calib=()
   [[ $method == gptq ]] && calib=("${CALIB[@]}")
-  for act in none 8 4; do
+  for act in ${ACTS:-none 8 4 fp8 mxfp4 nvfp4}; do
     act_opt=()
-    [[ $act != none ]] && act_opt=(--act-bits "$act")
+    case $act in
+      none) ;;
+      [0-9]) act_opt=(--act-bits "$act") ;;
+      *) act_opt=(--act-format "$act") ;;
+    esac
     cells=""
     for rot in none hadamard hadamard-online; do
       dir="$OUT/$method-a$act-$rot"
@@ -44,9 +58,9 @@ for method in rtn gptq; do
       [[ -n ${baseline:-} ]] || baseline=$(field "$dir/report.json" baseline)
       [[ $rot != none ]] && times+=("$(field "$dir/report.json" rotate)")
       cells+=" $bpb |"
-      echo "  $method W4$([[ $act != none ]] && echo A$act) rotate $rot: $bpb" >&2
+      echo "  $method W4$(act_label "$act") rotate $rot: $bpb" >&2
     done
-    rows+=("| $method W4$([[ $act != none ]] && echo A$act || true) g32 |$cells")
+    rows+=("| $method W4$(act_label "$act") g32 |$cells")
   done
 done
 {

@@ -28,7 +28,8 @@ from ._arrays import __all__ as _array_names
 __version__ = _mcompress.__version__
 
 __all__ = ["Error", "InputError", "FileError", "GateError", "Report", "load", "save", "inspect",
-           "quantize", "prune", "distill", "run", "sweep", "evaluate", "train", "convert"] + list(_array_names)
+           "quantize", "prune", "distill", "run", "sweep", "evaluate", "train", "convert", "export",
+           "imatrix"] + list(_array_names)
 
 
 class Report(dict):
@@ -129,7 +130,10 @@ def quantize(model, output, *, progress=None, **options):
     eval, targets, ignore, override=[...], target_bpw, act_order, true_sequential, keep_sparsity,
     eora=RANK (an EoRA LoRA adapter in `output`/eora, evaluated with and without), rotate ("hadamard" or
     "hadamard-online": QuaRot-style rotations first), act_bits=8|4 (per-token quantized inputs, any method),
-    threads, ... progress: None (printed on a terminal), False (silent) or a callable receiving event
+    act_format="fp8"|"mxfp8"|"mxfp4"|"nvfp4" (FP activations, simulated), kv_bits=8 (kv_format="int8"|"fp8",
+    kv_hadamard=True), autoround_kquant=True (AutoRound on the GGUF Q4_K/Q5_K lattice, then
+    export(..., format="gguf:q4_k")), imatrix=FILE (method "imatrix" from a llama.cpp imatrix file),
+    calib_range="0:5000" / eval_range="5000:10000" (one data file split), threads, ... progress: None (printed on a terminal), False (silent) or a callable receiving event
     dicts ({"event": "progress", "layer": ..., "index": i, "total": n, ...})."""
     return _command("quantize", [model], {"output": output, **options}, progress, output)
 
@@ -179,6 +183,20 @@ def evaluate(model, data, **options):
             e.pop("event")
             return e
     raise Error("mcompress eval produced no result")
+
+
+def export(model, output, *, progress=None, **options):
+    """Exports `model` (a packed mcompress output or any checkpoint) to another runtime's format (``mcompress
+    export --help``): format="gguf:q4_k" | "gguf:auto" | "gguf:q2_k" ... | "compressed-tensors" | "hf-gptq" | ...,
+    tokenizer, imatrix=FILE (weights the GGUF K / IQ fits), eval=DATA (evaluates the written file). Returns None."""
+    _command("export", [model], {"output": output, **options}, progress)
+
+
+def imatrix(model, output, *, progress=None, **options):
+    """Computes llama.cpp's importance matrix of `model` on calibration data (calib=TEXT, calib_samples,
+    calib_seqlen, tokenizer) into `output`, a GGUF imatrix file as llama-imatrix writes it (readable by
+    llama-quantize, and by quantize(method="imatrix", imatrix=FILE) / export(imatrix=FILE)). Returns None."""
+    _command("imatrix", [model], {"output": output, **options}, progress)
 
 
 def convert(src, dst, **options):

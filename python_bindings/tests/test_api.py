@@ -186,3 +186,27 @@ def test_quantize_with_eora_adapter(tmp_path):
     r = mcompress.evaluate(tmp_path / "q" / "model.safetensors", text, window=128, truncate=True,
                            adapter=tmp_path / "q" / "eora")
     assert r["result"]["bits_per_byte"] == pytest.approx(fixed["compressed"], rel=1e-9)
+
+
+def test_imatrix_and_export_from_python(tmp_path, cli):
+    """imatrix() writes llama-imatrix's GGUF file, the same bytes as the CLI; export() writes a GGUF file weighted
+    by it that evaluate() reads; bad input raises InputError and leaves nothing behind."""
+    model = shared("stories260K/stories260K.bin")
+    tok = shared("stories260K/tok512.bin")
+    calib = shared("tinyshakespeare/input.txt")
+    text = shared("tinystories/validation_100.txt")
+    mcompress.imatrix(model, tmp_path / "im.gguf", calib=calib, calib_samples=8, calib_seqlen=64, tokenizer=tok,
+                      progress=False)
+    p = cli("imatrix", model, "--calib", calib, "--calib-samples", "8", "--calib-seqlen", "64", "--tokenizer", tok,
+            "-o", tmp_path / "cli.gguf", "-q")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "im.gguf").read_bytes() == (tmp_path / "cli.gguf").read_bytes()
+    _, meta = mcompress.load(tmp_path / "im.gguf")
+    assert meta.get("general.type") == "imatrix"
+    mcompress.export(model, tmp_path / "m.gguf", format="gguf:iq4_nl", imatrix=tmp_path / "im.gguf", tokenizer=tok,
+                     progress=False)
+    r = mcompress.evaluate(tmp_path / "m.gguf", text, tokenizer=tok, window=128, truncate=True, max_docs=20)
+    assert 0.8 < r["result"]["bits_per_byte"] < 1.0
+    with pytest.raises(mcompress.InputError):
+        mcompress.export(model, tmp_path / "bad.gguf", format="gguf:q9_k", progress=False)
+    assert not (tmp_path / "bad.gguf").exists()

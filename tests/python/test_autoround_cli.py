@@ -95,3 +95,73 @@ def test_autoround_needs_calibration(mc, tiny_lm, tmp_path):
     p = mc("quantize", model, "--method", "autoround", "-o", tmp_path / "x", check=False)
     assert p.returncode == 2 and "calib" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_autoround_kquant_exports_its_lattice_to_gguf_bit_for_bit(mc, tmp_path):
+    """--autoround-kquant on a llama of 256-wide rows: the packed file stores float16 mins (docs/packed-format.md),
+    its weights are code * scale - min with every scale d * sc (sc 1..63, d of 5 significant bits per 256 columns),
+    and export --format gguf:q4_k writes Q4_K blocks that decode (numpy, from ggml's layout) to exactly those
+    weights; llama.cpp's own fit of the same values would not (checked in the Catch2 suite)."""
+    from test_gguf_export import decode_q4_k, read_gguf
+    from test_model_reference import random_model, write_letter_tokenizer, write_llama2c_legacy
+    from test_packed_layout import dequantize
+    cfg = dict(dim=256, hidden=256, layers=1, heads=4, kv_heads=2, vocab=40, seq=64)
+    W = random_model(cfg, 5)
+    model = tmp_path / "wide.bin"
+    write_llama2c_legacy(model, W, cfg)
+    calib = np.random.default_rng(6).integers(0, cfg["vocab"], 256).astype(np.uint16)
+    (tmp_path / "calib.u16").write_bytes(calib.tobytes())
+    out = tmp_path / "k"
+    mc("quantize", model, "--method", "autoround", "--bits", "4", "--asym", "--group-size", "32", "--autoround-kquant",
+       "--autoround-iters", "20", "--calib", tmp_path / "calib.u16", "--calib-samples", "8", "--calib-seqlen", "32",
+       "-o", out, "-q")
+    rep = json.loads((out / "report.json").read_text())
+    assert "Q4_K lattice" in rep["settings"]["tuning"]
+    assert all("Q4_K lattice" in layer["note"] for layer in rep["layers"]), rep["layers"]
+    tensors, meta = read_safetensors(out / "model.safetensors")
+    desc = json.loads(meta["mcompress.quantization"])["tensors"]
+    write_letter_tokenizer(tmp_path / "tok.bin", cfg["vocab"])
+    mc("export", out / "model.safetensors", "--format", "gguf:q4_k", "--tokenizer", tmp_path / "tok.bin",
+       "-o", tmp_path / "k.gguf", "-q")
+    _, gg, _ = read_gguf(tmp_path / "k.gguf")
+    # Rows of these keep their order in GGUF (q and k are permuted for llama.cpp's RoPE layout).
+    for ours, theirs in (("layers.0.attention.wv.weight", "blk.0.attn_v.weight"),
+                         ("layers.0.attention.wo.weight", "blk.0.attn_output.weight"),
+                         ("layers.0.feed_forward.w1.weight", "blk.0.ffn_gate.weight"),
+                         ("layers.0.feed_forward.w2.weight", "blk.0.ffn_down.weight"),
+                         ("layers.0.feed_forward.w3.weight", "blk.0.ffn_up.weight")):
+        e = desc[ours]
+        assert e.get("mins") is True and ours + ".zeros" not in tensors
+        w = dequantize(tensors, ours, e)
+        s = tensors[ours + ".scales"].astype(np.float32)
+        for sb in s.reshape(s.shape[0], -1, 8):  # per super-block: one d, 6-bit multiples of it
+            top = sb.max(axis=1, keepdims=True)
+            ok = np.zeros(sb.shape[0], bool)
+            for k in range(59, 64):
+                d = top / k
+                m, _ = np.frexp(d)
+                n = sb / d
+                ok |= ((m * 32 == np.floor(m * 32)) & np.all(n == np.round(n), axis=1, keepdims=True)
+                       & np.all((n >= 1) & (n <= 63), axis=1, keepdims=True))[:, 0]
+            assert ok.all(), ours
+        g = gg[theirs]
+        assert g["type"] == "Q4_K", (theirs, g["type"])
+        got = decode_q4_k(g["bytes"]).reshape(w.shape)
+        assert np.array_equal(got, w.astype(np.float32)), (ours, np.abs(got - w).max())
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--bits", "4", "--group-size", "32"], "--autoround-kquant needs --bits 4 or 5, --asym and --group-size 32"),
+    (["--bits", "3", "--asym", "--group-size", "32"], "--autoround-kquant needs --bits 4 or 5"),
+])
+def test_autoround_kquant_bad_grids(mc, tiny_lm, tmp_path, args, expect):
+    d, model = tiny_lm
+    out = tmp_path / "bad"
+    p = mc("quantize", model, "--method", "autoround", "--autoround-kquant", *args, "--calib",
+           d / "corpus" / "train.txt", "--calib-samples", "4", "-o", out, check=False)
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and expect in p.stderr, p.stderr
+    assert not out.exists()
+    p = mc("quantize", model, "--method", "gptq", "--autoround-kquant", "--calib", d / "corpus" / "train.txt",
+           "-o", out, check=False)
+    assert p.returncode == 2 and "applies to --method autoround only" in p.stderr, p.stderr

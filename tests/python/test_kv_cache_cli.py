@@ -5,7 +5,9 @@ through the quantized weights (decoded here from the packed file as docs/packed-
 reference scores with its keys and values rounded to those grids (and not what it scores without them);
 generation runs with the quantized cache; bad options get one line and exit 2."""
 import json
+import math
 import numpy as np
+import torch
 import pytest
 
 from conftest import read_safetensors, write_safetensors
@@ -36,19 +38,35 @@ def _weights(path):
     return W, meta
 
 
-@pytest.mark.parametrize("fmt,top", [("int8", 127.0), ("fp8", 448.0)])
-def test_kv_scales_and_runtime_match_the_reference(mc, tmp_path, fmt, top):
+def sylvester(n):
+    """The Sylvester Hadamard matrix of order n (a power of two), normalized: orthogonal and symmetric."""
+    h = np.array([[1.0]])
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h / math.sqrt(n)
+
+
+@pytest.mark.parametrize("fmt,top,hadamard", [("int8", 127.0, False), ("fp8", 448.0, False), ("int8", 127.0, True)])
+def test_kv_scales_and_runtime_match_the_reference(mc, tmp_path, fmt, top, hadamard):
     model, calib, ev = _setup(tmp_path)
     out = tmp_path / "q"
     mc("quantize", model, "--method", "rtn", "--bits", "8", "--per-channel", "--kv-bits", "8", "--kv-format", fmt,
+       *(["--kv-hadamard"] if hadamard else []),
        "--calib", tmp_path / "calib.u16", "--calib-samples", "1", "--calib-seqlen", "32", "-o", out, "-q")
     W, meta = _weights(out / "model.safetensors")
     kv = json.loads(meta["mcompress.kv_cache"])
     assert kv["format"] == fmt and sorted(kv["k_scale"]) == ["0", "1"] and sorted(kv["v_scale"]) == ["0", "1"]
-    # The scales: per kv head, max |x| over the calibration tokens through the quantized weights / top.
+    assert kv.get("rotation") == ("hadamard" if hadamard else None)
+    hd = CFG["dim"] // CFG["heads"]
+    H = sylvester(hd) if hadamard else None
+    # The scales: per kv head, max |x| (of x H with the rotation) over the calibration tokens through the
+    # quantized weights / top.
     amax = {}
 
     def observe(i, k, v):
+        if H is not None:
+            Ht = torch.tensor(H, dtype=k.dtype)
+            k, v = k @ Ht, v @ Ht
         amax[i] = (k.abs().amax(dim=(0, 1, 3)), v.abs().amax(dim=(0, 1, 3)))
     llama_forward(W, CFG, calib, observe=observe)
     for i in range(CFG["layers"]):
@@ -62,13 +80,15 @@ def test_kv_scales_and_runtime_match_the_reference(mc, tmp_path, fmt, top):
     t, _ = read_safetensors(out / "model.safetensors")
     coarse = {"format": fmt, "k_scale": {b: [16 * x for x in s] for b, s in kv["k_scale"].items()},
               "v_scale": {b: [16 * x for x in s] for b, s in kv["v_scale"].items()}}
+    if hadamard:
+        coarse["rotation"] = "hadamard"
     meta2 = dict(meta)
     meta2["mcompress.kv_cache"] = json.dumps(coarse)
     write_safetensors(tmp_path / "coarse.safetensors", t, meta2)
     got = eval_json(mc, tmp_path / "coarse.safetensors", tmp_path / "eval.u16", 16)
     ks = [coarse["k_scale"][str(i)] for i in range(CFG["layers"])]
     vs = [coarse["v_scale"][str(i)] for i in range(CFG["layers"])]
-    want, n = mean_nll(lambda w: llama_forward(W, CFG, w, kv=(fmt, ks, vs)), ev, 16)
+    want, n = mean_nll(lambda w: llama_forward(W, CFG, w, kv=(fmt, ks, vs, H)), ev, 16)
     plain, _ = mean_nll(lambda w: llama_forward(W, CFG, w), ev, 16)
     assert got["predicted_tokens"] == n
     assert abs(got["mean_nll"] - want) < 1e-4, (got["mean_nll"], want, plain)
@@ -80,7 +100,7 @@ def test_kv_scales_and_runtime_match_the_reference(mc, tmp_path, fmt, top):
                       "ABC", "--max-tokens", 10, "--temperature", 0, "--json").stdout)
     ids, gen = [1, 3, 4, 5], []
     for _ in range(10):
-        nxt = int(llama_forward(W, CFG, ids, kv=(fmt, ks, vs))[0, -1].argmax())
+        nxt = int(llama_forward(W, CFG, ids, kv=(fmt, ks, vs, H))[0, -1].argmax())
         if nxt in (1, 2):
             break
         ids.append(nxt)
@@ -92,6 +112,7 @@ def test_kv_scales_and_runtime_match_the_reference(mc, tmp_path, fmt, top):
     (["--kv-bits", "4"], "--kv-bits 4: 8 or 0 (off)"),
     (["--kv-bits", "8", "--kv-format", "fp4"], "--kv-format 'fp4': int8 or fp8"),
     (["--kv-format", "fp8"], "--kv-format needs --kv-bits 8"),
+    (["--kv-hadamard"], "--kv-hadamard needs --kv-bits 8"),
 ])
 def test_kv_bad_options(mc, tmp_path, args, expect):
     model, _, _ = _setup(tmp_path)

@@ -109,10 +109,13 @@ def kv_round(x, scale, fmt):
     return (torch.round(y).clamp(-127, 127) if fmt == "int8" else e4m3_round(y)) * s
 
 
-def llama_forward(W, cfg, tokens, layout="interleaved", names=None, eps=1e-5, theta=10000.0, kv=None, observe=None):
+def llama_forward(W, cfg, tokens, layout="interleaved", names=None, eps=1e-5, theta=10000.0, kv=None, observe=None,
+                  act=None):
     """names maps llama2.c roles to the checkpoint's keys (identity for llama2.c files). kv: (format, k scales,
-    v scales), one list per layer: the cache's keys (after RoPE) and values rounded per kv head. observe(i, k, v):
-    called with layer i's keys and values [B, T, KV, hd] before that."""
+    v scales[, H]), one list per layer: the cache's keys (after RoPE) and values rounded per kv head (after
+    x -> x H per head when an orthogonal H [head_dim, head_dim] is given, then back with Hᵀ). observe(i, k, v):
+    called with layer i's keys and values [B, T, KV, hd] before that. act(x): what every linear of the blocks
+    reads instead of its input x (quantized activations); the classifier reads its input as is."""
     names = names or (lambda k: k)
     t = {k: torch.tensor(np.asarray(v), dtype=torch.float64) for k, v in W.items()}
     get = lambda k: t[names(k)]
@@ -123,7 +126,8 @@ def llama_forward(W, cfg, tokens, layout="interleaved", names=None, eps=1e-5, th
     B, T, _ = x.shape
     cos, sin = rope_tables(hd, T, theta)
     rot = rope_interleaved if layout == "interleaved" else rope_half
-    lin = lambda h, w, b: h @ w.T + (b if b is not None else 0)
+    A = act or (lambda h: h)
+    lin = lambda h, w, b: A(h) @ w.T + (b if b is not None else 0)
     for i in range(cfg["layers"]):
         p = f"layers.{i}."
         h = rms_norm(x, get(p + "attention_norm.weight"), eps)
@@ -136,7 +140,10 @@ def llama_forward(W, cfg, tokens, layout="interleaved", names=None, eps=1e-5, th
         q, k = rot(q, cos, sin), rot(k, cos, sin)
         if observe:
             observe(i, k, v)
-        if kv:
+        if kv and len(kv) > 3 and kv[3] is not None:  # a rotated cache: rounded as x H, read back as (.) Hᵀ
+            Hm = torch.tensor(kv[3], dtype=k.dtype)
+            k, v = kv_round(k @ Hm, kv[1][i], kv[0]) @ Hm.T, kv_round(v @ Hm, kv[2][i], kv[0]) @ Hm.T
+        elif kv:
             k, v = kv_round(k, kv[1][i], kv[0]), kv_round(v, kv[2][i], kv[0])
         k = k.repeat_interleave(H // KV, dim=2)  # llama2.c repeat_kv
         v = v.repeat_interleave(H // KV, dim=2)
@@ -144,10 +151,10 @@ def llama_forward(W, cfg, tokens, layout="interleaved", names=None, eps=1e-5, th
         att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
         att = att.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf")).softmax(-1)
         o = (att @ v).transpose(1, 2).reshape(B, T, H * hd)
-        x = x + o @ get(p + "attention.wo.weight").T
-        h = rms_norm(x, get(p + "ffn_norm.weight"), eps)
+        x = x + A(o) @ get(p + "attention.wo.weight").T
+        h = A(rms_norm(x, get(p + "ffn_norm.weight"), eps))
         a = torch.nn.functional.silu(h @ get(p + "feed_forward.w1.weight").T) * (h @ get(p + "feed_forward.w3.weight").T)
-        x = x + a @ get(p + "feed_forward.w2.weight").T
+        x = x + A(a) @ get(p + "feed_forward.w2.weight").T
     x = rms_norm(x, get("norm.weight"), eps)
     out = opt("output.weight")
     return x @ (out if out is not None else get("tok_embeddings.weight")).T

@@ -25,6 +25,13 @@ def dequantize(t, key, desc):
     codes = unpack(t[key + ".qweight"], inn, b).astype(np.float32)
     scales = t[key + ".scales"].astype(np.float32)
     G = scales.shape[1]
+    if desc.get("mins", False):  # the K-quant lattice: value = code * scale - min (F16 mins, no zeros)
+        assert not desc["symmetric"] and key + ".zeros" not in t and not desc.get("g_idx", False)
+        mins = t[key + ".mins"]
+        assert mins.dtype == np.float16 and mins.shape == (out, G)
+        g = np.arange(inn) // gs
+        return codes * scales[:, g] - mins.astype(np.float32)[:, g]
+    assert key + ".mins" not in t
     if desc["symmetric"]:
         assert key + ".zeros" not in t
         zeros = np.full((out, G), 2 ** (b - 1), np.float32)

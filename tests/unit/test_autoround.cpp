@@ -10,7 +10,13 @@
 #include <limits>
 
 #include "mcompress/error.h"
+#include "mcompress/export/gguf.h"
+#include "mcompress/ggml_blocks.h"
+#include "mcompress/io/safetensors.h"
+#include "mcompress/journal.h"
 #include "mcompress/model.h"
+#include "mcompress/quant/packed.h"
+#include "mcompress/torch_bridge.h"
 #include "mcompress/ptq.h"
 #include "mcompress/quant/autoround.h"
 #include "quant_helpers.h"
@@ -215,4 +221,116 @@ TEST_CASE("autoround: bad options get one clear error", "[autoround][errors]") {
   p.keep_sparsity = true;
   CHECK_THROWS_WITH(quantize_model(*m, mctest::random_tokens(2, 8, 20, 1), p),
                     Catch::Contains("--keep-sparsity does not apply to autoround"));
+}
+
+TEST_CASE("autoround K-quant lattice: ATen equals the loops; code*scale - min on 5-bit super-scales; GGUF blocks "
+          "decode to the same weights", "[autoround][kquant]") {
+  const at::Tensor w = mctest::weights(6, 512, 41);  // two super-blocks per row
+  for (int bits : {4, 5}) {
+    CAPTURE(bits);
+    const QuantSpec spec = spec_of(bits, false, 32);
+    for (int state = 0; state < 2; ++state) {
+      CAPTURE(state);
+      const AutoRoundState s = state == 0 ? autoround_init(w, spec) : random_state(w, spec, 300 + bits);
+      const QuantResult q = autoround_codes(w, spec, s, "w", AutoRoundGrid::kquant);
+      const QuantResult ref = autoround_codes_ref(w, spec, s, "w", AutoRoundGrid::kquant);
+      REQUIRE(q.mins.defined());
+      CHECK(q.codes.equal(ref.codes));
+      CHECK(q.scales.equal(ref.scales));
+      CHECK(q.mins.equal(ref.mins));
+      CHECK(q.dequantize().equal(autoround_weight(w, spec, s, AutoRoundGrid::kquant)));
+      // value = code * scale - min, by hand on the group of column 300 of row 2.
+      const float c = q.codes[2][300].item<float>(), sc = q.scales[2][300 / 32].item<float>(),
+                  mn = q.mins[2][300 / 32].item<float>();
+      CHECK(q.dequantize()[2][300].item<float>() == c * sc - mn);
+      // Scales d * sc: per super-block, every scale is sc (1..63) times one d of 5 significant bits; the
+      // largest sc is 59..63 (d rounds max / 63 up by less than 1/16). Scales and mins are float16 values.
+      CHECK(q.scales.to(at::kHalf).to(at::kFloat).equal(q.scales));
+      CHECK(q.mins.to(at::kHalf).to(at::kFloat).equal(q.mins));
+      for (int64_t r = 0; r < 6; ++r)
+        for (int64_t b = 0; b < 2; ++b) {
+          const at::Tensor sb = q.scales[r].narrow(0, 8 * b, 8);
+          const float mx = sb.max().item<float>();
+          bool found = false;
+          for (int k = 63; k >= 59 && !found; --k) {
+            const float d = mx / float(k);
+            int e = 0;
+            const float f = std::frexp(d, &e) * 32.0f;
+            const at::Tensor n = sb / d;
+            found = f == std::floor(f) && d * float(k) == mx && n.eq(n.round()).all().item<bool>() &&
+                    n.ge(1).all().item<bool>() && n.le(63).all().item<bool>();
+          }
+          INFO("row " << r << " super-block " << b);
+          CHECK(found);
+        }
+      // The GGUF encoder writes the lattice itself: ggml's layout decodes to the same float32 weights.
+      const DType t = bits == 4 ? DType::Q4_K : DType::Q5_K;
+      const std::vector<uint8_t> blocks = encode_from_quant(q, t);
+      std::vector<float> back(6 * 512);
+      dequantize_blocks(t, blocks.data(), 6 * 512, back.data());
+      CHECK(at::from_blob(back.data(), {6, 512}, at::kFloat).equal(q.dequantize()));
+      // Not what fitting the values afresh gives (the lattice path is what keeps them).
+      const at::Tensor v = q.dequantize().contiguous();
+      const std::vector<uint8_t> refit = encode_matrix(t, v.data_ptr<float>(), 6, 512);
+      if (state == 1) CHECK(refit != blocks);
+    }
+  }
+  // The packed file keeps the mins: it reads back to the same weights, with ".mins" and no ".zeros".
+  mctest::TempDir dir;
+  const std::string path = dir.file("k.safetensors");
+  const QuantSpec spec = spec_of(4, false, 32);
+  const QuantResult q = autoround_codes(w, spec, random_state(w, spec, 9), "w", AutoRoundGrid::kquant);
+  write_packed_checkpoint(path, {}, {{"l.weight", q}}, {});
+  auto reader = open_safetensors(path);
+  CHECK(reader->contains("l.weight.mins"));
+  CHECK_FALSE(reader->contains("l.weight.zeros"));
+  const std::vector<HostTensor> got = read_packed_checkpoint(*reader);
+  REQUIRE(got.size() == 1);
+  CHECK(to_torch(got[0]).equal(q.dequantize()));
+  // The journal keeps them too (a resumed run restores the same weights).
+  std::map<std::string, at::Tensor> tensors;
+  journal_put_quant(tensors, "l", q);
+  CHECK(journal_get_quant(tensors, "l").dequantize().equal(q.dequantize()));
+  // Shapes the lattice cannot hold are refused.
+  CHECK_FALSE(fits_kquant_lattice(spec_of(4, true, 32), 512));
+  CHECK_FALSE(fits_kquant_lattice(spec_of(4, false, 32), 320));
+  CHECK_FALSE(fits_kquant_lattice(spec_of(3, false, 32), 512));
+  CHECK_THROWS_WITH(autoround_codes(mctest::weights(2, 320, 1), spec, autoround_init(mctest::weights(2, 320, 1), spec),
+                                    "x", AutoRoundGrid::kquant),
+                    Catch::Contains("rows of a multiple of 256"));
+}
+
+TEST_CASE("autoround --autoround-kquant in quantize_model: block outputs beat llama.cpp's own Q4_K fit",
+          "[autoround][kquant][ptq]") {
+  mctest::TinyLlamaShape s;
+  s.dim = 256, s.hidden = 256, s.heads = 4, s.kv_heads = 2, s.vocab = 40, s.layers = 1;
+  const at::Tensor calib = mctest::random_tokens(8, 24, 40, 33);
+  PtqOptions o;
+  o.method = "autoround";
+  o.spec = spec_of(4, false, 32);
+  o.autoround_iters = 60, o.autoround_batch = 4, o.autoround_kquant = true;
+  auto m = mctest::tiny_llama(34, s);
+  auto ref = mctest::tiny_llama(34, s);
+  auto ggml = mctest::tiny_llama(34, s);
+  const PtqResult r = quantize_model(*m, calib, o);
+  REQUIRE(r.quantized.size() == 7);
+  for (const auto& [key, q] : r.quantized) {
+    INFO(key);
+    CHECK(q.mins.defined());
+    CHECK(m->param(key).equal(q.dequantize()));
+    // The same weights as Q4_K: llama.cpp's encoder (our port of make_qkx2_quants) fitted to the float weights.
+    const at::Tensor w = ref->param(key).to(at::kFloat).contiguous();
+    const std::vector<uint8_t> b = encode_matrix(DType::Q4_K, w.data_ptr<float>(), w.size(0), w.size(1));
+    at::Tensor back = at::empty_like(w);
+    dequantize_blocks(DType::Q4_K, b.data(), w.numel(), back.data_ptr<float>());
+    ggml->set_param(key, back);
+  }
+  for (const auto& row : r.layers) CHECK(row.note.find("Q4_K lattice") != std::string::npos);
+  at::NoGradGuard no_grad;
+  const at::Tensor h = ref->embed(calib);
+  const at::Tensor y = ref->run_block(0, h);
+  const double e_ar = (m->run_block(0, h) - y).pow(2).mean().item<double>();
+  const double e_ggml = (ggml->run_block(0, h) - y).pow(2).mean().item<double>();
+  INFO("block 0 output MSE: autoround on the Q4_K lattice " << e_ar << ", llama.cpp's Q4_K fit " << e_ggml);
+  CHECK(e_ar < 0.8 * e_ggml);
 }

@@ -94,6 +94,7 @@ void check_ptq_resume(PtqOptions o, const std::string& name, const std::string& 
   }
   same_rows(ref.layers, res.layers);
   CHECK(ref.act_bits == res.act_bits);
+  CHECK(ref.act_format == res.act_format);
   CHECK(ref.settings == res.settings);
   REQUIRE(res.kv_scales.size() == ref.kv_scales.size());
   for (const auto& [block, kv] : ref.kv_scales) {
@@ -186,6 +187,15 @@ TEST_CASE("resume: SmoothQuant W8A8 keeps its activation quantization across the
   o.method = "smoothquant";
   o.spec.bits = 8, o.spec.group_size = 0;
   check_ptq_resume(o, "smoothquant", "quantize", 10);
+}
+
+TEST_CASE("resume: GPTQ W4 with NVFP4 activations: the restored blocks' layers read NVFP4 inputs again",
+          "[journal][act]") {
+  PtqOptions o;
+  o.method = "gptq";
+  o.spec.bits = 4, o.spec.group_size = 16;
+  o.quantize_activations = true, o.act_format = ActFormat::nvfp4, o.act_bits = 4;
+  check_ptq_resume(o, "gptq_nvfp4_act", "quantize", 17);
 }
 
 TEST_CASE("resume: mixed precision stopped during the sensitivity scan and during quantization", "[journal]") {

@@ -8,6 +8,7 @@
 #include "mcompress/error.h"
 #include "mcompress/model.h"
 #include "mcompress/ptq.h"
+#include "mcompress/quant/hadamard.h"
 #include "mcompress/quant/kv_cache.h"
 #include "test_utils.h"
 #include "tiny_llama.h"
@@ -119,4 +120,76 @@ TEST_CASE("quantize_model --kv-bits: scales are each head's max over the quantiz
   CHECK_THROWS_WITH(quantize_model(*m, calib, o), Catch::Contains("--kv-bits 4: 8 is the one width"));
   o.kv_bits = 8;
   CHECK_THROWS_WITH(quantize_model(*m, at::Tensor(), o), Catch::Contains("--kv-bits needs calibration data"));
+}
+
+TEST_CASE("KV Hadamard: keys and values rounded as x H and read back with Hᵀ; float unchanged; outliers spread",
+          "[kv]") {
+  at::NoGradGuard no_grad;
+  mctest::TinyLlamaShape sh;
+  sh.dim = 32, sh.heads = 4, sh.kv_heads = 2, sh.layers = 2;  // head_dim 8
+  const at::Tensor t = mctest::random_tokens(2, 20, sh.vocab, 4);
+  auto plain = mctest::tiny_llama(3, sh);
+  auto rot = mctest::tiny_llama(3, sh);
+  rot->set_kv_hadamard(true);
+  // Without scales the rotation changes nothing but the observer's view (x H).
+  CHECK(rot->forward(t).allclose(plain->forward(t), 1e-5, 1e-6));
+  std::map<int, at::Tensor> seen_plain, seen_rot;
+  plain->set_kv_observer([&](int b, const at::Tensor& k, const at::Tensor&) { seen_plain[b] = k.clone(); });
+  rot->set_kv_observer([&](int b, const at::Tensor& k, const at::Tensor&) { seen_rot[b] = k.clone(); });
+  plain->forward(t);
+  rot->forward(t);
+  const at::Tensor H = hadamard_matrix(8).to(at::kFloat);
+  CHECK(seen_rot.at(1).allclose(seen_plain.at(1).matmul(H), 1e-5, 1e-6));
+  plain->set_kv_observer({}), rot->set_kv_observer({});
+  // With scales: what a rotated cache computes. Checked on the cached generation path too.
+  for (int b = 0; b < 2; ++b) rot->set_kv_quant(b, at::full({2}, 0.05f), at::full({2}, 0.02f), "int8");
+  const at::Tensor full = rot->forward(t);
+  CHECK_FALSE(full.allclose(plain->forward(t), 1e-3, 1e-3));
+  KVCache cache;
+  const at::Tensor a = rot->forward_cached(t.narrow(1, 0, 9), cache);
+  const at::Tensor c = rot->forward_cached(t.narrow(1, 9, 11), cache);
+  CHECK(at::cat({a, c}, 1).allclose(full, 1e-4, 1e-5));
+  // One outlier channel per head: rounding x H on a per-head int8 grid loses less than rounding x.
+  auto gen = at::detail::createCPUGenerator(9);
+  at::Tensor k = at::randn({1, 2, 64, 8}, gen, at::kFloat);
+  k.select(3, 2).mul_(30.0f);
+  const at::Tensor s0 = kv_scales(k.abs().amax({0, 2, 3}), KVFormat::int8);
+  const at::Tensor kr = k.matmul(H);
+  const at::Tensor s1 = kv_scales(kr.abs().amax({0, 2, 3}), KVFormat::int8);
+  const double e0 = (kv_fake_quant(k, s0, KVFormat::int8) - k).norm().item<double>();
+  const double e1 = (kv_fake_quant(kr, s1, KVFormat::int8).matmul(H.t()) - k).norm().item<double>();
+  INFO("int8 KV error of keys with an outlier channel: plain " << e0 << ", rotated " << e1);
+  CHECK(e1 < 0.6 * e0);
+}
+
+TEST_CASE("quantize_model --kv-bits with kv_hadamard: scales of the rotated keys and values; refused without kv-bits",
+          "[kv][ptq]") {
+  mctest::TinyLlamaShape sh;
+  sh.dim = 32, sh.heads = 4, sh.kv_heads = 2, sh.layers = 2, sh.vocab = 40;
+  const at::Tensor calib = mctest::random_tokens(4, 16, 40, 7);
+  auto m = mctest::tiny_llama(8, sh);
+  PtqOptions o;
+  o.method = "rtn";
+  o.kv_bits = 8, o.kv_format = "fp8", o.kv_hadamard = true;
+  const PtqResult r = quantize_model(*m, calib, o);
+  CHECK(m->kv_hadamard());
+  auto ref = mctest::tiny_llama(8, sh);
+  for (const auto& [key, q] : r.quantized) ref->set_param(key, q.dequantize());
+  std::map<int, std::pair<at::Tensor, at::Tensor>> amax;
+  const at::Tensor H = hadamard_matrix(8).to(at::kFloat);
+  ref->set_kv_observer([&](int b, const at::Tensor& k, const at::Tensor& v) {
+    amax[b] = {k.matmul(H).abs().amax({0, 2, 3}), v.matmul(H).abs().amax({0, 2, 3})};
+  });
+  {
+    at::NoGradGuard no_grad;
+    ref->forward(calib);
+  }
+  for (int b = 0; b < 2; ++b) {
+    CAPTURE(b);
+    CHECK(r.kv_scales.at(b).first.allclose(amax.at(b).first / 448.0, 1e-5, 0));
+    CHECK(r.kv_scales.at(b).second.allclose(amax.at(b).second / 448.0, 1e-5, 0));
+  }
+  PtqOptions bad;
+  bad.method = "rtn", bad.kv_hadamard = true;
+  CHECK_THROWS_WITH(quantize_model(*mctest::tiny_llama(8, sh), calib, bad), Catch::Contains("needs --kv-bits 8"));
 }

@@ -49,6 +49,9 @@ struct EvalData {
   std::string tokenizer_path;
 };
 EvalData load_eval_data(const Model& model, const std::string& model_path, const EvalDataOptions& o);
+// Keeps items [START, END) of the data ("START:END"; documents of a corpus, examples of a labeled set; "" keeps
+// all). InputError naming `opt` for a malformed, empty or out-of-range spec.
+void slice_eval_data(EvalData& ed, const std::string& spec, const char* opt);
 
 // The calibration set as the model's forward takes it: `samples` windows of `seqlen` tokens drawn
 // reproducibly (seed) from the documents' token stream, or `samples` labeled examples. allow_short:

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "mcompress/quant/act_quant.h"
+
 namespace mc {
 
 enum class LayerKind { Linear, Embedding, Conv2d, Norm };
@@ -32,6 +34,10 @@ struct LayerInfo {
   // Linear only: the input is quantized per token (dynamic, symmetric, this many bits) before the
   // matmul (SmoothQuant W8A8); 0 = float input. See Model::set_input_quant.
   int act_bits = 0;
+  // Linear only, when act_bits > 0: the activation format (int, or fp8 / mxfp8 / mxfp4 / nvfp4 with
+  // act_bits their element bits; quant/act_quant.h).
+  ActFormat act_format = ActFormat::int_;
+  ActQuant act_quant() const { return {act_format, act_bits}; }
   // Linear only: the input is rotated by the Hadamard matrix of size in_features (x -> x H, quant/hadamard.h)
   // before the matmul and before any input quantization (QuaRot's online R4 on down_proj; the weight holds
   // W H). See Model::set_input_hadamard.
@@ -124,6 +130,9 @@ class Model {
   // int8 weights registered by set_int8_weight, the matmul is a real int8 x int8 -> int32 product;
   // otherwise it is simulated in float (quantize, dequantize, float matmul).
   void set_input_quant(const std::string& layer, int bits);
+  // Any activation format (quant/act_quant.h): int as above, or fp8 / mxfp8 / mxfp4 / nvfp4 (always
+  // simulated in float). a.bits == 0 turns it off.
+  void set_input_quant(const std::string& layer, const ActQuant& a);
   // Online Hadamard: linear `layer` multiplies its input by H (size in_features) before the matmul, the
   // hooks and any input quantization; its weight must already be W H for the same function (quant/rotate.h).
   void set_input_hadamard(const std::string& layer, bool on);
@@ -159,6 +168,13 @@ class Model {
   };
   const std::map<int, KVScales>& kv_quant() const { return kv_quant_; }
   const std::string& kv_format() const { return kv_format_; }
+  // KV-cache rotation (QuaRot's online Hadamard on keys and values): each head's keys and values are
+  // multiplied by the orthogonal H of size head_dim (quant/hadamard.h) before rounding, and by Hᵀ after,
+  // which is what a cache that stores them rotated (queries rotated alike, the attention output rotated
+  // back) computes. The scales set by set_kv_quant are then those of the rotated values, and the KV
+  // observer sees the rotated values. A float cache is unchanged by it (H is orthogonal).
+  void set_kv_hadamard(bool on) { kv_hadamard_ = on; }
+  bool kv_hadamard() const { return kv_hadamard_; }
   // Calibration: when set, models with attention call it from every block with that block's keys and values
   // [B, n_kv_heads, T, head_dim] as they go into the cache (before any KV quantization). Empty: off.
   using KVObserver = std::function<void(int block, const at::Tensor& k, const at::Tensor& v)>;
@@ -209,6 +225,7 @@ class Model {
   AttentionObserver attention_observer_;
   std::map<int, KVScales> kv_quant_;
   std::string kv_format_;
+  bool kv_hadamard_ = false;
   KVObserver kv_observer_;
   // Keys and values of block k as its cache holds them: observed (calibration), then rounded when set.
   void kv_to_cache(int k, at::Tensor& keys, at::Tensor& values);

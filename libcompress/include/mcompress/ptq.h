@@ -40,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "mcompress/quant/act_quant.h"
 #include "mcompress/quant/eora.h"
 #include "mcompress/quant/mixed_precision.h"  // allocate_bits
 #include "mcompress/quant/rtn.h"
@@ -94,6 +95,9 @@ struct PtqOptions {
   int64_t autoround_batch = 8;
   bool autoround_minmax = true;
   uint64_t autoround_seed = 0;
+  // Tune on llama.cpp's Q4_K / Q5_K lattice (quant/autoround.h AutoRoundGrid::kquant) wherever a layer fits it
+  // (bits 4/5, asym, g32, rows of a multiple of 256); the others on the plain grid.
+  bool autoround_kquant = false;
   // AWQ.
   bool awq_clip = true;
   // SmoothQuant.
@@ -103,6 +107,9 @@ struct PtqOptions {
   // (dynamic, symmetric; Model::set_input_quant) once its weight is, so later blocks calibrate on what the
   // quantized model computes. smoothquant does this whatever the flag says.
   bool quantize_activations = false;
+  // The activation format of quantize_activations: int (act_bits bits) or fp8 / mxfp8 / mxfp4 / nvfp4
+  // (quant/act_quant.h; act_bits must then be the format's element bits). smoothquant: int only.
+  ActFormat act_format = ActFormat::int_;
   // EoRA (quant/eora.h): > 0 fits a rank-`eora_rank` correction of each calibrated layer's error; the
   // model holds Ŵ + B A from then on (later blocks calibrate on the corrected outputs), the result the
   // codes of Ŵ and the adapter.
@@ -112,6 +119,7 @@ struct PtqOptions {
   // model (Model::set_kv_quant) once the block is done; 0: off. Language models with attention only.
   int kv_bits = 0;
   std::string kv_format = "int8";  // int8 | fp8
+  bool kv_hadamard = false;        // rotate each head's keys and values first (Model::set_kv_hadamard)
   // Mixed precision.
   double target_bpw = 0;                    // 0: off
   // 2 is allowed but not a default: the output-error proxy underrates what 2-bit layers do to the
@@ -133,6 +141,7 @@ struct PtqOptions {
 struct PtqResult {
   std::map<std::string, QuantResult> quantized;  // by weight key
   std::map<std::string, int> act_bits;           // layer name -> activation bits (smoothquant, quantize_activations)
+  ActFormat act_format = ActFormat::int_;        // the format of those layers' activations
   std::map<std::string, LowRankAdapter> adapters;  // layer name -> EoRA correction (eora_rank > 0)
   std::map<int, std::pair<at::Tensor, at::Tensor>> kv_scales;  // block -> KV-cache (key, value) scales per kv head
   std::vector<LayerRow> layers;                  // per quantized layer (bits_per_weight left to the writer)

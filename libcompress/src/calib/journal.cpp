@@ -168,6 +168,7 @@ void journal_put_quant(std::map<std::string, at::Tensor>& tensors, const std::st
   tensors[key + ".scales"] = q.scales;
   tensors[key + ".zeros"] = q.zeros;
   if (q.g_idx.defined()) tensors[key + ".g_idx"] = q.g_idx;
+  if (q.mins.defined()) tensors[key + ".mins"] = q.mins;
   std::vector<int64_t> grid = {q.spec.bits, q.spec.symmetric, q.spec.group_size, q.spec.mse_clip};
   grid.insert(grid.end(), q.weight_shape.begin(), q.weight_shape.end());
   tensors[key + ".grid"] = at::tensor(grid, at::kLong);
@@ -189,6 +190,7 @@ QuantResult journal_get_quant(const std::map<std::string, at::Tensor>& tensors, 
   }
   q.scales = get(".scales"), q.zeros = get(".zeros");
   if (tensors.count(key + ".g_idx")) q.g_idx = tensors.at(key + ".g_idx");
+  if (tensors.count(key + ".mins")) q.mins = tensors.at(key + ".mins");
   const at::Tensor g = get(".grid").contiguous();
   const int64_t* v = g.data_ptr<int64_t>();
   q.spec.bits = static_cast<int>(v[0]), q.spec.symmetric = v[1] != 0, q.spec.group_size = v[2], q.spec.mse_clip = v[3] != 0;

@@ -193,8 +193,70 @@ bool maps_exactly(const QuantResult& q, DType t) {
   return sym_type == q.spec.symmetric;
 }
 
+namespace {
+
+// vals [8] = d * n_j exactly with d a float16 value and n_j in lo..63: d and n (the largest d that works first);
+// false when no such d exists (not a K-quant lattice). All zero: d = 0, n = 0.
+bool lattice_of(const float* vals, int lo, float* d, int* n) {
+  float vmax = 0;
+  for (int j = 0; j < 8; ++j) vmax = std::max(vmax, vals[j]);
+  if (vmax == 0) {
+    *d = 0;
+    for (int j = 0; j < 8; ++j) n[j] = 0;
+    return lo == 0;
+  }
+  for (int k = 63; k >= 1; --k) {
+    const float c = vmax / float(k);
+    if (gguf_detail::round_f16(c) != c) continue;
+    bool ok = true;
+    for (int j = 0; j < 8 && ok; ++j) {
+      const float r = std::nearbyint(vals[j] / c);
+      ok = r >= float(lo) && r <= 63.0f && c * r == vals[j];
+      n[j] = int(r);
+    }
+    if (ok) {
+      *d = c;
+      return true;
+    }
+  }
+  return false;
+}
+
+// A QuantResult on the K-quant lattice (QuantResult::mins, quant/autoround.h) as Q4_K / Q5_K blocks holding its
+// very codes, scales and mins; empty when some super-block is not on the lattice (the caller then encodes the
+// values as usual).
+std::vector<uint8_t> encode_kquant_lattice(const QuantResult& q, DType t) {
+  const int bits = t == DType::Q4_K ? 4 : 5;
+  const at::Tensor codes = q.codes.to(at::kByte).contiguous();
+  const at::Tensor scales = q.scales.to(at::kFloat).contiguous(), mins = q.mins.to(at::kFloat).contiguous();
+  const int64_t rows = codes.size(0), cols = codes.size(1), G = cols / 32, nsb = cols / 256;
+  const DTypeInfo& info = dtype_info(t);
+  std::vector<uint8_t> out(size_t(rows * nsb * info.block_bytes));
+  const uint8_t* c = codes.data_ptr<uint8_t>();
+  const float* s = scales.data_ptr<float>();
+  const float* m = mins.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < nsb; ++b) {
+      float d = 0, dmin = 0;
+      int sc[8], mq[8];
+      if (!lattice_of(s + r * G + b * 8, 1, &d, sc) || !lattice_of(m + r * G + b * 8, 0, &dmin, mq)) return {};
+      const uint8_t* L = c + r * cols + b * 256;
+      for (int i = 0; i < 256; ++i)
+        if (L[i] >= (1 << bits)) return {};
+      gguf_detail::write_q45_k(bits, d, dmin, sc, mq, L, out.data() + (r * nsb + b) * info.block_bytes);
+    }
+  return out;
+}
+
+}  // namespace
+
 std::vector<uint8_t> encode_from_quant(const QuantResult& q, DType t, int64_t* inexact_blocks, const float* importance) {
   if (inexact_blocks) *inexact_blocks = 0;
+  if (q.mins.defined() && (t == DType::Q4_K || t == DType::Q5_K) && q.spec.bits <= (t == DType::Q4_K ? 4 : 5) &&
+      q.spec.group_size == 32 && !q.g_idx.defined() && q.codes.dim() == 2 && q.codes.size(1) % 256 == 0) {
+    std::vector<uint8_t> exact = encode_kquant_lattice(q, t);
+    if (!exact.empty()) return exact;
+  }
   if (!maps_exactly(q, t)) {
     at::Tensor w = q.dequantize().to(at::kFloat).contiguous();
     if (w.dim() != 2) w = w.reshape({w.size(0), -1});

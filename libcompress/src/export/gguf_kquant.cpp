@@ -228,10 +228,10 @@ void encode_q45_k(int bits, const float* x, const float* step, uint8_t* block, c
     }
   }
   const AffineFit f = fit_affine_superblock(x, qw, 8, 32, nmax, 63, scales, mins);
-  const float best_d = f.d, best_dmin = f.dmin;
-  const int* sc = f.sc;
-  const int* m = f.m;
-  const uint8_t* L = f.L;
+  write_q45_k(bits, f.d, f.dmin, f.sc, f.m, f.L, block);
+}
+
+void write_q45_k(int bits, float best_d, float best_dmin, const int* sc, const int* m, const uint8_t* L, uint8_t* block) {
   store_f16(block, best_d);
   store_f16(block + 2, best_dmin);
   pack_scales(block + 4, sc, m);

@@ -9,6 +9,9 @@ namespace mc::gguf_detail {
 // One super-block of 256 values -> one block_q4_K (bits 4, 144 bytes) or block_q5_K (bits 5, 176 bytes).
 // qw (optional, 256 entries): the weight of each value's squared error (an imatrix's importance).
 void encode_q45_k(int bits, const float* x, const float* step, uint8_t* block, const float* qw = nullptr);
+// The bytes of one block_q4_K / block_q5_K from its parts: d, dmin (float16 values), sc[8], m[8] (0..63) and
+// the 256 codes L (0..2^bits-1): value = d * sc_j * L - dmin * m_j.
+void write_q45_k(int bits, float d, float dmin, const int* sc, const int* m, const uint8_t* L, uint8_t* block);
 // One super-block of 256 values -> one block_q6_K (210 bytes).
 void encode_q6_k(const float* x, const float* step, uint8_t* block);
 

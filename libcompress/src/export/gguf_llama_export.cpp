@@ -85,6 +85,8 @@ DType wanted_type(const std::string& type, const Item& it, const QuantResult* q_
   if (!q_in) return *why = "dense -> F16", DType::F16;
   const QuantResult& q = *q_in;
   const std::string grid = q.spec.describe() + (q.g_idx.defined() ? " act-order" : "");
+  if (q.mins.defined() && q.spec.bits <= 5 && q.codes.size(1) % 256 == 0)  // the K-quant lattice (--autoround-kquant)
+    return *why = "exact from the K-quant lattice", q.spec.bits <= 4 ? DType::Q4_K : DType::Q5_K;
   for (DType t : {DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0})  // smallest first
     if (maps_exactly(q, t)) return *why = "exact from " + grid, t;
   *why = "fitted to " + grid;
@@ -140,6 +142,7 @@ QuantResult permute_rows(const QuantResult& q, const at::Tensor& idx) {
   r.codes = q.codes.index_select(0, idx);
   r.scales = q.scales.index_select(0, idx);
   r.zeros = q.zeros.index_select(0, idx);
+  if (q.mins.defined()) r.mins = q.mins.index_select(0, idx);
   return r;
 }
 
@@ -194,6 +197,7 @@ uint32_t file_type_of(const std::string& type, const std::vector<Item>& items) {
 QuantResult rows_of(const QuantResult& q, int64_t first, int64_t n) {
   QuantResult r = q;
   r.codes = q.codes.narrow(0, first, n), r.scales = q.scales.narrow(0, first, n), r.zeros = q.zeros.narrow(0, first, n);
+  if (q.mins.defined()) r.mins = q.mins.narrow(0, first, n);
   return r;
 }
 

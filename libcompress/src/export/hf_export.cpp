@@ -88,6 +88,10 @@ Prepared prepare(const ExportInput& in, Fmt fmt) {
           fail("export", in.path, ": ", key, " has fractional zero points (float16, e.g. --method hqq), but ",
                fmt_name(fmt), " stores integer zero points: rounding them would change the model (use --format "
                "gguf, or quantize with another method)");
+        if (e.mins)
+          fail("export", in.path, ": ", key, " is on the GGUF K-quant lattice (--autoround-kquant: float16 mins), but ",
+               fmt_name(fmt), " stores integer zero points: rounding them would change the model (use --format "
+               "gguf:q4_k or gguf:q5_k)");
         if (p.spec && (p.spec->bits != e.spec->bits || p.spec->symmetric != e.spec->symmetric ||
                        p.spec->group_size != e.spec->group_size))
           fail("export", in.path, ": ", key, " is ", spec_text(*e.spec), " but other layers are ", spec_text(*p.spec),

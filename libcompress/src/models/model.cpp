@@ -7,6 +7,7 @@
 #include <malloc.h>
 
 #include <atomic>
+#include <mutex>
 #include <cstdio>
 #include <ATen/Parallel.h>
 #include <sys/mman.h>
@@ -178,6 +179,8 @@ void Model::to(c10::Device device) {
 std::string Model::input_quant_runtime(const std::string& name) const {
   const LayerInfo& l = layer(name);
   if (l.act_bits <= 0) return "";
+  if (l.act_format != ActFormat::int_)
+    return "simulated in float: " + act_quant_name(l.act_quant()) + " activations have no kernel here";
   if (l.act_bits != 8) return "simulated in float: int" + std::to_string(l.act_bits) + " activations have no kernel";
   if (!device_.is_cpu()) return "simulated in float: the int8 kernel is CPU only";
   if (!int8_kernel_) return "simulated in float: int8 kernel turned off (--simulate-int8)";
@@ -263,13 +266,36 @@ void Model::set_kv_quant(int block, const at::Tensor& k_scale, const at::Tensor&
   kv_quant_[block] = {k_scale.to(device_, at::kFloat), v_scale.to(device_, at::kFloat)};
 }
 
+namespace {
+// H of size n (float64, CPU), built once per size: the random fallback's QR is not cheap.
+at::Tensor head_hadamard(int64_t n) {
+  static std::mutex mu;
+  static std::map<int64_t, at::Tensor> made;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = made.find(n);
+  if (it == made.end()) it = made.emplace(n, hadamard_matrix(n)).first;
+  return it->second;
+}
+}  // namespace
+
 void Model::kv_to_cache(int k, at::Tensor& keys, at::Tensor& values) {
-  if (kv_observer_) kv_observer_(k, keys, values);
   auto it = kv_quant_.find(k);
+  if (!kv_hadamard_ || (!kv_observer_ && it == kv_quant_.end())) {
+    if (kv_observer_) kv_observer_(k, keys, values);
+    if (it == kv_quant_.end()) return;
+    const KVFormat f = parse_kv_format(kv_format_);
+    keys = kv_fake_quant(keys, it->second.k, f);
+    values = kv_fake_quant(values, it->second.v, f);
+    return;
+  }
+  // Rotated cache: x H per head, rounded there, then back with Hᵀ (H orthogonal, [head_dim, head_dim]).
+  const at::Tensor H = head_hadamard(keys.size(-1)).to(keys.device(), keys.scalar_type());
+  at::Tensor kr = keys.matmul(H), vr = values.matmul(H);
+  if (kv_observer_) kv_observer_(k, kr, vr);
   if (it == kv_quant_.end()) return;
   const KVFormat f = parse_kv_format(kv_format_);
-  keys = kv_fake_quant(keys, it->second.k, f);
-  values = kv_fake_quant(values, it->second.v, f);
+  keys = kv_fake_quant(kr, it->second.k, f).matmul(H.t());
+  values = kv_fake_quant(vr, it->second.v, f).matmul(H.t());
 }
 
 at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x_in) {
@@ -279,15 +305,12 @@ at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x_in) {
     const at::Tensor w = float_param(layer.weight);
     const at::Tensor bias = layer.bias.empty() ? at::Tensor() : float_param(layer.bias);
     auto it = int8_weights_.find(layer.name);
-    if (layer.act_bits == 8 && int8_kernel_ && x.is_cpu() && it != int8_weights_.end()) {
+    if (layer.act_bits == 8 && layer.act_format == ActFormat::int_ && int8_kernel_ && x.is_cpu() &&
+        it != int8_weights_.end()) {
       y = int8_linear(x, it->second.q, it->second.scale, bias);
     } else {
-      // Per-token symmetric fake quantization of the input, then the float matmul.
-      const double qmax = double((1 << (layer.act_bits - 1)) - 1);
-      at::Tensor xf = x.to(at::kFloat);
-      at::Tensor s = xf.detach().abs().amax(-1, true).div_(qmax);
-      s.masked_fill_(s.eq(0), 1.0);
-      at::Tensor xq = xf.detach().div(s).round_().clamp_(-qmax, qmax).mul_(s).to(x.scalar_type());
+      // Fake quantization of the input (quant/act_quant.h), then the float matmul.
+      at::Tensor xq = act_fake_quant(x.detach(), layer.act_quant());
       if (x.requires_grad()) xq = xq - (x.detach() - x);  // training: straight-through gradient
       y = bias.defined() ? at::linear(xq, w, bias) : at::linear(xq, w);
     }
@@ -347,6 +370,17 @@ void Model::set_input_quant(const std::string& name, int bits) {
   if (l.kind != LayerKind::Linear) fail("model", "layer ", name, ": input quantization needs a linear layer");
   if (bits != 0 && (bits < 2 || bits > 8)) fail("model", "layer ", name, ": activation bits ", bits, " outside 2..8");
   l.act_bits = bits;
+  l.act_format = ActFormat::int_;
+}
+
+void Model::set_input_quant(const std::string& name, const ActQuant& a) {
+  set_input_quant(name, a.format == ActFormat::int_ ? a.bits : 0);
+  if (a.format == ActFormat::int_ || !a.on()) return;
+  if (a.bits != act_format_bits(a.format))
+    fail("model", "layer ", name, ": ", act_quant_name(a), " activations have ", act_format_bits(a.format), " bits, not ", a.bits);
+  LayerInfo& l = layers_[layer_index_.at(name)];
+  l.act_bits = a.bits;
+  l.act_format = a.format;
 }
 
 void Model::set_input_hadamard(const std::string& name, bool on) {

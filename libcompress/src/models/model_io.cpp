@@ -183,7 +183,10 @@ void apply_activation_metadata(Model& model, const std::string& dir_or_file) {
     if (pit != meta.end()) packed = nlohmann::json::parse(pit->second).value("tensors", nlohmann::json::object());
     for (const auto& [name, desc] : j.at("layers").items()) {
       const LayerInfo& l = model.layer(name);
-      model.set_input_quant(name, desc.at("bits").get<int>());
+      if (desc.contains("format"))
+        model.set_input_quant(name, parse_act_quant(desc.at("format").get<std::string>()));
+      else
+        model.set_input_quant(name, desc.at("bits").get<int>());
       if (!packed.contains(l.weight)) continue;
       const auto& d = packed.at(l.weight);
       if (d.value("bits", 0) == 8 && d.value("symmetric", false) && d.value("group_size", -2) == 0 &&
@@ -206,6 +209,10 @@ void apply_kv_cache_metadata(Model& model, const std::string& path) {
   try {
     const nlohmann::json j = nlohmann::json::parse(it->second);
     const std::string format = j.at("format").get<std::string>();
+    const std::string rotation = j.value("rotation", "");
+    if (!rotation.empty() && rotation != "hadamard")
+      fail("model", path, ": KV-cache rotation '", rotation, "' is not known (expected hadamard)");
+    model.set_kv_hadamard(rotation == "hadamard");
     for (const auto& [block, ks] : j.at("k_scale").items()) {
       const auto kv = ks.get<std::vector<float>>(), vv = j.at("v_scale").at(block).get<std::vector<float>>();
       model.set_kv_quant(std::stoi(block), at::tensor(kv), at::tensor(vv), format);

@@ -41,40 +41,6 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 std::atomic<bool> g_interrupt{false};
 extern "C" void on_signal(int) { g_interrupt.store(true); }
 
-// "A:B" over n items -> [a, b); "" -> [0, n). InputError for a bad or empty range.
-std::pair<int64_t, int64_t> parse_range(const std::string& spec, int64_t n, const char* opt) {
-  if (spec.empty()) return {0, n};
-  const size_t c = spec.find(':');
-  int64_t a = 0, b = n;
-  try {
-    if (c == std::string::npos) throw std::invalid_argument("no colon");
-    if (c > 0) a = std::stoll(spec.substr(0, c));
-    if (c + 1 < spec.size()) b = std::stoll(spec.substr(c + 1));
-  } catch (const std::exception&) {
-    fail("distill", opt, " '", spec, "' is not START:END (e.g. 0:8000)");
-  }
-  if (a < 0 || b > n || a >= b)
-    fail("distill", opt, " ", spec, " is empty or outside the data's ", n, " items");
-  return {a, b};
-}
-
-// Keeps items [a, b) of the data (documents of a corpus, examples of a labeled set).
-void slice(EvalData& ed, const std::string& spec, const char* opt) {
-  if (ed.labeled) {
-    const int64_t n = ed.examples.count;
-    auto [a, b] = parse_range(spec, n, opt);
-    const int64_t per = n ? int64_t(ed.examples.inputs.size()) / n : 0;
-    ed.examples.inputs = std::vector<float>(ed.examples.inputs.begin() + a * per, ed.examples.inputs.begin() + b * per);
-    ed.examples.labels = std::vector<int64_t>(ed.examples.labels.begin() + a, ed.examples.labels.begin() + b);
-    ed.examples.count = b - a;
-  } else {
-    auto& c = ed.corpus;
-    auto [a, b] = parse_range(spec, int64_t(c.docs.size()), opt);
-    c.docs = std::vector<std::vector<int32_t>>(c.docs.begin() + a, c.docs.begin() + b);
-    if (!c.bytes.empty()) c.bytes = std::vector<std::vector<int32_t>>(c.bytes.begin() + a, c.bytes.begin() + b);
-  }
-}
-
 DistillData to_distill_data(const EvalData& ed) {
   DistillData d;
   if (ed.labeled) {
@@ -156,7 +122,7 @@ JobResult run_distill(const StageOptions& so, const JobIO& io, const EventSink& 
   EvalData train_ed, eval_ed;
   if (!data.empty()) {
     train_ed = load_eval_data(*teacher, teacher_path, dopt);
-    slice(train_ed, data_range, "--data-range");
+    slice_eval_data(train_ed, data_range, "--data-range");
   } else if (!data_range.empty()) {
     fail("distill", "--data-range needs --data");
   }
@@ -165,7 +131,7 @@ JobResult run_distill(const StageOptions& so, const JobIO& io, const EventSink& 
     dopt.data = eval_data;
     dopt.tokens_u16 = dopt.tokens_u32 = false;  // those name --data's width; token files say it by extension
     eval_ed = load_eval_data(*teacher, teacher_path, dopt);
-    slice(eval_ed, eval_range, "--eval-range");
+    slice_eval_data(eval_ed, eval_range, "--eval-range");
   }
   if (!lm && data.empty()) fail("distill", "a classifier's --generate mixes training inputs: give --data too");
   DistillData train_data = data.empty() ? DistillData{} : to_distill_data(train_ed);

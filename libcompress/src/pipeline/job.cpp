@@ -89,6 +89,10 @@ void JobRun::baseline() {
   if (!have_eval) return;
   start();
   ed = load_eval_data(*model, io.model, {so.text("eval"), so.text("tokenizer"), so.text("separator")});
+  if (so.has("eval-range")) {
+    slice_eval_data(ed, so.text("eval-range"), "--eval-range");
+    rep.settings["evaluation data"] = so.text("eval") + " [" + so.text("eval-range") + "]";
+  }
   evaluate_into(*model, nullptr, ed, eo, false, rep.metrics, rep.eval_protocol);
   step("evaluate baseline");
 }
@@ -107,6 +111,7 @@ void JobRun::calibrate(bool needed, const std::string& why, int64_t samples, int
   const bool from_eval = so.flag("calib-from-eval");
   if (!so.has("calib") && !from_eval) return;
   EvalData calib = from_eval ? ed : load_eval_data(*model, io.model, {so.text("calib"), so.text("tokenizer"), so.text("separator")});
+  if (so.has("calib-range")) slice_eval_data(calib, so.text("calib-range"), "--calib-range");
   calib_x = calibration_inputs(calib, samples, seqlen, so.unsigned_integer("seed"), allow_short);
   calib_path = from_eval ? so.text("eval") : so.text("calib");
   calib_is_eval = from_eval;
@@ -115,12 +120,32 @@ void JobRun::calibrate(bool needed, const std::string& why, int64_t samples, int
                                 (calib.labeled ? " examples" : " x " + std::to_string(calib_x.size(1)) + " tokens") +
                                 " (seed " + std::to_string(seed) + ")";
   rep.settings["calibration data"] =
-      calib_path + " (sha256 " + sha256_file(calib_path).substr(0, 16) + ")" +
+      calib_path + (so.has("calib-range") ? " [" + so.text("calib-range") + "]" : "") + " (sha256 " +
+      sha256_file(calib_path).substr(0, 16) + ")" +
       (from_eval ? ": the evaluation data, NOT held out (--calib-from-eval)" : "");
   rep.seed = std::to_string(seed);
   if (from_eval)
     rep.warnings.push_back("calibrated on the evaluation data (--calib-from-eval): the figures are not held out and "
                            "read better than they would on unseen text");
+  std::error_code ec;
+  if (!from_eval && have_eval && fs::equivalent(so.text("calib"), so.text("eval"), ec)) {
+    // One file for both: held out only where the two ranges do not overlap.
+    auto bounds = [](const std::string& r) {
+      const size_t c = r.find(':');
+      const int64_t a = c == std::string::npos || c == 0 ? 0 : std::stoll(r.substr(0, c));
+      const int64_t b = c == std::string::npos || c + 1 >= r.size() ? INT64_MAX : std::stoll(r.substr(c + 1));
+      return std::make_pair(a, b);
+    };
+    bool overlap = !so.has("calib-range") || !so.has("eval-range");
+    if (!overlap) {
+      const auto [ca, cb] = bounds(so.text("calib-range"));
+      const auto [ea, eb] = bounds(so.text("eval-range"));
+      overlap = ca < eb && ea < cb;
+    }
+    if (overlap)
+      rep.warnings.push_back("--calib and --eval are the same file and their ranges overlap: the figures are not "
+                             "held out (split it with --calib-range and --eval-range)");
+  }
 }
 
 void JobRun::sizes(const std::string& out_model) {
@@ -144,7 +169,7 @@ void JobRun::stored_bits(const std::string& out_model, bool exact_parts_only) {
     const std::string key = model->layer(row.name).weight;
     uint64_t bytes = 0;
     if (exact_parts_only) {
-      for (const char* part : {".qweight", ".scales", ".zeros"})
+      for (const char* part : {".qweight", ".scales", ".zeros", ".mins"})
         if (r->contains(key + part)) bytes += r->info(key + part).nbytes;
     } else {
       for (const auto& ti : r->tensors())

@@ -424,4 +424,40 @@ std::string sha256_file(const std::string& path) {
   return h.hex();
 }
 
+// "A:B" over n items -> [a, b); "" -> [0, n). InputError for a bad or empty range.
+namespace {
+std::pair<int64_t, int64_t> parse_range(const std::string& spec, int64_t n, const char* opt) {
+  if (spec.empty()) return {0, n};
+  const size_t c = spec.find(':');
+  int64_t a = 0, b = n;
+  try {
+    if (c == std::string::npos) throw std::invalid_argument("no colon");
+    if (c > 0) a = std::stoll(spec.substr(0, c));
+    if (c + 1 < spec.size()) b = std::stoll(spec.substr(c + 1));
+  } catch (const std::exception&) {
+    fail("data", opt, " '", spec, "' is not START:END (e.g. 0:8000)");
+  }
+  if (a < 0 || b > n || a >= b)
+    fail("data", opt, " ", spec, " is empty or outside the data's ", n, " items");
+  return {a, b};
+}
+
+}  // namespace
+
+void slice_eval_data(EvalData& ed, const std::string& spec, const char* opt) {
+  if (ed.labeled) {
+    const int64_t n = ed.examples.count;
+    auto [a, b] = parse_range(spec, n, opt);
+    const int64_t per = n ? int64_t(ed.examples.inputs.size()) / n : 0;
+    ed.examples.inputs = std::vector<float>(ed.examples.inputs.begin() + a * per, ed.examples.inputs.begin() + b * per);
+    ed.examples.labels = std::vector<int64_t>(ed.examples.labels.begin() + a, ed.examples.labels.begin() + b);
+    ed.examples.count = b - a;
+  } else {
+    auto& c = ed.corpus;
+    auto [a, b] = parse_range(spec, int64_t(c.docs.size()), opt);
+    c.docs = std::vector<std::vector<int32_t>>(c.docs.begin() + a, c.docs.begin() + b);
+    if (!c.bytes.empty()) c.bytes = std::vector<std::vector<int32_t>>(c.bytes.begin() + a, c.bytes.begin() + b);
+  }
+}
+
 }  // namespace mc

@@ -100,7 +100,8 @@ std::vector<PlanRow> plan_stage(const Model& model, const std::string& model_pat
       // for more room).
       row.code_bits = o.target_bpw > 0 && !override ? 8 : spec->bits;
       if ((st.w8a8 || o.quantize_activations) && l->kind == LayerKind::Linear && !rtn_only)
-        row.what += ", activations int" + std::to_string(o.act_bits) + " per token";
+        row.what += o.act_format == ActFormat::int_ ? ", activations int" + std::to_string(o.act_bits) + " per token"
+                                                     : ", activations " + act_quant_name({o.act_format, o.act_bits});
       plan.push_back(row);
     }
   } else if (so.pass() == "prune") {

@@ -145,6 +145,13 @@ QuantizeStage quantize_stage(const StageOptions& so) {
   o.autoround_batch = so.integer("autoround-batch");
   if (o.autoround_batch < 1) so.fail("autoround-batch", "must be >= 1");
   o.autoround_minmax = !so.flag("autoround-no-minmax");
+  o.autoround_kquant = so.flag("autoround-kquant");
+  if (o.autoround_kquant) {
+    if (o.method != "autoround") so.fail("autoround-kquant", "applies to --method autoround only, not " + o.method);
+    if ((o.spec.bits != 4 && o.spec.bits != 5) || o.spec.symmetric || o.spec.group_size != 32)
+      so.fail("autoround-kquant", "needs --bits 4 or 5, --asym and --group-size 32 (the Q4_K / Q5_K lattice), not " +
+              o.spec.describe());
+  }
   o.targets = so.list("targets"), o.ignore = so.list("ignore");
   o.embeddings = so.flag("quantize-embeddings"), o.classifier = so.flag("quantize-classifier");
   o.conv = so.flag("quantize-conv"), o.true_sequential = so.flag("true-sequential"), o.fp64 = so.flag("fp64");
@@ -163,9 +170,24 @@ QuantizeStage quantize_stage(const StageOptions& so) {
     st.needs_calibration = true;  // the adapter is fitted to the calibration inputs
     st.calibration_for = "--eora";
   }
-  if (so.has("act-bits") && !st.w8a8) {  // W4A8, W4A4: any weight method with quantized inputs
+  const std::string act_format = so.text("act-format");
+  if (act_format != "int") {  // FP activations: their bits are the format's
+    if (act_format == "fp8" || act_format == "mxfp8" || act_format == "mxfp4" || act_format == "nvfp4") {
+      const ActQuant a = parse_act_quant(act_format);
+      if (so.has("act-bits") && o.act_bits != a.bits)
+        so.fail("act-bits", std::to_string(o.act_bits) + " does not match --act-format " + act_format + " (" +
+                std::to_string(a.bits) + " bits)");
+      if (st.w8a8) so.fail("act-format", act_format + " does not apply to --method " + o.method + " (int8 activations)");
+      o.act_format = a.format, o.act_bits = a.bits;
+    } else {
+      so.fail("act-format", "'" + act_format + "' is not an activation format (allowed: int, fp8, mxfp8, mxfp4, nvfp4)");
+    }
+  }
+  if ((so.has("act-bits") || o.act_format != ActFormat::int_) && !st.w8a8) {  // W4A8, W4A4: any weight method
     if (o.act_bits < 2 || o.act_bits > 8) so.fail("act-bits", std::to_string(o.act_bits) + " outside 2..8");
-    if (o.eora_rank > 0) so.fail("act-bits", "does not apply with --eora: an adapter beside the layers would not quantize its input");
+    if (o.eora_rank > 0)
+      so.fail(so.has("act-bits") ? "act-bits" : "act-format",
+              "does not apply with --eora: an adapter beside the layers would not quantize its input");
     o.quantize_activations = true;
   }
   st.rotate = so.text("rotate");
@@ -180,6 +202,8 @@ QuantizeStage quantize_stage(const StageOptions& so) {
   o.kv_format = so.text("kv-format");
   if (o.kv_format != "int8" && o.kv_format != "fp8") so.fail("kv-format", "'" + o.kv_format + "': int8 or fp8");
   if (so.has("kv-format") && o.kv_bits == 0) so.fail("kv-format", "needs --kv-bits 8");
+  o.kv_hadamard = so.flag("kv-hadamard");
+  if (o.kv_hadamard && o.kv_bits == 0) so.fail("kv-hadamard", "needs --kv-bits 8");
   if (o.kv_bits > 0 && !st.needs_calibration) {
     st.needs_calibration = true;  // static scales come from the calibration data
     st.calibration_for = "--kv-bits";
@@ -208,7 +232,9 @@ QuantizeStage quantize_stage(const StageOptions& so) {
 std::string quantize_title(const QuantizeStage& st, const std::string& model_path) {
   const PtqOptions& o = st.ptq;
   return fs::path(model_path).filename().string() + ": " + st.label + " " + o.spec.describe() +
-         (st.w8a8 || o.quantize_activations ? ", a" + std::to_string(o.act_bits) : "") +
+         (st.w8a8 || o.quantize_activations
+              ? (o.act_format == ActFormat::int_ ? ", a" + std::to_string(o.act_bits) : ", a " + act_quant_name({o.act_format, o.act_bits}))
+              : "") +
          (st.rotate != "none" ? ", rotated (" + st.rotate + ")" : "") +
          (o.target_bpw > 0 ? ", mixed " + fmt_num("%g", o.target_bpw) + " bits" : "");
 }
@@ -239,20 +265,26 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
                              fmt_num("%g", po.autoround_lr > 0 ? po.autoround_lr : 1.0 / po.autoround_iters) +
                              " decaying to 0, " + std::to_string(po.autoround_batch) + " sequences per step, " +
                              (po.autoround_minmax ? "rounding offsets and range factors" : "rounding offsets only") +
-                             ", against each block's float output; best step kept";
+                             ", against each block's float output; best step kept" +
+                             (po.autoround_kquant ? "; on the Q" + std::to_string(spec.bits) +
+                                                        "_K lattice (6-bit group scales and mins, float16 super-block "
+                                                        "scales of 5 significant bits) where rows allow"
+                                                  : "");
   if (method == "awq") rep.settings["clip search"] = po.awq_clip ? "yes" : "no";
   if (st.w8a8)
     rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric (alpha " +
                                   fmt_num("%g", po.smooth_alpha) + ")";
   if (po.quantize_activations)
-    rep.settings["activations"] = "int" + std::to_string(po.act_bits) + " per token, dynamic, symmetric, every "
-                                  "quantized linear's input";
+    rep.settings["activations"] = act_quant_description({po.act_format, po.act_bits}) +
+                                  (po.act_format == ActFormat::int_ ? ", every quantized linear's input"
+                                                                     : ", every quantized linear's input, simulated in float");
   if (st.rotate != "none") rep.settings["rotation"] = st.rotate;  // the pass's summary replaces it
   if (po.true_sequential) rep.settings["order"] = "true-sequential";
   if (po.kv_bits > 0)
     rep.settings["KV cache"] = po.kv_format + (po.kv_format == "fp8" ? " (E4M3, scale amax/448)" : " (scale amax/127)") +
                                ", static per kv head, keys after RoPE; scales from each block's quantized outputs on "
-                               "the calibration data; the compressed evaluation runs with it";
+                               "the calibration data; the compressed evaluation runs with it" +
+                               (po.kv_hadamard ? "; each head's keys and values rotated by a Hadamard first" : "");
   if (po.eora_rank > 0)
     rep.settings["EoRA"] = "rank " + std::to_string(po.eora_rank) + " correction of each calibrated layer, fitted in "
                            "the eigenspace of its calibration inputs; written as a LoRA adapter in eora/ (the model "
@@ -346,9 +378,9 @@ JobResult run_quantize(const StageOptions& so, const JobIO& io, const EventSink&
       model.page_out_param(k);  // a mapped embedding / head read here does not stay resident
     }
   auto meta = model.config_metadata();
-  if (!res.act_bits.empty()) meta[kActivationMetadataKey] = activation_metadata(res.act_bits);
+  if (!res.act_bits.empty()) meta[kActivationMetadataKey] = activation_metadata(res.act_bits, res.act_format);
   if (st.rotate != "none") meta[kRotationMetadataKey] = rotation.metadata();
-  if (!res.kv_scales.empty()) meta[kKVCacheMetadataKey] = kv_cache_metadata(po.kv_format, res.kv_scales);
+  if (!res.kv_scales.empty()) meta[kKVCacheMetadataKey] = kv_cache_metadata(po.kv_format, res.kv_scales, po.kv_hadamard);
   writer.finish(meta);
   out.keep();
   rep.output = out_model;

@@ -36,21 +36,26 @@ bool add_sparse_if_smaller(PackedCheckpointWriter& writer, const std::string& ke
   return true;
 }
 
-std::string activation_metadata(const std::map<std::string, int>& act_bits) {
+std::string activation_metadata(const std::map<std::string, int>& act_bits, ActFormat format) {
   std::string j = "{\"layers\": {";
   bool first = true;
   for (const auto& [name, bits] : act_bits) {
-    j += (first ? "" : ", ") + std::string("\"") + name + "\": {\"bits\": " + std::to_string(bits) +
-         ", \"granularity\": \"per-token\", \"symmetric\": true, \"dynamic\": true}";
+    j += (first ? "" : ", ") + std::string("\"") + name + "\": {\"bits\": " + std::to_string(bits);
+    if (format == ActFormat::int_)
+      j += ", \"granularity\": \"per-token\", \"symmetric\": true, \"dynamic\": true}";
+    else  // quant/act_quant.h describes each format's grouping
+      j += ", \"format\": \"" + act_quant_name({format, bits}) + "\", \"dynamic\": true}";
     first = false;
   }
   return j + "}}";
 }
 
-std::string kv_cache_metadata(const std::string& format, const std::map<int, std::pair<at::Tensor, at::Tensor>>& scales) {
+std::string kv_cache_metadata(const std::string& format, const std::map<int, std::pair<at::Tensor, at::Tensor>>& scales,
+                              bool hadamard) {
   nlohmann::json j;
   j["format"] = format;
   j["granularity"] = "per kv head, static";
+  if (hadamard) j["rotation"] = "hadamard";  // scales of x H per head (Model::set_kv_hadamard)
   for (const auto& [block, kv] : scales) {
     const at::Tensor k = kv.first.to(at::kFloat).cpu().contiguous(), v = kv.second.to(at::kFloat).cpu().contiguous();
     j["k_scale"][std::to_string(block)] = std::vector<float>(k.data_ptr<float>(), k.data_ptr<float>() + k.numel());

@@ -42,9 +42,10 @@ JobResult run_quantize_fp(const StageOptions& so, const JobIO& io, const EventSi
 // 2:4 or 4:8) when that beats the dense packed layout; false when the dense layout is smaller.
 bool add_sparse_if_smaller(PackedCheckpointWriter& writer, const std::string& key, const QuantResult& q);
 // The activation settings of W8A8 layers as the packed file's metadata value.
-std::string activation_metadata(const std::map<std::string, int>& act_bits);
+std::string activation_metadata(const std::map<std::string, int>& act_bits, ActFormat format = ActFormat::int_);
 // kKVCacheMetadataKey's JSON (model.h) for a quantize result's KV-cache scales.
-std::string kv_cache_metadata(const std::string& format, const std::map<int, std::pair<at::Tensor, at::Tensor>>& scales);
+std::string kv_cache_metadata(const std::string& format, const std::map<int, std::pair<at::Tensor, at::Tensor>>& scales,
+                              bool hadamard = false);
 // W8A8: each layer's runtime (int8 kernel or float simulation, and why) in the report, and, when the
 // kernel ran and --eval is given, the same model with every int8 matmul simulated in float beside it.
 void w8a8_runtime_rows(JobRun& job, const std::string& out_model, bool simulate_int8);

@@ -23,6 +23,10 @@ std::vector<OptionDef> data_options(const char* calib_samples_default, const cha
       {"calib-from-eval", T::Flag, "", "calibrate on the --eval data (the report then says the figures are not "
                                        "held out)"},
       {"calib-samples", T::Int, calib_samples_default, calib_samples_help},
+      {"calib-range", T::Text, "", "calibrate on documents/examples START:END of --calib only (e.g. 0:5000)"},
+      {"eval-range", T::Text, "",
+       "evaluate on documents/examples START:END of --eval only (e.g. 5000:10000: one file split into a "
+       "calibration part and a held-out part with --calib-range)"},
       {"calib-seqlen", T::Int, "128", "tokens per calibration sequence"},
       {"seed", T::Int, "0", "seed of the calibration sampling"},
       {"tokenizer", T::Text, "", "tokenizer (default: one beside the model)"},
@@ -82,6 +86,11 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
                 {"autoround-lr", T::Real, "0", "autoround: first step size, decaying linearly to 0 (0: 1 / iters)"},
                 {"autoround-batch", T::Int, "8", "autoround: calibration sequences per step"},
                 {"autoround-no-minmax", T::Flag, "", "autoround: tune only the rounding offsets, not the range factors"},
+                {"autoround-kquant", T::Flag, "",
+                 "autoround: tune on llama.cpp's Q4_K / Q5_K lattice (6-bit group scales and mins under float16 "
+                 "super-block scales; needs --bits 4|5 --asym --group-size 32; layers whose rows are not a multiple "
+                 "of 256 stay on the plain grid): export --format gguf:q4_k|q5_k then writes the tuned values "
+                 "bit for bit"},
                 {"eora", T::Int, "0",
                  "EoRA: fit a rank-N correction B A of each calibrated layer's quantization error in the eigenspace "
                  "of its calibration inputs (Liu et al. 2024; training-free), written beside the model as a PEFT "
@@ -90,10 +99,18 @@ const std::map<std::string, std::vector<OptionDef>>& tables() {
                  "8: quantize the KV cache too, keys (after RoPE) and values per kv head with static scales "
                  "calibrated on each block's quantized outputs (stored in the file, applied by eval/generate/run); 0: off"},
                 {"kv-format", T::Text, "int8", "KV cache grid with --kv-bits 8: int8 (amax/127) or fp8 (E4M3, amax/448)"},
+                {"kv-hadamard", T::Flag, "",
+                 "with --kv-bits 8: rotate each head's keys and values by a Hadamard matrix before rounding them (QuaRot's "
+                 "online rotation; spreads outlier channels, the float attention is unchanged)"},
                 {"alpha", T::Real, "0.5", "smoothquant: migration strength 0..1"},
                 {"act-bits", T::Int, "8",
                  "bits of the per-token activations (dynamic, symmetric), 2..8: smoothquant's (default 8); with any "
                  "other method, given explicitly, every quantized linear's input is quantized too (W4A8, W4A4)"},
+                {"act-format", T::Text, "int",
+                 "format of the quantized activations with any weight method: int (--act-bits bits, per token), "
+                 "fp8 (E4M3 per token), mxfp8 / mxfp4 (OCP MX, groups of 32), nvfp4 (groups of 16, E4M3 scales); "
+                 "all dynamic and simulated in float (W4A8-FP8, W4A4-NVFP4); a format other than int implies "
+                 "its own bits"},
                 {"rotate", T::Text, "none",
                  "llama family: rotate the model before quantizing (QuaRot/SpinQuant with fixed Hadamards; the float "
                  "model computes the same function): hadamard = norms folded, R1 on the residual stream, R2 per head "

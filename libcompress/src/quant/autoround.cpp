@@ -77,7 +77,67 @@ Grid grid(const at::Tensor& w, const QuantSpec& spec, const AutoRoundState& s) {
   return {value, q.detach(), s16, zero.detach()};
 }
 
+// up5 (autoround.h): x > 0 rounded up to k * 2^e with 16 <= k < 32 (0 stays 0), exactly: frexp gives
+// x = f * 2^E, f in [0.5, 1); k = ceil(f * 32) (32 is 2^E itself).
+at::Tensor up5(const at::Tensor& x) {
+  auto [f, e] = at::frexp(x);
+  const at::Tensor k = at::ceil(f * 32.0f);
+  // 2^(E - 5) from the float32 bit pattern (normal range: the scales of any real weight).
+  const at::Tensor p = (e.to(at::kInt) - 5 + 127).clamp_(1, 254).__lshift__(23).contiguous().view(at::kFloat);
+  return k * p;
+}
+
+float up5_scalar(float x) {
+  if (x == 0.0f) return 0.0f;
+  int e = 0;
+  const float f = std::frexp(x, &e);
+  return std::ceil(f * 32.0f) * std::ldexp(1.0f, e - 5);
+}
+
+constexpr int64_t kSuper = 8;  // groups of 32 per K-quant super-block (256 columns)
+
+Grid kquant_grid(const at::Tensor& w, const QuantSpec& spec, const AutoRoundState& s) {
+  const int64_t out = w.size(0), in = w.size(1), G = in / 32;
+  const int maxq = (1 << spec.bits) - 1;
+  const at::Tensor x = w.detach().to(at::kFloat).reshape({out, G, 32});
+  const at::Tensor lo = std::get<0>(x.min(-1)).clamp_max_(0), hi = std::get<0>(x.max(-1)).clamp_min_(0);
+  const at::Tensor raw_s = ((s.alpha * hi - s.beta * lo) * rtn_inv_maxq(spec.bits)).reshape({out, G / kSuper, kSuper});
+  const at::Tensor raw_m = (s.beta * lo).neg().reshape({out, G / kSuper, kSuper});
+  auto super_scale = [](const at::Tensor& raw) {  // up5(max / 63), 1 where 0, gradient straight through
+    const at::Tensor r = std::get<0>(raw.max(-1, true)) / 63.0f;
+    at::Tensor u = up5(r.detach());
+    u.masked_fill_(u.eq(0), 1.0);
+    return ste(u, r);
+  };
+  const at::Tensor d = super_scale(raw_s), dmin = super_scale(raw_m);
+  const at::Tensor sc_raw = raw_s / d, m_raw = raw_m / dmin;
+  const at::Tensor sc = ste(sc_raw.detach().round().clamp_(1, 63), sc_raw);
+  const at::Tensor m = ste(m_raw.detach().round().clamp_(0, 63), m_raw);
+  const at::Tensor scale = (d * sc).reshape({out, G}), mn = (dmin * m).reshape({out, G});
+  const at::Tensor inv = at::reciprocal(scale);
+  const at::Tensor t = (x + mn.unsqueeze(-1)) * inv.unsqueeze(-1) + s.v.reshape({out, G, 32});
+  const at::Tensor r = t.detach().round();
+  const at::Tensor inside = r.ge(0).logical_and_(r.le(maxq));
+  const at::Tensor q = ste(r.clamp(0, maxq), t * inside);
+  const at::Tensor value = (q * scale.unsqueeze(-1) - mn.unsqueeze(-1)).reshape({out, in});
+  return {value, q.detach(), scale.detach(), mn.detach()};  // zero holds the min here
+}
+
+Grid grid_of(const at::Tensor& w, const QuantSpec& spec, const AutoRoundState& s, AutoRoundGrid g) {
+  return g == AutoRoundGrid::kquant ? kquant_grid(w, spec, s) : grid(w, spec, s);
+}
+
 }  // namespace
+
+bool fits_kquant_lattice(const QuantSpec& spec, int64_t in) {
+  return (spec.bits == 4 || spec.bits == 5) && !spec.symmetric && spec.group_size == 32 && in > 0 && in % 256 == 0;
+}
+
+void check_kquant_lattice(const QuantSpec& spec, int64_t in, const std::string& layer) {
+  if (!fits_kquant_lattice(spec, in))
+    fail(kComp, where(layer), "the K-quant lattice (Q4_K / Q5_K) needs --bits 4 or 5, --asym, --group-size 32 and rows "
+         "of a multiple of 256 columns; got ", spec.describe(), " on ", in, " columns");
+}
 
 void AutoRoundOptions::validate() const {
   if (iters < 1 || iters > 100000) fail(kComp, "iterations ", iters, " outside 1..100000");
@@ -94,30 +154,91 @@ AutoRoundState autoround_init(const at::Tensor& w, const QuantSpec& spec, const 
   return {at::zeros(w.sizes(), f), at::ones({w.size(0), G}, f), at::ones({w.size(0), G}, f)};
 }
 
-at::Tensor autoround_weight(const at::Tensor& w, const QuantSpec& spec, const AutoRoundState& s) {
+at::Tensor autoround_weight(const at::Tensor& w, const QuantSpec& spec, const AutoRoundState& s, AutoRoundGrid g) {
   check_state(w, spec, s);
-  return grid(w, spec, s).value;
+  if (g == AutoRoundGrid::kquant) check_kquant_lattice(spec, w.size(1));
+  return grid_of(w, spec, s, g).value;
 }
 
 QuantResult autoround_codes(const at::Tensor& w, const QuantSpec& spec, const AutoRoundState& s,
-                            const std::string& layer) {
+                            const std::string& layer, AutoRoundGrid lattice) {
   check(w, spec, layer);
   check_state(w, spec, s);
+  if (lattice == AutoRoundGrid::kquant) check_kquant_lattice(spec, w.size(1), layer);
   at::NoGradGuard no_grad;
   const AutoRoundState d{s.v.detach(), s.alpha.detach(), s.beta.detach()};
-  Grid g = grid(w, spec, d);
+  Grid g = grid_of(w, spec, d, lattice);
   QuantResult r;
   r.spec = spec;
   r.codes = g.codes.reshape({w.size(0), -1}).narrow(1, 0, w.size(1)).to(at::kByte).contiguous();
   r.scales = g.scale.contiguous();
-  r.zeros = g.zero.contiguous();
+  if (lattice == AutoRoundGrid::kquant) {
+    r.mins = g.zero.contiguous();
+    r.zeros = (r.mins / r.scales).contiguous();  // the nearest zero-code form, for readers of zeros
+  } else {
+    r.zeros = g.zero.contiguous();
+  }
   return r;
 }
 
+namespace {
+QuantResult kquant_codes_ref(const at::Tensor& w, const QuantSpec& spec, const AutoRoundState& s) {
+  const int64_t out = w.size(0), in = w.size(1), G = in / 32;
+  const int maxq = (1 << spec.bits) - 1;
+  const at::Tensor x = w.detach().to(at::kFloat).cpu().contiguous(), v = s.v.detach().to(at::kFloat).cpu().contiguous();
+  const at::Tensor al = s.alpha.detach().to(at::kFloat).cpu().contiguous(),
+                   be = s.beta.detach().to(at::kFloat).cpu().contiguous();
+  QuantResult r;
+  r.spec = spec;
+  r.codes = at::zeros({out, in}, at::kByte);
+  r.scales = at::zeros({out, G}, at::kFloat);
+  r.mins = at::zeros({out, G}, at::kFloat);
+  const float* px = x.data_ptr<float>();
+  const float* pv = v.data_ptr<float>();
+  uint8_t* pc = r.codes.data_ptr<uint8_t>();
+  float* ps = r.scales.data_ptr<float>();
+  float* pm = r.mins.data_ptr<float>();
+  for (int64_t i = 0; i < out; ++i)
+    for (int64_t b = 0; b < G / kSuper; ++b) {
+      float rs[kSuper], rm[kSuper], smax = 0, mmax = 0;
+      for (int64_t j = 0; j < kSuper; ++j) {
+        const int64_t g = b * kSuper + j;
+        float lo = 0, hi = 0;
+        for (int64_t c = 0; c < 32; ++c) lo = std::min(lo, px[i * in + g * 32 + c]), hi = std::max(hi, px[i * in + g * 32 + c]);
+        const float a = al.data_ptr<float>()[i * G + g], be_ = be.data_ptr<float>()[i * G + g];
+        rs[j] = (a * hi - be_ * lo) * rtn_inv_maxq(spec.bits);
+        rm[j] = -(be_ * lo);
+        smax = std::max(smax, rs[j]), mmax = std::max(mmax, rm[j]);
+      }
+      float d = up5_scalar(smax / 63.0f), dmin = up5_scalar(mmax / 63.0f);
+      if (d == 0) d = 1;
+      if (dmin == 0) dmin = 1;
+      for (int64_t j = 0; j < kSuper; ++j) {
+        const int64_t g = b * kSuper + j;
+        const float sc = std::min(std::max(std::nearbyint(rs[j] / d), 1.0f), 63.0f);
+        const float m = std::min(std::max(std::nearbyint(rm[j] / dmin), 0.0f), 63.0f);
+        const float scale = d * sc, mn = dmin * m, inv = 1.0f / scale;
+        ps[i * G + g] = scale, pm[i * G + g] = mn;
+        for (int64_t c = 0; c < 32; ++c) {
+          const int64_t k = i * in + g * 32 + c;
+          const float t = (px[k] + mn) * inv + pv[k];
+          pc[k] = static_cast<uint8_t>(std::min(std::max(std::nearbyint(t), 0.0f), float(maxq)));
+        }
+      }
+    }
+  r.zeros = r.mins / r.scales;
+  return r;
+}
+}  // namespace
+
 QuantResult autoround_codes_ref(const at::Tensor& w, const QuantSpec& spec, const AutoRoundState& s,
-                                const std::string& layer) {
+                                const std::string& layer, AutoRoundGrid lattice) {
   check(w, spec, layer);
   check_state(w, spec, s);
+  if (lattice == AutoRoundGrid::kquant) {
+    check_kquant_lattice(spec, w.size(1), layer);
+    return kquant_codes_ref(w, spec, s);
+  }
   const int64_t out = w.size(0), in = w.size(1), G = spec.n_groups(in), gs = spec.group_cols(in);
   const int maxq = (1 << spec.bits) - 1;
   const at::Tensor x = w.detach().to(at::kFloat).cpu().contiguous(), v = s.v.detach().to(at::kFloat).cpu().contiguous();
@@ -167,10 +288,14 @@ QuantResult autoround_codes_ref(const at::Tensor& w, const QuantSpec& spec, cons
 
 AutoRoundTuned autoround_tune(const std::vector<at::Tensor>& weights, const std::vector<QuantSpec>& specs,
                               const AutoRoundLoss& loss, const AutoRoundOptions& o,
-                              const std::vector<std::string>& names) {
+                              const std::vector<std::string>& names, const std::vector<AutoRoundGrid>& grids) {
   o.validate();
-  if (specs.size() != weights.size() || (!names.empty() && names.size() != weights.size()))
+  if (specs.size() != weights.size() || (!names.empty() && names.size() != weights.size()) ||
+      (!grids.empty() && grids.size() != weights.size()))
     fail(kComp, weights.size(), " weights with ", specs.size(), " grids and ", names.size(), " names");
+  auto lattice = [&](size_t i) { return grids.empty() ? AutoRoundGrid::rtn : grids[i]; };
+  for (size_t i = 0; i < grids.size(); ++i)
+    if (grids[i] == AutoRoundGrid::kquant) check_kquant_lattice(specs[i], weights[i].size(1), names.empty() ? "" : names[i]);
   at::AutoGradMode grad(true);
   auto name = [&](size_t i) { return names.empty() ? std::string() : names[i]; };
   std::vector<at::Tensor> W;
@@ -191,7 +316,7 @@ AutoRoundTuned autoround_tune(const std::vector<at::Tensor>& weights, const std:
   };
   for (int it = 0; it <= o.iters; ++it) {
     std::vector<at::Tensor> wq;
-    for (size_t i = 0; i < W.size(); ++i) wq.push_back(grid(W[i], specs[i], st[i]).value);
+    for (size_t i = 0; i < W.size(); ++i) wq.push_back(grid_of(W[i], specs[i], st[i], lattice(i)).value);
     at::Tensor L = loss(wq, it);
     const double l = L.item<double>();
     if (it == 0) {
@@ -214,7 +339,8 @@ AutoRoundTuned autoround_tune(const std::vector<at::Tensor>& weights, const std:
       if (o.minmax) step(s.alpha, mlr, 0.5, 1.0), step(s.beta, mlr, 0.5, 1.0);
     }
   }
-  for (size_t i = 0; i < W.size(); ++i) res.quant.push_back(autoround_codes(W[i], specs[i], res.state[i], name(i)));
+  for (size_t i = 0; i < W.size(); ++i)
+    res.quant.push_back(autoround_codes(W[i], specs[i], res.state[i], name(i), lattice(i)));
   return res;
 }
 

@@ -131,6 +131,7 @@ FpQuantResult quantize_nvfp4(const at::Tensor& w, FpQuantResult r) {
 }  // namespace
 
 at::Tensor round_to_e4m3(const at::Tensor& x) { return decode(encode(x.to(at::kFloat), kE4M3), false); }
+at::Tensor round_to_e2m1(const at::Tensor& x) { return decode(encode(x.to(at::kFloat), kE2M1), true); }
 
 at::Tensor FpQuantResult::element_codes() const {
   return fp_scheme_is_fp4(scheme) ? unpack_nibbles(codes) : codes;

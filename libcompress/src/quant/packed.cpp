@@ -28,13 +28,14 @@ struct PackedEntry {
   std::vector<int64_t> weight_shape;  // when the weight is not [out, in] (conv kernels)
   bool g_idx = false;                 // "<key>.g_idx" maps columns to groups (act-order GPTQ)
   bool float_zeros = false;           // "<key>.zeros" is F16 [out, G] (fractional zero points, HQQ)
+  bool mins = false;                  // "<key>.mins" F16 [out, G] instead of zeros: value = code * scale - min
   bool quantized = true;              // false: a sparse entry of float16 values ("dtype": "F16")
   std::optional<SparseLayout> sparse; // a sparse entry (quant/sparse.h)
   int64_t kept = 0;                   // sparse: entries stored
 };
 
 // The parts an entry may have; those it does not use must be absent.
-const char* const kPartSuffixes[] = {".qweight", ".scales", ".zeros", ".g_idx", ".mask", ".indices", ".values"};
+const char* const kPartSuffixes[] = {".qweight", ".scales", ".zeros", ".mins", ".g_idx", ".mask", ".indices", ".values"};
 
 nlohmann::json describe_entry(const QuantResult& q, bool float_zeros) {
   nlohmann::json j = {{"bits", q.spec.bits},
@@ -45,6 +46,7 @@ nlohmann::json describe_entry(const QuantResult& q, bool float_zeros) {
   if (!q.weight_shape.empty()) j["weight_shape"] = q.weight_shape;
   if (q.g_idx.defined()) j["g_idx"] = true;  // absent otherwise: such files stay as they were
   if (float_zeros) j["zero_dtype"] = "F16";  // likewise
+  if (q.mins.defined()) j["mins"] = true;     // likewise (the K-quant lattice, quant/autoround.h)
   return j;
 }
 
@@ -53,6 +55,7 @@ nlohmann::json describe_entry(const QuantResult& q, bool float_zeros) {
 struct StoredGrid {
   at::Tensor s16, z, gi;
   bool float_zeros = false;
+  at::Tensor mins;  // float32 [out, G], float16 values: stored instead of the zeros
 };
 
 // Checks that `q` is what rtn_quantize produces and returns its grid as stored.
@@ -74,6 +77,15 @@ StoredGrid checked_grid(const std::string& key, const QuantResult& q) {
   const at::Tensor z = q.zeros.to(at::kCPU).to(at::kFloat);
   const int maxq = (1 << q.spec.bits) - 1;
   bool float_zeros = false;
+  if (q.mins.defined()) {  // value = code * scale - min: the mins are stored, the zeros are their derived form
+    const at::Tensor mn = q.mins.to(at::kCPU).to(at::kFloat);
+    if (q.spec.symmetric || q.g_idx.defined() || mn.dim() != 2 || mn.size(0) != rows || mn.size(1) != G)
+      fail<Error>(kComp, key, ": mins must be [", rows, ", ", G, "] on an asymmetric grid without g_idx");
+    if (!at::isfinite(mn).all().item<bool>() || !mn.to(at::kHalf).to(at::kFloat).equal(mn))
+      fail<Error>(kComp, key, ": mins must be finite float16 values");
+    StoredGrid g{s16, z, at::Tensor(), false, mn};
+    return g;
+  }
   if (q.spec.symmetric) {
     if (!z.eq(double(1 << (q.spec.bits - 1))).all().item<bool>())
       fail<Error>(kComp, key, ": symmetric zeros must all be ", 1 << (q.spec.bits - 1));
@@ -99,7 +111,9 @@ StoredGrid checked_grid(const std::string& key, const QuantResult& q) {
 // The grid's tensors, after the codes: scales, zeros (asymmetric), g_idx (when defined).
 void append_grid(const std::string& key, const QuantResult& q, const StoredGrid& g, std::vector<HostTensor>& out) {
   out.push_back(from_torch(key + ".scales", g.s16));
-  if (g.float_zeros)
+  if (g.mins.defined())
+    out.push_back(from_torch(key + ".mins", g.mins.to(at::kHalf).contiguous()));
+  else if (g.float_zeros)
     out.push_back(from_torch(key + ".zeros", g.z.to(at::kHalf).contiguous()));
   else if (!q.spec.symmetric)
     out.push_back(HostTensor::owned(key + ".zeros", DType::U8, {g.z.size(0), packed_row_bytes(g.z.size(1), q.spec.bits)},
@@ -172,6 +186,11 @@ std::map<std::string, PackedEntry> parse_description(const CheckpointReader& rea
         if (!pe.quantized || pe.spec.symmetric) throw std::runtime_error("\"zero_dtype\" needs an asymmetric grid");
         pe.float_zeros = true;
       }
+      if (e.contains("mins") && e.at("mins").get<bool>()) {
+        if (!pe.quantized || pe.spec.symmetric || pe.float_zeros || pe.g_idx)
+          throw std::runtime_error("\"mins\" needs an asymmetric grid without \"zero_dtype\" or \"g_idx\"");
+        pe.mins = true;
+      }
     } catch (const std::exception& ex) {
       fail(kComp, path, ": packed tensor '", key, "': bad description: ", ex.what());
     }
@@ -218,6 +237,13 @@ QuantResult load_grid(const CheckpointReader& reader, const std::string& key, co
     if (reader.contains(key + ".zeros"))
       fail(kComp, reader.path(), ": packed tensor '", key, "' is symmetric but has '", key, ".zeros'");
     q.zeros = at::full({e.out, G}, double(1 << (bits - 1)), at::kFloat);
+  } else if (e.mins) {
+    if (reader.contains(key + ".zeros"))
+      fail(kComp, reader.path(), ": packed tensor '", key, "' has mins and '", key, ".zeros'");
+    q.mins = to_torch(load_part(reader, key, key + ".mins", DType::F16, {e.out, G})).to(at::kFloat);
+    if (!at::isfinite(q.mins).all().item<bool>())
+      fail(kComp, reader.path(), ": '", key, ".mins' holds NaN or Inf");
+    q.zeros = q.mins / q.scales;
   } else if (e.float_zeros) {
     q.zeros = to_torch(load_part(reader, key, key + ".zeros", DType::F16, {e.out, G})).to(at::kFloat);
     if (!at::isfinite(q.zeros).all().item<bool>())
@@ -226,6 +252,8 @@ QuantResult load_grid(const CheckpointReader& reader, const std::string& key, co
     HostTensor zt = load_part(reader, key, key + ".zeros", DType::U8, {e.out, packed_row_bytes(G, bits)});
     q.zeros = unpack_codes(zt.data, e.out, G, bits).to(at::kFloat);
   }
+  if (!e.mins && reader.contains(key + ".mins"))
+    fail(kComp, reader.path(), ": packed tensor '", key, "' has '", key, ".mins' but its description lacks \"mins\": true");
   if (e.g_idx) {
     q.g_idx = to_torch(load_part(reader, key, key + ".g_idx", DType::I32, {e.in})).clone();
     const at::Tensor bad = (q.g_idx.lt(0) | q.g_idx.ge(G)).nonzero();
@@ -248,7 +276,7 @@ std::string primary_part(const std::string& key, const PackedEntry& e) {
 // Rejects parts the entry's description does not call for ("w.mask" next to a dense quantized "w").
 void reject_stray_parts(const CheckpointReader& reader, const std::string& key, const PackedEntry& e) {
   std::set<std::string> used = {primary_part(key, e)};
-  if (e.quantized) used.insert({key + ".scales", key + ".zeros", key + ".g_idx"});  // checked by load_grid
+  if (e.quantized) used.insert({key + ".scales", key + ".zeros", key + ".mins", key + ".g_idx"});  // checked by load_grid
   if (e.sparse) used.insert(key + (e.sparse->bitmask() ? ".mask" : ".indices"));
   for (const char* suffix : kPartSuffixes)
     if (!used.count(key + suffix) && reader.contains(key + suffix))
@@ -460,7 +488,7 @@ PackedEntryReader::PackedEntryReader(std::unique_ptr<CheckpointReader> reader) :
     if (reader->contains(key)) fail(kComp, reader->path(), ": '", key, "' is stored both dense and packed");
     PackedEntryInfo& i = impl_->infos[key];
     if (e.quantized) i.spec = e.spec;
-    i.g_idx = e.g_idx, i.float_zeros = e.float_zeros, i.sparse = e.sparse.has_value(), i.out = e.out, i.in = e.in, i.weight_shape = e.weight_shape;
+    i.g_idx = e.g_idx, i.float_zeros = e.float_zeros, i.mins = e.mins, i.sparse = e.sparse.has_value(), i.out = e.out, i.in = e.in, i.weight_shape = e.weight_shape;
   }
   impl_->reader = std::move(reader);
 }

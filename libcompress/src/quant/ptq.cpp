@@ -162,14 +162,14 @@ class Runner {
       }
       const bool w8a8 = quantizes_input(*l);
       std::string scheme = ran + " " + sp.describe();
-      if (w8a8) scheme += ", a" + std::to_string(o_.act_bits) + " per-token";
+      if (w8a8) scheme += act_scheme();
       LayerRow row = layer_row(*l, w_full, scheme, note);
       row.rel_output_error = relative_output_error(err, W, H);
       r_.layers.push_back(row);
       for (auto& w : z.warnings) r_.warnings.push_back(std::move(w));
       store(*l, w_full, std::move(*z.quant), held);
       if (w8a8) {
-        use_w8a8(m_, l->name, r_.quantized.at(l->weight), o_.act_bits);
+        use_w8a8(m_, l->name, r_.quantized.at(l->weight), act());
         r_.act_bits[l->name] = o_.act_bits;
       }
     }
@@ -202,16 +202,20 @@ class Runner {
       note += (note.empty() ? "" : "; ") + std::string("last group of ") + std::to_string(W.size(1) % sp.group_size) +
               " columns";
     std::string scheme = std::string(own ? method_.name : "rtn") + " " + sp.describe();
-    if (quantizes_input(l)) scheme += ", a" + std::to_string(o_.act_bits) + " per-token";
+    if (quantizes_input(l)) scheme += act_scheme();
     r_.layers.push_back(layer_row(l, w_full, scheme, note));
     store(l, w_full, std::move(*z.quant), z.weight);
     if (quantizes_input(l)) {
-      use_w8a8(m_, l.name, r_.quantized.at(l.weight), o_.act_bits);
+      use_w8a8(m_, l.name, r_.quantized.at(l.weight), act());
       r_.act_bits[l.name] = o_.act_bits;
     }
   }
 
  private:
+  ActQuant act() const { return {o_.act_format, o_.act_bits}; }
+  std::string act_scheme() const {
+    return o_.act_format == ActFormat::int_ ? ", a" + std::to_string(o_.act_bits) + " per-token" : ", a " + act_quant_name(act());
+  }
   bool quantizes_input(const LayerInfo& l) const {
     return (method_.quantizes_activations || o_.quantize_activations) && l.kind == LayerKind::Linear && !l.is_classifier;
   }
@@ -394,10 +398,18 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
     fail(kComp, "--eora does not apply to ", o.method, ": its layers quantize their inputs, an adapter would not");
   if (o.quantize_activations && (o.act_bits < 2 || o.act_bits > 8))
     fail(kComp, "activation bits ", o.act_bits, " outside 2..8");
+  if (o.act_format != ActFormat::int_) {
+    const ActQuant act{o.act_format, o.act_bits};
+    if (!o.quantize_activations || method.quantizes_activations)
+      fail(kComp, act_quant_name(act), " activations apply to a weight method with quantized inputs (not ", o.method, ")");
+    if (o.act_bits != act_format_bits(o.act_format))
+      fail(kComp, act_quant_name(act), " activations have ", act_format_bits(o.act_format), " bits, not ", o.act_bits);
+  }
   if (o.eora_rank > 0 && o.quantize_activations)
     fail(kComp, "--eora does not apply with --act-bits: the layers quantize their inputs, an adapter would not");
 
   PtqResult res;
+  res.act_format = o.act_format;
   Runner run(model, o, method, res);
   for (const LayerInfo* l : layers) run.spec_of[l->name] = spec_for(o, l->name);
   const LayerSplit split = split_layers(layers, calibrated);
@@ -423,7 +435,9 @@ PtqResult quantize_model(Model& model, const at::Tensor& calib, const PtqOptions
     Model& m;
     ~ObserverOff() { m.set_kv_observer({}); }
   } observer_off{model};
+  if (o.kv_hadamard && o.kv_bits == 0) fail(kComp, "the KV-cache Hadamard rotation needs --kv-bits 8");
   if (o.kv_bits > 0) {
+    model.set_kv_hadamard(o.kv_hadamard);
     so.before_output = [&](int k) { kv_block = k, kv_amax.erase(k); };
     model.set_kv_observer([&](int b, const at::Tensor& keys, const at::Tensor& values) {
       if (b != kv_block) return;

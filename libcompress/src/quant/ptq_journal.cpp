@@ -10,13 +10,14 @@ namespace {
 constexpr const char* kQuant = "q:";   // journal tensor prefix of a quantized weight
 constexpr const char* kParam = "p:";   // ... of another parameter the block changed
 constexpr const char* kActBits = "act_bits:";
+constexpr const char* kActFormat = "act_format:";  // ActFormat as a number; absent: int
 constexpr const char* kLora = "lora:";  // ... of an EoRA adapter: "lora:<layer>.A", "lora:<layer>.B"
 }  // namespace
 
-void use_w8a8(Model& m, const std::string& layer, const QuantResult& q, int act_bits) {
-  m.set_input_quant(layer, act_bits);
+void use_w8a8(Model& m, const std::string& layer, const QuantResult& q, const ActQuant& act) {
+  m.set_input_quant(layer, act);
   const QuantSpec& sp = q.spec;
-  if (act_bits == 8 && sp.bits == 8 && sp.symmetric && sp.group_size == 0)
+  if (act.format == ActFormat::int_ && act.bits == 8 && sp.bits == 8 && sp.symmetric && sp.group_size == 0)
     m.set_int8_weight(layer, q.scales.reshape({-1}).to(m.device()));
 }
 
@@ -32,7 +33,10 @@ void PtqBlockSaver::save(int k, const PtqResult& res, BlockJournal::Entry& e) co
     auto q = res.quantized.find(l.weight);
     if (q != res.quantized.end() && quantized.insert(l.weight).second) journal_put_quant(tensors, kQuant + l.weight, q->second);
     auto a = res.act_bits.find(l.name);
-    if (a != res.act_bits.end()) e.record.numbers[kActBits + l.name] = a->second;
+    if (a != res.act_bits.end()) {
+      e.record.numbers[kActBits + l.name] = a->second;
+      if (res.act_format != ActFormat::int_) e.record.numbers[kActFormat + l.name] = static_cast<int>(res.act_format);
+    }
     auto ad = res.adapters.find(l.name);
     if (ad != res.adapters.end()) {
       tensors[kLora + l.name + ".A"] = ad->second.A;
@@ -72,8 +76,12 @@ int64_t restore_ptq_block(const BlockJournal::Entry& e, Model& m, PtqResult& res
   for (const auto& [name, bits] : e.record.numbers)
     if (name.rfind(kActBits, 0) == 0) {
       const std::string layer = name.substr(9);
-      res.act_bits[layer] = static_cast<int>(bits);
-      use_w8a8(m, layer, res.quantized.at(m.layer(layer).weight), static_cast<int>(bits));
+      auto f = e.record.numbers.find(kActFormat + layer);
+      const ActQuant act{f == e.record.numbers.end() ? ActFormat::int_ : static_cast<ActFormat>(static_cast<int>(f->second)),
+                         static_cast<int>(bits)};
+      res.act_bits[layer] = act.bits;
+      res.act_format = act.format;
+      use_w8a8(m, layer, res.quantized.at(m.layer(layer).weight), act);
     }
   return n;
 }

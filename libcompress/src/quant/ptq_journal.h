@@ -34,6 +34,6 @@ class PtqBlockSaver {
 int64_t restore_ptq_block(const BlockJournal::Entry& e, Model& m, PtqResult& res);
 
 // W8A8 on `layer`: per-token input quantization, and the int8 kernel when the weight grid allows it.
-void use_w8a8(Model& m, const std::string& layer, const QuantResult& q, int act_bits);
+void use_w8a8(Model& m, const std::string& layer, const QuantResult& q, const ActQuant& act);
 
 }  // namespace mc

@@ -115,10 +115,14 @@ std::vector<LayerOutcome> autoround_block(const BlockTuneInputs& in, const PtqOp
     };
     std::vector<at::Tensor> weights;
     std::vector<std::string> names;
-    for (const LayerInfo* l : in.layers) {
+    std::vector<AutoRoundGrid> grids;
+    for (size_t i = 0; i < in.layers.size(); ++i) {
+      const LayerInfo* l = in.layers[i];
       originals.push_back(m.param(l->weight));
       weights.push_back(originals.back().to(at::kFloat).reshape({originals.back().size(0), -1}));
       names.push_back(l->name);
+      grids.push_back(o.autoround_kquant && fits_kquant_lattice(in.specs[i], weights.back().size(1)) ? AutoRoundGrid::kquant
+                                                                                                      : AutoRoundGrid::rtn);
     }
     AutoRoundLoss loss = [&](const std::vector<at::Tensor>& wq, int) {
       for (size_t i = 0; i < wq.size(); ++i) m.bind_param(in.layers[i]->weight, wq[i].reshape(originals[i].sizes()));
@@ -133,15 +137,21 @@ std::vector<LayerOutcome> autoround_block(const BlockTuneInputs& in, const PtqOp
     AutoRoundOptions ao;
     ao.iters = o.autoround_iters, ao.lr = o.autoround_lr, ao.minmax_lr = o.autoround_minmax_lr;
     ao.minmax = o.autoround_minmax;
-    AutoRoundTuned r = autoround_tune(weights, in.specs, loss, ao, names);
+    AutoRoundTuned r = autoround_tune(weights, in.specs, loss, ao, names, grids);
     restore();
     std::vector<LayerOutcome> out;
-    for (auto& q : r.quant) {
+    for (size_t i = 0; i < r.quant.size(); ++i) {
+      QuantResult& q = r.quant[i];
       LayerOutcome z;
       z.weight = q.dequantize();
       z.quant = std::move(q);
-      z.note = "block loss " + format_number("%.4g", r.first_loss) + " (rtn) -> " + format_number("%.4g", r.best_loss) +
+      const char* start = grids[i] == AutoRoundGrid::kquant ? " (K-quant lattice start)" : " (rtn)";
+      z.note = "block loss " + format_number("%.4g", r.first_loss) + start + " -> " + format_number("%.4g", r.best_loss) +
                " (step " + std::to_string(r.best_iter) + " of " + std::to_string(o.autoround_iters) + ")";
+      if (o.autoround_kquant)
+        z.note += grids[i] == AutoRoundGrid::kquant
+                      ? std::string("; Q") + std::to_string(in.specs[i].bits) + "_K lattice"
+                      : "; plain grid (the K-quant lattice needs bits 4/5, asym, g32, rows of a multiple of 256)";
       out.push_back(std::move(z));
     }
     return out;

@@ -224,6 +224,14 @@ at::Tensor QuantResult::dequantize() const {
     return codes.to(at::kFloat).sub_(z.index_select(1, gi)).mul_(s.index_select(1, gi));
   }
   at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
+  if (mins.defined()) {  // K-quant lattice: code * scale - min (g_idx never goes with it)
+    const at::Tensor mn = mins.to(at::kFloat);
+    for (const Part& p : parts_of(in, spec.group_cols(in))) {
+      at::Tensor c = cols_view(codes, p).to(at::kFloat);
+      cols_view(out, p).copy_(c.mul_(group_view(s, p)).sub_(group_view(mn, p)));
+    }
+    return out;
+  }
   for (const Part& p : parts_of(in, spec.group_cols(in))) {
     at::Tensor c = cols_view(codes, p).to(at::kFloat);
     cols_view(out, p).copy_(c.sub_(group_view(z, p)).mul_(group_view(s, p)));

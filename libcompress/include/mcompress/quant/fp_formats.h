@@ -44,6 +44,8 @@ float e8m0_to_float(uint8_t code);  // 2^(code-127); 0xFF -> NaN
 // Whole tensors: each float32 value rounded to the nearest E4M3 value (half to even, saturating at +-448),
 // as float32 — what float_to_e4m3 then e4m3_to_float give element by element.
 at::Tensor round_to_e4m3(const at::Tensor& x);
+// The same for E2M1 (half to even, saturating at +-6).
+at::Tensor round_to_e2m1(const at::Tensor& x);
 
 enum class FpScheme { fp8, fp8_channel, fp8_block, mxfp8, mxfp4, nvfp4 };
 

@@ -20,6 +20,7 @@ struct PackedEntryInfo {
   std::optional<QuantSpec> spec;      // empty: a sparse entry of float16 values
   bool g_idx = false;                 // act-order column -> group map
   bool float_zeros = false;           // fractional zero points stored as float16 (HQQ)
+  bool mins = false;                  // float16 mins instead of zero points (the K-quant lattice)
   bool sparse = false;
   int64_t out = 0, in = 0;            // the [out, in] matrix of the codes
   std::vector<int64_t> weight_shape;  // as QuantResult::weight_shape: empty when the parameter is [out, in]

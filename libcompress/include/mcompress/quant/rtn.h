@@ -54,6 +54,10 @@ struct QuantResult {
   at::Tensor codes;   // uint8 [out, in], 0 .. 2^bits-1 (symmetric codes are offset by 2^(bits-1))
   at::Tensor scales;  // float32 [out, n_groups], every value exactly representable in float16
   at::Tensor zeros;   // float32 [out, n_groups]: the code that represents 0.0 (2^(bits-1) sym; hqq.h: fractional)
+  // float32 [out, n_groups], defined only for a grid whose offset is a float16 minimum rather than a zero
+  // code (the GGUF K-quant lattice, quant/autoround.h: value = code * scale - min, as llama.cpp computes
+  // Q4_K). zeros then holds min / scale (float32), the nearest zero-code form, for code that reads zeros.
+  at::Tensor mins;
   // The weight's own shape when it is not [out, in] (a conv kernel [out, in, kh, kw] quantized as
   // [out, in*kh*kw]); empty otherwise. Packed files record it and restore it on load.
   std::vector<int64_t> weight_shape;
@@ -63,7 +67,8 @@ struct QuantResult {
   // c / group_size. Packed files store it as "<key>.g_idx".
   at::Tensor g_idx;
   int64_t n_groups() const;
-  // float32 [out, in]: (code - zero[g]) * scale[g], g = g_idx[c] when g_idx is defined, else c / group_size.
+  // float32 [out, in]: (code - zero[g]) * scale[g], g = g_idx[c] when g_idx is defined, else c / group_size;
+  // with mins: code * scale[g] - min[g].
   // Throws InputError for a g_idx of the wrong length or with a value outside 0..n_groups-1.
   at::Tensor dequantize() const;
 };
