@@ -8,7 +8,9 @@
 #   float -> q4_k + imatrix    the same weighted by an imatrix (`mcompress imatrix`)
 #   gptq / autoround -> q4_k   int4 asym g32 packed models, their values re-fitted to Q4_K by the encoder
 #   autoround --autoround-kquant -> q4_k   tuned on the Q4_K lattice itself, written block for block
-# and, for the quantized models, the packed file's own figure (the report's), which shows what the re-fit costs.
+# and, for the quantized models, the packed file's own figure (the report's) and its gguf:auto export (the
+# embedding kept in F16, each linear layer in the type its grid maps to exactly: Q4_1 for int4 asym g32, Q4_K
+# for the K-quant lattice), which shows what the re-fit costs: gguf:q4_k also stores the embedding as Q4_K.
 # Calibration (imatrix, gptq, autoround): tiny-shakespeare, 128 x 128 tokens, seed 0, never the evaluation text.
 # Usage: bench/autoround_kquant_quality.sh [OUT]   (BUILD_DIR selects the build; ITERS the AutoRound steps, 200)
 set -euo pipefail
@@ -41,23 +43,25 @@ else:
 rows=()
 float=$(bpb_of_file "$M")
 "$MC" export "$M" --format gguf:q4_k -o "$OUT/float-q4_k.gguf" --tokenizer "$TOK" -q
-rows+=("| float -> q4_k | - | $(bpb_of_file "$OUT/float-q4_k.gguf") | - |")
+rows+=("| float -> q4_k | - | $(bpb_of_file "$OUT/float-q4_k.gguf") | - | - |")
 "$MC" imatrix "$M" --tokenizer "$TOK" "${CALIB[@]}" -o "$OUT/imatrix.gguf" >/dev/null
 "$MC" export "$M" --format gguf:q4_k --imatrix "$OUT/imatrix.gguf" -o "$OUT/float-q4_k-imatrix.gguf" --tokenizer "$TOK" -q
-rows+=("| float -> q4_k + imatrix | - | $(bpb_of_file "$OUT/float-q4_k-imatrix.gguf") | - |")
+rows+=("| float -> q4_k + imatrix | - | $(bpb_of_file "$OUT/float-q4_k-imatrix.gguf") | - | - |")
 for run in "gptq" "autoround" "autoround --autoround-kquant"; do
   name=${run// /}
   # shellcheck disable=SC2086
   "$MC" quantize "$M" --method $run --bits 4 --asym --group-size 32 --autoround-iters "$ITERS" "${CALIB[@]}" \
     --eval "$EVAL" --tokenizer "$TOK" --window 128 --truncate -o "$OUT/$name" -q >/dev/null
   "$MC" export "$OUT/$name/model.safetensors" --format gguf:q4_k -o "$OUT/$name-q4_k.gguf" --tokenizer "$TOK" -q
-  rows+=("| $run -> q4_k | $(report "$OUT/$name/report.json" bpb) | $(bpb_of_file "$OUT/$name-q4_k.gguf") | $(report "$OUT/$name/report.json" seconds) |")
+  "$MC" export "$OUT/$name/model.safetensors" --format gguf:auto -o "$OUT/$name-auto.gguf" --tokenizer "$TOK" -q
+  auto_types=$("$MC" inspect "$OUT/$name-auto.gguf" | awk '$1 ~ /^(Q[0-9]_[0-9K]|Q[0-9]_K)$/ {printf "%s%s", sep, $1; sep="+"}')
+  rows+=("| $run -> q4_k | $(report "$OUT/$name/report.json" bpb) | $(bpb_of_file "$OUT/$name-q4_k.gguf") | $(bpb_of_file "$OUT/$name-auto.gguf") ($auto_types) | $(report "$OUT/$name/report.json" seconds) |")
   echo "  $run done" >&2
 done
 {
   echo "stories260K widened to rows of 256, bits per byte on validation_100 (float $float; lower is better); AutoRound $ITERS steps"
   echo
-  echo "| model -> GGUF | packed file (report) | the GGUF file | quantize seconds |"
-  echo "|---|---:|---:|---:|"
+  echo "| model -> GGUF | packed file (report) | gguf:q4_k file | gguf:auto file (linear types) | quantize seconds |"
+  echo "|---|---:|---:|---:|---:|"
   printf '%s\n' "${rows[@]}"
 } | tee "$OUT/quality.md"

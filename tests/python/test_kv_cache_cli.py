@@ -46,7 +46,8 @@ def sylvester(n):
     return h / math.sqrt(n)
 
 
-@pytest.mark.parametrize("fmt,top,hadamard", [("int8", 127.0, False), ("fp8", 448.0, False), ("int8", 127.0, True)])
+@pytest.mark.parametrize("fmt,top,hadamard", [("int8", 127.0, False), ("fp8", 448.0, False), ("int8", 127.0, True),
+                                              ("fp8", 448.0, True)])
 def test_kv_scales_and_runtime_match_the_reference(mc, tmp_path, fmt, top, hadamard):
     model, calib, ev = _setup(tmp_path)
     out = tmp_path / "q"
