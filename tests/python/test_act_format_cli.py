@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from test_kv_cache_cli import _setup, _weights
-from test_model_reference import CFG, eval_json, float64_reference, llama_forward, mean_nll  # noqa: F401 (autouse)
+from test_model_reference import (CFG, eval_json, float64_reference, llama_forward, mean_nll,  # noqa: F401 (autouse)
+                                  write_letter_tokenizer)
 
 
 def floor_log2(a):
@@ -90,6 +91,11 @@ def test_fp_activations_match_the_reference(mc, tmp_path, fmt):
     assert got["predicted_tokens"] == n
     assert abs(got["mean_nll"] - want) < 1e-4, (got["mean_nll"], want, plain)
     assert abs(plain - want) > (1e-3 if "fp4" in fmt else 1e-4)  # the rounding is visible
+    if fmt == "nvfp4":  # an export cannot carry them, and says so
+        write_letter_tokenizer(tmp_path / "tok.bin", CFG["vocab"])
+        p = mc("export", out / "model.safetensors", "--format", "gguf:q8_0", "--tokenizer", tmp_path / "tok.bin",
+               "-o", tmp_path / "x.gguf")
+        assert "quantized activations (mcompress.activations) are not carried" in p.stdout, p.stdout
 
 
 @pytest.mark.parametrize("args,expect", [

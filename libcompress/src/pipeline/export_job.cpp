@@ -11,6 +11,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "mcompress/checkpoint.h"
 #include "mcompress/dtype.h"
 #include "mcompress/error.h"
 #include "mcompress/eval.h"
@@ -43,6 +44,24 @@ double promised_bits(const std::string& type) {
   return 0;
 }
 
+// What the runtime of a model saved by quantize applies beyond its weights and an export does not carry:
+// quantized activations (--act-bits / --act-format / smoothquant) and a quantized KV cache (--kv-bits). One
+// note each; the exported file computes with float activations and a float cache.
+std::vector<std::string> runtime_settings_not_exported(const std::string& path) {
+  std::string file = path;
+  if (fs::is_directory(path)) file = (fs::path(path) / "model.safetensors").string();
+  if (!fs::is_regular_file(file)) return {};
+  const auto meta = open_checkpoint(file)->metadata();
+  std::vector<std::string> notes;
+  if (meta.count(kActivationMetadataKey))
+    notes.push_back("the model's quantized activations (mcompress.activations) are not carried: the exported file "
+                    "computes with float inputs, so its figures are those of the weights alone");
+  if (meta.count(kKVCacheMetadataKey))
+    notes.push_back("the model's KV-cache scales (mcompress.kv_cache) are not carried: the exported file keeps a "
+                    "float cache (set the runtime's own KV-cache type)");
+  return notes;
+}
+
 }  // namespace
 
 std::string run_export(const ExportJob& job, const EventSink& events) {
@@ -65,6 +84,7 @@ std::string run_export(const ExportJob& job, const EventSink& events) {
 
   nlohmann::json result = {{"model", in}, {"output", out}, {"format", format}};
   const bool results = !events.json;  // -q drops the per-tensor table; sizes and metrics are results
+  const std::vector<std::string> dropped = runtime_settings_not_exported(in);
   if (gguf) {
     GgufExportOptions o;
     o.type = format == "gguf" ? "auto" : format.substr(5);
@@ -99,6 +119,10 @@ std::string run_export(const ExportJob& job, const EventSink& events) {
       for (const auto& f : s.files) std::printf("wrote %s\n", f.c_str());
       for (const auto& n : s.notes) std::printf("note: %s\n", n.c_str());
     }
+  }
+  for (const auto& n : dropped) {
+    result["notes"].push_back(n);
+    if (!quiet) std::printf("note: %s\n", n.c_str());
   }
   const uint64_t size_in = model_bytes(in), size_out = model_bytes(out);
   result["bytes_before"] = size_in, result["bytes_after"] = size_out;
