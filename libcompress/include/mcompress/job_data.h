@@ -52,6 +52,8 @@ EvalData load_eval_data(const Model& model, const std::string& model_path, const
 // Keeps items [START, END) of the data ("START:END"; documents of a corpus, examples of a labeled set; "" keeps
 // all). InputError naming `opt` for a malformed, empty or out-of-range spec.
 void slice_eval_data(EvalData& ed, const std::string& spec, const char* opt);
+// "A:B" over n items -> [a, b) ("A:" and ":B" leave that end at n / 0; "" -> [0, n)). InputError naming `opt`.
+std::pair<int64_t, int64_t> parse_range(const std::string& spec, int64_t n, const char* opt);
 
 // The calibration set as the model's forward takes it: `samples` windows of `seqlen` tokens drawn
 // reproducibly (seed) from the documents' token stream, or `samples` labeled examples. allow_short:

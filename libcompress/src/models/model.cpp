@@ -280,22 +280,20 @@ at::Tensor head_hadamard(int64_t n) {
 
 void Model::kv_to_cache(int k, at::Tensor& keys, at::Tensor& values) {
   auto it = kv_quant_.find(k);
-  if (!kv_hadamard_ || (!kv_observer_ && it == kv_quant_.end())) {
-    if (kv_observer_) kv_observer_(k, keys, values);
-    if (it == kv_quant_.end()) return;
-    const KVFormat f = parse_kv_format(kv_format_);
-    keys = kv_fake_quant(keys, it->second.k, f);
-    values = kv_fake_quant(values, it->second.v, f);
-    return;
+  if (!kv_observer_ && it == kv_quant_.end()) return;
+  // Rotated cache: x H per head, observed and rounded there, then back with Hᵀ (H orthogonal, [head_dim,
+  // head_dim]); without scales the keys and values are left as they were (not rotated there and back).
+  at::Tensor H, kr = keys, vr = values;
+  if (kv_hadamard_) {
+    H = head_hadamard(keys.size(-1)).to(keys.device(), keys.scalar_type());
+    kr = keys.matmul(H), vr = values.matmul(H);
   }
-  // Rotated cache: x H per head, rounded there, then back with Hᵀ (H orthogonal, [head_dim, head_dim]).
-  const at::Tensor H = head_hadamard(keys.size(-1)).to(keys.device(), keys.scalar_type());
-  at::Tensor kr = keys.matmul(H), vr = values.matmul(H);
   if (kv_observer_) kv_observer_(k, kr, vr);
   if (it == kv_quant_.end()) return;
   const KVFormat f = parse_kv_format(kv_format_);
-  keys = kv_fake_quant(kr, it->second.k, f).matmul(H.t());
-  values = kv_fake_quant(vr, it->second.v, f).matmul(H.t());
+  keys = kv_fake_quant(kr, it->second.k, f);
+  values = kv_fake_quant(vr, it->second.v, f);
+  if (kv_hadamard_) keys = keys.matmul(H.t()), values = values.matmul(H.t());
 }
 
 at::Tensor Model::apply_linear(const LayerInfo& layer, const at::Tensor& x_in) {

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -130,16 +131,10 @@ void JobRun::calibrate(bool needed, const std::string& why, int64_t samples, int
   std::error_code ec;
   if (!from_eval && have_eval && fs::equivalent(so.text("calib"), so.text("eval"), ec)) {
     // One file for both: held out only where the two ranges do not overlap.
-    auto bounds = [](const std::string& r) {
-      const size_t c = r.find(':');
-      const int64_t a = c == std::string::npos || c == 0 ? 0 : std::stoll(r.substr(0, c));
-      const int64_t b = c == std::string::npos || c + 1 >= r.size() ? INT64_MAX : std::stoll(r.substr(c + 1));
-      return std::make_pair(a, b);
-    };
     bool overlap = !so.has("calib-range") || !so.has("eval-range");
     if (!overlap) {
-      const auto [ca, cb] = bounds(so.text("calib-range"));
-      const auto [ea, eb] = bounds(so.text("eval-range"));
+      const auto [ca, cb] = parse_range(so.text("calib-range"), INT64_MAX, "--calib-range");  // checked when sliced
+      const auto [ea, eb] = parse_range(so.text("eval-range"), INT64_MAX, "--eval-range");
       overlap = ca < eb && ea < cb;
     }
     if (overlap)

@@ -424,8 +424,6 @@ std::string sha256_file(const std::string& path) {
   return h.hex();
 }
 
-// "A:B" over n items -> [a, b); "" -> [0, n). InputError for a bad or empty range.
-namespace {
 std::pair<int64_t, int64_t> parse_range(const std::string& spec, int64_t n, const char* opt) {
   if (spec.empty()) return {0, n};
   const size_t c = spec.find(':');
@@ -441,8 +439,6 @@ std::pair<int64_t, int64_t> parse_range(const std::string& spec, int64_t n, cons
     fail("data", opt, " ", spec, " is empty or outside the data's ", n, " items");
   return {a, b};
 }
-
-}  // namespace
 
 void slice_eval_data(EvalData& ed, const std::string& spec, const char* opt) {
   if (ed.labeled) {

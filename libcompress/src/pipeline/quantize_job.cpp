@@ -172,16 +172,18 @@ QuantizeStage quantize_stage(const StageOptions& so) {
   }
   const std::string act_format = so.text("act-format");
   if (act_format != "int") {  // FP activations: their bits are the format's
-    if (act_format == "fp8" || act_format == "mxfp8" || act_format == "mxfp4" || act_format == "nvfp4") {
-      const ActQuant a = parse_act_quant(act_format);
-      if (so.has("act-bits") && o.act_bits != a.bits)
-        so.fail("act-bits", std::to_string(o.act_bits) + " does not match --act-format " + act_format + " (" +
-                std::to_string(a.bits) + " bits)");
-      if (st.w8a8) so.fail("act-format", act_format + " does not apply to --method " + o.method + " (int8 activations)");
-      o.act_format = a.format, o.act_bits = a.bits;
-    } else {
-      so.fail("act-format", "'" + act_format + "' is not an activation format (allowed: int, fp8, mxfp8, mxfp4, nvfp4)");
+    ActQuant a;
+    try {
+      a = parse_act_quant(act_format);
+    } catch (const InputError&) {
     }
+    if (a.format == ActFormat::int_)  // unknown, or an int spelling, which --act-bits gives
+      so.fail("act-format", "'" + act_format + "' is not an activation format (allowed: int, fp8, mxfp8, mxfp4, nvfp4)");
+    if (so.has("act-bits") && o.act_bits != a.bits)
+      so.fail("act-bits", std::to_string(o.act_bits) + " does not match --act-format " + act_format + " (" +
+              std::to_string(a.bits) + " bits)");
+    if (st.w8a8) so.fail("act-format", act_format + " does not apply to --method " + o.method + " (int8 activations)");
+    o.act_format = a.format, o.act_bits = a.bits;
   }
   if ((so.has("act-bits") || o.act_format != ActFormat::int_) && !st.w8a8) {  // W4A8, W4A4: any weight method
     if (o.act_bits < 2 || o.act_bits > 8) so.fail("act-bits", std::to_string(o.act_bits) + " outside 2..8");

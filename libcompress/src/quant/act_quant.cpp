@@ -5,26 +5,26 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <vector>
 
 #include "mcompress/error.h"
 #include "mcompress/quant/fp_formats.h"
+#include "quant/fp_formats_detail.h"
+#include "quant/grouped.h"
 
 namespace mc {
 namespace {
 
 constexpr const char* kComp = "activations";
-constexpr uint8_t kNvfp4ZeroScaleCode = 0x20;  // E4M3 0.125, as the weight format (fp_formats_detail.h)
+using fp_detail::kNvfp4ZeroScaleCode;
 
-int64_t group_of(ActFormat f) { return f == ActFormat::nvfp4 ? 16 : 32; }
-int emax_of(ActFormat f) { return f == ActFormat::mxfp4 ? 2 : 8; }  // OCP MX v1.0 table 2
+int64_t group_of(ActFormat f) { return fp_scheme_group_size(f == ActFormat::nvfp4 ? FpScheme::nvfp4 : FpScheme::mxfp4); }
+int emax_of(ActFormat f) { return f == ActFormat::mxfp4 ? fp_detail::kE2M1Emax : fp_detail::kE4M3Emax; }
 
 // x [T, C] -> [T, groups, g], the last group padded with zeros (which change no amax and round to 0).
-at::Tensor grouped(const at::Tensor& x, int64_t g) {
-  const int64_t ng = (x.size(1) + g - 1) / g;
-  return at::constant_pad_nd(x, {0, ng * g - x.size(1)}, 0).view({x.size(0), ng, g});
-}
+at::Tensor grouped(const at::Tensor& x, int64_t g) { return grouped_columns(x, (x.size(1) + g - 1) / g, g, 0.0); }
 
 at::Tensor round_elem(const at::Tensor& x, ActFormat f) {
   return f == ActFormat::mxfp4 || f == ActFormat::nvfp4 ? round_to_e2m1(x) : round_to_e4m3(x);
@@ -58,7 +58,7 @@ at::Tensor quantize_tokens(const at::Tensor& x, const ActQuant& a) {
       return round_elem(g / scale, a.format).mul_(scale).reshape({x.size(0), -1}).slice(1, 0, C);
     }
     case ActFormat::nvfp4: {
-      const at::Tensor g = grouped(x, 16);
+      const at::Tensor g = grouped(x, group_of(a.format));
       const at::Tensor tmax = x.abs().amax(-1, true).unsqueeze(2);  // [T, 1, 1]
       const at::Tensor global = at::where(tmax.gt(0), at::full_like(tmax, 448.0f * 6.0f) / tmax, at::ones_like(tmax));
       const at::Tensor amax = g.abs().amax({2}, true);
@@ -147,7 +147,7 @@ at::Tensor act_fake_quant_ref(const at::Tensor& x, const ActQuant& a) {
       continue;
     }
     const int64_t g = group_of(a.format);
-    const float global = tmax > 0.0f ? (448.0f * 6.0f) / tmax : 1.0f;
+    const float global = fp_detail::nvfp4_global_scale(tmax);
     for (int64_t k = 0; k < C; k += g) {
       const int64_t len = std::min(g, C - k);
       float amax = 0.0f;
